@@ -1,0 +1,148 @@
+"""What the server does when a round closes: Algorithm 1 steps 4–6, and the baselines.
+
+The networked server (hgo_server) and the in-process simulator both call
+``close_round``, so a result found in simulation holds on the wire.
+
+Algorithms
+----------
+``hgo``
+    The paper's method: block B_k from the v-th longest prefix, AR per segment
+    (hgo_common.blocks), w_{k+1} = w_k - gamma_k * AG.
+``sgd``
+    The paper's baselines. Only complete gradients (prefix == d) count; partial ones
+    are discarded. With tau = inf the server waits for every sampled worker, so every
+    responding worker is complete: that is SGD(tau = inf). With a finite tau it is
+    SGD(tau < inf).
+
+Quorum
+------
+A round updates the model only when enough workers answered for the rule to be
+defined: for ``hgo``, at least v non-empty prefixes; for ``sgd``, at least
+``max(1, rule.min_rows(f))`` complete gradients. Otherwise the model is unchanged and
+the round is counted as a round without quorum.
+
+Step size
+---------
+``constant``: gamma_k = lr. ``inv-sqrt-block``: gamma_k = lr / sqrt(|B_k|), the
+paper's suggestion (§4.1), with ``lr`` the proportionality constant.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import aggregators, blocks
+
+ALGORITHMS = ("hgo", "sgd")
+LR_SCHEDULES = ("constant", "inv-sqrt-block")
+
+
+def default_quorum(q: int, rule: str, f: int) -> int:
+    """Default v: half of q, but never fewer rows than the rule needs for f."""
+    need = aggregators.get(rule).min_rows(f)
+    return max(1, min(q, max(math.ceil(q / 2), need)))
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    """The fixed parameters of the round rule."""
+
+    d: int
+    v: int
+    rule: str = "average"
+    f: int = 0
+    lr: float = 0.1
+    lr_schedule: str = "constant"
+    algorithm: str = "hgo"
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.d < 1:
+            raise ValueError(f"d must be >= 1, got {self.d}")
+        if self.v < 1:
+            raise ValueError(f"quorum v must be >= 1, got {self.v}")
+        if self.f < 0:
+            raise ValueError(f"f must be >= 0, got {self.f}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"learning rate must be a positive finite number, got {self.lr}")
+        aggregators.get(self.rule)  # raises on an unknown name
+
+
+@dataclass
+class RoundOutcome:
+    """The result of closing one round."""
+
+    block: int  # b_v (hgo) or d when an sgd round updated, 0 otherwise
+    quorum: bool
+    step_size: float = 0.0
+    used: list[int] = field(default_factory=list)  # rows that contributed to the update
+    update: np.ndarray | None = None  # full d-vector AG in model coordinates, or None
+
+
+def effective_prefixes(prefixes: np.ndarray, cfg: RoundConfig) -> np.ndarray:
+    """Prefix lengths as the algorithm counts them (sgd: partial gradients become 0)."""
+    p = np.asarray(prefixes, dtype=np.int64)
+    if cfg.algorithm == "sgd":
+        return np.where(p >= cfg.d, cfg.d, 0)
+    return p
+
+
+def step_size(cfg: RoundConfig, block: int) -> float:
+    if cfg.lr_schedule == "inv-sqrt-block":
+        return cfg.lr / math.sqrt(block)
+    return cfg.lr
+
+
+def close_round(
+    values: np.ndarray, prefixes: np.ndarray, order: np.ndarray, cfg: RoundConfig
+) -> RoundOutcome:
+    """Aggregate one round.
+
+    Parameters
+    ----------
+    values : ndarray of shape (q, d)
+        The round buffer, row i in C_k order (only the prefix is read).
+    prefixes : ndarray of shape (q,)
+        The prefix length each sampled worker delivered before the deadline.
+    order : ndarray of shape (d,)
+        C_k, the coordinate order of the round.
+    cfg : RoundConfig
+    """
+    p = effective_prefixes(prefixes, cfg)
+    responded = int(np.count_nonzero(p))
+    if cfg.algorithm == "sgd":
+        need = max(1, aggregators.get(cfg.rule).min_rows(cfg.f))
+        if responded < need:
+            return RoundOutcome(block=0, quorum=False)
+        rows = np.flatnonzero(p)
+        agg = aggregators.get(cfg.rule)(np.asarray(values)[rows], f=cfg.f)
+        b = cfg.d
+        used = [int(r) for r in rows]
+    else:
+        if responded < cfg.v:
+            return RoundOutcome(block=0, quorum=False)
+        b, agg = blocks.aggregate(values, p, v=cfg.v, rule=cfg.rule, f=cfg.f)
+        used = [int(i) for i in np.flatnonzero(p)]
+        if b == 0:
+            return RoundOutcome(block=0, quorum=False)
+    gamma = step_size(cfg, b)
+    return RoundOutcome(
+        block=b,
+        quorum=True,
+        step_size=gamma,
+        used=used,
+        update=blocks.scatter(order, np.asarray(agg, dtype=np.float64), cfg.d),
+    )
+
+
+def apply_update(w: np.ndarray, outcome: RoundOutcome) -> np.ndarray:
+    """w_{k+1} = w_k - gamma_k * AG (unchanged when the round had no quorum)."""
+    if not outcome.quorum or outcome.update is None:
+        return w
+    return np.asarray(w - outcome.step_size * outcome.update, dtype=w.dtype)

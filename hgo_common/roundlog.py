@@ -1,0 +1,98 @@
+"""The per-round log: one JSON object per line, written by the server and the simulator.
+
+Schema (every record):
+
+=============  ==========================================================================
+key            meaning
+=============  ==========================================================================
+round          round index k (0-based)
+t              seconds since training started (wall clock on the wire, virtual clock in
+               the simulator) at the moment the round closed
+tau_ms         the round deadline in ms (``null`` for tau = inf)
+algorithm      "hgo" or "sgd"
+sampled        number of workers sampled (q, or all active when fewer)
+responded      number of sampled workers that delivered a non-empty prefix
+block          b_v, the block size (0 when the round had no quorum)
+quorum         whether the round updated the model
+step_size      gamma_k used for the update (0 without quorum)
+round_ms       wall (or virtual) duration of the round in ms
+workers        one ``{"id", "profile", "prefix", "byzantine"}`` per sampled worker;
+               ``prefix`` is the number of C_k positions received before the deadline
+=============  ==========================================================================
+
+On evaluation rounds, ``accuracy`` (classification) and/or ``loss`` on the test split.
+Extra keys may be added; readers ignore what they do not know.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+REQUIRED = ("round", "t", "sampled", "responded", "block", "quorum", "workers")
+
+
+def _clean(value: Any) -> Any:
+    # JSON has no NaN/Infinity; write null so every line parses with strict readers.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+class RoundLog:
+    """Append-only JSON-lines writer; each record is flushed so a crash loses at most one line."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = Path(path) if path else None
+        self._fh: IO[str] | None = None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = self.path.open("a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        missing = [k for k in REQUIRED if k not in record]
+        if missing:
+            raise ValueError(f"round log record lacks required keys {missing}")
+        if self._fh is not None:
+            self._fh.write(json.dumps(_clean(record), separators=(",", ":")) + "\n")
+            self._fh.flush()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def __enter__(self) -> RoundLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read(path: str | Path) -> list[dict[str, Any]]:
+    """All records of a round log; a torn last line (crash while writing) is skipped."""
+    return list(iter_records(path))
+
+
+def iter_records(path: str | Path) -> Iterator[dict[str, Any]]:
+    p = Path(path)
+    lines = p.read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if i == len(lines) - 1:
+                return
+            raise ValueError(f"{p}:{i + 1}: not a JSON object ({exc.msg})") from exc
+        if not isinstance(rec, dict):
+            raise ValueError(f"{p}:{i + 1}: expected a JSON object, got {type(rec).__name__}")
+        yield rec

@@ -36,7 +36,7 @@ RuleLike = str | Callable[..., np.ndarray]
 def block_size(prefixes: Sequence[int] | np.ndarray, v: int) -> int:
     """b_v: the v-th largest prefix length (0 when fewer than v workers responded)."""
     p = np.asarray(prefixes, dtype=np.int64)
-    if not 1 <= v:
+    if not v >= 1:
         raise ValueError(f"quorum v must be >= 1, got {v}")
     if v > p.size:
         return 0

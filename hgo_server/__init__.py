@@ -1,0 +1,1 @@
+"""hgo_server: the asyncio gRPC parameter server."""

@@ -1,0 +1,1 @@
+"""hgo_worker: the throttled, streaming HGO worker."""

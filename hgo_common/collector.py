@@ -221,7 +221,9 @@ class RoundCollector:
         if offset > prefix:
             raise ChunkRejected(GAP, f"chunk offset {offset} leaves a gap after the prefix {prefix}")
         if offset + n > self.d:
-            raise ChunkRejected(PAST_D, f"chunk at offset {offset} with {n} values reaches {offset + n}, past d={self.d}")
+            raise ChunkRejected(
+                PAST_D, f"chunk at offset {offset} with {n} values reaches {offset + n}, past d={self.d}"
+            )
         bad = ~np.isfinite(vec)
         if bad.any():
             keep = int(np.argmax(bad))

@@ -1,0 +1,417 @@
+"""Figures from round logs: ``hgo-plot LOG... --out DIR``.
+
+Reads the JSON-lines round log (schema in :mod:`hgo_common.roundlog`) written by the
+server and the simulator and draws, for one or several runs overlaid with labels:
+
+* ``metric_vs_time.png``  — test accuracy (or loss) against wall-clock seconds, the
+  paper's Figures 3-4 axis (HGO against SGD in wall time);
+* ``metric_vs_round.png`` — the same against the round index k;
+* ``block_by_round.png``  — the block size b_v (the v-th largest prefix, Algorithm 1)
+  of every round;
+* ``prefix_by_profile.png`` — the mean prefix length |V_i| per hardware profile and
+  round, which shows how much of the gradient weak / average / powerful workers deliver
+  by the deadline tau.
+
+:func:`plot_bands` draws the mean over seeds with a confidence band (Student t, 95% by
+default), the way the paper reports repeated experiments; the experiment runner reuses
+it. Every plotting function returns the arrays it drew, so callers and tests can check
+the data rather than the pixels.
+
+matplotlib is imported lazily and only through its object API (``Figure`` +
+``FigureCanvasAgg``), so no global pyplot state or interactive backend is touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from hgo_common import roundlog
+
+FloatArray = NDArray[np.float64]
+Curve = tuple[FloatArray, FloatArray]
+
+#: Order in which profiles are listed in legends (unknown profiles follow, sorted).
+PROFILE_ORDER = ("weak", "average", "powerful", "custom", "byzantine")
+METRICS = ("auto", "accuracy", "loss")
+
+
+@dataclass(frozen=True)
+class RunSeries:
+    """The arrays of one round log that the figures use.
+
+    Attributes
+    ----------
+    label : str
+        Legend label of the run.
+    rounds : ndarray, shape (R,)
+        Round index k of every record, in file order.
+    t : ndarray, shape (R,)
+        Seconds since training started when each round closed.
+    block : ndarray, shape (R,)
+        b_v of every round (0 for a round without quorum).
+    eval_rounds, eval_t : ndarray, shape (E,)
+        Round index and time of the evaluation records.
+    accuracy, loss : ndarray, shape (E,)
+        Test accuracy / loss on the evaluation records (NaN where a record lacks one).
+    prefix : dict[str, ndarray of shape (R,)]
+        Mean prefix length of the sampled workers of each profile in each round (NaN in a
+        round where no worker of that profile was sampled). Byzantine workers are grouped
+        under ``"byzantine"`` whatever their declared profile.
+    """
+
+    label: str
+    rounds: FloatArray
+    t: FloatArray
+    block: FloatArray
+    eval_rounds: FloatArray
+    eval_t: FloatArray
+    accuracy: FloatArray
+    loss: FloatArray
+    prefix: dict[str, FloatArray] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Band:
+    """Mean and confidence band of several curves on one x grid.
+
+    Attributes
+    ----------
+    x, mean, lower, upper : ndarray, shape (G,)
+        Grid, mean over curves, and the band ``mean -+ t_{(1+c)/2, n-1} * s / sqrt(n)``.
+    n : int
+        Number of curves (seeds). With n == 1 the band has zero width.
+    """
+
+    x: FloatArray
+    mean: FloatArray
+    lower: FloatArray
+    upper: FloatArray
+    n: int
+
+
+@dataclass
+class PlotResult:
+    """What :func:`plot_logs` wrote and drew.
+
+    ``files`` maps a figure name (``metric_vs_time`` ...) to its PNG path; ``data`` maps
+    the same names to ``{legend label: (x, y)}`` read back from the drawn lines.
+    """
+
+    files: dict[str, Path] = field(default_factory=dict)
+    data: dict[str, dict[str, Curve]] = field(default_factory=dict)
+    metric: str = "accuracy"
+
+
+def _float(value: Any) -> float:
+    # None (a NaN/inf the writer had to null out) and missing keys both become NaN.
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+
+
+def series_from_records(records: Sequence[Mapping[str, Any]], label: str) -> RunSeries:
+    """Extract the plotted arrays from round-log records (see :class:`RunSeries`).
+
+    Raises
+    ------
+    ValueError
+        If ``records`` is empty or a record lacks ``round``, ``t`` or ``block``.
+    """
+    if not records:
+        raise ValueError(f"round log {label!r} holds no records; expected at least one round")
+    for i, rec in enumerate(records):
+        missing = [k for k in ("round", "t", "block") if k not in rec]
+        if missing:
+            raise ValueError(f"round log {label!r}, record {i}: missing keys {missing}")
+    rounds = np.array([_float(r["round"]) for r in records])
+    t = np.array([_float(r["t"]) for r in records])
+    block = np.array([_float(r["block"]) for r in records])
+    is_eval = np.array([("accuracy" in r) or ("loss" in r) for r in records], dtype=bool)
+    accuracy = np.array([_float(r.get("accuracy")) for r in records])[is_eval]
+    loss = np.array([_float(r.get("loss")) for r in records])[is_eval]
+
+    # Flatten (record index, profile, prefix) of every sampled worker, then average per
+    # profile and round with bincount instead of nested loops.
+    idx: list[int] = []
+    prof: list[str] = []
+    pre: list[float] = []
+    for i, rec in enumerate(records):
+        for w in rec.get("workers") or ():
+            idx.append(i)
+            prof.append("byzantine" if w.get("byzantine") else str(w.get("profile", "custom")))
+            pre.append(_float(w.get("prefix")))
+    prefix: dict[str, FloatArray] = {}
+    if idx:
+        idx_a = np.asarray(idx, dtype=np.int64)
+        pre_a = np.asarray(pre, dtype=np.float64)
+        prof_a = np.asarray(prof)
+        known = [p for p in PROFILE_ORDER if p in set(prof)]
+        others = sorted(set(prof) - set(known))
+        for name in (*known, *others):
+            sel = (prof_a == name) & np.isfinite(pre_a)
+            total = np.bincount(idx_a[sel], weights=pre_a[sel], minlength=len(records))
+            count = np.bincount(idx_a[sel], minlength=len(records)).astype(np.float64)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                prefix[name] = np.where(count > 0, total / np.maximum(count, 1.0), np.nan)
+    return RunSeries(
+        label=label,
+        rounds=rounds,
+        t=t,
+        block=block,
+        eval_rounds=rounds[is_eval],
+        eval_t=t[is_eval],
+        accuracy=accuracy,
+        loss=loss,
+        prefix=prefix,
+    )
+
+
+def load_series(path: str | Path, label: str | None = None) -> RunSeries:
+    """Read one round log and extract its arrays; ``label`` defaults to the file's name."""
+    p = Path(path)
+    return series_from_records(roundlog.read(p), label if label is not None else p.stem)
+
+
+def default_labels(paths: Sequence[Path]) -> list[str]:
+    """Legend labels for logs: the file stem, or ``parent/stem`` when stems collide."""
+    stems = [p.stem for p in paths]
+    if len(set(stems)) == len(stems):
+        return stems
+    return [f"{p.parent.name}/{p.stem}" for p in paths]
+
+
+def choose_metric(runs: Sequence[RunSeries], metric: str = "auto") -> str:
+    """``accuracy`` when any run evaluated accuracy (classification), else ``loss``."""
+    if metric not in METRICS:
+        raise ValueError(f"metric {metric!r} is not one of {METRICS}")
+    if metric != "auto":
+        return metric
+    has_acc = any(np.isfinite(r.accuracy).any() for r in runs)
+    return "accuracy" if has_acc else "loss"
+
+
+def _figure(title: str, xlabel: str, ylabel: str) -> tuple[Any, Any]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.0, 4.2), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    return fig, ax
+
+
+def _save(fig: Any, ax: Any, path: Path) -> dict[str, Curve]:
+    """Write the figure and return what its lines hold, as ``{label: (x, y)}``."""
+    drawn: dict[str, Curve] = {}
+    for line in ax.get_lines():
+        drawn[str(line.get_label())] = (
+            np.asarray(line.get_xdata(), dtype=np.float64),
+            np.asarray(line.get_ydata(), dtype=np.float64),
+        )
+    if drawn:
+        ax.legend(loc="best", fontsize="small")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return drawn
+
+
+def plot_runs(runs: Sequence[RunSeries], out_dir: str | Path, *, metric: str = "auto") -> PlotResult:
+    """Draw the four figures for already loaded runs into ``out_dir``.
+
+    Returns
+    -------
+    PlotResult
+        PNG paths and the (x, y) arrays of every drawn line, keyed by figure name.
+    """
+    if not runs:
+        raise ValueError("no runs to plot; expected at least one round log")
+    out = Path(out_dir)
+    chosen = choose_metric(runs, metric)
+    result = PlotResult(metric=chosen)
+    ylabel = "test accuracy" if chosen == "accuracy" else "test loss"
+
+    for name, xlabel, use_time in (
+        ("metric_vs_time", "time (s)", True),
+        ("metric_vs_round", "round", False),
+    ):
+        fig, ax = _figure(f"{ylabel} against {xlabel.split()[0]}", xlabel, ylabel)
+        for run in runs:
+            y = run.accuracy if chosen == "accuracy" else run.loss
+            x = run.eval_t if use_time else run.eval_rounds
+            keep = np.isfinite(y) & np.isfinite(x)
+            ax.plot(x[keep], y[keep], marker=".", label=run.label)
+        result.files[name] = out / f"{name}.png"
+        result.data[name] = _save(fig, ax, result.files[name])
+
+    fig, ax = _figure("block size b_v by round", "round", "b_v (coordinates)")
+    for run in runs:
+        ax.plot(run.rounds, run.block, drawstyle="steps-post", label=run.label)
+    result.files["block_by_round"] = out / "block_by_round.png"
+    result.data["block_by_round"] = _save(fig, ax, result.files["block_by_round"])
+
+    fig, ax = _figure("mean prefix length by profile", "round", "prefix |V_i| (coordinates)")
+    for run in runs:
+        for profile, values in run.prefix.items():
+            label = profile if len(runs) == 1 else f"{run.label}: {profile}"
+            keep = np.isfinite(values)
+            ax.plot(run.rounds[keep], values[keep], marker=".", linestyle="-", label=label)
+    result.files["prefix_by_profile"] = out / "prefix_by_profile.png"
+    result.data["prefix_by_profile"] = _save(fig, ax, result.files["prefix_by_profile"])
+    return result
+
+
+def plot_logs(
+    paths: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    labels: Sequence[str] | None = None,
+    metric: str = "auto",
+) -> PlotResult:
+    """Read round logs and draw them overlaid (see the module docstring for the figures)."""
+    ps = [Path(p) for p in paths]
+    if labels is not None and len(labels) != len(ps):
+        raise ValueError(f"got {len(labels)} labels for {len(ps)} logs; expected one label per log")
+    names = list(labels) if labels is not None else default_labels(ps)
+    return plot_runs([load_series(p, n) for p, n in zip(ps, names, strict=True)], out_dir, metric=metric)
+
+
+def mean_ci(
+    curves: Sequence[tuple[ArrayLike, ArrayLike]],
+    *,
+    grid: ArrayLike | None = None,
+    confidence: float = 0.95,
+    points: int = 200,
+) -> Band:
+    """Mean and Student-t confidence band of curves (e.g. one per seed).
+
+    Parameters
+    ----------
+    curves : sequence of (x, y), each of shape (L_j,)
+        x increasing within each curve. Curves may have different x (wall-clock time).
+    grid : array of shape (G,), optional
+        x values to evaluate on. Default: the common x when all curves share it, else
+        ``points`` evenly spaced values over the range every curve covers.
+    confidence : float
+        Two-sided level in (0, 1).
+
+    Returns
+    -------
+    Band
+        With n = len(curves); the half-width is ``t_{(1+confidence)/2, n-1} * std(ddof=1)
+        / sqrt(n)`` (zero when n == 1).
+    """
+    if not curves:
+        raise ValueError("mean_ci needs at least one curve; got none")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence {confidence!r} is not in (0, 1)")
+    xs = [np.asarray(c[0], dtype=np.float64) for c in curves]
+    ys = [np.asarray(c[1], dtype=np.float64) for c in curves]
+    for j, (x, y) in enumerate(zip(xs, ys, strict=True)):
+        if x.ndim != 1 or x.shape != y.shape or x.size == 0:
+            raise ValueError(f"curve {j}: x {x.shape} and y {y.shape} must be equal non-empty 1-D shapes")
+        if x.size > 1 and np.any(np.diff(x) < 0):
+            raise ValueError(f"curve {j}: x must be non-decreasing")
+    if grid is not None:
+        g = np.asarray(grid, dtype=np.float64)
+    elif all(x.shape == xs[0].shape and np.array_equal(x, xs[0]) for x in xs):
+        g = xs[0]
+    else:
+        lo = max(float(x[0]) for x in xs)
+        hi = min(float(x[-1]) for x in xs)
+        if lo > hi:
+            raise ValueError(f"curves do not overlap in x: common range [{lo}, {hi}] is empty")
+        g = np.linspace(lo, hi, points)
+    stacked = np.stack([np.interp(g, x, y) for x, y in zip(xs, ys, strict=True)])  # (n, G)
+    n = stacked.shape[0]
+    mean = stacked.mean(axis=0)
+    if n > 1:
+        # scipy ships with scikit-learn; imported by name so mypy needs no scipy stubs.
+        stats = importlib.import_module("scipy.stats")
+        tq = float(stats.t.ppf(0.5 + confidence / 2.0, df=n - 1))
+        half = tq * stacked.std(axis=0, ddof=1) / math.sqrt(n)
+    else:
+        half = np.zeros_like(mean)
+    return Band(x=g, mean=mean, lower=mean - half, upper=mean + half, n=n)
+
+
+def plot_bands(
+    curves: Mapping[str, Sequence[tuple[ArrayLike, ArrayLike]]],
+    out: str | Path,
+    *,
+    xlabel: str = "round",
+    ylabel: str = "test accuracy",
+    title: str | None = None,
+    confidence: float = 0.95,
+    points: int = 200,
+) -> dict[str, Band]:
+    """Draw, per label, the mean over its curves (seeds) with a confidence band, into one PNG.
+
+    Parameters
+    ----------
+    curves : mapping label -> sequence of (x, y)
+        E.g. ``{"HGO tau=60": [(t_seed0, acc_seed0), (t_seed1, acc_seed1), ...], ...}``.
+    out : path
+        PNG file to write (parent directories are created).
+
+    Returns
+    -------
+    dict[str, Band]
+        The plotted mean and band of every label.
+    """
+    if not curves:
+        raise ValueError("plot_bands needs at least one label; got none")
+    fig, ax = _figure(title or f"{ylabel} (mean, {confidence:.0%} CI)", xlabel, ylabel)
+    bands: dict[str, Band] = {}
+    for label, group in curves.items():
+        band = mean_ci(group, confidence=confidence, points=points)
+        (line,) = ax.plot(band.x, band.mean, label=f"{label} (n={band.n})")
+        ax.fill_between(band.x, band.lower, band.upper, color=line.get_color(), alpha=0.25, linewidth=0)
+        bands[label] = band
+    _save(fig, ax, Path(out))
+    return bands
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hgo-plot",
+        description="Plot HGO round logs (JSON lines): accuracy or loss against time and round, "
+        "block size by round, prefix length by profile.",
+    )
+    parser.add_argument("logs", nargs="+", type=Path, metavar="LOG", help="round log files (JSON lines)")
+    parser.add_argument("--out", type=Path, default=Path("plots"), help="output directory (default: plots)")
+    parser.add_argument(
+        "--label",
+        action="append",
+        default=None,
+        help="legend label, once per LOG in order (default: file name)",
+    )
+    parser.add_argument("--metric", choices=METRICS, default="auto", help="accuracy, loss or auto (default)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = plot_logs(args.logs, args.out, labels=args.label, metric=args.metric)
+    except (OSError, ValueError) as exc:
+        print(f"hgo-plot: error: {exc}", file=sys.stderr)
+        return 2
+    for path in result.files.values():
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

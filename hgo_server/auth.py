@@ -1,0 +1,312 @@
+"""Worker authentication and transport security for the HGO server (DESIGN.md §4).
+
+Threat model: the server is trusted; workers authenticate to join, and an unauthenticated
+client gets nothing and changes nothing. An authenticated worker may still be Byzantine
+(the paper's model, Boubouh et al., SRDS 2022, §III) — that is the aggregation rule's
+business, not this module's.
+
+Two independent layers:
+
+* **Bearer tokens** in call metadata (``authorization: Bearer <token>``), checked by
+  :class:`AuthInterceptor` before any handler runs and before any request message is
+  read. Tokens come from ``--token`` (one shared secret; identity ``"shared"``) and/or
+  ``--tokens-file`` (one ``worker-id token`` pair per line; the worker id becomes the
+  identity). Comparison uses :func:`hmac.compare_digest` against every configured token, so
+  the time taken does not reveal how much of a guess was right nor which entry matched.
+* **TLS** (:func:`server_credentials`, :func:`channel_credentials`): server-authenticated
+  TLS, or mutual TLS when the server is given a CA to check client certificates against.
+  Tokens travel in metadata, so without TLS they cross the network in clear text: use both
+  outside a trusted network.
+
+How the servicer learns who is calling
+--------------------------------------
+The interceptor stores the identity in a :mod:`contextvars` variable. grpc.aio runs the
+interceptors and the final handler in one ``contextvars.Context`` per call (documented on
+``grpc.aio.ServerInterceptor.intercept_service``), so inside a handler
+:func:`current_identity` returns the caller's identity (``None`` when the server runs
+without tokens). Only a worker's *identity* comes from here; which *session* a message
+belongs to is still checked by the servicer (``GradientChunk.session_id``), so one
+authenticated worker cannot act for another's session.
+
+A rejected call is answered ``UNAUTHENTICATED`` by a stand-in handler of the same streaming
+kind as the real one; the real handler never runs, so no session, counter or log line of
+the servicer is touched. The optional ``on_reject`` callback (e.g. incrementing
+``hgo_rejected_messages_total{reason="unauthenticated"}``) is the only side effect.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hmac
+import logging
+import os
+import stat
+from collections.abc import Awaitable, Callable, Collection, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+
+__all__ = [
+    "SHARED_IDENTITY",
+    "AuthInterceptor",
+    "TokenFileError",
+    "TokenStore",
+    "bearer_metadata",
+    "channel_credentials",
+    "current_identity",
+    "server_credentials",
+]
+
+log = logging.getLogger(__name__)
+
+SHARED_IDENTITY = "shared"
+"""The identity of a worker that presented the ``--token`` shared secret."""
+
+_identity: contextvars.ContextVar[str | None] = contextvars.ContextVar("hgo_auth_identity", default=None)
+
+
+def current_identity() -> str | None:
+    """The authenticated identity of the call being handled (None: auth disabled)."""
+    return _identity.get()
+
+
+def bearer_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    """Call metadata carrying ``token`` (empty when ``token`` is None), for clients."""
+    return () if token is None else (("authorization", f"Bearer {token}"),)
+
+
+class TokenFileError(ValueError):
+    """A malformed tokens file; the message names ``file:line`` and the problem."""
+
+
+@dataclass
+class TokenStore:
+    """The accepted tokens and the identity each one stands for.
+
+    Attributes
+    ----------
+    entries : list of (identity, token bytes)
+        One identity may hold several tokens (rotation); a token maps to one identity.
+    """
+
+    entries: list[tuple[str, bytes]] = field(default_factory=list)
+
+    @classmethod
+    def from_options(cls, token: str | None, tokens_file: Path | str | None) -> TokenStore | None:
+        """Build the store from ``--token`` and ``--tokens-file``; None when neither is given.
+
+        Raises
+        ------
+        ValueError
+            Empty shared token. :class:`TokenFileError` for a bad tokens file (naming
+            ``file:line``); OSError when the file cannot be read.
+        """
+        if token is None and tokens_file is None:
+            return None
+        store = cls()
+        if token is not None:
+            if not token.strip() or token != token.strip():
+                raise ValueError("--token must be a non-empty string without surrounding whitespace")
+            store.add(SHARED_IDENTITY, token)
+        if tokens_file is not None:
+            store.extend(parse_tokens_file(tokens_file))
+        return store
+
+    def add(self, identity: str, token: str) -> None:
+        """Accept ``token`` for ``identity``; ValueError when the token is already taken."""
+        raw = token.encode("utf-8")
+        for other, known in self.entries:
+            if hmac.compare_digest(known, raw):
+                raise ValueError(f"the token for {identity!r} is already the token of {other!r}")
+        self.entries.append((identity, raw))
+
+    def extend(self, pairs: Iterable[tuple[str, str]]) -> None:
+        for identity, token in pairs:
+            self.add(identity, token)
+
+    def identify(self, token: str) -> str | None:
+        """The identity holding ``token``, or None. Compares against every entry (no early exit)."""
+        raw = token.encode("utf-8", errors="surrogateescape")
+        found: str | None = None
+        for identity, known in self.entries:
+            if hmac.compare_digest(known, raw) and found is None:
+                found = identity
+        return found
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+def parse_tokens_file(path: Path | str) -> list[tuple[str, str]]:
+    """``(worker-id, token)`` pairs of a tokens file.
+
+    Format: one ``worker-id token`` pair per line, separated by whitespace; blank lines and
+    lines whose first non-blank character is ``#`` are ignored. Anything else (one field,
+    three fields, a trailing comment, a duplicate token) raises :class:`TokenFileError`
+    naming ``file:line``. A file readable by other users gets a logged warning.
+    """
+    p = Path(path)
+    text = p.read_text(encoding="utf-8")
+    mode = os.stat(p).st_mode
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        log.warning("tokens file %s is readable by other users (mode %o); chmod 600 it", p, mode & 0o777)
+    pairs: list[tuple[str, str]] = []
+    seen: dict[str, int] = {}
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        fields = stripped.split()
+        if len(fields) != 2:
+            hint = "; comments go on their own line" if any(x.startswith("#") for x in fields) else ""
+            raise TokenFileError(
+                f"{p}:{lineno}: expected 'worker-id token' (2 fields), got {len(fields)} field(s){hint}"
+            )
+        identity, token = fields
+        if token in seen:
+            raise TokenFileError(f"{p}:{lineno}: token already used on line {seen[token]}")
+        seen[token] = lineno
+        pairs.append((identity, token))
+    if not pairs:
+        raise TokenFileError(f"{p}: no 'worker-id token' lines (an empty file would lock every worker out)")
+    return pairs
+
+
+def _token_from_metadata(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
+    for key, value in metadata or ():
+        if key.lower() != "authorization":
+            continue
+        text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+        scheme, _, token = text.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+        return None
+    return None
+
+
+async def _reject(context: grpc.aio.ServicerContext[Any, Any], message: str) -> None:
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+
+def _reject_handler(kind: grpc.RpcMethodHandler[Any, Any], message: str) -> grpc.RpcMethodHandler[Any, Any]:
+    """A handler of the same streaming kind as ``kind`` that aborts before reading a message."""
+
+    async def unary_in(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await _reject(context, message)
+
+    async def stream_in(request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await _reject(context, message)
+
+    if kind.request_streaming and kind.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(stream_in)
+    if kind.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(stream_in)
+    # Unary requests: grpc reads the single request before calling us; it is never used.
+    if kind.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(unary_in, request_deserializer=kind.request_deserializer)
+    return grpc.unary_unary_rpc_method_handler(unary_in, request_deserializer=kind.request_deserializer)
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Reject calls without a valid ``authorization: Bearer <token>`` with UNAUTHENTICATED.
+
+    Parameters
+    ----------
+    store : TokenStore
+        The accepted tokens.
+    on_reject : callable, optional
+        Called with the reason (``"unauthenticated"``) for every rejected call, e.g. to
+        count it in ``hgo_rejected_messages_total``. Exceptions from it are logged, not raised.
+    exempt : collection of str
+        Full method names (``"/hgo.v1.HGO/Status"``) that need no token.
+    """
+
+    def __init__(
+        self,
+        store: TokenStore,
+        *,
+        on_reject: Callable[[str], None] | None = None,
+        exempt: Collection[str] = (),
+    ) -> None:
+        self.store = store
+        self.on_reject = on_reject
+        self.exempt = frozenset(exempt)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        # Looking the handler up does not run it; we need its kind to reject in kind.
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method in self.exempt:
+            return handler
+        token = _token_from_metadata(handler_call_details.invocation_metadata)
+        identity = self.store.identify(token) if token is not None else None
+        if identity is None:
+            problem = "missing bearer token" if token is None else "invalid token"
+            log.info("rejected %s: %s", method, problem)  # never log the token itself
+            if self.on_reject is not None:
+                try:
+                    self.on_reject("unauthenticated")
+                except Exception:  # a metrics bug must not turn a rejection into an accept
+                    log.exception("on_reject callback failed")
+            return _reject_handler(handler, f"{problem}: send metadata 'authorization: Bearer <token>'")
+        # Same Context for the interceptor chain and the handler (grpc.aio contract).
+        _identity.set(identity)
+        return handler
+
+
+def _read_pem(path: Path | str, what: str) -> bytes:
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read {what} {p}: {exc.strerror or exc}") from exc
+    if b"-----BEGIN" not in data:
+        raise ValueError(f"{what} {p} is not PEM (no '-----BEGIN' line)")
+    return data
+
+
+def server_credentials(
+    cert: Path | str, key: Path | str, ca: Path | str | None = None
+) -> grpc.ServerCredentials:
+    """TLS credentials for the server; with ``ca``, mutual TLS (client certificates required).
+
+    Parameters
+    ----------
+    cert, key : Path
+        PEM certificate chain and private key of the server.
+    ca : Path, optional
+        PEM CA bundle that client certificates must chain to. When given, a client without
+        a certificate signed by it cannot complete the handshake.
+    """
+    pair = (_read_pem(key, "TLS key"), _read_pem(cert, "TLS certificate"))
+    root = _read_pem(ca, "TLS CA") if ca is not None else None
+    return grpc.ssl_server_credentials([pair], root_certificates=root, require_client_auth=root is not None)
+
+
+def channel_credentials(
+    ca: Path | str | None = None, cert: Path | str | None = None, key: Path | str | None = None
+) -> grpc.ChannelCredentials:
+    """TLS credentials for a worker's channel.
+
+    Parameters
+    ----------
+    ca : Path, optional
+        PEM CA bundle to verify the server with (None: the system roots).
+    cert, key : Path, optional
+        The worker's client certificate and key, for servers that require mutual TLS.
+        Both or neither.
+    """
+    if (cert is None) != (key is None):
+        raise ValueError(f"client certificate and key go together; got cert={cert!r}, key={key!r}")
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read_pem(ca, "TLS CA") if ca is not None else None,
+        private_key=_read_pem(key, "TLS key") if key is not None else None,
+        certificate_chain=_read_pem(cert, "TLS certificate") if cert is not None else None,
+    )

@@ -1,0 +1,318 @@
+"""Authentication and TLS building blocks against a real grpc.aio server on port 0.
+
+A stub HGO servicer records every call it handles, so "no side effects" is checked
+directly: a rejected call must never reach it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+
+from hgo_common.proto import hgo_pb2, hgo_pb2_grpc
+from hgo_server import auth
+from hgo_server.auth import AuthInterceptor, TokenFileError, TokenStore
+from tests.tlsgen import PKI, make_pki
+
+
+class StubServicer(hgo_pb2_grpc.HGOServicer):
+    """Answers Status with the caller's identity; Session welcomes with it."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    async def Status(self, request: hgo_pb2.StatusRequest, context: Any) -> hgo_pb2.StatusReply:
+        self.calls.append("Status")
+        return hgo_pb2.StatusReply(
+            state=f"identity={auth.current_identity()}", active_sessions=len(self.calls)
+        )
+
+    async def Session(
+        self, request_iterator: AsyncIterator[hgo_pb2.WorkerMessage], context: Any
+    ) -> AsyncIterator[hgo_pb2.ServerMessage]:
+        self.calls.append("Session")
+        async for msg in request_iterator:
+            if msg.HasField("join"):
+                # the identity must still be visible after awaiting the stream
+                await asyncio.sleep(0)
+                yield hgo_pb2.ServerMessage(
+                    welcome=hgo_pb2.Welcome(session_id=f"{auth.current_identity()}:{msg.join.name}")
+                )
+                return
+
+
+async def _serve(
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    creds: grpc.ServerCredentials | None = None,
+) -> tuple[grpc.aio.Server, int, StubServicer]:
+    server = grpc.aio.server(interceptors=list(interceptors))
+    servicer = StubServicer()
+    hgo_pb2_grpc.add_HGOServicer_to_server(servicer, server)
+    if creds is None:
+        port = server.add_insecure_port("127.0.0.1:0")
+    else:
+        port = server.add_secure_port("localhost:0", creds)
+    await server.start()
+    return server, port, servicer
+
+
+async def _session(stub: hgo_pb2_grpc.HGOStub, metadata: Sequence[tuple[str, str]] = ()) -> str:
+    call = stub.Session(metadata=tuple(metadata))
+    await call.write(hgo_pb2.WorkerMessage(join=hgo_pb2.Join(protocol_version=1, name="w")))
+    reply = await call.read()
+    call.cancel()
+    return str(reply.welcome.session_id)
+
+
+# ----------------------------------------------------------------------------- TokenStore
+
+
+def test_token_store_options(tmp_path: Path) -> None:
+    assert TokenStore.from_options(None, None) is None
+    store = TokenStore.from_options("s3cret", None)
+    assert store is not None
+    assert store.identify("s3cret") == auth.SHARED_IDENTITY
+    assert (
+        store.identify("s3cre") is None and store.identify("s3cret ") is None and store.identify("") is None
+    )
+    for bad in ("", "  ", " padded "):
+        with pytest.raises(ValueError, match="--token"):
+            TokenStore.from_options(bad, None)
+
+
+def test_tokens_file(tmp_path: Path) -> None:
+    f = tmp_path / "tokens"
+    lines = ["# workers of the lab", "", "worker-1  tok-aaa", "   # indented comment", "worker-2\ttok-bbb"]
+    f.write_text("\n".join([*lines, "worker-1 tok-ccc", ""]))
+    f.chmod(0o600)
+    store = TokenStore.from_options("shared-x", f)
+    assert store is not None and len(store) == 4
+    assert store.identify("tok-aaa") == "worker-1"
+    assert store.identify("tok-ccc") == "worker-1"  # rotation: two tokens for one worker
+    assert store.identify("tok-bbb") == "worker-2"
+    assert store.identify("shared-x") == "shared"
+    assert store.identify("worker-1") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "problem"),
+    [
+        ("worker-1 tok\nworker-2\n", ":2:", "got 1 field"),
+        ("w1 a\n\nw2 b c\n", ":3:", "got 3 field"),
+        ("w1 a  # trailing comment\n", ":1:", "comments go on their own line"),
+        ("w1 same\nw2 same\n", ":2:", "already used on line 1"),
+        ("# nothing\n\n", "", "no 'worker-id token' lines"),
+    ],
+)
+def test_bad_tokens_file_names_file_and_line(tmp_path: Path, text: str, where: str, problem: str) -> None:
+    f = tmp_path / "tokens.txt"
+    f.write_text(text)
+    with pytest.raises(TokenFileError) as info:
+        TokenStore.from_options(None, f)
+    assert f"{f}{where}" in str(info.value) and problem in str(info.value)
+
+
+def test_shared_token_may_not_equal_a_file_token(tmp_path: Path) -> None:
+    f = tmp_path / "tokens"
+    f.write_text("w1 tok\n")
+    with pytest.raises(ValueError, match="already the token"):
+        TokenStore.from_options("tok", f)
+
+
+def test_world_readable_tokens_file_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    f = tmp_path / "tokens"
+    f.write_text("w1 tok\n")
+    f.chmod(0o644)
+    with caplog.at_level("WARNING", logger="hgo_server.auth"):
+        TokenStore.from_options(None, f)
+    assert "readable by other users" in caplog.text
+
+
+def test_identify_uses_compare_digest(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = TokenStore()
+    store.add("a", "tok-a")
+    store.add("b", "tok-b")
+    seen: list[tuple[bytes, bytes]] = []
+    real = auth.hmac.compare_digest
+
+    def spy(x: bytes, y: bytes) -> bool:
+        seen.append((x, y))
+        return real(x, y)
+
+    monkeypatch.setattr(auth.hmac, "compare_digest", spy)
+    assert store.identify("tok-a") == "a"
+    assert len(seen) == 2  # no early exit on the first match
+
+
+# ----------------------------------------------------------------------------- interceptor
+
+
+async def test_missing_or_wrong_token_is_unauthenticated_without_side_effects() -> None:
+    store = TokenStore.from_options("right", None)
+    assert store is not None
+    rejected: list[str] = []
+    server, port, servicer = await _serve([AuthInterceptor(store, on_reject=rejected.append)])
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = hgo_pb2_grpc.HGOStub(channel)
+            bad_metadata: list[tuple[tuple[str, str], ...]] = [
+                (),
+                (("authorization", "Bearer wrong"),),
+                (("authorization", "Basic right"),),
+                (("authorization", "Bearer "),),
+                (("authorization", "right"),),
+            ]
+            for md in bad_metadata:
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await stub.Status(hgo_pb2.StatusRequest(), metadata=md)
+                assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED, md
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await _session(stub, md)
+                assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED, md
+            assert servicer.calls == []  # the handler never ran
+            assert rejected == ["unauthenticated"] * 2 * len(bad_metadata)
+            # and the right token works, with the identity visible to the handler
+            ok = auth.bearer_metadata("right")
+            reply = await stub.Status(hgo_pb2.StatusRequest(), metadata=ok)
+            assert reply.state == "identity=shared"
+            assert await _session(stub, ok) == "shared:w"
+            assert servicer.calls == ["Status", "Session"]
+    finally:
+        await server.stop(None)
+
+
+async def test_session_rejected_before_any_message_is_read() -> None:
+    store = TokenStore.from_options("right", None)
+    assert store is not None
+    server, port, servicer = await _serve([AuthInterceptor(store)])
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = hgo_pb2_grpc.HGOStub(channel).Session()
+            # no message written at all: the rejection must still arrive promptly
+            code = await asyncio.wait_for(call.code(), timeout=10)
+            assert code == grpc.StatusCode.UNAUTHENTICATED
+            assert "bearer token" in (await call.details())
+            assert servicer.calls == []
+    finally:
+        await server.stop(None)
+
+
+async def test_per_worker_identities_and_exempt_methods(tmp_path: Path) -> None:
+    f = tmp_path / "tokens"
+    f.write_text("alice tok-a\nbob tok-b\n")
+    f.chmod(0o600)
+    store = TokenStore.from_options(None, f)
+    assert store is not None
+    server, port, _ = await _serve([AuthInterceptor(store, exempt={"/hgo.v1.HGO/Status"})])
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = hgo_pb2_grpc.HGOStub(channel)
+            assert await _session(stub, auth.bearer_metadata("tok-a")) == "alice:w"
+            assert await _session(stub, auth.bearer_metadata("tok-b")) == "bob:w"
+            # concurrent calls keep their own identity
+            names = await asyncio.gather(
+                *(_session(stub, auth.bearer_metadata(t)) for t in ["tok-a", "tok-b"] * 5)
+            )
+            assert names == ["alice:w", "bob:w"] * 5
+            reply = await stub.Status(hgo_pb2.StatusRequest())  # exempt: no token needed
+            assert reply.state == "identity=None"
+    finally:
+        await server.stop(None)
+
+
+async def test_on_reject_failure_still_rejects() -> None:
+    store = TokenStore.from_options("right", None)
+    assert store is not None
+
+    def broken(reason: str) -> None:
+        raise RuntimeError("metrics down")
+
+    server, port, servicer = await _serve([AuthInterceptor(store, on_reject=broken)])
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await hgo_pb2_grpc.HGOStub(channel).Status(hgo_pb2.StatusRequest())
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert servicer.calls == []
+    finally:
+        await server.stop(None)
+
+
+# ----------------------------------------------------------------------------- TLS
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+async def _status_over(
+    port: int, creds: grpc.ChannelCredentials, metadata: Sequence[tuple[str, str]] = ()
+) -> str:
+    async with grpc.aio.secure_channel(f"localhost:{port}", creds) as channel:
+        reply = await hgo_pb2_grpc.HGOStub(channel).Status(
+            hgo_pb2.StatusRequest(), metadata=tuple(metadata), timeout=10
+        )
+        return str(reply.state)
+
+
+async def test_tls_server_authentication(pki: PKI) -> None:
+    server, port, servicer = await _serve(creds=auth.server_credentials(pki.server_cert, pki.server_key))
+    try:
+        assert await _status_over(port, auth.channel_credentials(pki.ca_cert)) == "identity=None"
+        # a client trusting another CA refuses the server's certificate
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await _status_over(port, auth.channel_credentials(pki.rogue_ca_cert))
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        # plaintext to a TLS port fails too
+        async with grpc.aio.insecure_channel(f"localhost:{port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError):
+                await hgo_pb2_grpc.HGOStub(channel).Status(hgo_pb2.StatusRequest(), timeout=10)
+        assert servicer.calls == ["Status"]
+    finally:
+        await server.stop(None)
+
+
+async def test_mutual_tls_refuses_clients_without_a_good_certificate(pki: PKI) -> None:
+    store = TokenStore.from_options("right", None)
+    assert store is not None
+    creds = auth.server_credentials(pki.server_cert, pki.server_key, pki.ca_cert)
+    server, port, servicer = await _serve([AuthInterceptor(store)], creds=creds)
+    token = auth.bearer_metadata("right")
+    try:
+        good = auth.channel_credentials(pki.ca_cert, pki.client_cert, pki.client_key)
+        assert await _status_over(port, good, token) == "identity=shared"
+        for name, client in [
+            ("no client certificate", auth.channel_credentials(pki.ca_cert)),
+            (
+                "certificate of another CA",
+                auth.channel_credentials(pki.ca_cert, pki.rogue_cert, pki.rogue_key),
+            ),
+        ]:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await _status_over(port, client, token)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE, name
+        # mTLS does not replace the token: a good certificate without a token is still refused
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await _status_over(port, good)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert servicer.calls == ["Status"]
+    finally:
+        await server.stop(None)
+
+
+def test_credential_file_errors(tmp_path: Path, pki: PKI) -> None:
+    with pytest.raises(ValueError, match=r"cannot read TLS key .*missing\.key"):
+        auth.server_credentials(pki.server_cert, tmp_path / "missing.key")
+    junk = tmp_path / "junk.pem"
+    junk.write_text("hello")
+    with pytest.raises(ValueError, match=r"TLS CA .*junk\.pem is not PEM"):
+        auth.channel_credentials(junk)
+    with pytest.raises(ValueError, match="go together"):
+        auth.channel_credentials(pki.ca_cert, pki.client_cert, None)

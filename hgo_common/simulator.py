@@ -1,0 +1,516 @@
+"""In-process HGO simulator on a virtual clock: the same core as the networked server.
+
+HGO (Boubouh et al., SRDS 2022, Algorithm 1) is simulated round by round without
+sockets, threads or sleeping. Each round k does what ``hgo-server`` and ``hgo-worker`` do
+on the wire, with the *same* pure functions:
+
+1. Sample q of the n workers with a seeded ``np.random.Generator`` (no replacement).
+2. C_k = ``order.make_order(order.round_seed(seed, k), d, order_kind, model.groups)``,
+   exactly as the server derives and the workers expand it.
+3. Every sampled honest worker i draws a mini-batch of s_i points from its own shard and
+   computes its gradient G_i(w_k); it delivers the first b_i positions of C_k, with
+   ``b_i = throttle.expected_prefix(lambda_i, tau, s_i, d)`` — what a throttled worker
+   releases by the deadline — or, with a budget policy other than ``fixed``,
+   ``budget.plan(...)`` chooses (s_i, b_i).
+4. Byzantine workers produce attack vectors (``hgo_common.attacks``):
+
+   * ``omniscient = True`` (the paper's evaluation): the attack is given the true
+     honest gradients of the round (the sampled honest workers' G_i on all d
+     coordinates, in C_k order);
+   * ``omniscient = False`` (what a Byzantine ``hgo-worker`` can do on the wire): each
+     Byzantine worker estimates honest statistics from ``estimate_batches``
+     mini-batch gradients on its *own* shard.
+
+   Prefix length chosen by Byzantine workers (documented choice): with
+   ``byzantine_full = True`` (default) gradient attacks send the full d coordinates —
+   the strongest position, since their values then enter every segment of B_k and
+   count as complete in the SGD baselines (``hgo-worker --attack-param full=1``); with
+   ``False`` they send what their own throttle allows, like ``hgo-worker``'s default
+   (indistinguishable by timing). Data attacks
+   (label flipping) run the honest code on poisoned labels and so are throttled like
+   an honest worker of their profile; ``silent`` sends nothing (prefix 0).
+5. The values go into the (q x d) float32 round buffer *through the server's
+   collector* (``hgo_common.collector.RoundCollector``), cast to float32 as on the
+   wire, so the non-finite policy is the wire's by construction: a worker's prefix
+   ends before its first non-finite value, the rest of its values are ignored.
+6. ``rounds.close_round`` and ``rounds.apply_update``: identical to the server.
+
+Virtual clock: a round lasts tau (``hgo``, and ``sgd`` with finite tau); for ``sgd``
+with tau = inf it lasts until the slowest sampled worker has released its full gradient,
+``max_i throttle.release_time_ms(d, lambda_i, s_i)`` (Byzantine workers included, at the
+rate of their profile: they do not stall the server on purpose).
+
+The model is evaluated on the test split after the update of round k when
+``k % eval_every == 0`` and after the last round. Records are written with
+``hgo_common.roundlog`` in the server's schema, plus the extra keys ``used`` (worker ids
+whose rows entered the update), ``nonfinite`` (workers whose prefix the non-finite policy
+cut) and ``data`` (the dataset actually used, on the first record).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from . import order as order_mod
+from . import rounds
+from .roundlog import RoundLog
+
+__all__ = [
+    "FALLBACKS",
+    "RoundBuffer",
+    "SimConfig",
+    "SimResult",
+    "Simulation",
+    "load_dataset",
+    "run",
+]
+
+# Datasets read from files and the bundled dataset used when the files are missing.
+FALLBACKS: dict[str, str] = {"mnist": "digits", "mnist-binary": "digits-binary"}
+
+
+class _Model(Protocol):
+    dim: int
+    task: str
+    groups: tuple[int, ...]
+
+    def init(self, rng: np.random.Generator) -> np.ndarray: ...
+    def gradient(
+        self, w: np.ndarray, X: np.ndarray, y: np.ndarray, coords: np.ndarray | None = None
+    ) -> np.ndarray: ...
+    def evaluate(self, w: np.ndarray, X: np.ndarray, y: np.ndarray) -> dict[str, float]: ...
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Everything that defines a simulated run (one seed).
+
+    ``tau_ms = math.inf`` with ``algorithm = "sgd"`` is SGD(tau = inf). ``q = None``
+    samples all n workers; ``v = None`` uses ``rounds.default_quorum``. ``f`` is the
+    number of Byzantine workers present (chosen at random among the n with the run seed)
+    and, unless ``rule_f`` is given, the f the rule is told to tolerate.
+    """
+
+    model: str = "logistic"
+    dataset: str = "breast-cancer"
+    data_dir: str | None = None
+    partition: str = "iid"
+    n: int = 10
+    q: int | None = None
+    v: int | None = None
+    f: int = 0
+    rule_f: int | None = None
+    rule: str = "average"
+    attack: str | None = None
+    attack_params: dict[str, Any] = field(default_factory=dict)
+    omniscient: bool = True
+    estimate_batches: int = 5
+    byzantine_full: bool = True
+    tau_ms: float = 60.0
+    algorithm: str = "hgo"
+    lr: float = 0.1
+    lr_schedule: str = "constant"
+    rounds: int = 100
+    eval_every: int = 10
+    batch_size: int = 32
+    mix: str | tuple[float, float, float] = "default"
+    rates: tuple[float, ...] | None = None
+    seed: int = 0
+    data_seed: int = 0
+    hidden: tuple[int, ...] = (30,)
+    l2: float = 0.0
+    order: str = "stratified"
+    budget_policy: str = "fixed"
+    rho: float = 0.5
+    max_train: int | None = None
+    test_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+        q = self.n if self.q is None else self.q
+        if not 1 <= q <= self.n:
+            raise ValueError(f"q must be in [1, n={self.n}], got {self.q}")
+        if not 0 <= self.f <= self.n:
+            raise ValueError(f"f must be in [0, n={self.n}], got {self.f}")
+        if self.f > 0 and not self.attack:
+            raise ValueError(f"f={self.f} Byzantine workers need an attack name, got {self.attack!r}")
+        if self.rounds < 0:
+            raise ValueError(f"rounds must be >= 0, got {self.rounds}")
+        if self.eval_every < 1:
+            raise ValueError(f"eval_every must be >= 1, got {self.eval_every}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.estimate_batches < 1:
+            raise ValueError(f"estimate_batches must be >= 1, got {self.estimate_batches}")
+        if math.isnan(self.tau_ms) or self.tau_ms <= 0:
+            raise ValueError(f"tau_ms must be > 0 (or inf), got {self.tau_ms}")
+        if math.isinf(self.tau_ms) and self.algorithm == "hgo":
+            raise ValueError("hgo needs a finite deadline tau_ms; tau = inf is the sgd baseline")
+        if self.rates is not None and len(self.rates) != self.n:
+            raise ValueError(f"rates must give one rate per worker (n={self.n}), got {len(self.rates)}")
+        if self.algorithm not in rounds.ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {rounds.ALGORITHMS}, got {self.algorithm!r}")
+
+    @property
+    def q_eff(self) -> int:
+        return self.n if self.q is None else self.q
+
+    @property
+    def f_rule(self) -> int:
+        return self.f if self.rule_f is None else self.rule_f
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SimResult:
+    """What a run returns: the records it logged and the final model."""
+
+    config: SimConfig
+    records: list[dict[str, Any]]
+    weights: np.ndarray
+    dataset: str
+    data_warning: str | None = None
+
+
+# ---------------------------------------------------------------------------------------
+# Data: loading with the bundled fallback, cached across runs of one process.
+
+_DATA_CACHE: dict[tuple[Any, ...], Any] = {}
+
+
+def load_dataset(
+    name: str,
+    data_dir: str | Path | None,
+    *,
+    seed: int = 0,
+    max_train: int | None = None,
+    test_fraction: float = 0.2,
+    warn: Callable[[str], None] | None = None,
+) -> tuple[Any, str | None]:
+    """Load ``name``; for file datasets whose files are missing, fall back to the bundled one.
+
+    Returns
+    -------
+    dataset : hgo_common.datasets.Dataset
+    warning : str or None
+        The fallback note (it names the missing path) when the fallback was used; it is
+        also passed to ``warn`` (default: ``warnings.warn``).
+    """
+    from . import datasets
+
+    key = (name, str(data_dir) if data_dir else None, seed, max_train, test_fraction)
+    if key in _DATA_CACHE:
+        return _DATA_CACHE[key]  # type: ignore[no-any-return]
+    note: str | None = None
+    try:
+        if name in FALLBACKS and (data_dir is None or not Path(data_dir).is_dir()):
+            raise FileNotFoundError(f"data_dir {data_dir!s} is not a directory")
+        ds = datasets.load(
+            name, data_dir=data_dir, seed=seed, test_fraction=test_fraction, max_train=max_train
+        )
+    except (OSError, datasets.DataFileError) as exc:
+        if name not in FALLBACKS:
+            raise
+        alt = FALLBACKS[name]
+        note = (
+            f"dataset {name!r} not found at {data_dir!s} ({exc}); using the bundled {alt!r} "
+            f"dataset instead: results are NOT comparable to the paper's {name} numbers"
+        )
+        (warn or (lambda m: warnings.warn(m, stacklevel=3)))(note)
+        ds = datasets.load(alt, seed=seed, test_fraction=test_fraction, max_train=max_train)
+    _DATA_CACHE[key] = (ds, note)
+    return ds, note
+
+
+# ---------------------------------------------------------------------------------------
+# The round buffer: collector semantics (float32 rows, non-finite policy).
+
+
+class RoundBuffer:
+    """A round's (q x d) float32 buffer, filled through the server's ``RoundCollector``.
+
+    Each sampled worker's delivery goes through
+    :meth:`hgo_common.collector.RoundCollector.add` as one chunk at offset 0, cast to
+    float32 first as ``hgo-worker`` does before encoding (so a float64 value that
+    overflows float32 arrives as inf). The collector applies the wire's non-finite
+    policy: a worker's prefix ends right before its first non-finite value and the rest
+    of its values for the round are ignored.
+    """
+
+    def __init__(self, q: int, d: int, round_index: int = 0) -> None:
+        from .collector import NON_FINITE, RoundCollector
+
+        self._non_finite = NON_FINITE
+        self.collector = RoundCollector(d, max_chunk_values=d)
+        self.collector.start(round_index, q)
+        self.round_index = round_index
+        self.nonfinite = np.zeros(q, dtype=bool)
+
+    @property
+    def values(self) -> np.ndarray:
+        """(q, d) float32; row i is valid up to ``prefixes[i]``."""
+        return self.collector.values
+
+    @property
+    def prefixes(self) -> np.ndarray:
+        """(q,) int64 prefix lengths as the collector counted them."""
+        return self.collector.prefixes
+
+    def put(self, row: int, values: np.ndarray) -> int:
+        """Deliver ``values`` (shape (k,), k <= d) as row ``row``'s prefix; return the kept length."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            v32 = np.asarray(values, dtype=np.float32).ravel()
+        if v32.size == 0:
+            return 0
+        res = self.collector.add(row, self.round_index, 0, v32)
+        self.nonfinite[row] = res.reason == self._non_finite
+        return int(res.prefix)
+
+    def close(self) -> np.ndarray:
+        """Close the round in the collector; return the prefixes, shape (q,)."""
+        return self.collector.close()
+
+
+# ---------------------------------------------------------------------------------------
+# The simulation.
+
+
+class Simulation:
+    """A prepared run: data, shards, rates, model and generators for one ``SimConfig``."""
+
+    def __init__(self, cfg: SimConfig, *, warn: Callable[[str], None] | None = None) -> None:
+        from . import attacks, datasets, models, profiles
+
+        self.cfg = cfg
+        self.ds, self.data_warning = load_dataset(
+            cfg.dataset,
+            cfg.data_dir,
+            seed=cfg.data_seed,
+            max_train=cfg.max_train,
+            test_fraction=cfg.test_fraction,
+            warn=warn,
+        )
+        ds = self.ds
+        n_classes = max(int(ds.n_classes), 2) if ds.task == "classification" else 2
+        self.model: _Model = models.create(
+            cfg.model, n_features=int(ds.n_features), n_classes=n_classes, hidden=cfg.hidden, l2=cfg.l2
+        )
+        self.d = int(self.model.dim)
+        ss = np.random.SeedSequence([int(cfg.seed) % 2**32, 0x48474F])  # "HGO"
+        (s_sample, s_part, s_byz, s_rate, s_init, s_attack, s_workers) = ss.spawn(7)
+        self.sample_rng = np.random.default_rng(s_sample)
+        self.attack_rng = np.random.default_rng(s_attack)
+        self.shards = datasets.partition(ds.y_train, cfg.n, cfg.partition, np.random.default_rng(s_part))
+        self.byzantine = np.zeros(cfg.n, dtype=bool)
+        if cfg.f:
+            self.byzantine[np.random.default_rng(s_byz).permutation(cfg.n)[: cfg.f]] = True
+        self.profiles = profiles.assign(cfg.n, cfg.mix)
+        rate_rng = np.random.default_rng(s_rate)
+        self.rates = (
+            [float(r) for r in cfg.rates]
+            if cfg.rates is not None
+            else [profiles.draw_rate(p, rate_rng) for p in self.profiles]
+        )
+        self.worker_rngs = [np.random.default_rng(s) for s in s_workers.spawn(cfg.n)]
+        self.w = np.asarray(self.model.init(np.random.default_rng(s_init)), dtype=np.float64)
+        self.attack = attacks.get(cfg.attack) if cfg.attack else None
+        # Labels seen by each worker: data attacks poison the Byzantine workers' shards once.
+        self.y_train = np.asarray(ds.y_train)
+        self.y_poison: np.ndarray | None = None
+        if self.attack is not None and self.attack.kind == "data" and cfg.f:
+            self.y_poison = np.asarray(
+                self.attack.transform_labels(self.y_train, n_classes, np.random.default_rng(s_attack))
+            )
+        q = cfg.q_eff
+        v = cfg.v if cfg.v is not None else rounds.default_quorum(q, cfg.rule, cfg.f_rule)
+        self.round_cfg = rounds.RoundConfig(
+            d=self.d,
+            v=v,
+            rule=cfg.rule,
+            f=cfg.f_rule,
+            lr=cfg.lr,
+            lr_schedule=cfg.lr_schedule,
+            algorithm=cfg.algorithm,
+        )
+        self.plans = [self._plan(i) for i in range(cfg.n)]
+        self.t_ms = 0.0
+        self.k = 0
+
+    # -- per-worker work ------------------------------------------------------------------
+
+    def _plan(self, i: int) -> tuple[int, int]:
+        """(batch size, prefix length) worker i uses every round (rates are fixed per run)."""
+        from . import throttle
+
+        cfg = self.cfg
+        if cfg.budget_policy != "fixed":
+            from . import budget
+
+            plan = budget.plan(
+                cfg.budget_policy,
+                rate=self.rates[i],
+                tau_ms=cfg.tau_ms,
+                d=self.d,
+                batch_size=cfg.batch_size,
+                rho=cfg.rho,
+            )
+            return int(plan.batch_size), int(plan.coords)
+        return cfg.batch_size, throttle.expected_prefix(self.rates[i], cfg.tau_ms, cfg.batch_size, self.d)
+
+    def _batch_gradient(self, i: int, s: int, poisoned: bool = False) -> np.ndarray:
+        shard = self.shards[i]
+        rng = self.worker_rngs[i]
+        if shard.size == 0:
+            return np.zeros(self.d)
+        # Like hgo-worker (hgo_worker.compute.draw_batch): min(s, |shard|) distinct rows.
+        idx = shard[rng.choice(shard.size, size=min(s, shard.size), replace=False)]
+        y = self.y_poison if poisoned and self.y_poison is not None else self.y_train
+        with np.errstate(all="ignore"):
+            return np.asarray(self.model.gradient(self.w, self.ds.X_train[idx], y[idx]), dtype=np.float64)
+
+    # -- one round ------------------------------------------------------------------------
+
+    def fill_round(self, sampled: np.ndarray, order: np.ndarray) -> RoundBuffer:
+        """Compute every sampled worker's delivery for w_k and put it in a round buffer.
+
+        Parameters
+        ----------
+        sampled : ndarray of shape (q,)
+            Worker ids, row i of the buffer belongs to ``sampled[i]``.
+        order : ndarray of shape (d,)
+            C_k.
+        """
+        cfg = self.cfg
+        buf = RoundBuffer(sampled.size, self.d, self.k)
+        honest_rows = [r for r, i in enumerate(sampled) if not self.byzantine[i]]
+        byz_rows = [r for r, i in enumerate(sampled) if self.byzantine[i]]
+        grads = np.empty((len(honest_rows), self.d))
+        for j, r in enumerate(honest_rows):
+            i = int(sampled[r])
+            grads[j] = self._batch_gradient(i, self.plans[i][0])
+            buf.put(r, grads[j][order[: self.plans[i][1]]])
+        if not byz_rows:
+            return buf
+        assert self.attack is not None
+        honest_ordered = grads[:, order]  # (m, d) in C_k order, for the omniscient attacker
+        for r in byz_rows:
+            i = int(sampled[r])
+            kind = self.attack.kind
+            if kind == "silent":
+                buf.put(r, np.empty(0))
+            elif kind == "data":
+                s, p = self.plans[i]
+                buf.put(r, self._batch_gradient(i, s, poisoned=True)[order[:p]])
+            else:
+                if cfg.omniscient and honest_ordered.shape[0] > 0:
+                    base = honest_ordered
+                else:
+                    base = np.stack(
+                        [self._batch_gradient(i, cfg.batch_size) for _ in range(cfg.estimate_batches)]
+                    )[:, order]
+                p = self.d if cfg.byzantine_full else self.plans[i][1]
+                with np.errstate(all="ignore"):
+                    vec = self.attack(base[:, :p], n=cfg.n, f=cfg.f, rng=self.attack_rng, **cfg.attack_params)
+                buf.put(r, np.asarray(vec, dtype=np.float64))
+        return buf
+
+    def round_time_ms(self, sampled: np.ndarray) -> float:
+        from . import throttle
+
+        if math.isfinite(self.cfg.tau_ms):
+            return float(self.cfg.tau_ms)
+        return max(
+            (throttle.release_time_ms(self.d, self.rates[i], self.plans[i][0]) for i in map(int, sampled)),
+            default=0.0,
+        )
+
+    def step(self) -> dict[str, Any]:
+        """Run round k; return its log record (without evaluation)."""
+        cfg = self.cfg
+        k = self.k
+        sampled = np.sort(self.sample_rng.choice(cfg.n, size=cfg.q_eff, replace=False))
+        order = order_mod.make_order(order_mod.round_seed(cfg.seed, k), self.d, cfg.order, self.model.groups)
+        buf = self.fill_round(sampled, order)
+        prefixes = buf.close()
+        outcome = rounds.close_round(buf.values, prefixes, order, self.round_cfg)
+        self.w = rounds.apply_update(self.w, outcome)
+        dt = self.round_time_ms(sampled)
+        self.t_ms += dt
+        self.k += 1
+        return {
+            "round": k,
+            "t": self.t_ms / 1000.0,
+            "tau_ms": cfg.tau_ms if math.isfinite(cfg.tau_ms) else None,
+            "algorithm": cfg.algorithm,
+            "sampled": int(sampled.size),
+            "responded": int(np.count_nonzero(prefixes)),
+            "block": int(outcome.block),
+            "quorum": bool(outcome.quorum),
+            "step_size": float(outcome.step_size),
+            "round_ms": dt,
+            "workers": [
+                {
+                    "id": int(i),
+                    "profile": self.profiles[i],
+                    "prefix": int(p),
+                    "byzantine": bool(self.byzantine[i]),
+                }
+                for i, p in zip(sampled, prefixes, strict=True)
+            ],
+            "used": [int(sampled[r]) for r in outcome.used],
+            "nonfinite": [int(sampled[r]) for r in np.flatnonzero(buf.nonfinite)],
+        }
+
+    def evaluate(self) -> dict[str, float]:
+        with np.errstate(all="ignore"):
+            out = self.model.evaluate(self.w, self.ds.X_test, self.ds.y_test)
+        return {k: float(v) for k, v in out.items()}
+
+
+def run(
+    cfg: SimConfig,
+    log_path: str | Path | None = None,
+    *,
+    warn: Callable[[str], None] | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> SimResult:
+    """Simulate ``cfg.rounds`` rounds; write the round log to ``log_path`` (JSON lines) if given."""
+    sim = Simulation(cfg, warn=warn)
+    records: list[dict[str, Any]] = []
+    with RoundLog(log_path) as log:
+        for k in range(cfg.rounds):
+            rec = sim.step()
+            if k % cfg.eval_every == 0 or k == cfg.rounds - 1:
+                rec.update(sim.evaluate())
+            if k == 0:
+                rec["data"] = sim.ds.name
+                if sim.data_warning:
+                    rec["data_warning"] = sim.data_warning
+            log.write(rec)
+            records.append(rec)
+            if progress is not None:
+                progress(rec)
+    return SimResult(cfg, records, sim.w, sim.ds.name, sim.data_warning)
+
+
+def with_overrides(cfg: SimConfig, **changes: Any) -> SimConfig:
+    """``dataclasses.replace`` with tuple conversion for list-valued TOML fields."""
+    for key in ("hidden", "rates", "mix"):
+        if isinstance(changes.get(key), list):
+            changes[key] = tuple(changes[key])
+    return replace(cfg, **changes)
+
+
+def config_fields() -> Sequence[str]:
+    """Names of the ``SimConfig`` fields (the keys a scenario file may set)."""
+    return list(SimConfig.__dataclass_fields__)

@@ -1,0 +1,428 @@
+"""``hgo-experiment``: reproduce the paper's figures 3–8 (Boubouh et al., SRDS 2022, §6).
+
+A *scenario* is a TOML file (``experiments/fig3.toml`` .. ``fig8.toml``) with a shared
+``[base]`` configuration (the fields of :class:`hgo_common.simulator.SimConfig`), one
+``[[variant]]`` table per curve (its ``label`` plus the fields it changes), a number of
+``seeds``, and optional ``[quick]`` overrides (a CI-sized version of the same claim)::
+
+    hgo-experiment run fig5                     # experiments/fig5.toml, simulator, all seeds
+    hgo-experiment run fig5 --quick --seeds 2   # reduced setting
+    hgo-experiment run fig3 --mode net          # real hgo-server + hgo-worker processes
+
+For every variant x seed the run writes a JSON-lines round log (the server's schema),
+then ``summary.csv`` — per variant and evaluation round: mean over seeds, the 95 %
+confidence half-width (Student t with K-1 degrees of freedom; empty with K = 1) and the
+number of seeds — and PNG plots of the metric against the round and against (virtual or
+wall) time, mean with a 95 % band.
+
+``--mode net`` runs each variant x seed through the cluster launcher
+(:mod:`hgo_server.cluster`), i.e. real processes talking gRPC; the number of workers is
+reduced to the scenario's ``[net] max_workers`` (default 12) when larger, with a printed
+note, because a laptop cannot host 100 worker processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hgo_common import roundlog, simulator
+
+ROOT = Path(__file__).resolve().parent.parent
+EXPERIMENTS = ROOT / "experiments"
+METRICS = ("accuracy", "loss")
+DEFAULT_NET_WORKERS = 12
+
+
+# ---------------------------------------------------------------------------------------
+# Scenarios
+
+
+@dataclass
+class Variant:
+    """One curve of a figure: a label and its full simulator configuration (seed 0)."""
+
+    label: str
+    config: simulator.SimConfig
+
+
+@dataclass
+class Scenario:
+    name: str
+    title: str
+    claim: str
+    seeds: int
+    metric: str
+    variants: list[Variant]
+    path: Path
+    notes: list[str] = field(default_factory=list)
+    net: dict[str, Any] = field(default_factory=dict)
+
+
+def _parse_tau(value: Any) -> float:
+    """tau in ms from a TOML value: a number, "inf", or a string with ms / s suffix."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        s = value.strip().lower()
+        if s in ("inf", "infinity"):
+            return math.inf
+        try:
+            if s.endswith("ms"):
+                return float(s[:-2])
+            if s.endswith("s"):
+                return float(s[:-1]) * 1000.0
+            return float(s)
+        except ValueError:
+            pass
+    raise ValueError(f"tau_ms {value!r}: expected milliseconds, 'inf', or a duration like '250ms' / '2s'")
+
+
+def _normalize(table: dict[str, Any], where: str) -> dict[str, Any]:
+    fields = set(simulator.config_fields())
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in fields:
+            raise ValueError(f"{where}: unknown setting {key!r}; expected one of {sorted(fields)}")
+        if key == "tau_ms":
+            value = _parse_tau(value)
+        if isinstance(value, list):
+            value = tuple(value)
+        out[key] = value
+    return out
+
+
+def resolve_scenario_path(scenario: str) -> Path:
+    p = Path(scenario)
+    if p.is_file():
+        return p
+    cand = EXPERIMENTS / (scenario if scenario.endswith(".toml") else f"{scenario}.toml")
+    if cand.is_file():
+        return cand
+    raise FileNotFoundError(f"scenario {scenario!r}: no such file, nor {cand}")
+
+
+def _resolve_data_dir(data_dir: str | None, scenario_path: Path) -> str | None:
+    """Relative data dirs are tried from the current directory, then from the repository root."""
+    if not data_dir:
+        return None
+    p = Path(data_dir)
+    if p.is_absolute() or p.exists():
+        return str(p)
+    alt = scenario_path.resolve().parent.parent / p
+    return str(alt.resolve()) if alt.exists() else str(p)
+
+
+def load_scenario(
+    scenario: str | Path, *, quick: bool = False, rounds: int | None = None, seeds: int | None = None
+) -> Scenario:
+    """Read a scenario file and build one ``SimConfig`` per variant."""
+    path = resolve_scenario_path(str(scenario))
+    doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    base = _normalize(doc.get("base", {}), f"{path} [base]")
+    quick_over = _normalize(doc.get("quick", {}).get("base", {}), f"{path} [quick.base]") if quick else {}
+    n_seeds = int(doc.get("seeds", 3))
+    if quick:
+        n_seeds = int(doc.get("quick", {}).get("seeds", n_seeds))
+    if seeds is not None:
+        n_seeds = seeds
+    if n_seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {n_seeds}")
+    raw_variants = doc.get("variant", [])
+    if not raw_variants:
+        raise ValueError(f"{path}: a scenario needs at least one [[variant]]")
+    variants: list[Variant] = []
+    for j, vt in enumerate(raw_variants):
+        vt = dict(vt)
+        label = str(vt.pop("label", f"variant{j}"))
+        quick_v = _normalize(vt.pop("quick", {}), f"{path} variant {label!r} quick") if quick else {}
+        merged = {**base, **_normalize(vt, f"{path} variant {label!r}"), **quick_over, **quick_v}
+        if rounds is not None:
+            merged["rounds"] = rounds
+        merged["data_dir"] = _resolve_data_dir(merged.get("data_dir"), path)
+        variants.append(Variant(label, simulator.SimConfig(**merged)))
+    return Scenario(
+        name=str(doc.get("name", path.stem)),
+        title=str(doc.get("title", path.stem)),
+        claim=str(doc.get("claim", "")),
+        seeds=n_seeds,
+        metric=str(doc.get("metric", "accuracy")),
+        variants=variants,
+        path=path,
+        notes=[str(x) for x in doc.get("notes", [])],
+        net=dict(doc.get("net", {})),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Statistics
+
+
+def _seed_curves(
+    seed_logs: list[list[dict[str, Any]]], metric: str, xkey: str
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One (x, metric) curve per seed from the evaluation records (``null`` becomes NaN)."""
+    curves = []
+    for recs in seed_logs:
+        pts = [
+            (float(r[xkey]), math.nan if r[metric] is None else float(r[metric])) for r in recs if metric in r
+        ]
+        if pts:
+            curves.append((np.array([p[0] for p in pts]), np.array([p[1] for p in pts])))
+    return curves
+
+
+def summarize(
+    runs: dict[str, list[list[dict[str, Any]]]], metrics: Sequence[str] = METRICS
+) -> list[dict[str, Any]]:
+    """Per variant, metric and evaluation round: mean over seeds, 95 % CI half-width, n seeds.
+
+    The band is :func:`hgo_common.plots.mean_ci`'s (Student t with K-1 degrees of
+    freedom); with one seed the half-width is reported as NaN (empty in the CSV).
+
+    Parameters
+    ----------
+    runs : mapping label -> list (one per seed) of round-log records
+    """
+    from hgo_common import plots
+
+    rows: list[dict[str, Any]] = []
+    for label, seed_logs in runs.items():
+        for metric in metrics:
+            curves = _seed_curves(seed_logs, metric, "round")
+            if not curves:
+                continue
+            # Every seed evaluates on the same rounds; keep the rounds all of them reached.
+            common = sorted(set.intersection(*(set(c[0].tolist()) for c in curves)))
+            grid = np.array(common, dtype=np.float64)
+            band = plots.mean_ci(curves, grid=grid)
+            t_by_round: dict[int, list[float]] = {}
+            for recs in seed_logs:
+                for r in recs:
+                    if metric in r:
+                        t_by_round.setdefault(int(r["round"]), []).append(float(r["t"]))
+            for j, k in enumerate(common):
+                half = float(band.upper[j] - band.mean[j]) if band.n > 1 else math.nan
+                rows.append(
+                    {
+                        "variant": label,
+                        "metric": metric,
+                        "round": int(k),
+                        "t_mean": float(np.mean(t_by_round[int(k)])),
+                        "mean": float(band.mean[j]),
+                        "ci95": half,
+                        "n": band.n,
+                    }
+                )
+    return rows
+
+
+SUMMARY_FIELDS = ("variant", "metric", "round", "t_mean", "mean", "ci95", "n")
+
+
+def write_summary(rows: list[dict[str, Any]], path: Path) -> None:
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=SUMMARY_FIELDS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
+
+
+def read_summary(path: Path) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    with path.open(encoding="utf-8") as fh:
+        for r in csv.DictReader(fh):
+            out.append(
+                {
+                    "variant": r["variant"],
+                    "metric": r["metric"],
+                    "round": int(r["round"]),
+                    "t_mean": float(r["t_mean"]),
+                    "mean": float(r["mean"]) if r["mean"] else math.nan,
+                    "ci95": float(r["ci95"]) if r["ci95"] else math.nan,
+                    "n": int(r["n"]),
+                }
+            )
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Plots
+
+
+def plot_runs(
+    runs: dict[str, list[list[dict[str, Any]]]], metric: str, title: str, out_prefix: Path
+) -> list[Path]:
+    """Two PNGs: ``metric`` vs round and vs time; mean over seeds with a 95 % band per variant.
+
+    Drawn by :func:`hgo_common.plots.plot_bands`; against time, seeds whose clocks differ
+    (sgd with tau = inf) are interpolated on the time range all of them cover.
+    """
+    from hgo_common import plots
+
+    written: list[Path] = []
+    for xkey, xlabel, suffix in (("round", "round", "round"), ("t", "time (s, virtual in sim)", "time")):
+        curves = {label: _seed_curves(logs, metric, xkey) for label, logs in runs.items()}
+        curves = {k: v for k, v in curves.items() if v}
+        if not curves:
+            continue
+        path = out_prefix.with_name(f"{out_prefix.name}_{metric}_vs_{suffix}.png")
+        plots.plot_bands(curves, path, xlabel=xlabel, ylabel=f"test {metric}", title=title)
+        written.append(path)
+    return written
+
+
+# ---------------------------------------------------------------------------------------
+# Running
+
+
+def _net_runner() -> Callable[..., list[dict[str, Any]]]:
+    try:
+        from hgo_server import cluster
+    except ImportError as exc:  # the networked launcher is another module
+        raise SystemExit(f"--mode net needs hgo_server.cluster ({exc})") from exc
+    fn = getattr(cluster, "run_config", None)
+    if fn is None:
+        raise SystemExit("--mode net: hgo_server.cluster has no run_config(config, log_path) function")
+    return fn  # type: ignore[no-any-return]
+
+
+def reduce_for_net(cfg: simulator.SimConfig, max_workers: int) -> tuple[simulator.SimConfig, str | None]:
+    """Scale n (and q, f, v proportionally) down to ``max_workers`` worker processes."""
+    if cfg.n <= max_workers:
+        return cfg, None
+    scale = max_workers / cfg.n
+    q = None if cfg.q is None else max(1, min(max_workers, round(cfg.q_eff * scale)))
+    f = min(max_workers, round(cfg.f * scale))
+    v = None if cfg.v is None else max(1, round(cfg.v * scale))
+    rule_f = None if cfg.rule_f is None else round(cfg.rule_f * scale)
+    new = simulator.with_overrides(cfg, n=max_workers, q=q, f=f, v=v, rule_f=rule_f)
+    note = (
+        f"NOTE: --mode net reduces n={cfg.n} -> {max_workers} workers (q={cfg.q_eff} -> {new.q_eff}, "
+        f"f={cfg.f} -> {f}); results are for the reduced setting"
+    )
+    return new, note
+
+
+def run_scenario(
+    sc: Scenario,
+    out: Path,
+    *,
+    mode: str = "sim",
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run every variant x seed, write logs, summary.csv and plots into ``out``."""
+    if mode not in ("sim", "net"):
+        raise ValueError(f"mode must be 'sim' or 'net', got {mode!r}")
+    out.mkdir(parents=True, exist_ok=True)
+    logs = out / "logs"
+    logs.mkdir(exist_ok=True)
+    runs: dict[str, list[list[dict[str, Any]]]] = {}
+    notes: list[str] = []
+    net_fn = _net_runner() if mode == "net" else None
+    max_workers = int(sc.net.get("max_workers", DEFAULT_NET_WORKERS))
+    t0 = time.monotonic()
+    for var in sc.variants:
+        runs[var.label] = []
+        for s in range(sc.seeds):
+            cfg = simulator.with_overrides(var.config, seed=var.config.seed + s)
+            log_path = logs / f"{_slug(var.label)}_seed{s}.jsonl"
+            if log_path.exists():
+                log_path.unlink()
+            if mode == "sim":
+                res = simulator.run(cfg, log_path, warn=lambda m: _note(notes, m, echo))
+                recs = res.records
+            else:
+                assert net_fn is not None
+                cfg, note = reduce_for_net(cfg, max_workers)
+                if note:
+                    _note(notes, note, echo)
+                net_fn(cfg, log_path)
+                recs = roundlog.read(log_path)
+            runs[var.label].append(recs)
+            last = next((r for r in reversed(recs) if sc.metric in r), {})
+            echo(
+                f"[{sc.name}] {var.label} seed {s}: {len(recs)} rounds, "
+                f"{sc.metric}={last.get(sc.metric)} t={last.get('t', 0.0):.2f}s "
+                f"({time.monotonic() - t0:.0f}s elapsed)"
+            )
+    rows = summarize(runs)
+    write_summary(rows, out / "summary.csv")
+    plots = plot_runs(runs, sc.metric, sc.title, out / sc.name)
+    meta = {
+        "scenario": str(sc.path),
+        "name": sc.name,
+        "mode": mode,
+        "seeds": sc.seeds,
+        "claim": sc.claim,
+        "notes": notes,
+        "variants": {v.label: _jsonable(v.config.to_dict()) for v in sc.variants},
+    }
+    (out / "run.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    echo(f"[{sc.name}] wrote {out / 'summary.csv'} and {', '.join(p.name for p in plots)}")
+    return {"rows": rows, "plots": plots, "notes": notes, "runs": runs}
+
+
+def _note(notes: list[str], msg: str, echo: Callable[[str], None]) -> None:
+    if msg not in notes:
+        notes.append(msg)
+        echo(f"WARNING: {msg}" if not msg.startswith("NOTE") else msg)
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in d.items()}
+
+
+def final_values(rows: list[dict[str, Any]], metric: str) -> dict[str, dict[str, Any]]:
+    """The summary row of ``metric`` at the last evaluation round of each variant."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r["metric"] == metric and (r["variant"] not in out or r["round"] >= out[r["variant"]]["round"]):
+            out[r["variant"]] = r
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="hgo-experiment", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run a scenario (experiments/figN.toml or a path)")
+    r.add_argument("scenario", help="scenario name (fig3..fig8) or path to a TOML file")
+    r.add_argument("--mode", choices=("sim", "net"), default="sim")
+    r.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the scenario's)")
+    r.add_argument("--out", type=Path, default=None, help="output directory (default results/NAME[-quick])")
+    r.add_argument("--rounds", type=int, default=None, help="override the number of rounds")
+    r.add_argument("--quick", action="store_true", help="use the scenario's reduced [quick] setting")
+    sub.add_parser("list", help="list the scenarios in experiments/")
+    args = ap.parse_args(argv)
+    if args.cmd == "list":
+        for p in sorted(EXPERIMENTS.glob("*.toml")):
+            doc = tomllib.loads(p.read_text(encoding="utf-8"))
+            print(f"{p.stem:8s} {doc.get('title', '')}")
+        return 0
+    try:
+        sc = load_scenario(args.scenario, quick=args.quick, rounds=args.rounds, seeds=args.seeds)
+    except (ValueError, FileNotFoundError, tomllib.TOMLDecodeError) as exc:
+        print(f"hgo-experiment: {exc}", file=sys.stderr)
+        return 2
+    out = args.out or Path("results") / (sc.name + ("-quick" if args.quick else "") + f"-{args.mode}")
+    run_scenario(sc, out, mode=args.mode)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

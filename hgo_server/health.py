@@ -1,0 +1,121 @@
+"""Container health check: ``python -m hgo_server.health``.
+
+Used by the Docker image's ``HEALTHCHECK`` and by Kubernetes probes (DESIGN.md §7).
+Two checks, either or both:
+
+* ``--grpc HOST:PORT`` (the default, ``127.0.0.1:$HGO_PORT`` or ``:50051``): call the
+  server's ``Status`` rpc. The server is healthy when it answers, with a reply or with
+  ``UNAUTHENTICATED`` (a live server that has tokens configured and was not given one:
+  it still answered, which is what liveness means). Anything else — refused
+  connection, deadline, internal error — is unhealthy.
+* ``--http URL``: GET a Prometheus endpoint (a worker's ``/metrics``); healthy on HTTP
+  200 with at least one ``hgo_`` sample in the body.
+
+The token comes from ``--token`` or ``$HGO_TOKEN`` (sent as ``authorization: Bearer``);
+with ``--tls-ca`` (or ``$HGO_TLS_CA``) the call uses TLS, verifying the server name given
+by ``--tls-name`` (default ``server``, the name in the Compose and Kubernetes certificates).
+
+Exit status 0 = healthy, 1 = unhealthy, 2 = bad usage; one line on stdout says why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+
+from hgo_common.proto import hgo_pb2, hgo_pb2_grpc
+
+DEFAULT_PORT = 50051
+
+
+def check_grpc(
+    target: str,
+    *,
+    timeout: float = 3.0,
+    token: str | None = None,
+    tls_ca: Path | None = None,
+    tls_name: str | None = None,
+) -> tuple[bool, str]:
+    """Call ``Status`` on ``target``; return (healthy, one-line explanation)."""
+    metadata = (("authorization", f"Bearer {token}"),) if token else None
+    if tls_ca is not None:
+        creds = grpc.ssl_channel_credentials(root_certificates=tls_ca.read_bytes())
+        options = [("grpc.ssl_target_name_override", tls_name)] if tls_name else []
+        channel = grpc.secure_channel(target, creds, options=options)
+    else:
+        channel = grpc.insecure_channel(target)
+    try:
+        stub = hgo_pb2_grpc.HGOStub(channel)
+        reply = stub.Status(hgo_pb2.StatusRequest(), timeout=timeout, metadata=metadata)
+    except grpc.RpcError as exc:
+        code = exc.code() if isinstance(exc, grpc.Call) else None
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            return True, f"{target}: server answered UNAUTHENTICATED (alive; no valid token given)"
+        detail = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+        return False, f"{target}: Status failed with {code.name if code else 'error'}: {detail}"
+    finally:
+        channel.close()
+    return True, (
+        f"{target}: state={reply.state} round={reply.round} active_sessions={reply.active_sessions}"
+    )
+
+
+def check_http(url: str, *, timeout: float = 3.0) -> tuple[bool, str]:
+    """GET a Prometheus text endpoint; healthy on 200 with an ``hgo_`` sample."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            status = int(resp.status)
+            body = resp.read(1 << 20).decode("utf-8", errors="replace")
+    except (urllib.error.URLError, OSError) as exc:
+        return False, f"{url}: {exc}"
+    if status != 200:
+        return False, f"{url}: HTTP {status}"
+    samples = sum(1 for line in body.splitlines() if line.startswith("hgo_"))
+    if samples == 0:
+        return False, f"{url}: HTTP 200 but no hgo_ metric in the body"
+    return True, f"{url}: HTTP 200, {samples} hgo_ samples"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m hgo_server.health", description="Health check for HGO containers (exit 0 = healthy)."
+    )
+    parser.add_argument("--grpc", metavar="HOST:PORT", help="server address for the Status rpc")
+    parser.add_argument("--http", metavar="URL", help="metrics URL to GET (e.g. http://127.0.0.1:9101/metrics)")
+    parser.add_argument("--timeout", type=float, default=3.0, help="seconds per check (default 3)")
+    parser.add_argument("--token", default=None, help="bearer token (default: $HGO_TOKEN)")
+    parser.add_argument("--tls-ca", type=Path, default=None, help="CA certificate (default: $HGO_TLS_CA)")
+    parser.add_argument("--tls-name", default="server", help="TLS server name to verify (default: server)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.timeout <= 0:
+        parser.error(f"--timeout {args.timeout} must be > 0 seconds")
+    checks: list[tuple[bool, str]] = []
+    if args.http:
+        checks.append(check_http(args.http, timeout=args.timeout))
+    if args.grpc or not args.http:
+        target = args.grpc or f"127.0.0.1:{os.environ.get('HGO_PORT', DEFAULT_PORT)}"
+        token = args.token if args.token is not None else os.environ.get("HGO_TOKEN") or None
+        ca_env = os.environ.get("HGO_TLS_CA")
+        tls_ca = args.tls_ca if args.tls_ca is not None else (Path(ca_env) if ca_env else None)
+        checks.append(
+            check_grpc(target, timeout=args.timeout, token=token, tls_ca=tls_ca, tls_name=args.tls_name)
+        )
+    for ok, why in checks:
+        print(("healthy: " if ok else "unhealthy: ") + why, flush=True)
+    return 0 if all(ok for ok, _ in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,54 +2,114 @@
 
 A rule is a pure, vectorized function over an (m x k) float array — m workers'
 values on k coordinates — with a keyword ``f`` (the number of Byzantine rows it must
-tolerate), returning a k-vector::
+tolerate), returning a k-vector (float64)::
 
     rule = aggregators.get("median")
     out = rule(x, f=2)
 
 Pre-aggregation steps map (m x k) to (m' x k) and compose in front of any rule with
 ``+``: ``get("nnm+krum")``, ``get("bucketing+median")``. Each rule lives in its own
-module whose docstring cites its paper and states the variant implemented.
+module whose docstring cites its paper and states the variant implemented; the user
+documentation is docs/aggregators.md.
 
 ``Rule.coordinatewise`` says whether coordinate j of the output depends only on
 column j of the input; hgo_common.blocks relies on it (see there).
+
+Preconditions
+-------------
+``Rule.min_rows(f)`` is the fewest rows a rule accepts for a given f (Krum: 2f + 3);
+calling a rule with fewer rows, a negative or non-integer f, or a non-(m x k) array
+raises ValueError naming the values. A composed rule's ``min_rows`` accounts for the
+pre-aggregation steps in front of it (bucketing with s = 2 halves the rows).
+
+Non-finite inputs
+-----------------
+Rules do not scan for NaN/inf (that would cost a full pass on the server's hot path):
+with non-finite inputs the output is unspecified (NaN may propagate or rows may be
+chosen arbitrarily). The server never passes them: the collector truncates a
+worker's prefix before its first non-finite value (hgo_common.collector), and
+hgo_common.blocks only reads prefixes.
+
+Keyword arguments
+-----------------
+Extra keywords (``trimmed`` rules take none; ``multi-krum`` takes ``n_select``,
+``bucketing`` takes ``s`` and ``rng``, ...) are passed to the components of a
+composed rule that accept them; a keyword no component accepts raises ValueError.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 RuleFn = Callable[..., np.ndarray]
 
 
+def _one_row(f: int) -> int:
+    return 1
+
+
+def _same_rows(f: int, need: int) -> int:
+    return need
+
+
 @dataclass(frozen=True)
 class Rule:
-    """A named aggregation rule; call it as ``rule(x, f=f)``."""
+    """A named aggregation rule; call it as ``rule(x, f=f)``.
+
+    Attributes
+    ----------
+    name : str
+    fn : callable
+        The raw function ``fn(x, *, f, **kwargs) -> (k,)``; it trusts its input.
+    coordinatewise : bool
+        Output column j depends only on input column j.
+    min_rows : callable
+        ``min_rows(f)``: the fewest rows the rule accepts.
+    condition : str
+        The precondition in the paper's notation, used in error messages.
+    """
 
     name: str
     fn: RuleFn
     coordinatewise: bool
-    min_rows: Callable[[int], int] = lambda f: 1
+    min_rows: Callable[[int], int] = _one_row
+    condition: str = ""
+    keywords: frozenset[str] = field(default=frozenset())
 
     def __call__(self, x: np.ndarray, *, f: int = 0, **kwargs: object) -> np.ndarray:
-        x = _check_matrix(x, self.name)
-        if f < 0:
-            raise ValueError(f"{self.name}: f must be >= 0, got {f}")
-        return self.fn(x, f=f, **kwargs)
+        arr = _check_matrix(x, self.name)
+        f = _check_f(f, self.name)
+        need = self.min_rows(f)
+        m = arr.shape[0]
+        if m < need:
+            cond = self.condition or f"m >= {need}"
+            raise ValueError(f"{self.name} needs {cond} (at least {need} rows), got m={m}, f={f}")
+        _check_keywords(kwargs, self.keywords, self.name)
+        return self.fn(arr, f=f, **kwargs)
 
 
 @dataclass(frozen=True)
 class PreAggregation:
-    """A named pre-aggregation step mapping (m x k) to (m' x k)."""
+    """A named pre-aggregation step mapping (m x k) to (m' x k).
+
+    ``rows_needed(f, need)``: the fewest input rows for which the step returns at least
+    ``need`` rows (with its default parameters).
+    """
 
     name: str
     fn: RuleFn
+    rows_needed: Callable[[int, int], int] = _same_rows
+    keywords: frozenset[str] = field(default=frozenset())
 
     def __call__(self, x: np.ndarray, *, f: int = 0, **kwargs: object) -> np.ndarray:
-        return self.fn(_check_matrix(x, self.name), f=f, **kwargs)
+        arr = _check_matrix(x, self.name)
+        f = _check_f(f, self.name)
+        _check_keywords(kwargs, self.keywords, self.name)
+        return self.fn(arr, f=f, **kwargs)
 
 
 _RULES: dict[str, Rule] = {}
@@ -60,36 +120,65 @@ def _check_matrix(x: np.ndarray, name: str) -> np.ndarray:
     arr = np.asarray(x)
     if arr.ndim != 2 or arr.shape[0] < 1:
         raise ValueError(f"{name}: expected an (m x k) array with m >= 1, got shape {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.floating):
+    if arr.dtype not in (np.float32, np.float64):
+        # float32 stays float32 (the server's round buffer): no whole-array upcast.
         arr = arr.astype(np.float64)
     return arr
 
 
+def _check_f(f: object, name: str) -> int:
+    if isinstance(f, bool) or not isinstance(f, int | np.integer) or f < 0:
+        raise ValueError(f"{name}: f must be an integer >= 0, got {f!r}")
+    return int(f)
+
+
+def _keywords(fn: RuleFn) -> frozenset[str]:
+    params = inspect.signature(fn).parameters.values()
+    return frozenset(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "f")
+
+
+def _check_keywords(kwargs: dict[str, object], accepted: frozenset[str], name: str) -> None:
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ValueError(f"{name}: unknown keyword(s) {unknown}; accepted: {sorted(accepted)}")
+
+
 def register(
-    name: str, *, coordinatewise: bool, min_rows: Callable[[int], int] = lambda f: 1
+    name: str,
+    *,
+    coordinatewise: bool,
+    min_rows: Callable[[int], int] = _one_row,
+    condition: str = "",
 ) -> Callable[[RuleFn], RuleFn]:
     """Decorator: register ``fn`` as the aggregation rule ``name``.
 
     ``min_rows(f)`` is the fewest rows the rule accepts for a given f (Krum: 2f + 3);
-    the server uses it to choose a default quorum v.
+    the server uses it to choose a default quorum v. ``condition`` states it in the
+    paper's notation for error messages (Krum: ``"m > 2f+2"``).
     """
 
     def deco(fn: RuleFn) -> RuleFn:
-        if name in _RULES or name in _PRE:
-            raise ValueError(f"aggregation rule {name!r} registered twice")
-        _RULES[name] = Rule(name, fn, coordinatewise, min_rows)
+        if name in _RULES or name in _PRE or "+" in name:
+            raise ValueError(f"aggregation rule {name!r} registered twice or contains '+'")
+        _RULES[name] = Rule(name, fn, coordinatewise, min_rows, condition, _keywords(fn))
         return fn
 
     return deco
 
 
-def register_pre(name: str) -> Callable[[RuleFn], RuleFn]:
-    """Decorator: register ``fn`` as the pre-aggregation step ``name``."""
+def register_pre(
+    name: str, *, rows_needed: Callable[[int, int], int] = _same_rows
+) -> Callable[[RuleFn], RuleFn]:
+    """Decorator: register ``fn`` as the pre-aggregation step ``name``.
+
+    ``rows_needed(f, need)`` is the fewest input rows for which the step outputs at
+    least ``need`` rows (identity for row-preserving steps such as NNM).
+    """
 
     def deco(fn: RuleFn) -> RuleFn:
-        if name in _RULES or name in _PRE:
-            raise ValueError(f"pre-aggregation {name!r} registered twice")
-        _PRE[name] = PreAggregation(name, fn)
+        if name in _RULES or name in _PRE or "+" in name:
+            raise ValueError(f"pre-aggregation {name!r} registered twice or contains '+'")
+        _PRE[name] = PreAggregation(name, fn, rows_needed, _keywords(fn))
         return fn
 
     return deco
@@ -108,12 +197,23 @@ def pre_names() -> list[str]:
 
 
 def get(name: str) -> Rule:
-    """The rule called ``name``, optionally prefixed by pre-aggregation steps joined by '+'."""
+    """The rule called ``name``, optionally prefixed by pre-aggregation steps joined by '+'.
+
+    Raises
+    ------
+    ValueError
+        For an unknown rule or step; the message lists the registered names.
+    """
     _load_all()
+    if not isinstance(name, str):
+        raise ValueError(f"aggregation rule name must be a string, got {name!r}")
     parts = [p.strip() for p in name.split("+")]
     *pres, last = parts
     if last not in _RULES:
-        raise ValueError(f"unknown aggregation rule {last!r}; expected one of {sorted(_RULES)}")
+        raise ValueError(
+            f"unknown aggregation rule {last!r} in {name!r}; expected one of {sorted(_RULES)}"
+            f" optionally prefixed by pre-aggregation steps {sorted(_PRE)} joined with '+'"
+        )
     for p in pres:
         if p not in _PRE:
             raise ValueError(f"unknown pre-aggregation {p!r} in {name!r}; expected one of {sorted(_PRE)}")
@@ -121,13 +221,26 @@ def get(name: str) -> Rule:
     if not pres:
         return rule
     steps = [_PRE[p] for p in pres]
+    accepted = rule.keywords.union(*(s.keywords for s in steps))
 
     def composed(x: np.ndarray, *, f: int = 0, **kwargs: object) -> np.ndarray:
+        # Each component receives the keywords it declares (bucketing: s, rng; ...).
         for step in steps:
-            x = step(x, f=f, **kwargs)
-        return rule.fn(x, f=f)
+            x = step.fn(x, f=f, **{k: v for k, v in kwargs.items() if k in step.keywords})
+            if x.shape[0] < rule.min_rows(f):
+                cond = rule.condition or f"m >= {rule.min_rows(f)}"
+                raise ValueError(
+                    f"{name}: after {step.name} {rule.name} needs {cond}, got m={x.shape[0]}, f={f}"
+                )
+        return rule.fn(x, f=f, **{k: v for k, v in kwargs.items() if k in rule.keywords})
 
-    return Rule(name, composed, coordinatewise=False, min_rows=rule.min_rows)
+    def min_rows(f: int) -> int:
+        need = rule.min_rows(f)
+        for step in reversed(steps):
+            need = step.rows_needed(f, need)
+        return need
+
+    return Rule(name, composed, False, min_rows, "", accepted)
 
 
 _LOADED = False

@@ -2,4 +2,18 @@
 
 from __future__ import annotations
 
-from . import average, median  # noqa: F401
+from . import (  # noqa: F401
+    aksel,
+    average,
+    bucketing,
+    bulyan,
+    centered_clipping,
+    geometric_median,
+    krum,
+    meamed,
+    median,
+    multi_krum,
+    nnm,
+    phocas,
+    trimmed_mean,
+)

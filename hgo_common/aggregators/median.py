@@ -1,7 +1,9 @@
 """Coordinate-wise median (Yin, Chen, Ramchandran, Bartlett, "Byzantine-Robust
 Distributed Learning: Towards Optimal Statistical Rates", ICML 2018).
 
-For an even number of rows the median is the mean of the two middle values.
+Variant: for each coordinate, the median of the m values; for an even m, the mean of
+the two middle values. Precondition m >= 2f + 1 (an honest majority on every
+coordinate), so the output always lies between two honest values.
 """
 
 from __future__ import annotations
@@ -9,15 +11,23 @@ from __future__ import annotations
 import numpy as np
 
 from . import register
+from ._common import median_of_sorted, sorted_columns
 
 
-@register("median", coordinatewise=True, min_rows=lambda f: 2 * f + 1)
+@register("median", coordinatewise=True, min_rows=lambda f: 2 * f + 1, condition="m >= 2f+1")
 def median(x: np.ndarray, *, f: int = 0) -> np.ndarray:
-    """Column median of an (m x k) array."""
-    # np.sort along rows then picking the middle is several times faster than
-    # np.median's partition on a (workers x coordinates) layout (DESIGN.md §8).
-    m = x.shape[0]
-    s = np.sort(x, axis=0)
-    if m % 2:
-        return np.asarray(s[m // 2])
-    return np.asarray(0.5 * (s[m // 2 - 1] + s[m // 2]))
+    """Column median of an (m x k) array.
+
+    Parameters
+    ----------
+    x : ndarray of shape (m, k)
+    f : int
+        Only checked against the precondition m >= 2f + 1.
+
+    Returns
+    -------
+    ndarray of shape (k,), float64
+    """
+    # Sorting cache-sized transposed tiles beats np.median's partition on the
+    # (workers x coordinates) layout by 2-4x (DESIGN.md §8, docs/benchmarks.md).
+    return median_of_sorted(sorted_columns(x))

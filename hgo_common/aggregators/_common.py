@@ -1,0 +1,141 @@
+"""Vectorized building blocks shared by the rules (private).
+
+Layout notes (measured, DESIGN.md §8 and docs/benchmarks.md): sorting short columns
+of an (m x k) row-major array is dominated by strided gathers, so
+``sorted_columns`` transposes cache-sized column tiles into a (k x m) buffer and
+sorts its contiguous rows. Pairwise squared distances come from ONE Gram product
+``x @ x.T`` in the input dtype (float32 on the server: no upcast copy of the matrix).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Columns per tile in sorted_columns: 256 x m float32 fits in L2 with room to spare.
+_TILE = 256
+
+
+def sorted_columns(x: np.ndarray) -> np.ndarray:
+    """Each column of ``x`` sorted, returned transposed.
+
+    Parameters
+    ----------
+    x : ndarray of shape (m, k)
+
+    Returns
+    -------
+    s : ndarray of shape (k, m), dtype of ``x``
+        ``s[j]`` is column j of ``x`` in increasing order.
+    """
+    m, k = x.shape
+    out = np.empty((k, m), dtype=x.dtype)
+    # A loop over tiles of _TILE coordinates (not over coordinates): each tile is
+    # transposed while it is cache-resident, then sorted along contiguous rows.
+    for j in range(0, k, _TILE):
+        tile = out[j : j + _TILE]
+        tile[...] = x[:, j : j + _TILE].T
+        tile.sort(axis=1)
+    return out
+
+
+def median_of_sorted(s: np.ndarray) -> np.ndarray:
+    """Median of each row of a row-sorted (k x m) array (mean of the two middles for even m)."""
+    m = s.shape[1]
+    if m % 2:
+        return s[:, m // 2].astype(np.float64)
+    return np.asarray(0.5 * (s[:, m // 2 - 1].astype(np.float64) + s[:, m // 2]))
+
+
+def trimmed_mean_of_sorted(s: np.ndarray, f: int) -> np.ndarray:
+    """Mean of each row of a row-sorted (k x m) array without its f smallest and f largest."""
+    m = s.shape[1]
+    return np.asarray(s[:, f : m - f].mean(axis=1, dtype=np.float64))
+
+
+def closest_mean_of_sorted(s: np.ndarray, center: np.ndarray, keep: int) -> np.ndarray:
+    """Per row, the mean of the ``keep`` values closest to ``center``.
+
+    On a line the ``keep`` nearest values to a point form a contiguous window of the
+    sorted values, namely one whose largest distance to the point is smallest; among
+    equally good windows we take the lowest, so the result depends only on the
+    multiset of values (row order never matters).
+
+    Parameters
+    ----------
+    s : ndarray of shape (k, m), each row sorted increasingly
+    center : ndarray of shape (k,)
+    keep : int, 1 <= keep <= m
+
+    Returns
+    -------
+    ndarray of shape (k,), float64
+    """
+    m = s.shape[1]
+    n_win = m - keep + 1
+    c = center[:, None]
+    # radius of window t = max(c - s[t], s[t + keep - 1] - c), shape (k, n_win)
+    radius = np.maximum(c - s[:, :n_win], s[:, keep - 1 :] - c)
+    start = np.argmin(radius, axis=1)[:, None]
+    cols = np.arange(m)[None, :]
+    inside = (cols >= start) & (cols < start + keep)
+    total = np.where(inside, s, 0).sum(axis=1, dtype=np.float64)
+    return np.asarray(total / keep)
+
+
+def pairwise_sq_distances(x: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances between the rows of ``x`` via one Gram product.
+
+    ``|x_i - x_j|^2 = |x_i|^2 + |x_j|^2 - 2 x_i.x_j``. The product runs in the input
+    dtype; its rounding error on an entry is about eps * (|x_i|^2 + |x_j|^2) (eps =
+    6e-8 for float32), below the float32 quantization of the inputs themselves for
+    typical gradients. Negative round-off is clipped to 0 and the diagonal is exactly 0.
+
+    Parameters
+    ----------
+    x : ndarray of shape (m, k)
+
+    Returns
+    -------
+    ndarray of shape (m, m), float64
+    """
+    g = np.asarray(x @ x.T, dtype=np.float64)
+    sq = np.diag(g).copy()
+    d = sq[:, None] + sq[None, :] - 2.0 * g
+    np.maximum(d, 0.0, out=d)
+    np.fill_diagonal(d, 0.0)
+    return np.asarray(d)
+
+
+def weighted_rows(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``w @ x`` as float64 without upcasting ``x`` (weights are cast to x's dtype).
+
+    Parameters
+    ----------
+    w : ndarray of shape (m,)
+    x : ndarray of shape (m, k)
+
+    Returns
+    -------
+    ndarray of shape (k,), float64
+    """
+    return np.asarray(w.astype(x.dtype) @ x, dtype=np.float64)
+
+
+def krum_scores(d: np.ndarray, f: int) -> np.ndarray:
+    """Krum scores: for each row, the sum of its m - f - 2 smallest distances to other rows.
+
+    Parameters
+    ----------
+    d : ndarray of shape (m, m)
+        Squared pairwise distances.
+    f : int
+
+    Returns
+    -------
+    ndarray of shape (m,)
+    """
+    m = d.shape[0]
+    nb = m - f - 2
+    others = d.copy()
+    np.fill_diagonal(others, np.inf)  # a row is not its own neighbour
+    return np.asarray(np.sort(others, axis=1)[:, :nb].sum(axis=1))

@@ -1,0 +1,57 @@
+"""AKSEL (Boussetta, El Mhamdi, Guerraoui, Maurer, Rouault, "AKSEL: Fast Byzantine
+SGD", OPODIS 2020, LIPIcs 184, 8:1-8:16) — the robust rule the HGO paper evaluates.
+
+Variant: compute the coordinate-wise median ``med`` of the m rows (mean of the two
+middle values for an even m), the squared distance ``|x_i - med|^2`` of every row to
+it, and return the plain mean of the ``c`` rows closest to ``med`` (ties in distance
+broken by input order). ``c`` depends on ``mode``:
+
+* ``"mid"`` (default): c = ceil(m / 2) = (m + 1) // 2. This is the default of the
+  authors' reference implementation (S. Rouault's ``aksel.py`` in EPFL's Garfield
+  library, mode ``"mid"``) and of the HGO authors' numpy port, and is what the paper
+  analyses: the honest majority guarantees that the selected half is close to the
+  median.
+* ``"n-f"``: c = m - f, keep every row but the f farthest.
+
+Precondition m >= 2f + 1 (an honest majority, as the reference ``check``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import register
+from ._common import median_of_sorted, sorted_columns, weighted_rows
+
+MODES = ("mid", "n-f")
+
+
+@register("aksel", coordinatewise=False, min_rows=lambda f: 2 * f + 1, condition="m >= 2f+1")
+def aksel(x: np.ndarray, *, f: int = 0, mode: str = "mid") -> np.ndarray:
+    """Mean of the rows closest (squared L2) to the coordinate-wise median.
+
+    Parameters
+    ----------
+    x : ndarray of shape (m, k)
+    f : int
+    mode : {"mid", "n-f"}
+        How many rows to keep: (m + 1) // 2, or m - f.
+
+    Returns
+    -------
+    ndarray of shape (k,), float64
+    """
+    m = x.shape[0]
+    if mode == "mid":
+        c = (m + 1) // 2
+    elif mode == "n-f":
+        c = m - f
+    else:
+        raise ValueError(f"aksel: mode must be one of {MODES}, got {mode!r}")
+    med = median_of_sorted(sorted_columns(x)).astype(x.dtype)
+    diff = x - med
+    dist = np.einsum("ij,ij->i", diff, diff, dtype=np.float64)
+    chosen = np.argsort(dist, kind="stable")[:c]
+    w = np.zeros(m)
+    w[chosen] = 1.0 / c
+    return weighted_rows(w, x)

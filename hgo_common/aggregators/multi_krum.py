@@ -1,0 +1,43 @@
+"""Multi-Krum (Blanchard, El Mhamdi, Guerraoui, Stainer, "Machine Learning with
+Adversaries: Byzantine Tolerant Gradient Descent", NeurIPS 2017; the multi-Krum
+variant as in El Mhamdi, Guerraoui, Rouault, ICML 2018).
+
+Variant: Krum scores (sum of squared distances to the m - f - 2 nearest other rows),
+then the plain mean of the ``n_select`` rows with the lowest scores; ``n_select``
+defaults to m - f (ties in score broken by input order). ``n_select = 1`` is Krum.
+Precondition m > 2f + 2 and 1 <= n_select <= m.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import register
+from ._common import krum_scores, pairwise_sq_distances, weighted_rows
+from .krum import krum_min_rows
+
+
+@register("multi-krum", coordinatewise=False, min_rows=krum_min_rows, condition="m > 2f+2")
+def multi_krum(x: np.ndarray, *, f: int = 0, n_select: int | None = None) -> np.ndarray:
+    """Mean of the ``n_select`` rows with the lowest Krum scores.
+
+    Parameters
+    ----------
+    x : ndarray of shape (m, k)
+    f : int
+    n_select : int, optional
+        How many rows to average; default m - f.
+
+    Returns
+    -------
+    ndarray of shape (k,), float64
+    """
+    m = x.shape[0]
+    c = m - f if n_select is None else int(n_select)
+    if not 1 <= c <= m:
+        raise ValueError(f"multi-krum: n_select must be in [1, m={m}], got {n_select}")
+    scores = krum_scores(pairwise_sq_distances(x), f)
+    chosen = np.argsort(scores, kind="stable")[:c]
+    w = np.zeros(m)
+    w[chosen] = 1.0 / c
+    return weighted_rows(w, x)

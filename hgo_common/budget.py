@@ -67,7 +67,8 @@ def _coords(b_budget: float, s: int, d: int) -> int:
     if x >= d:
         return d
     b = math.floor(x)
-    # Float division may round B/s up onto an integer; keep s*b <= B exactly.
+    # Safety net: fl(B/s) cannot round up onto an integer while k*s < 2**53, but keep
+    # s*b <= B exact beyond that too.
     while b > 0 and s * b > b_budget:
         b -= 1
     return b

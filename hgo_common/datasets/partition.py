@@ -90,9 +90,7 @@ def _class_labels(y: np.ndarray, scheme: str) -> np.ndarray:
     return yi
 
 
-def partition(
-    y: np.ndarray, n_shards: int, scheme: str, rng: np.random.Generator | int
-) -> list[np.ndarray]:
+def partition(y: np.ndarray, n_shards: int, scheme: str, rng: np.random.Generator | int) -> list[np.ndarray]:
     """Split ``range(len(y))`` into ``n_shards`` disjoint, non-empty index arrays.
 
     Parameters

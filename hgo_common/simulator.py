@@ -41,7 +41,9 @@ with tau = inf it lasts until the slowest sampled worker has released its full g
 rate of their profile: they do not stall the server on purpose).
 
 The model is evaluated on the test split after the update of round k when
-``k % eval_every == 0`` and after the last round. Records are written with
+``(k + 1) % eval_every == 0`` and after the last round, as ``hgo-server`` does; the
+dataset split, the shards (``default_rng(seed)``), w_0 (``default_rng(seed)``) and the
+sampling stream (``default_rng([seed, 1])``) are the server's too. Records are written with
 ``hgo_common.roundlog`` in the server's schema, plus the extra keys ``used`` (worker ids
 whose rows entered the update), ``nonfinite`` (workers whose prefix the non-finite policy
 cut) and ``data`` (the dataset actually used, on the first record).
@@ -123,7 +125,7 @@ class SimConfig:
     mix: str | tuple[float, float, float] = "default"
     rates: tuple[float, ...] | None = None
     seed: int = 0
-    data_seed: int = 0
+    data_seed: int | None = None
     hidden: tuple[int, ...] = (30,)
     l2: float = 0.0
     order: str = "stratified"
@@ -295,7 +297,7 @@ class Simulation:
         self.ds, self.data_warning = load_dataset(
             cfg.dataset,
             cfg.data_dir,
-            seed=cfg.data_seed,
+            seed=cfg.seed if cfg.data_seed is None else cfg.data_seed,
             max_train=cfg.max_train,
             test_fraction=cfg.test_fraction,
             warn=warn,
@@ -306,11 +308,15 @@ class Simulation:
             cfg.model, n_features=int(ds.n_features), n_classes=n_classes, hidden=cfg.hidden, l2=cfg.l2
         )
         self.d = int(self.model.dim)
-        ss = np.random.SeedSequence([int(cfg.seed) % 2**32, 0x48474F])  # "HGO"
-        (s_sample, s_part, s_byz, s_rate, s_init, s_attack, s_workers) = ss.spawn(7)
-        self.sample_rng = np.random.default_rng(s_sample)
+        # Like hgo-server (hgo_server.server.load_setup): shards and w_0 from
+        # default_rng(seed), sampling from default_rng([seed, 1]), so a simulated run and
+        # a networked one with the same seed start from the same model and shards.
+        seed = int(cfg.seed)
+        ss = np.random.SeedSequence([seed % 2**32, 0x48474F])  # "HGO": the simulator's own streams
+        (s_byz, s_rate, s_attack, s_workers) = ss.spawn(4)
+        self.sample_rng = np.random.default_rng([seed, 1])
         self.attack_rng = np.random.default_rng(s_attack)
-        self.shards = datasets.partition(ds.y_train, cfg.n, cfg.partition, np.random.default_rng(s_part))
+        self.shards = datasets.partition(ds.y_train, cfg.n, cfg.partition, np.random.default_rng(seed))
         self.byzantine = np.zeros(cfg.n, dtype=bool)
         if cfg.f:
             self.byzantine[np.random.default_rng(s_byz).permutation(cfg.n)[: cfg.f]] = True
@@ -322,7 +328,7 @@ class Simulation:
             else [profiles.draw_rate(p, rate_rng) for p in self.profiles]
         )
         self.worker_rngs = [np.random.default_rng(s) for s in s_workers.spawn(cfg.n)]
-        self.w = np.asarray(self.model.init(np.random.default_rng(s_init)), dtype=np.float64)
+        self.w = np.asarray(self.model.init(np.random.default_rng(seed)), dtype=np.float64)
         self.attack = attacks.get(cfg.attack) if cfg.attack else None
         # Labels seen by each worker: data attacks poison the Byzantine workers' shards once.
         self.y_train = np.asarray(ds.y_train)
@@ -490,7 +496,7 @@ def run(
     with RoundLog(log_path) as log:
         for k in range(cfg.rounds):
             rec = sim.step()
-            if k % cfg.eval_every == 0 or k == cfg.rounds - 1:
+            if (k + 1) % cfg.eval_every == 0 or k == cfg.rounds - 1:
                 rec.update(sim.evaluate())
             if k == 0:
                 rec["data"] = sim.ds.name

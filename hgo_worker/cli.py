@@ -1,0 +1,158 @@
+"""``hgo-worker``: a throttled, streaming HGO worker process (CONTRACTS.md "Worker CLI").
+
+Example::
+
+    hgo-worker --server 127.0.0.1:50051 --profile weak
+    hgo-worker --server 127.0.0.1:50051 --rate 0 --byzantine foe --attack-param eps=10
+
+Exit codes: 0 the server said training is done; 1 gave up reconnecting after
+``--reconnect-timeout`` seconds; 2 bad command line; 3 rejected by the server (bad token,
+protocol violation).
+"""
+
+from __future__ import annotations
+
+import os
+
+# One BLAS thread per worker: several workers share the cores, and two OpenBLAS threads
+# collapse as soon as another process is busy (DESIGN.md §8). Must precede numpy's import.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse
+import asyncio
+import logging
+import math
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from hgo_common import attacks
+
+from .client import Worker, WorkerConfig
+from .metrics import WorkerMetrics
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--rate must be a number (0 = unthrottled), got {text!r}") from None
+    if math.isnan(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"--rate must be >= 0 (0 = unthrottled), got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hgo-worker",
+        description="HGO worker: joins a server, computes gradients in C_k order and streams the prefix "
+        "its compute rate allows.",
+    )
+    p.add_argument("--server", required=True, help="server address HOST:PORT")
+    p.add_argument(
+        "--profile",
+        default=None,
+        help="hardware profile weak|average|powerful (draws the rate); default average "
+        "(custom with --rate)",
+    )
+    p.add_argument(
+        "--rate", type=_rate, default=None,
+        help="lambda_i in partial derivatives per ms per data point (overrides the profile; 0 = unthrottled)",
+    )
+    p.add_argument("--batch-size", type=int, default=32, help="mini-batch size s_i (default 32)")
+    p.add_argument(
+        "--byzantine", metavar="ATTACK", default=None,
+        help=f"behave as a Byzantine worker with this attack: {', '.join(attacks.names())}",
+    )
+    p.add_argument(
+        "--attack-param", action="append", default=[], metavar="KEY=VALUE",
+        help="attack parameter (repeatable); worker-level: full=1 (send all d at once), "
+        "estimates=M, n=N, f=F",
+    )
+    p.add_argument("--seed", type=int, default=None, help="seed of the rate draw and mini-batches")
+    p.add_argument("--token", default=None, help="bearer token (or $HGO_TOKEN)")
+    p.add_argument("--shard", default="auto", help="auto (the server sends the shard) or i/n (load it here)")
+    p.add_argument("--data-dir", type=Path, default=None, help="dataset directory for --shard i/n")
+    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
+    p.add_argument(
+        "--budget-policy", default="fixed",
+        help="how to spend the round budget: fixed, data-first, coordinates-first, hybrid",
+    )
+    p.add_argument("--name", default="", help="a label for the server's logs (default host-pid)")
+    p.add_argument(
+        "--reconnect-timeout", type=float, default=60.0,
+        help="give up after this many seconds without a session (default 60)",
+    )
+    p.add_argument("--tls-ca", type=Path, default=None, help="CA certificate to verify the server")
+    p.add_argument("--tls-cert", type=Path, default=None, help="client certificate (mutual TLS)")
+    p.add_argument("--tls-key", type=Path, default=None, help="client key (mutual TLS)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every round")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> WorkerConfig:
+    """A validated WorkerConfig; ValueError names the offending value."""
+    profile = args.profile or ("custom" if args.rate is not None else "average")
+    return WorkerConfig(
+        server=args.server,
+        profile=profile,
+        rate=args.rate,
+        batch_size=args.batch_size,
+        byzantine=args.byzantine,
+        attack_params=attacks.parse_params(args.attack_param),
+        seed=args.seed,
+        token=args.token or os.environ.get("HGO_TOKEN") or None,
+        shard=args.shard,
+        data_dir=args.data_dir,
+        metrics_port=args.metrics_port,
+        budget_policy=args.budget_policy,
+        name=args.name,
+        reconnect_timeout=args.reconnect_timeout,
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+    )
+
+
+async def _main(worker: Worker) -> int:
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        return await worker.run()
+    except asyncio.CancelledError:
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        cfg = config_from_args(args)
+        metrics = WorkerMetrics(cfg.profile, enabled=cfg.metrics_port is not None)
+        worker = Worker(cfg, metrics=metrics)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if cfg.metrics_port is not None:
+        port = metrics.serve(cfg.metrics_port)
+        logging.getLogger("hgo_worker").info("metrics on :%d/metrics", port)
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:  # uvloop is optional on platforms without it
+        runner = asyncio.Runner()
+    with runner:
+        return runner.run(_main(worker))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

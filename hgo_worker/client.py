@@ -1,0 +1,549 @@
+"""The worker session: connect, join, receive the spec and shard, serve rounds, reconnect.
+
+Protocol (proto/hgo/v1/hgo.proto, CONTRACTS.md "Wire protocol semantics"): one
+long-lived bidirectional ``Session`` stream. The worker sends ``Join``; the server answers
+``Welcome`` (session id, worker id, TrainingSpec) and, when asked, the shard as
+``ShardPart``s; then it pushes a ``RoundTask`` per round the worker is sampled into. The
+worker streams its gradient prefix back as ``GradientChunk``s (hgo_worker.compute for the
+values, hgo_worker.pacing for when they may go out) until ``RoundClosed`` arrives, which
+cancels the round's work at once. Heartbeats flow both ways every ``heartbeat_ms``; a
+server silent for 3 intervals is taken for dead.
+
+Inside a session three tasks run: the *reader* (dispatches server messages), the
+*writer* (the only coroutine that writes on the stream, fed by a small queue so that a
+round's task can be cancelled at any point without tearing a write in half; chunks of
+a round closed meanwhile are dropped), and the *heartbeat* task (sends heartbeats and
+watches the server). Whichever ends first ends the session.
+
+Failures
+--------
+``Stop{reason="done"}`` ends the worker with exit code 0 (after a ``Leave``). Any other
+end of a session (server restart, ``Stop`` for shutdown, network error, silence) makes
+the worker reconnect with exponential backoff and full jitter (delay drawn uniformly in
+``[0, min(5 s, 0.1 s·2^attempt)]``) and join again as a fresh session, until it has been
+disconnected for ``reconnect_timeout`` seconds (exit 1). A server that rejects the worker
+for good (UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, UNIMPLEMENTED) ends it
+with exit code 3.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from hgo_common import order as order_mod
+from hgo_common import profiles, wire
+from hgo_common.proto import hgo_pb2, hgo_pb2_grpc
+
+from .byzantine import Behaviour
+from .compute import RoundGradient, draw_batch, model_from_spec, round_rng
+from .metrics import WorkerMetrics
+from .pacing import Schedule
+
+log = logging.getLogger("hgo_worker")
+
+PROTOCOL_VERSION = 1
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # matches the server's limits (DESIGN.md §8)
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    # Transport keepalive under the application heartbeats: catches half-open TCP
+    # connections while no round is running. Pings are spaced well above gRPC's
+    # default server ping policy, and our heartbeats keep data flowing in between.
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+BACKOFF_BASE_S = 0.1
+BACKOFF_CAP_S = 5.0
+SILENT_INTERVALS = 3
+FATAL_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
+EXIT_DONE, EXIT_GAVE_UP, EXIT_REJECTED = 0, 1, 3
+
+
+class SessionLost(Exception):
+    """The session ended without ``Stop{done}``: reconnect."""
+
+
+class Rejected(Exception):
+    """The server refused this worker for good: do not reconnect."""
+
+
+@dataclass
+class WorkerConfig:
+    """Everything ``hgo-worker`` is told on its command line (see hgo_worker.cli)."""
+
+    server: str
+    profile: str = "average"
+    rate: float | None = None  # None: drawn from the profile; 0: unthrottled
+    batch_size: int = 32
+    byzantine: str | None = None
+    attack_params: dict[str, Any] = field(default_factory=dict)
+    seed: int | None = None
+    token: str | None = None
+    shard: str = "auto"
+    data_dir: Path | None = None
+    metrics_port: int | None = None
+    budget_policy: str = "fixed"
+    name: str = ""
+    reconnect_timeout: float = 60.0
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad value."""
+        host, sep, port = self.server.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"--server must be HOST:PORT with a port in 1..65535, got {self.server!r}")
+        if self.profile not in (*profiles.PROFILES, "custom"):
+            raise ValueError(
+                f"--profile must be one of {sorted(profiles.PROFILES)} or 'custom', got {self.profile!r}"
+            )
+        if self.profile == "custom" and self.rate is None:
+            raise ValueError("--profile custom needs an explicit --rate")
+        if self.rate is not None and (math.isnan(self.rate) or self.rate < 0):
+            raise ValueError(f"--rate must be >= 0 (0 = unthrottled), got {self.rate}")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if not self.reconnect_timeout >= 0:
+            raise ValueError(f"--reconnect-timeout must be >= 0 seconds, got {self.reconnect_timeout}")
+        parse_shard(self.shard)
+        if self.shard != "auto" and self.data_dir is None and not _bundled_ok():
+            raise ValueError(f"--shard {self.shard} loads the data itself and needs --data-dir")
+        if self.metrics_port is not None and not 0 <= self.metrics_port < 65536:
+            raise ValueError(f"--metrics-port must be in 0..65535, got {self.metrics_port}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together (mutual TLS)")
+        if self.budget_policy != "fixed":
+            from hgo_common import budget
+
+            if self.budget_policy not in budget.POLICIES:
+                raise ValueError(
+                    f"--budget-policy must be one of {list(budget.POLICIES)}, got {self.budget_policy!r}"
+                )
+        if self.byzantine is not None:
+            Behaviour.from_options(self.byzantine, self.attack_params)
+
+
+def _bundled_ok() -> bool:
+    # Bundled datasets (inside scikit-learn) need no --data-dir; we cannot know which
+    # dataset the server trains until the Welcome, so accept and fail there if needed.
+    return True
+
+
+def parse_shard(text: str) -> tuple[int, int] | None:
+    """``"auto"`` -> None; ``"i/n"`` -> (i, n) with 0 <= i < n."""
+    if text == "auto":
+        return None
+    i, sep, n = text.partition("/")
+    if sep and i.isdigit() and n.isdigit() and 0 <= int(i) < int(n):
+        return int(i), int(n)
+    raise ValueError(f"--shard must be 'auto' or 'i/n' with 0 <= i < n, got {text!r}")
+
+
+def resolve_rate(cfg: WorkerConfig, rng: np.random.Generator) -> float:
+    """λ_i: ``--rate`` when given, else a draw from the profile's distribution."""
+    if cfg.rate is not None:
+        return float(cfg.rate)
+    return float(profiles.draw_rate(cfg.profile, rng))
+
+
+class _Precomputed:
+    """Values fixed at the start of the round (a Byzantine vector): same face as RoundGradient."""
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.values = values
+        self.computed = len(values)
+
+    def ensure(self, n: int) -> int:
+        return self.computed
+
+
+class Worker:
+    """One worker identity: reconnects as many times as needed, one session at a time.
+
+    Many ``Worker``s may share one event loop (bench/bench_network.py hosts dozens per
+    process).
+    """
+
+    def __init__(self, cfg: WorkerConfig, *, metrics: WorkerMetrics | None = None) -> None:
+        cfg.validate()
+        self.cfg = cfg
+        seed = cfg.seed if cfg.seed is not None else int.from_bytes(os.urandom(4), "little")
+        self.seed = seed
+        self._rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EED]))
+        self.rate = resolve_rate(cfg, self._rng)
+        self.behaviour = Behaviour.from_options(cfg.byzantine, cfg.attack_params) if cfg.byzantine else None
+        self.metrics = metrics or WorkerMetrics(cfg.profile)
+        self.metrics.rate(self.rate)
+        self.name = cfg.name or f"{socket.gethostname()}-{os.getpid()}"
+        self.sessions = 0  # sessions welcomed so far (reconnects = sessions - 1)
+        self.rounds_served = 0
+        self._own_data: tuple[str, np.ndarray, np.ndarray] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> int:
+        """Serve until the server says done (0), reconnecting as needed; 1 gave up, 3 rejected."""
+        loop = asyncio.get_running_loop()
+        down_since = loop.time()
+        attempt = 0
+        while True:
+            welcomed_before = self.sessions
+            try:
+                await self._session()
+                log.info("%s: training done, leaving", self.name)
+                return EXIT_DONE
+            except Rejected as exc:
+                log.error("%s: rejected by the server: %s", self.name, exc)
+                return EXIT_REJECTED
+            except (SessionLost, grpc.aio.AioRpcError, OSError) as exc:
+                log.info("%s: session ended: %s", self.name, _describe(exc))
+            finally:
+                self.metrics.connected(False)
+            if self.sessions > welcomed_before:
+                down_since, attempt = loop.time(), 0
+            down = loop.time() - down_since
+            if down >= self.cfg.reconnect_timeout:
+                log.error(
+                    "%s: no session with %s for %.1f s (--reconnect-timeout %.1f); giving up",
+                    self.name, self.cfg.server, down, self.cfg.reconnect_timeout,
+                )
+                return EXIT_GAVE_UP
+            delay = float(self._rng.uniform(0.0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2.0**attempt)))
+            delay = min(delay, self.cfg.reconnect_timeout - down)
+            attempt += 1
+            self.metrics.reconnect()
+            await asyncio.sleep(max(0.0, delay))
+
+    def _channel(self) -> grpc.aio.Channel:
+        cfg = self.cfg
+        if cfg.tls_ca is None and cfg.tls_cert is None:
+            return grpc.aio.insecure_channel(cfg.server, options=CHANNEL_OPTIONS)
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=cfg.tls_ca.read_bytes() if cfg.tls_ca else None,
+            private_key=cfg.tls_key.read_bytes() if cfg.tls_key else None,
+            certificate_chain=cfg.tls_cert.read_bytes() if cfg.tls_cert else None,
+        )
+        return grpc.aio.secure_channel(cfg.server, creds, options=CHANNEL_OPTIONS)
+
+    # ------------------------------------------------------------------ one session
+
+    async def _session(self) -> None:
+        """One session; returns on Stop{done}, raises SessionLost / Rejected otherwise."""
+        metadata = (("authorization", f"Bearer {self.cfg.token}"),) if self.cfg.token else None
+        channel = self._channel()
+        call: Any = None
+        try:
+            stub = hgo_pb2_grpc.HGOStub(channel)
+            call = stub.Session(metadata=metadata)
+            state = await self._handshake(call)
+            self.sessions += 1
+            self.metrics.connected(True)
+            await _Session(self, call, *state).run()
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in FATAL_CODES:
+                raise Rejected(_describe(exc)) from exc
+            raise SessionLost(_describe(exc)) from exc
+        finally:
+            if call is not None:
+                call.cancel()
+            await channel.close(grace=None)
+
+    async def _handshake(self, call: Any) -> tuple[Any, Any, np.ndarray, np.ndarray]:
+        cfg = self.cfg
+        own_shard = parse_shard(cfg.shard)
+        join = hgo_pb2.Join(
+            protocol_version=PROTOCOL_VERSION,
+            name=self.name,
+            profile=cfg.profile,
+            rate=self.rate,
+            batch_size=cfg.batch_size,
+            wants_shard=own_shard is None,
+            byzantine=self.behaviour is not None,
+        )
+        await call.write(hgo_pb2.WorkerMessage(join=join))
+        msg = await _read(call)
+        if msg.WhichOneof("kind") == "stop":
+            raise SessionLost(f"server stopped before welcoming us: {msg.stop.reason!r}")
+        if msg.WhichOneof("kind") != "welcome":
+            raise SessionLost(f"expected a Welcome, got {msg.WhichOneof('kind')!r}")
+        welcome = msg.welcome
+        spec = welcome.spec
+        model = model_from_spec(spec)
+        if own_shard is None:
+            X, y = await _receive_shard(call, spec)
+        else:
+            X, y = self._load_own_shard(spec, *own_shard)
+        if self.behaviour is not None and spec.n_classes:
+            y = self.behaviour.transform_labels(y, int(spec.n_classes), np.random.default_rng([self.seed, 7]))
+        log.info(
+            "%s: joined as worker %d (session %s…), %s d=%d, %d rows, rate %.4g, s=%d",
+            self.name, welcome.worker_id, welcome.session_id[:8], spec.model, spec.dim, len(y),
+            self.rate, cfg.batch_size,
+        )
+        return welcome, model, X, y
+
+    def _load_own_shard(self, spec: Any, i: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._own_data is not None and self._own_data[0] == spec.dataset:
+            return self._own_data[1], self._own_data[2]
+        from hgo_common import datasets  # imports scikit-learn: only when loading data ourselves
+
+        ds = datasets.load(spec.dataset, data_dir=self.cfg.data_dir, seed=int(spec.seed))
+        parts = datasets.partition(
+            ds.y_train, n, spec.partition or "iid", np.random.default_rng(int(spec.seed))
+        )
+        X = np.ascontiguousarray(ds.X_train[parts[i]], dtype=np.float32)
+        y = np.asarray(ds.y_train[parts[i]])
+        self._own_data = (spec.dataset, X, y)
+        return X, y
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    if isinstance(exc.__cause__, grpc.aio.AioRpcError):
+        return _describe(exc.__cause__)
+    return str(exc) or type(exc).__name__
+
+
+async def _read(call: Any) -> Any:
+    msg = await call.read()
+    if msg is grpc.aio.EOF:  # type: ignore[attr-defined]
+        raise SessionLost("the server closed the stream")
+    return msg
+
+
+async def _receive_shard(call: Any, spec: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Assemble the ``ShardPart``s (in order, last one flagged) into (X, y)."""
+    X: np.ndarray | None = None
+    y: np.ndarray | None = None
+    while True:
+        msg = await _read(call)
+        if msg.WhichOneof("kind") == "heartbeat":
+            continue
+        if msg.WhichOneof("kind") != "shard":
+            raise SessionLost(f"expected the shard, got {msg.WhichOneof('kind')!r}")
+        part = msg.shard
+        if X is None:
+            X = np.empty((part.total_rows, part.cols), dtype=np.float32)
+            y = np.empty(part.total_rows, dtype=np.float32)
+        assert y is not None
+        lo, hi = part.row_offset, part.row_offset + part.rows
+        if hi > len(y) or part.cols != X.shape[1]:
+            raise SessionLost(f"shard part rows {lo}..{hi} x {part.cols} outside {X.shape}")
+        X[lo:hi] = wire.decode(part.features, part.rows * part.cols).reshape(part.rows, part.cols)
+        y[lo:hi] = wire.decode(part.labels, part.rows)
+        if part.last:
+            break
+    if X is None or y is None or len(y) == 0:
+        raise SessionLost("the server sent an empty shard")
+    labels = y.astype(np.int64) if spec.n_classes else y.astype(np.float64)
+    return X, labels
+
+
+class _Session:
+    """The three tasks of a welcomed session (reader, writer, heartbeat)."""
+
+    def __init__(self, worker: Worker, call: Any, welcome: Any, model: Any, X: np.ndarray, y: np.ndarray):
+        self.w = worker
+        self.call = call
+        self.welcome = welcome
+        self.spec = welcome.spec
+        self.model = model
+        self.X = X
+        self.y = y
+        self.heartbeat_s = welcome.heartbeat_ms / 1000.0
+        self.loop = asyncio.get_running_loop()
+        self.last_recv = self.loop.time()
+        self.out: asyncio.Queue[Any] = asyncio.Queue(maxsize=8)
+        self.served: set[int] = set()
+        self.closed: set[int] = set()
+        self.current: tuple[int, asyncio.Task[None]] | None = None
+
+    async def run(self) -> None:
+        tasks = [
+            asyncio.create_task(self._reader(), name="reader"),
+            asyncio.create_task(self._writer(), name="writer"),
+        ]
+        if self.heartbeat_s > 0:
+            tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            first = done.pop()
+            first.result()  # raises the session's failure, if any
+            # The reader returned: Stop{done}. Say goodbye, then end our half of the stream.
+            await asyncio.wait_for(self.out.join(), timeout=5.0)
+            try:
+                await self.call.write(hgo_pb2.WorkerMessage(leave=hgo_pb2.Leave(reason="done")))
+                await self.call.done_writing()
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
+                pass  # the server may already have ended the call; leaving is best effort
+        finally:
+            self._cancel_round()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _reader(self) -> None:
+        while True:
+            msg = await _read(self.call)
+            now = self.loop.time()
+            self.last_recv = now
+            kind = msg.WhichOneof("kind")
+            if kind == "task":
+                self._on_task(msg.task, now)
+            elif kind == "closed":
+                self.closed.add(msg.closed.round)
+                if self.current is not None and self.current[0] == msg.closed.round:
+                    self._cancel_round()
+            elif kind == "stop":
+                if msg.stop.reason == "done":
+                    self._cancel_round()
+                    return
+                raise SessionLost(f"server stopped the session: {msg.stop.reason!r}")
+            # heartbeats only refresh last_recv; a late Welcome/ShardPart is ignored
+
+    async def _writer(self) -> None:
+        while True:
+            msg = await self.out.get()
+            try:
+                if msg.WhichOneof("kind") == "chunk" and msg.chunk.round in self.closed:
+                    continue  # the round closed while the chunk waited: it would only be late
+                await self.call.write(msg)
+            finally:
+                self.out.task_done()
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            silent = self.loop.time() - self.last_recv
+            if silent > SILENT_INTERVALS * self.heartbeat_s:
+                raise SessionLost(f"server silent for {silent:.1f} s")
+            hb = hgo_pb2.Heartbeat(unix_ns=time.time_ns())
+            await self.out.put(hgo_pb2.WorkerMessage(heartbeat=hb))
+
+    # ------------------------------------------------------------------ rounds
+
+    def _cancel_round(self) -> None:
+        if self.current is not None:
+            self.current[1].cancel()
+            self.current = None
+
+    def _on_task(self, task: Any, received: float) -> None:
+        if task.round in self.served:
+            return  # a duplicate of a round this session already served
+        self.served.add(task.round)
+        self._cancel_round()  # a new round means the previous one is closed on the server
+        if self.w.behaviour is not None and self.w.behaviour.silent:
+            return
+        t = asyncio.create_task(self._serve_round(task, received), name=f"round-{task.round}")
+        t.add_done_callback(self._round_done)
+        self.current = (task.round, t)
+
+    def _round_done(self, t: asyncio.Task[None]) -> None:
+        if not t.cancelled() and t.exception() is not None:
+            # A bug or bad data, not a network problem: say it loudly, keep serving.
+            log.error("%s: %s failed", self.w.name, t.get_name(), exc_info=t.exception())
+
+    def _schedule(self, tau_ms: float) -> tuple[int, Schedule]:
+        """The round's mini-batch size and release schedule (budget policy applied)."""
+        cfg, spec = self.w.cfg, self.spec
+        s, cap = cfg.batch_size, None
+        if cfg.budget_policy != "fixed" and math.isfinite(tau_ms):
+            from hgo_common import budget
+
+            plan = budget.plan(cfg.budget_policy, rate=self.w.rate, tau_ms=tau_ms, d=spec.dim, batch_size=s)
+            s, cap = int(plan.batch_size), min(int(spec.dim), int(plan.coords))
+        sched = Schedule(self.w.rate, s, spec.dim, tau_ms, max(1, spec.max_chunk_values or 16384), cap)
+        return s, sched
+
+    async def _serve_round(self, task: Any, t0: float) -> None:
+        spec, w = self.spec, self.w
+        try:
+            tau = task.tau_ms if task.tau_ms > 0 else math.inf
+            s, sched = self._schedule(tau)
+            d = int(spec.dim)
+            c_k = order_mod.make_order(task.order_seed, d, spec.order or "flat", list(spec.blocks))
+            weights = wire.decode(task.weights, d).astype(np.float64)
+            rng = round_rng(w.seed, task.round, salt=self.welcome.worker_id)
+            source: RoundGradient | _Precomputed
+            if w.behaviour is not None and w.behaviour.kind == "gradient":
+                if w.behaviour.full:
+                    sched = Schedule(0.0, s, d, tau, sched.max_chunk)
+                k = sched.expected()
+                vec = w.behaviour.vector(self.model, weights, self.X, self.y, c_k[:k], s, rng)
+                source = _Precomputed(vec)
+                sched = Schedule(sched.rate, s, d, tau, sched.max_chunk, k)
+            else:
+                idx = draw_batch(len(self.y), s, rng)
+                source = RoundGradient(self.model, weights, self.X[idx], self.y[idx], c_k, sched.limit)
+            await self._release(task.round, sched, source, t0)
+        finally:
+            w.rounds_served += 1
+            w.metrics.round_served()
+
+    async def _release(
+        self, rnd: int, sched: Schedule, source: RoundGradient | _Precomputed, t0: float
+    ) -> None:
+        """Compute in pieces and emit no more than the schedule allows, until done or cancelled."""
+        metrics = self.w.metrics
+        sid = self.welcome.session_id
+
+        def elapsed() -> float:
+            return (self.loop.time() - t0) * 1000.0
+
+        def compute_to(n: int) -> None:
+            before = source.computed
+            source.ensure(n)
+            metrics.computed(source.computed - before)
+
+        sent = 0
+        while True:
+            now = elapsed()
+            if sched.finished(sent, now):
+                return
+            allowed = sched.allowed(now)
+            if allowed > sent:
+                if source.computed < allowed:
+                    compute_to(allowed)  # one piece: send it before computing more
+                upto = min(allowed, source.computed)
+                for a, b in sched.chunks(sent, upto):
+                    chunk = hgo_pb2.GradientChunk(
+                        round=rnd, offset=a, values=wire.encode(source.values[a:b]), session_id=sid
+                    )
+                    await self.out.put(hgo_pb2.WorkerMessage(chunk=chunk))
+                metrics.sent(upto - sent)
+                sent = upto
+                if source.computed < allowed:
+                    await asyncio.sleep(0)
+                    continue
+            wake = sched.next_wake_ms(sent, elapsed())
+            if wake is None:
+                return
+            # Compute ahead of the release (allowed: the throttle limits release, not compute).
+            ahead = sched.allowed(wake)
+            while source.computed < ahead and elapsed() < wake:
+                compute_to(ahead)
+                await asyncio.sleep(0)
+            delay = wake - elapsed()
+            if delay > 0:
+                await asyncio.sleep(delay / 1000.0)

@@ -1,0 +1,410 @@
+"""The worker against a small fake HGO server (grpc.aio on port 0, in the test process).
+
+The fake server speaks the real protocol (proto hgo.v1) but no round logic: the test
+decides when to send tasks, RoundClosed and Stop, and the server records every chunk
+with its arrival time, so pacing, contiguity, values, cancellation and reconnection are
+checked against real gRPC traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from hgo_common import models, order, throttle, wire
+from hgo_common.proto import hgo_pb2, hgo_pb2_grpc
+from hgo_worker import pacing
+from hgo_worker.client import Worker, WorkerConfig, parse_shard
+from hgo_worker.compute import draw_batch, round_rng
+from tests.procs import ProcessGroup, console
+
+P = 2000  # features: d = 2001 for logistic regression
+N_ROWS = 300
+
+
+def make_data(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(N_ROWS, P)).astype(np.float32)
+    y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(np.float32)
+    return X, y
+
+
+def make_spec(max_chunk: int = 64) -> Any:
+    return hgo_pb2.TrainingSpec(
+        model="logistic", layer_sizes=[P, 1], dim=P + 1, order="flat", dataset="synthetic",
+        n_features=P, n_classes=2, algorithm="hgo", max_chunk_values=max_chunk, seed=1,
+        partition="iid", num_shards=1,
+    )
+
+
+@dataclass
+class Chunk:
+    round: int
+    t_ms: float  # arrival time, ms after the server wrote the round's task
+    offset: int
+    values: np.ndarray
+
+
+@dataclass
+class FakeSession:
+    context: Any
+    join: Any
+    worker_id: int
+    session_id: str
+    chunks: list[Chunk] = field(default_factory=list)
+    task_sent: dict[int, float] = field(default_factory=dict)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    heartbeats: int = 0
+
+    async def task(self, rnd: int, w: np.ndarray, tau_ms: float, seed: int = 7) -> None:
+        self.task_sent[rnd] = time.monotonic()
+        msg = hgo_pb2.RoundTask(round=rnd, order_seed=seed, weights=wire.encode(w), tau_ms=tau_ms)
+        await self.context.write(hgo_pb2.ServerMessage(task=msg))
+
+    async def close_round(self, rnd: int) -> None:
+        await self.context.write(hgo_pb2.ServerMessage(closed=hgo_pb2.RoundClosed(round=rnd)))
+
+    async def stop(self, reason: str) -> None:
+        await self.context.write(hgo_pb2.ServerMessage(stop=hgo_pb2.Stop(reason=reason)))
+
+    def of_round(self, rnd: int) -> list[Chunk]:
+        return [c for c in self.chunks if c.round == rnd]
+
+
+class FakeHGO(hgo_pb2_grpc.HGOServicer):
+    def __init__(self, X: np.ndarray, y: np.ndarray, spec: Any, heartbeat_ms: int = 200) -> None:
+        self.X, self.y, self.spec, self.heartbeat_ms = X, y, spec, heartbeat_ms
+        self.sessions: list[FakeSession] = []
+        self.joined: asyncio.Queue[FakeSession] = asyncio.Queue()
+
+    async def Session(self, request_iterator: Any, context: Any) -> None:
+        first = await context.read()
+        assert first.WhichOneof("kind") == "join", first
+        sess = FakeSession(context, first.join, len(self.sessions), f"{len(self.sessions):032x}")
+        self.sessions.append(sess)
+        welcome = hgo_pb2.Welcome(
+            session_id=sess.session_id, worker_id=sess.worker_id, spec=self.spec,
+            heartbeat_ms=self.heartbeat_ms,
+        )
+        await context.write(hgo_pb2.ServerMessage(welcome=welcome))
+        if first.join.wants_shard:
+            step = 100  # several parts, to exercise reassembly
+            for lo in range(0, len(self.y), step):
+                hi = min(len(self.y), lo + step)
+                part = hgo_pb2.ShardPart(
+                    row_offset=lo, rows=hi - lo, cols=self.X.shape[1], features=wire.encode(self.X[lo:hi]),
+                    labels=wire.encode(self.y[lo:hi]), last=hi == len(self.y), total_rows=len(self.y),
+                )
+                await context.write(hgo_pb2.ServerMessage(shard=part))
+        self.joined.put_nowait(sess)
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(self.heartbeat_ms / 1000)
+                hb = hgo_pb2.Heartbeat(unix_ns=time.time_ns())
+                await context.write(hgo_pb2.ServerMessage(heartbeat=hb))
+
+        beats = asyncio.create_task(beat())
+        try:
+            while True:
+                msg = await context.read()
+                if msg is grpc.aio.EOF:
+                    break
+                kind = msg.WhichOneof("kind")
+                if kind == "chunk":
+                    c = msg.chunk
+                    assert c.session_id == sess.session_id
+                    t = (time.monotonic() - sess.task_sent[c.round]) * 1000.0
+                    sess.chunks.append(Chunk(c.round, t, c.offset, wire.decode(c.values).copy()))
+                elif kind == "heartbeat":
+                    sess.heartbeats += 1
+        finally:
+            beats.cancel()
+            sess.ended.set()
+
+
+async def start_fake(fake: FakeHGO, port: int = 0) -> tuple[grpc.aio.Server, int]:
+    server = grpc.aio.server()
+    hgo_pb2_grpc.add_HGOServicer_to_server(fake, server)
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    return server, bound
+
+
+def expected_values(sess: FakeSession, seed: int, rnd: int, w: np.ndarray, X: np.ndarray, y: np.ndarray,
+                    order_seed: int = 7) -> np.ndarray:
+    """The gradient the worker must send in C_k order (same batch draw as the worker)."""
+    model = models.create("logistic", n_features=P)
+    idx = draw_batch(len(y), 10, round_rng(seed, rnd, salt=sess.worker_id))
+    c_k = order.make_order(order_seed, P + 1, "flat")
+    return model.gradient(w.astype(np.float32).astype(np.float64), X[idx], y[idx])[c_k]
+
+
+def check_contiguous(chunks: list[Chunk], max_chunk: int) -> int:
+    pos = 0
+    for c in chunks:
+        assert c.offset == pos, f"chunk at offset {c.offset}, expected {pos}"
+        assert 1 <= len(c.values) <= max_chunk
+        pos += len(c.values)
+    return pos
+
+
+# ------------------------------------------------------------------ pure schedule
+
+
+def test_schedule_never_allows_more_than_the_throttle() -> None:
+    s = pacing.Schedule(rate=50.0, batch_size=10, d=2001, tau_ms=200.0, max_chunk=64)
+    for t in np.linspace(0, 300, 301):
+        assert s.allowed(t) == min(2001, throttle.released(t, 50.0, 10, 2001))
+    assert s.expected() == throttle.expected_prefix(50.0, 200.0, 10, 2001) == 1000
+    # Wakes are in the future, end at the deadline, and include the flush before it.
+    wakes, t, sent = [], 0.0, 0
+    while (nxt := s.next_wake_ms(sent, t)) is not None:
+        assert nxt >= t
+        wakes.append(nxt)
+        sent, t = s.allowed(nxt), nxt + 1e-9
+    assert wakes[-1] <= 200.0
+    assert any(abs(w - (200.0 - s.margin_ms)) < 1e-6 for w in wakes)
+    assert s.chunks(10, 140) == [(10, 74), (74, 138), (138, 140)]
+
+
+def test_schedule_unthrottled_and_capped() -> None:
+    s = pacing.Schedule(rate=0.0, batch_size=32, d=500, tau_ms=math.inf, max_chunk=128, cap=300)
+    assert s.allowed(0.0) == 300 and s.next_wake_ms(0, 0.0) == 0.0
+    assert s.next_wake_ms(300, 0.0) is None
+    with pytest.raises(ValueError, match="cap must be in"):
+        pacing.Schedule(rate=1.0, batch_size=1, d=10, tau_ms=5.0, max_chunk=4, cap=11)
+
+
+def test_config_validation_names_values() -> None:
+    with pytest.raises(ValueError, match="'nohost'"):
+        WorkerConfig(server="nohost").validate()
+    with pytest.raises(ValueError, match="'turbo'"):
+        WorkerConfig(server="h:1", profile="turbo").validate()
+    with pytest.raises(ValueError, match="-3"):
+        WorkerConfig(server="h:1", rate=-3.0).validate()
+    with pytest.raises(ValueError, match="'3/3'"):
+        parse_shard("3/3")
+    assert parse_shard("2/5") == (2, 5) and parse_shard("auto") is None
+    with pytest.raises(ValueError, match="bogus"):
+        WorkerConfig(server="h:1", byzantine="bogus").validate()
+
+
+# ------------------------------------------------------------------ against the fake server
+
+
+@pytest.fixture
+async def fake() -> Any:
+    X, y = make_data()
+    f = FakeHGO(X, y, make_spec())
+    server, port = await start_fake(f)
+    f.port = port  # type: ignore[attr-defined]
+    f.server = server  # type: ignore[attr-defined]
+    yield f
+    await server.stop(None)
+
+
+async def _start_worker(port: int, **kw: Any) -> tuple[Worker, asyncio.Task[int]]:
+    cfg = WorkerConfig(server=f"127.0.0.1:{port}", batch_size=10, seed=3, reconnect_timeout=10.0, **kw)
+    worker = Worker(cfg)
+    return worker, asyncio.create_task(worker.run())
+
+
+async def test_pacing_contiguity_and_values(fake: Any) -> None:
+    rate, tau = 50.0, 300.0  # 5 coordinates per ms: 1500 of d = 2001 by the deadline
+    worker, run = await _start_worker(fake.port, rate=rate, profile="custom")
+    sess = await asyncio.wait_for(fake.joined.get(), 10)
+    assert sess.join.rate == rate and sess.join.batch_size == 10 and sess.join.wants_shard
+    w = np.random.default_rng(1).normal(scale=0.01, size=P + 1)
+    await sess.task(0, w, tau)
+    await asyncio.sleep(tau / 1000 + 0.3)
+    chunks = sess.of_round(0)
+    prefix = check_contiguous(chunks, 64)
+    # Never ahead of the throttle: the worker's clock starts when it receives the task,
+    # after the server's, so lateness can only lower the released count.
+    for c in chunks:
+        assert c.offset + len(c.values) <= throttle.released(c.t_ms, rate, 10, P + 1), (c.t_ms, c.offset)
+    # No chunk after the local deadline (plus transport slack), and a real prefix by then.
+    assert max(c.t_ms for c in chunks) < tau + 100
+    assert 0.5 * 1500 <= prefix <= 1500
+    got = np.concatenate([c.values for c in chunks])
+    want = expected_values(sess, worker.seed, 0, w, fake.X, fake.y)[:prefix]
+    np.testing.assert_allclose(got, want.astype(np.float32), rtol=1e-4, atol=1e-6)
+    await sess.stop("done")
+    assert await asyncio.wait_for(run, 10) == 0
+
+
+async def test_stops_on_round_closed_and_ignores_served_rounds(fake: Any) -> None:
+    worker, run = await _start_worker(fake.port, rate=10.0, profile="custom")  # 1 coordinate per ms
+    sess = await asyncio.wait_for(fake.joined.get(), 10)
+    w = np.zeros(P + 1)
+    await sess.task(5, w, 10_000.0)
+    await asyncio.sleep(0.3)
+    await sess.close_round(5)
+    t_closed = (time.monotonic() - sess.task_sent[5]) * 1000
+    await asyncio.sleep(0.5)
+    chunks = sess.of_round(5)
+    assert chunks, "the worker sent nothing in 300 ms"
+    late = [c for c in chunks if c.t_ms > t_closed + 100]
+    assert not late, f"chunks after RoundClosed: {[(c.t_ms, c.offset) for c in late]}"
+    assert check_contiguous(chunks, 64) < 0.5 * 800  # far below what 800 ms of throttle would allow
+    # A duplicate task for a round this session already served is ignored.
+    await sess.task(5, w, 10_000.0)
+    await asyncio.sleep(0.3)
+    assert len(sess.of_round(5)) == len(chunks)
+    assert sess.heartbeats >= 1  # heartbeat_ms = 200
+    await sess.stop("done")
+    assert await asyncio.wait_for(run, 10) == 0
+    assert worker.sessions == 1
+
+
+async def test_unthrottled_sends_everything_in_max_size_chunks(fake: Any) -> None:
+    worker, run = await _start_worker(fake.port, rate=0.0, profile="custom")
+    sess = await asyncio.wait_for(fake.joined.get(), 10)
+    w = np.random.default_rng(2).normal(scale=0.01, size=P + 1)
+    await sess.task(1, w, 60.0)
+    await asyncio.sleep(0.5)
+    chunks = sess.of_round(1)
+    assert check_contiguous(chunks, 64) == P + 1
+    assert sum(len(c.values) == 64 for c in chunks) >= (P + 1) // 64
+    want = expected_values(sess, worker.seed, 1, w, fake.X, fake.y)
+    np.testing.assert_allclose(np.concatenate([c.values for c in chunks]), want, rtol=1e-4, atol=1e-6)
+    await sess.stop("done")
+    assert await asyncio.wait_for(run, 10) == 0
+
+
+async def test_reconnects_after_server_restart() -> None:
+    X, y = make_data()
+    fake = FakeHGO(X, y, make_spec())
+    server, port = await start_fake(fake)
+    worker, run = await _start_worker(port, rate=0.0, profile="custom")
+    first = await asyncio.wait_for(fake.joined.get(), 10)
+    await first.stop("server shutting down")  # not "done": the worker must come back
+    await server.stop(None)
+    await asyncio.sleep(0.5)
+    assert not run.done()
+    fake2 = FakeHGO(X, y, make_spec())
+    server2, port2 = await start_fake(fake2, port)
+    try:
+        assert port2 == port
+        second = await asyncio.wait_for(fake2.joined.get(), 15)
+        for _ in range(100):  # the worker counts the session once it has its shard
+            if worker.sessions == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert worker.sessions == 2
+        await second.task(0, np.zeros(P + 1), 100.0)
+        await asyncio.sleep(0.3)
+        assert check_contiguous(second.of_round(0), 64) == P + 1
+        await second.stop("done")
+        assert await asyncio.wait_for(run, 10) == 0
+    finally:
+        await server2.stop(None)
+
+
+async def test_gives_up_after_reconnect_timeout() -> None:
+    from tests.procs import free_port
+
+    cfg = WorkerConfig(server=f"127.0.0.1:{free_port()}", rate=0.0, profile="custom", reconnect_timeout=1.0)
+    t0 = time.monotonic()
+    assert await asyncio.wait_for(Worker(cfg).run(), 15) == 1
+    assert time.monotonic() - t0 >= 1.0
+
+
+async def test_byzantine_full_prefix_and_silent(fake: Any) -> None:
+    byz, run_b = await _start_worker(
+        fake.port, rate=10.0, profile="custom", byzantine="sign-flip", attack_params={"full": 1}, name="byz"
+    )
+    silent, run_s = await _start_worker(
+        fake.port, rate=0.0, profile="custom", byzantine="silent", name="silent"
+    )
+    sessions = {}
+    for _ in range(2):
+        s = await asyncio.wait_for(fake.joined.get(), 10)
+        sessions[s.join.name] = s
+    assert all(s.join.byzantine for s in sessions.values())
+    w = np.random.default_rng(3).normal(scale=0.01, size=P + 1)
+    for s in sessions.values():
+        await s.task(0, w, 100.0)
+    await asyncio.sleep(0.5)
+    sb, ss = sessions[byz.name], sessions[silent.name]
+    # full=1: all d at once although its throttle (1 coordinate per ms) allows 100 by tau.
+    assert check_contiguous(sb.of_round(0), 64) == P + 1
+    sent = np.concatenate([c.values for c in sb.of_round(0)])
+    honest = expected_values(sb, byz.seed, 0, w, fake.X, fake.y)
+    assert np.dot(sent, honest) < 0  # sign-flip of (an estimate of) the honest gradient
+    assert ss.of_round(0) == []
+    for s in sessions.values():
+        await s.stop("done")
+    assert await asyncio.wait_for(run_b, 10) == 0
+    assert await asyncio.wait_for(run_s, 10) == 0
+
+
+def test_cli_exits_zero_on_stop_done(procs: ProcessGroup) -> None:
+    """The real hgo-worker process against a fake server running in a helper thread's loop."""
+    import threading
+
+    ready: dict[str, Any] = {}
+    stop_evt = threading.Event()
+
+    def serve() -> None:
+        async def main() -> None:
+            X, y = make_data()
+            fake = FakeHGO(X, y, make_spec())
+            server, port = await start_fake(fake)
+            ready["port"] = port
+            sess = await asyncio.wait_for(fake.joined.get(), 30)
+            ready["join"] = sess.join
+            await sess.task(0, np.zeros(P + 1), 50.0)
+            await asyncio.sleep(0.3)
+            ready["prefix"] = check_contiguous(sess.of_round(0), 64)
+            await sess.stop("done")
+            await asyncio.wait_for(sess.ended.wait(), 10)
+            while not stop_evt.is_set():
+                await asyncio.sleep(0.05)
+            await server.stop(None)
+
+        asyncio.run(main())
+
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    try:
+        for _ in range(100):
+            if "port" in ready:
+                break
+            time.sleep(0.05)
+        proc = procs.start(
+            [*console("hgo-worker"), "--server", f"127.0.0.1:{ready['port']}", "--profile", "weak",
+             "--batch-size", "10", "--seed", "4", "--name", "cli-worker"],
+            name="worker",
+        )
+        assert procs.wait(proc, 60) == 0, procs.log(proc)
+        assert ready["join"].profile == "weak" and ready["join"].name == "cli-worker"
+        assert ready["join"].rate > 0
+        # weak: lambda ~ 500 per ms per point -> about 50 coordinates per ms at s = 10.
+        assert 0 < ready["prefix"] <= throttle.released(350.0, ready["join"].rate, 10, P + 1)
+    finally:
+        stop_evt.set()
+        th.join(10)
+
+
+def test_cli_rejects_bad_flags_with_named_values() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "hgo_worker.cli", "--server", "127.0.0.1:1", "--shard", "7/2"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 2 and "'7/2'" in out.stderr
+    out = subprocess.run(
+        [sys.executable, "-m", "hgo_worker.cli", "--server", "127.0.0.1:1", "--rate", "fast"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 2 and "'fast'" in out.stderr

@@ -55,10 +55,12 @@ def trimmed_mean_of_sorted(s: np.ndarray, f: int) -> np.ndarray:
 def closest_mean_of_sorted(s: np.ndarray, center: np.ndarray, keep: int) -> np.ndarray:
     """Per row, the mean of the ``keep`` values closest to ``center``.
 
-    On a line the ``keep`` nearest values to a point form a contiguous window of the
-    sorted values, namely one whose largest distance to the point is smallest; among
-    equally good windows we take the lowest, so the result depends only on the
-    multiset of values (row order never matters).
+    On a line the ``keep`` nearest values to a point c form a contiguous window
+    ``s[t : t + keep]`` of the sorted values. The window should slide right while its
+    left end is strictly farther from c than the first value past its right end;
+    ``c - s[t] > s[t + keep] - c`` is non-increasing in t, so the start is simply the
+    number of t for which it holds. On equal distances we keep the left value, so the
+    result depends only on the multiset of values (row order never matters).
 
     Parameters
     ----------
@@ -71,11 +73,9 @@ def closest_mean_of_sorted(s: np.ndarray, center: np.ndarray, keep: int) -> np.n
     ndarray of shape (k,), float64
     """
     m = s.shape[1]
-    n_win = m - keep + 1
     c = center[:, None]
-    # radius of window t = max(c - s[t], s[t + keep - 1] - c), shape (k, n_win)
-    radius = np.maximum(c - s[:, :n_win], s[:, keep - 1 :] - c)
-    start = np.argmin(radius, axis=1)[:, None]
+    slide = (c - s[:, : m - keep]) > (s[:, keep:] - c)
+    start = np.count_nonzero(slide, axis=1)[:, None]
     cols = np.arange(m)[None, :]
     inside = (cols >= start) & (cols < start + keep)
     total = np.where(inside, s, 0).sum(axis=1, dtype=np.float64)
@@ -102,6 +102,9 @@ def pairwise_sq_distances(x: np.ndarray) -> np.ndarray:
     sq = np.diag(g).copy()
     d = sq[:, None] + sq[None, :] - 2.0 * g
     np.maximum(d, 0.0, out=d)
+    # Exact symmetry: rows that share a nearest-neighbour distance then share it bit
+    # for bit, so structural ties (Krum with one neighbour) stay ties.
+    d = 0.5 * (d + d.T)
     np.fill_diagonal(d, 0.0)
     return np.asarray(d)
 
@@ -119,6 +122,33 @@ def weighted_rows(w: np.ndarray, x: np.ndarray) -> np.ndarray:
     ndarray of shape (k,), float64
     """
     return np.asarray(w.astype(x.dtype) @ x, dtype=np.float64)
+
+
+def select_lowest(scores: np.ndarray, x: np.ndarray, c: int) -> np.ndarray:
+    """Indices of the ``c`` rows with the lowest scores, independent of row order.
+
+    Rows tied at the boundary score are taken in lexicographic order of their values
+    (so a permutation of the rows never changes which *vectors* are chosen). The
+    lexicographic sort only runs on the tied rows, which random data never has.
+
+    Parameters
+    ----------
+    scores : ndarray of shape (m,)
+    x : ndarray of shape (m, k)
+    c : int, 1 <= c <= m
+
+    Returns
+    -------
+    ndarray of shape (c,), int
+    """
+    order = np.argsort(scores, kind="stable")
+    if c >= scores.size or scores[order[c - 1]] != scores[order[c]]:
+        return order[:c]
+    t = scores[order[c - 1]]
+    below = np.flatnonzero(scores < t)
+    tied = np.flatnonzero(scores == t)
+    tied = tied[np.lexsort(x[tied].T[::-1])]
+    return np.concatenate([below, tied[: c - below.size]])
 
 
 def krum_scores(d: np.ndarray, f: int) -> np.ndarray:

@@ -3,8 +3,8 @@ SGD", OPODIS 2020, LIPIcs 184, 8:1-8:16) — the robust rule the HGO paper evalu
 
 Variant: compute the coordinate-wise median ``med`` of the m rows (mean of the two
 middle values for an even m), the squared distance ``|x_i - med|^2`` of every row to
-it, and return the plain mean of the ``c`` rows closest to ``med`` (ties in distance
-broken by input order). ``c`` depends on ``mode``:
+it, and return the plain mean of the ``c`` rows closest to ``med`` (rows tied at the cut are
+taken in lexicographic order, so row order never matters). ``c`` depends on ``mode``:
 
 * ``"mid"`` (default): c = ceil(m / 2) = (m + 1) // 2. This is the default of the
   authors' reference implementation (S. Rouault's ``aksel.py`` in EPFL's Garfield
@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import register
-from ._common import median_of_sorted, sorted_columns, weighted_rows
+from ._common import median_of_sorted, select_lowest, sorted_columns, weighted_rows
 
 MODES = ("mid", "n-f")
 
@@ -51,7 +51,7 @@ def aksel(x: np.ndarray, *, f: int = 0, mode: str = "mid") -> np.ndarray:
     med = median_of_sorted(sorted_columns(x)).astype(x.dtype)
     diff = x - med
     dist = np.einsum("ij,ij->i", diff, diff, dtype=np.float64)
-    chosen = np.argsort(dist, kind="stable")[:c]
+    chosen = select_lowest(dist, x, c)
     w = np.zeros(m)
     w[chosen] = 1.0 / c
     return weighted_rows(w, x)

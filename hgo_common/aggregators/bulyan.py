@@ -4,8 +4,8 @@ Learning in Byzantium", ICML 2018), on top of Krum.
 Variant:
 1. Selection: theta = m - 2f rows chosen by Krum repeatedly: score the remaining
    rows (sum of squared distances to their r - f - 2 nearest remaining rows, r the
-   number remaining, at least 1 neighbour), move the best one (first in input order
-   on a tie) to the selected set, repeat.
+   number remaining, at least 1 neighbour), move the best one (the lexicographically
+   smallest row on an exact tie) to the selected set, repeat.
 2. Aggregation, per coordinate: beta = theta - 2f; the mean of the beta selected
    values closest to the coordinate-wise median of the selected rows (ties: lowest
    window of the sorted column, as meamed).
@@ -18,10 +18,16 @@ from __future__ import annotations
 import numpy as np
 
 from . import register
-from ._common import closest_mean_of_sorted, median_of_sorted, pairwise_sq_distances, sorted_columns
+from ._common import (
+    closest_mean_of_sorted,
+    median_of_sorted,
+    pairwise_sq_distances,
+    select_lowest,
+    sorted_columns,
+)
 
 
-def bulyan_select(d: np.ndarray, f: int, theta: int) -> np.ndarray:
+def bulyan_select(d: np.ndarray, f: int, theta: int, x: np.ndarray | None = None) -> np.ndarray:
     """Indices of the ``theta`` rows chosen by iterated Krum on the distance matrix ``d``.
 
     Parameters
@@ -30,6 +36,8 @@ def bulyan_select(d: np.ndarray, f: int, theta: int) -> np.ndarray:
         Squared pairwise distances.
     f : int
     theta : int
+    x : ndarray of shape (m, k), optional
+        The rows, to break exact score ties lexicographically (default: by index).
 
     Returns
     -------
@@ -51,7 +59,8 @@ def bulyan_select(d: np.ndarray, f: int, theta: int) -> np.ndarray:
         nb = min(max(r - f - 2, 1), r - 1)
         sub = others[np.ix_(idx, idx)]
         scores = np.sort(sub, axis=1)[:, :nb].sum(axis=1)
-        best = int(idx[int(np.argmin(scores))])
+        rows = x[idx] if x is not None else idx[:, None].astype(np.float64)
+        best = int(idx[int(select_lowest(scores, rows, 1)[0])])
         chosen.append(best)
         remaining[best] = False
     return np.asarray(chosen, dtype=np.int64)
@@ -72,6 +81,6 @@ def bulyan(x: np.ndarray, *, f: int = 0) -> np.ndarray:
     """
     m = x.shape[0]
     theta = m - 2 * f
-    chosen = bulyan_select(pairwise_sq_distances(x), f, theta)
+    chosen = bulyan_select(pairwise_sq_distances(x), f, theta, x)
     s = sorted_columns(x[np.sort(chosen)])
     return closest_mean_of_sorted(s, median_of_sorted(s), theta - 2 * f)

@@ -2,8 +2,9 @@
 Byzantine Tolerant Gradient Descent", NeurIPS 2017).
 
 Variant: the score of row i is the sum of its squared Euclidean distances to its
-m - f - 2 nearest other rows; Krum returns the row with the lowest score (the first
-one in input order on an exact tie). Precondition m > 2f + 2, i.e. m >= 2f + 3.
+m - f - 2 nearest other rows; Krum returns the row with the lowest score (on an exact
+tie, the lexicographically smallest of the tied rows, so row order never matters).
+Precondition m > 2f + 2, i.e. m >= 2f + 3.
 
 All m^2 distances come from ONE Gram product ``x @ x.T`` (no loop over pairs); see
 ``_common.pairwise_sq_distances`` for its float32 rounding.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import register
-from ._common import krum_scores, pairwise_sq_distances
+from ._common import krum_scores, pairwise_sq_distances, select_lowest
 
 
 def krum_min_rows(f: int) -> int:
@@ -36,4 +37,4 @@ def krum(x: np.ndarray, *, f: int = 0) -> np.ndarray:
     ndarray of shape (k,), float64
     """
     scores = krum_scores(pairwise_sq_distances(x), f)
-    return np.asarray(x[int(np.argmin(scores))], dtype=np.float64)
+    return np.asarray(x[int(select_lowest(scores, x, 1)[0])], dtype=np.float64)

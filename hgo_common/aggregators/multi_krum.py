@@ -4,7 +4,7 @@ variant as in El Mhamdi, Guerraoui, Rouault, ICML 2018).
 
 Variant: Krum scores (sum of squared distances to the m - f - 2 nearest other rows),
 then the plain mean of the ``n_select`` rows with the lowest scores; ``n_select``
-defaults to m - f (ties in score broken by input order). ``n_select = 1`` is Krum.
+defaults to m - f (rows tied in score at the cut taken in lexicographic order). ``n_select = 1`` is Krum.
 Precondition m > 2f + 2 and 1 <= n_select <= m.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import register
-from ._common import krum_scores, pairwise_sq_distances, weighted_rows
+from ._common import krum_scores, pairwise_sq_distances, select_lowest, weighted_rows
 from .krum import krum_min_rows
 
 
@@ -37,7 +37,7 @@ def multi_krum(x: np.ndarray, *, f: int = 0, n_select: int | None = None) -> np.
     if not 1 <= c <= m:
         raise ValueError(f"multi-krum: n_select must be in [1, m={m}], got {n_select}")
     scores = krum_scores(pairwise_sq_distances(x), f)
-    chosen = np.argsort(scores, kind="stable")[:c]
+    chosen = select_lowest(scores, x, c)
     w = np.zeros(m)
     w[chosen] = 1.0 / c
     return weighted_rows(w, x)

@@ -7,8 +7,8 @@ happen in ``hgo_common.datasets.load``.
 
 * digits: 1797 8x8 images of handwritten digits (UCI optdigits test set), 64 features
   with values 0..16, 10 classes (Alpaydin & Kaynak 1995).
-* digits-binary: digits labelled by parity, 1 = odd digit, 0 = even (balanced: 906 even,
-  891 odd); the same split we use for mnist-binary.
+* digits-binary: digits labelled by parity, 1 = odd digit, 0 = even (nearly balanced: 891 even,
+  906 odd); the same split we use for mnist-binary.
 * breast-cancer: Wisconsin diagnostic breast cancer, 569 x 30, label 1 = benign
   (357), 0 = malignant (212) as scikit-learn ships it.
 * diabetes: 442 x 10 regression, target a disease-progression score (Efron et al. 2004),

@@ -111,13 +111,13 @@ def partition(y: np.ndarray, n_shards: int, scheme: str, rng: np.random.Generato
     gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     y = np.asarray(y)
     if y.ndim != 1:
-        raise ValueError(f"partition: y must be 1-D, got shape {y.shape}")
+        raise ValueError(f"partition {scheme!r}: y must be 1-D, got shape {y.shape}")
     n = y.shape[0]
     k = int(n_shards)
     if k < 1:
-        raise ValueError(f"partition: n_shards must be >= 1, got {n_shards}")
+        raise ValueError(f"partition {scheme!r}: n_shards must be >= 1, got {n_shards}")
     if n < k:
-        raise ValueError(f"partition: cannot split {n} examples into {k} non-empty shards")
+        raise ValueError(f"partition {scheme!r}: cannot split {n} examples into {k} non-empty shards")
     if parsed.kind == "iid":
         parts = np.array_split(gen.permutation(n), k)
     elif parsed.kind == "classes":

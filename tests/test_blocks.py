@@ -1,0 +1,285 @@
+"""Block construction (Algorithm 1, steps 4-5) against brute-force references, and round closing.
+
+The references below are deliberately naive: a Python loop over coordinates that
+computes Q_j = {i : |V_i| > j} for every j and calls the rule on column j
+(coordinate-wise rules), or groups coordinates by identical Q_j and calls the rule
+once per group (vector rules; the reading documented in hgo_common/blocks.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hgo_common import aggregators, blocks
+from hgo_common.rounds import RoundConfig, apply_update, close_round, default_quorum, step_size
+
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+COORDINATEWISE = [n for n in aggregators.names() if aggregators.get(n).coordinatewise]
+VECTOR = [n for n in aggregators.names() if not aggregators.get(n).coordinatewise] + ["nnm+krum"]
+
+
+def reference_b_v(prefixes: list[int], v: int) -> int:
+    ranked = sorted(prefixes, reverse=True)
+    return ranked[v - 1] if v <= len(ranked) else 0
+
+
+def reference_per_coordinate(
+    values: np.ndarray, prefixes: list[int], v: int, name: str, f: int
+) -> np.ndarray:
+    rule = aggregators.get(name)
+    b = reference_b_v(prefixes, v)
+    out = np.zeros(b)
+    for j in range(b):
+        q_j = [i for i, p in enumerate(prefixes) if p > j]
+        assert len(q_j) >= v
+        out[j] = rule(values[q_j, j : j + 1], f=f)[0]
+    return out
+
+
+def reference_grouped(values: np.ndarray, prefixes: list[int], v: int, name: str, f: int) -> np.ndarray:
+    rule = aggregators.get(name)
+    b = reference_b_v(prefixes, v)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for j in range(b):
+        groups.setdefault(tuple(i for i, p in enumerate(prefixes) if p > j), []).append(j)
+    out = np.zeros(b)
+    for q_j, coords in groups.items():
+        out[coords] = rule(values[np.ix_(q_j, coords)], f=f)
+    return out
+
+
+@st.composite
+def rounds(draw: st.DrawFn, name: str) -> tuple[np.ndarray, list[int], int, int]:
+    """(values (q x d), nested prefixes with ties, zeros and full rows, v, f)."""
+    rule = aggregators.get(name)
+    q = draw(st.integers(1, 9))
+    d = draw(st.integers(1, 25))
+    kinds = draw(st.lists(st.sampled_from(["zero", "full", "any", "tie"]), min_size=q, max_size=q))
+    prefixes: list[int] = []
+    for kind in kinds:
+        if kind == "zero":
+            prefixes.append(0)
+        elif kind == "full":
+            prefixes.append(d)
+        elif kind == "tie" and prefixes:
+            prefixes.append(draw(st.sampled_from(prefixes)))
+        else:
+            prefixes.append(draw(st.integers(0, d)))
+    v = draw(st.integers(1, q))
+    fs = [f for f in range(0, 4) if rule.min_rows(f) <= v]
+    if not fs:  # the rule needs more rows than any quorum this q allows
+        v = q
+        fs = [f for f in range(0, 4) if rule.min_rows(f) <= v]
+    if not fs:
+        q_extra = rule.min_rows(0) - q
+        prefixes += [d] * q_extra
+        q = len(prefixes)
+        v = q
+        fs = [0]
+    f = draw(st.sampled_from(fs))
+    seed = draw(st.integers(0, 2**32 - 1))
+    values = np.random.default_rng(seed).standard_normal((q, d))
+    # poison the values nobody may read: everything past each prefix
+    for i, p in enumerate(prefixes):
+        values[i, p:] = np.nan
+    return values, prefixes, v, f
+
+
+@pytest.mark.parametrize("name", COORDINATEWISE)
+@SETTINGS
+@given(data=st.data())
+def test_coordinatewise_rules_match_per_coordinate_reference(name: str, data: st.DataObject) -> None:
+    values, prefixes, v, f = data.draw(rounds(name))
+    b, agg = blocks.aggregate(values, prefixes, v=v, rule=name, f=f)
+    assert b == reference_b_v(prefixes, v)
+    assert agg.shape == (b,)
+    np.testing.assert_allclose(
+        agg, reference_per_coordinate(values, prefixes, v, name, f), rtol=1e-12, atol=1e-12
+    )
+
+
+@pytest.mark.parametrize("name", VECTOR)
+@SETTINGS
+@given(data=st.data())
+def test_vector_rules_match_grouped_reference(name: str, data: st.DataObject) -> None:
+    values, prefixes, v, f = data.draw(rounds(name))
+    b, agg = blocks.aggregate(values, prefixes, v=v, rule=name, f=f)
+    assert b == reference_b_v(prefixes, v)
+    np.testing.assert_allclose(agg, reference_grouped(values, prefixes, v, name, f), rtol=1e-7, atol=1e-9)
+
+
+def test_vector_rule_is_applied_per_segment_not_per_coordinate() -> None:
+    # Krum over a whole segment selects one worker's vector for the segment; a per-
+    # coordinate reading would be a 1-d Krum per column. Worker 3 is the Krum choice on
+    # the 2-d segment, but not on every single column.
+    # 2-d scores (2 neighbours): p0 36, p1 21, p2 34, p3 14, p4 177 -> p3 = (1, 2);
+    # column 1 alone ([5, 0, 1, 2, 9]) picks the value 1.
+    values = np.array([[0.0, 5.0], [1.0, 0.0], [5.0, 1.0], [1.0, 2.0], [9.0, 9.0]])
+    b, agg = blocks.aggregate(values, [2, 2, 2, 2, 2], v=5, rule="krum", f=1)
+    assert b == 2
+    np.testing.assert_array_equal(agg, [1.0, 2.0])
+    per_coordinate = reference_per_coordinate(values, [2] * 5, 5, "krum", 1)
+    assert not np.array_equal(agg, per_coordinate)
+
+
+@SETTINGS
+@given(
+    prefixes=st.lists(st.integers(0, 50), min_size=1, max_size=12),
+    v=st.integers(1, 14),
+)
+def test_block_size_is_the_vth_largest(prefixes: list[int], v: int) -> None:
+    assert blocks.block_size(prefixes, v) == reference_b_v(prefixes, v)
+    responders = sum(p > 0 for p in prefixes)
+    if responders < v:
+        assert blocks.block_size(prefixes, v) == 0
+
+
+@SETTINGS
+@given(prefixes=st.lists(st.integers(0, 30), min_size=1, max_size=10), data=st.data())
+def test_segments_tile_the_block(prefixes: list[int], data: st.DataObject) -> None:
+    v = data.draw(st.integers(1, len(prefixes)))
+    b = reference_b_v(prefixes, v)
+    segs = blocks.segments(prefixes, v)
+    assert sum(hi - lo for lo, hi, _ in segs) == b
+    pos = 0
+    for lo, hi, rows in segs:
+        assert lo == pos and hi > lo
+        pos = hi
+        expected = {i for i, p in enumerate(prefixes) if p >= hi}
+        assert set(rows.tolist()) == expected and len(expected) >= v
+        # every coordinate of the segment has exactly this Q_j
+        for j in (lo, hi - 1):
+            assert {i for i, p in enumerate(prefixes) if p > j} == expected
+
+
+def test_fewer_than_v_responders_give_an_empty_block() -> None:
+    values = np.ones((4, 5))
+    b, agg = blocks.aggregate(values, [5, 3, 0, 0], v=3, rule="median", f=0)
+    assert b == 0 and agg.shape == (0,)
+
+
+def test_float32_buffer_and_known_values() -> None:
+    # q=3, d=4, prefixes 4, 2, 1 and v=2: b_v = 2.
+    # position 0: workers {0,1,2} -> median(1, 10, 100) = 10
+    # position 1: workers {0,1}   -> median(2, 20) = 11
+    values = np.array([[1, 2, 3, 4], [10, 20, 0, 0], [100, 0, 0, 0]], dtype=np.float32)
+    b, agg = blocks.aggregate(values, np.array([4, 2, 1]), v=2, rule="median", f=0)
+    assert b == 2
+    np.testing.assert_array_equal(agg, [10.0, 11.0])
+    assert agg.dtype == np.float64
+
+
+def test_callable_rule_and_scatter() -> None:
+    values = np.arange(12.0).reshape(3, 4)
+    # rows 0..2 cover positions 0, 1 (max of column: row 2); rows 0, 1 cover 2, 3 (row 1)
+    b, agg = blocks.aggregate(values, [4, 4, 2], v=2, rule=lambda x, f: x.max(axis=0))
+    assert b == 4
+    np.testing.assert_array_equal(agg, [8.0, 9.0, 6.0, 7.0])
+    order = np.array([3, 0, 2, 1])
+    full = blocks.scatter(order, agg[:2], 4)
+    np.testing.assert_array_equal(full, [9.0, 0.0, 0.0, 8.0])
+
+
+@pytest.mark.parametrize(
+    ("prefixes", "v", "match"),
+    [
+        ([1, 2], 1, "expected 3 prefix lengths"),
+        ([1, 2, 9], 1, r"prefix lengths must lie in \[0, 4\]"),
+        ([1, 2, -1], 1, r"prefix lengths must lie in \[0, 4\]"),
+        ([1, 2, 3], 0, r"quorum v must be in \[1, q=3\], got 0"),
+        ([1, 2, 3], 4, r"quorum v must be in \[1, q=3\], got 4"),
+    ],
+)
+def test_bad_arguments(prefixes: list[int], v: int, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        blocks.aggregate(np.zeros((3, 4)), prefixes, v=v, rule="average")
+
+
+def test_quorum_below_rule_minimum_is_reported() -> None:
+    # v = 2 lets a segment of 2 rows through, and krum with f=0 needs 3
+    with pytest.raises(ValueError, match=r"krum needs m > 2f\+2 .*got m=2, f=0"):
+        blocks.aggregate(np.ones((3, 4)), [4, 4, 1], v=2, rule="krum", f=0)
+
+
+# --------------------------------------------------------------------------- #
+# rounds.close_round: hgo vs sgd semantics, quorum, step sizes
+
+D = 6
+ORDER = np.array([5, 3, 1, 0, 2, 4])
+
+
+def round_values() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((4, D))
+
+
+def test_hgo_uses_partial_rows_and_sgd_does_not() -> None:
+    values = round_values()
+    prefixes = np.array([D, D, 3, 0])
+    hgo = close_round(values, prefixes, ORDER, RoundConfig(d=D, v=2, rule="average", algorithm="hgo"))
+    sgd = close_round(values, prefixes, ORDER, RoundConfig(d=D, v=2, rule="average", algorithm="sgd"))
+    assert hgo.quorum and sgd.quorum
+    assert hgo.used == [0, 1, 2]
+    assert sgd.used == [0, 1]
+    assert hgo.block == D and sgd.block == D
+    # hgo: positions 0..2 average workers 0,1,2; positions 3..5 average workers 0,1
+    expected_hgo = np.concatenate([values[:3, :3].mean(axis=0), values[:2, 3:].mean(axis=0)])
+    expected_sgd = values[:2].mean(axis=0)
+    assert hgo.update is not None and sgd.update is not None
+    np.testing.assert_allclose(hgo.update[ORDER], expected_hgo)
+    np.testing.assert_allclose(sgd.update[ORDER], expected_sgd)
+    # changing the partial row moves hgo's update but never sgd's
+    values2 = values.copy()
+    values2[2, :3] += 100.0
+    hgo2 = close_round(values2, prefixes, ORDER, RoundConfig(d=D, v=2, rule="average", algorithm="hgo"))
+    sgd2 = close_round(values2, prefixes, ORDER, RoundConfig(d=D, v=2, rule="average", algorithm="sgd"))
+    assert hgo2.update is not None and sgd2.update is not None
+    assert not np.allclose(hgo2.update, hgo.update)
+    np.testing.assert_array_equal(sgd2.update, sgd.update)
+
+
+def test_hgo_block_and_zero_outside_it() -> None:
+    values = round_values()
+    out = close_round(values, np.array([D, 4, 2, 0]), ORDER, RoundConfig(d=D, v=2, rule="median"))
+    assert out.block == 4
+    assert out.update is not None
+    np.testing.assert_array_equal(out.update[ORDER[4:]], 0.0)
+    assert np.all(out.update[ORDER[:4]] != 0.0)
+
+
+@pytest.mark.parametrize("algorithm", ["hgo", "sgd"])
+def test_no_quorum_leaves_w_unchanged(algorithm: str) -> None:
+    values = round_values()
+    w = np.arange(D, dtype=np.float64)
+    # hgo: only one non-empty prefix for v = 2; sgd: median with f = 1 needs 3 complete rows
+    prefixes = np.array([D, 0, 0, 0]) if algorithm == "hgo" else np.array([D, D, 5, 0])
+    cfg = RoundConfig(d=D, v=2, rule="median", f=1 if algorithm == "sgd" else 0, algorithm=algorithm)
+    out = close_round(values, prefixes, ORDER, cfg)
+    assert not out.quorum and out.block == 0 and out.update is None
+    np.testing.assert_array_equal(apply_update(w, out), w)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "inv-sqrt-block"])
+def test_step_size_schedules(schedule: str) -> None:
+    values = round_values()
+    w = np.zeros(D)
+    cfg = RoundConfig(d=D, v=2, rule="average", lr=0.5, lr_schedule=schedule)
+    out = close_round(values, np.array([D, 4, 4, 1]), ORDER, cfg)
+    assert out.block == 4
+    expected = 0.5 if schedule == "constant" else 0.5 / math.sqrt(4)
+    assert out.step_size == pytest.approx(expected)
+    assert step_size(cfg, 16) == pytest.approx(0.5 if schedule == "constant" else 0.125)
+    assert out.update is not None
+    np.testing.assert_allclose(apply_update(w, out), -expected * out.update)
+
+
+def test_default_quorum_respects_rule_minimum() -> None:
+    assert default_quorum(80, "average", 0) == 40
+    assert default_quorum(80, "krum", 25) == 53  # 2f + 3
+    assert default_quorum(10, "bulyan", 3) == 10  # capped at q

@@ -66,6 +66,20 @@ def test_coordinate_subsets_equal_indexed_full_gradient(name: str, kw: dict[str,
     np.testing.assert_allclose(m.gradient(w, X, y, coords), full[coords], rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.parametrize("name", ["linear", "logistic", "svm"])
+def test_linear_models_column_gather_and_full_paths_agree(name: str) -> None:
+    # p = 300: k < p/10 takes the column-gather path, larger k the full product.
+    rng = np.random.default_rng(11)
+    m = models.create(name, n_features=300, l2=0.01)
+    X = rng.normal(size=(40, 300)).astype(np.float32)
+    y = rng.normal(size=40) if name == "linear" else rng.integers(0, 2, size=40)
+    w = rng.normal(size=m.dim)
+    full = m.gradient(w, X, y)
+    for k in (1, 5, 29, 31, 200, 301):
+        coords = rng.permutation(m.dim)[:k]
+        np.testing.assert_allclose(m.gradient(w, X, y, coords), full[coords], rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("name", models.names())
 def test_float32_inputs_are_computed_in_float64(name: str) -> None:
     m, X, y = _problem(name, {"n_classes": 3} if name == "mlp" else {}, 3)

@@ -1,0 +1,83 @@
+"""``hgo-server``: the command line of the HGO parameter server (docs/server.md).
+
+Prints ``hgo-server listening on HOST:PORT`` (flushed) once serving, one summary line
+at the end, and exits 0 after training or after SIGTERM/SIGINT (stop sampling, close
+the open round, checkpoint if configured, tell the workers Stop). Bad settings exit 2
+with a message naming the value.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Two OpenBLAS threads collapse when another process is busy (DESIGN.md §8); must be
+# set before numpy is imported anywhere in this process.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import asyncio
+import logging
+import math
+import signal
+import sys
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, ServerConfig, parse_args
+
+
+def _run(coro: Coroutine[Any, Any, int]) -> int:
+    try:
+        import uvloop
+    except ImportError:  # uvloop is optional (not on Windows)
+        return asyncio.run(coro)
+    result: int = uvloop.run(coro)
+    return result
+
+
+async def amain(cfg: ServerConfig) -> int:
+    """Serve and train with ``cfg``; returns the exit status."""
+    from .metrics import ServerMetrics
+    from .servicer import start_server
+
+    metrics = ServerMetrics.default()
+    if cfg.metrics_port is not None:
+        metrics.serve(cfg.metrics_port)
+    running, port = await start_server(cfg, metrics=metrics)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, running.request_stop)
+    try:
+        print(f"hgo-server listening on {cfg.bind}:{port}", flush=True)
+        if cfg.port_file:
+            tmp = Path(cfg.port_file + ".tmp")
+            tmp.write_text(f"{port}\n")
+            tmp.replace(cfg.port_file)  # atomic: a reader never sees a half-written port
+        summary = await running.run()
+    finally:
+        await running.stop()
+    metric = "nan" if math.isnan(summary.metric) else f"{summary.metric:.4f}"
+    print(
+        f"hgo-server {'done' if summary.completed else 'stopped'}: rounds={summary.rounds} "
+        f"{summary.metric_name}={metric} wall={summary.wall_s:.1f}s",
+        flush=True,
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(
+        level=os.environ.get("HGO_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        cfg = parse_args(argv)
+        return _run(amain(cfg))
+    except ConfigError as exc:
+        print(f"hgo-server: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,397 @@
+"""hgo-server configuration: flags, a TOML file, and validation at the edge.
+
+Every setting has one name, spelled ``--some-flag`` on the command line and
+``some-flag`` or ``some_flag`` in the ``--config`` TOML file; flags override the
+file, the file overrides the defaults. Every error names the offending value and
+the allowed range, and is raised as :class:`ConfigError` (a ValueError).
+
+Durations (``--tau``, ``--sgd-timeout``, ``--heartbeat-ms``) share one unit with the
+compute rates, the millisecond (DESIGN.md §3): a bare number is milliseconds
+(``60``), and ``250ms``, ``2s``, ``1.5s``, ``2min`` and ``inf`` are accepted too. In
+TOML a duration may be a number (milliseconds) or such a string.
+
+The defaults that depend on other settings are filled in by :func:`resolve`:
+``--min-workers`` defaults to q, ``--num-shards`` to ``--min-workers``, ``--v`` to
+``hgo_common.rounds.default_quorum(q, rule, f)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A setting outside its allowed range; the message names the value and the range."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Every hgo-server setting (durations in milliseconds). See docs/server.md."""
+
+    port: int = 50051
+    bind: str = "127.0.0.1"
+    q: int = 10
+    v: int | None = None
+    tau: float = 60.0
+    rule: str = "average"
+    f: int = 0
+    lr: float = 0.1
+    lr_schedule: str = "constant"
+    rounds: int = 100
+    model: str | None = None
+    dataset: str = "digits"
+    data_dir: str | None = None
+    max_train: int | None = None
+    partition: str = "iid"
+    num_shards: int | None = None
+    seed: int = 0
+    min_workers: int | None = None
+    algorithm: str = "hgo"
+    eval_every: int = 10
+    log: str | None = None
+    metrics_port: int | None = None
+    hidden: tuple[int, ...] = (30,)
+    l2: float = 0.0
+    max_chunk_values: int = 16384
+    sgd_timeout: float = 60_000.0
+    early_close: bool = True
+    heartbeat_ms: float = 2000.0
+    max_message_mb: int = 64
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 10
+    resume: bool = False
+    token: str | None = field(default=None, repr=False)
+    tokens_file: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    port_file: str | None = None
+
+    def replace(self, **changes: Any) -> ServerConfig:
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The settings as plain JSON-able values (the token is masked)."""
+        out = dataclasses.asdict(self)
+        out["hidden"] = list(self.hidden)
+        if out["token"] is not None:
+            out["token"] = "***"
+        return out
+
+
+FIELDS = {f.name for f in dataclasses.fields(ServerConfig)}
+_INT = {
+    "port", "q", "v", "f", "rounds", "seed", "min_workers", "eval_every", "metrics_port",
+    "max_chunk_values", "num_shards", "checkpoint_every", "max_message_mb", "max_train",
+}  # fmt: skip
+_FLOAT = {"lr", "l2"}
+_DURATION = {"tau", "sgd_timeout", "heartbeat_ms"}
+_BOOL = {"early_close", "resume"}
+_STR = FIELDS - _INT - _FLOAT - _DURATION - _BOOL - {"hidden"}
+
+_DURATION_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|s|sec|min)?\s*$")
+_UNIT_MS = {None: 1.0, "ms": 1.0, "s": 1000.0, "sec": 1000.0, "min": 60_000.0}
+
+
+def parse_duration_ms(value: object, name: str = "duration") -> float:
+    """Milliseconds from ``60``, ``"60"``, ``"250ms"``, ``"2s"``, ``"2min"`` or ``"inf"``.
+
+    Raises ConfigError naming ``name`` and the value for anything else (negative,
+    NaN, unknown unit).
+    """
+    if isinstance(value, bool):
+        raise ConfigError(f"{_flag(name)}: expected a duration, got {value!r}")
+    if isinstance(value, int | float):
+        ms = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("inf", "infinity", "+inf"):
+            return math.inf
+        m = _DURATION_RE.match(text)
+        if m is None:
+            raise ConfigError(
+                f"{_flag(name)}: cannot read {value!r} as a duration; expected milliseconds "
+                "like 60, or 250ms, 2s, 2min, inf"
+            )
+        ms = float(m.group(1)) * _UNIT_MS[m.group(2)]
+    else:
+        raise ConfigError(f"{_flag(name)}: expected a duration, got {value!r}")
+    if math.isnan(ms) or ms < 0:
+        raise ConfigError(f"{_flag(name)}: duration must be >= 0 ms or inf, got {value!r}")
+    return ms
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _coerce(name: str, value: object) -> Any:
+    """One setting from a flag string or a TOML value to its Python type."""
+    if name in _DURATION:
+        return parse_duration_ms(value, name)
+    if name in _BOOL:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{_flag(name)}: expected true or false, got {value!r}")
+    if name == "hidden":
+        items: Sequence[object]
+        if isinstance(value, str):
+            items = [s for s in value.replace(" ", "").split(",") if s]
+        elif isinstance(value, list | tuple):
+            items = value
+        elif isinstance(value, int) and not isinstance(value, bool):
+            items = [value]
+        else:
+            raise ConfigError(
+                f"--hidden: expected comma-separated layer widths like 30 or 64,32, got {value!r}"
+            )
+        try:
+            sizes = tuple(int(str(s)) for s in items)
+        except ValueError:
+            raise ConfigError(
+                f"--hidden: expected comma-separated positive integers like 30 or 64,32, got {value!r}"
+            ) from None
+        return sizes
+    if name in _INT:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"{_flag(name)}: expected an integer, got {value!r}")
+        try:
+            return int(value) if not isinstance(value, str) else int(value.strip())
+        except (TypeError, ValueError):
+            raise ConfigError(f"{_flag(name)}: expected an integer, got {value!r}") from None
+    if name in _FLOAT:
+        if isinstance(value, bool):
+            raise ConfigError(f"{_flag(name)}: expected a number, got {value!r}")
+        try:
+            return float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise ConfigError(f"{_flag(name)}: expected a number, got {value!r}") from None
+    if not isinstance(value, str):
+        raise ConfigError(f"{_flag(name)}: expected a string, got {value!r}")
+    return value
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Settings from a TOML file: keys with dashes or underscores; unknown keys are an error.
+
+    A ``[server]`` table is read when present (so one file can hold several programs'
+    settings); otherwise the top level.
+    """
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"--config: file {str(p)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--config: {str(p)!r} is not valid TOML: {exc}") from None
+    table = raw.get("server", raw) if isinstance(raw.get("server"), dict) else raw
+    out: dict[str, Any] = {}
+    unknown = []
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        if name not in FIELDS:
+            unknown.append(key)
+            continue
+        out[name] = _coerce(name, value)
+    if unknown:
+        raise ConfigError(
+            f"--config {str(p)!r}: unknown keys {sorted(unknown)}; known keys: "
+            f"{sorted(k.replace('_', '-') for k in FIELDS)}"
+        )
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The hgo-server argument parser (every option defaults to 'not given')."""
+    p = argparse.ArgumentParser(
+        prog="hgo-server",
+        description="HGO parameter server (Boubouh et al., SRDS 2022): asyncio gRPC, robust aggregation.",
+        argument_default=argparse.SUPPRESS,
+    )
+    d = ServerConfig()
+    add = p.add_argument
+    add("--config", metavar="FILE", help="TOML file with the same keys as the flags (flags override it)")
+    add("--port", help=f"TCP port; 0 picks a free one and prints it (default {d.port})")
+    add("--bind", help=f"address to listen on (default {d.bind}; 0.0.0.0 for every interface)")
+    add("--port-file", metavar="FILE", help="write the bound port to FILE once serving")
+    add("--q", help=f"workers sampled per round (default {d.q})")
+    add("--v", help="quorum: the block is the v-th longest prefix (default: rounds.default_quorum)")
+    add("--tau", help=f"round deadline: ms, or 250ms, 2s, inf (default {d.tau:g})")
+    add("--rule", help=f"aggregation rule, e.g. average, median, nnm+krum (default {d.rule})")
+    add("--f", help=f"Byzantine workers the rule must tolerate (default {d.f})")
+    add("--lr", help=f"learning rate gamma (default {d.lr})")
+    add("--lr-schedule", help=f"constant | inv-sqrt-block (default {d.lr_schedule})")
+    add("--rounds", help=f"training rounds (default {d.rounds})")
+    add("--model", help="linear | logistic | svm | mlp (default: the dataset's default model)")
+    add("--hidden", help="mlp hidden layer widths, comma-separated (default 30)")
+    add("--l2", help=f"l2 regularization (default {d.l2})")
+    add("--dataset", help=f"dataset name (default {d.dataset})")
+    add("--data-dir", help="directory with the file-based datasets (mnist, phishing, boston, cifar10)")
+    add("--max-train", help="use at most this many training examples (default: all)")
+    add("--partition", help=f"iid | classes:K | dirichlet:ALPHA (default {d.partition})")
+    add("--num-shards", help="data shards (default: --min-workers)")
+    add("--seed", help=f"run seed: model init, orders, sampling, partition (default {d.seed})")
+    add("--min-workers", help="active sessions before training starts (default: q)")
+    add("--algorithm", help=f"hgo | sgd (default {d.algorithm})")
+    add("--eval-every", help=f"evaluate on the test split every N rounds; 0 = at the end only "
+        f"(default {d.eval_every})")  # fmt: skip
+    add("--log", metavar="FILE", help="per-round JSON-lines log")
+    add("--metrics-port", help="serve Prometheus metrics on this port (default: off)")
+    add("--max-chunk-values", help=f"most float32 values per gradient chunk (default {d.max_chunk_values})")
+    add("--sgd-timeout", help="hard round timeout for sgd with tau=inf (default 60s)")
+    add("--early-close", action=argparse.BooleanOptionalAction,
+        help="close a round as soon as every sampled worker is finished (default on)")  # fmt: skip
+    add(
+        "--heartbeat-ms",
+        help=f"heartbeat interval; silent for 3 intervals = dropped (default {d.heartbeat_ms:g})",
+    )
+    add("--max-message-mb", help=f"gRPC message size limit, both directions (default {d.max_message_mb})")
+    add("--checkpoint-dir", metavar="DIR", help="write checkpoints here")
+    add("--checkpoint-every", help=f"checkpoint every N rounds (default {d.checkpoint_every})")
+    add("--resume", action="store_true", help="resume from the latest checkpoint in --checkpoint-dir")
+    add("--token", help="require this bearer token from workers")
+    add("--tokens-file", metavar="FILE", help="require one of the tokens in FILE")
+    add("--tls-cert", metavar="FILE", help="server certificate (PEM)")
+    add("--tls-key", metavar="FILE", help="server private key (PEM)")
+    add("--tls-ca", metavar="FILE", help="CA for client certificates (mutual TLS)")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
+    """Defaults, then ``--config FILE``, then flags; resolved and validated.
+
+    Raises ConfigError (never SystemExit) for bad values; argparse itself still exits
+    on unknown flags and ``--help``.
+    """
+    ns = vars(build_parser().parse_args(argv))
+    settings: dict[str, Any] = {}
+    config_file = ns.pop("config", None)
+    if config_file is not None:
+        settings.update(load_toml(config_file))
+    for name, value in ns.items():
+        settings[name] = _coerce(name, value)
+    return resolve(ServerConfig(**settings))
+
+
+def from_mapping(settings: Mapping[str, Any]) -> ServerConfig:
+    """A resolved config from ``{key: value}`` (keys with dashes or underscores, values as in TOML).
+
+    For programs that start servers in-process (tests, launchers): same coercion,
+    same errors as the flags.
+    """
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        name = key.replace("-", "_")
+        if name not in FIELDS:
+            raise ConfigError(
+                f"unknown setting {key!r}; known: {sorted(k.replace('_', '-') for k in FIELDS)}"
+            )
+        out[name] = None if value is None else _coerce(name, value)
+    return resolve(ServerConfig(**out))
+
+
+def _range(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def resolve(cfg: ServerConfig) -> ServerConfig:
+    """Fill the dependent defaults and check every range; returns the completed config."""
+    from hgo_common import aggregators, rounds
+
+    _range(0 <= cfg.port <= 65535, f"--port must be in [0, 65535], got {cfg.port}")
+    _range(bool(cfg.bind.strip()), f"--bind must be a host or address, got {cfg.bind!r}")
+    _range(cfg.q >= 1, f"--q must be >= 1 (workers sampled per round), got {cfg.q}")
+    _range(cfg.f >= 0, f"--f must be >= 0, got {cfg.f}")
+    _range(cfg.tau > 0, f"--tau must be > 0 ms (or inf), got {cfg.tau:g}")
+    try:
+        rule = aggregators.get(cfg.rule)
+    except ValueError as exc:
+        raise ConfigError(f"--rule {cfg.rule!r}: {exc}") from None
+    if cfg.algorithm not in rounds.ALGORITHMS:
+        raise ConfigError(f"--algorithm must be one of {list(rounds.ALGORITHMS)}, got {cfg.algorithm!r}")
+    if cfg.lr_schedule not in rounds.LR_SCHEDULES:
+        raise ConfigError(
+            f"--lr-schedule must be one of {list(rounds.LR_SCHEDULES)}, got {cfg.lr_schedule!r}"
+        )
+    _range(cfg.lr > 0 and math.isfinite(cfg.lr), f"--lr must be a positive finite number, got {cfg.lr}")
+    _range(cfg.l2 >= 0 and math.isfinite(cfg.l2), f"--l2 must be a finite number >= 0, got {cfg.l2}")
+    need = rule.min_rows(cfg.f)
+    v = cfg.v
+    if v is None:
+        v = rounds.default_quorum(cfg.q, cfg.rule, cfg.f)
+    _range(1 <= v <= cfg.q, f"--v must be in [1, q={cfg.q}], got {v}")
+    if need > v:
+        raise ConfigError(
+            f"--rule {cfg.rule} with --f {cfg.f} needs at least {need} rows per coordinate, "
+            f"but the quorum v is {v}; raise --v (and --q) to >= {need} or lower --f"
+        )
+    _range(cfg.rounds >= 1, f"--rounds must be >= 1, got {cfg.rounds}")
+    _range(0 <= cfg.seed < 2**32, f"--seed must be in [0, 2**32), got {cfg.seed}")
+    min_workers = cfg.q if cfg.min_workers is None else cfg.min_workers
+    _range(min_workers >= 1, f"--min-workers must be >= 1, got {min_workers}")
+    num_shards = min_workers if cfg.num_shards is None else cfg.num_shards
+    _range(num_shards >= 1, f"--num-shards must be >= 1, got {num_shards}")
+    _range(cfg.eval_every >= 0, f"--eval-every must be >= 0 (0: only at the end), got {cfg.eval_every}")
+    if cfg.metrics_port is not None:
+        _range(
+            0 <= cfg.metrics_port <= 65535, f"--metrics-port must be in [0, 65535], got {cfg.metrics_port}"
+        )
+    _range(
+        bool(cfg.hidden) and all(h >= 1 for h in cfg.hidden),
+        f"--hidden must be positive layer widths, got {list(cfg.hidden)}",
+    )
+    _range(
+        1 <= cfg.max_message_mb <= 2047, f"--max-message-mb must be in [1, 2047], got {cfg.max_message_mb}"
+    )
+    # A chunk message carries 4 bytes per value plus a few dozen bytes of framing.
+    max_values = (cfg.max_message_mb * 2**20 - 1024) // 4
+    _range(
+        1 <= cfg.max_chunk_values <= max_values,
+        f"--max-chunk-values must be in [1, {max_values}] (fits --max-message-mb {cfg.max_message_mb}), "
+        f"got {cfg.max_chunk_values}",
+    )
+    _range(cfg.sgd_timeout > 0, f"--sgd-timeout must be > 0 ms (or inf), got {cfg.sgd_timeout:g}")
+    _range(
+        10 <= cfg.heartbeat_ms < math.inf,
+        f"--heartbeat-ms must be in [10 ms, inf), got {cfg.heartbeat_ms:g}",
+    )
+    _range(cfg.checkpoint_every >= 1, f"--checkpoint-every must be >= 1, got {cfg.checkpoint_every}")
+    if cfg.resume and not cfg.checkpoint_dir:
+        raise ConfigError("--resume needs --checkpoint-dir DIR to resume from")
+    if cfg.max_train is not None:
+        _range(cfg.max_train >= 1, f"--max-train must be >= 1, got {cfg.max_train}")
+    if (cfg.tls_cert is None) != (cfg.tls_key is None):
+        raise ConfigError(
+            f"--tls-cert and --tls-key go together, got --tls-cert {cfg.tls_cert!r} --tls-key {cfg.tls_key!r}"
+        )
+    if cfg.tls_ca is not None and cfg.tls_cert is None:
+        raise ConfigError(f"--tls-ca {cfg.tls_ca!r} (mutual TLS) needs --tls-cert and --tls-key")
+    if cfg.token is not None and not cfg.token.strip():
+        raise ConfigError("--token must not be empty")
+    _check_data_names(cfg)
+    return cfg.replace(v=v, min_workers=min_workers, num_shards=num_shards)
+
+
+def _check_data_names(cfg: ServerConfig) -> None:
+    """Model, dataset and partition names, checked against their registries."""
+    from hgo_common import datasets, models
+
+    if cfg.model is not None and cfg.model not in models.names():
+        raise ConfigError(f"--model must be one of {models.names()}, got {cfg.model!r}")
+    if cfg.dataset not in datasets.names():
+        raise ConfigError(f"--dataset must be one of {datasets.names()}, got {cfg.dataset!r}")
+    try:
+        datasets.parse_partition(cfg.partition)
+    except ValueError as exc:
+        raise ConfigError(f"--partition {cfg.partition!r}: {exc}") from None

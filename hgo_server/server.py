@@ -1,0 +1,831 @@
+"""The HGO parameter server: sessions and the round loop (paper §3, Algorithm 1), transport-free.
+
+This module knows nothing about gRPC or protobuf. Workers are :class:`Session` objects
+with an outbound ``asyncio.Queue`` of plain message dataclasses (:class:`Welcome`,
+:class:`Task`, ...); ``hgo_server.servicer`` turns those into protobuf on the wire and
+turns wire messages into calls of :meth:`Server.join`, :meth:`Server.on_chunk`,
+:meth:`Server.on_heartbeat` and :meth:`Server.leave`. Protocol violations raise the
+exceptions below; the servicer maps each class to one gRPC status code, in one place.
+
+Exception tree::
+
+    ProtocolError(reason)          a worker message the protocol forbids; ends that session
+     ├── InvalidArgument           bad Join, gap/overlap offset, values past d, bad length
+     ├── FailedPrecondition        chunk for a round the worker was not sampled into
+     ├── PermissionDenied          chunk naming another session's id
+     ├── ResourceExhausted         chunk with more than max_chunk_values values
+     └── DeadlineExceeded          session silent for 3 heartbeat intervals
+
+Round k (one iteration of :meth:`Server.run`):
+
+1. C_k from ``order.round_seed(seed, k)`` (the seed travels, not the permutation);
+2. sample min(q, active) sessions uniformly with the server's seeded Generator;
+3. encode w_k to float32 bytes once; the same :class:`Task` object goes to every
+   sampled session's queue (the servicer also serializes it once);
+4. chunks go into the preallocated (q x d) buffer of ``hgo_common.collector``;
+5. the round closes at the deadline tau (a timer, no polling), or earlier when every
+   sampled worker is finished (sent d values, hit a non-finite value, or left) and
+   early close is on (the default: it changes nothing in the update, it only removes
+   idle waiting). With tau = inf the round waits for every sampled worker, bounded by
+   ``--sgd-timeout`` so that a dead worker cannot hang the server;
+6. ``RoundClosed`` to the sampled workers; ``hgo_common.rounds.close_round`` in a
+   single worker thread (the event loop keeps serving heartbeats and chunks of late
+   workers meanwhile); w_{k+1} = w_k - gamma_k AG; a JSON record in the round log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import math
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hgo_common import collector, order, rounds, wire
+from hgo_common.roundlog import RoundLog
+
+from .config import ConfigError, ServerConfig
+from .metrics import ServerMetrics
+
+log = logging.getLogger("hgo.server")
+
+PROTOCOL_VERSION = 1
+SHARD_PART_BYTES = 1 << 20  # ShardPart payload target (CONTRACTS.md: <= ~1 MiB each)
+KNOWN_PROFILES_FALLBACK = ("weak", "average", "powerful")
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+class ProtocolError(Exception):
+    """A worker message the protocol forbids; ``reason`` is the metric label."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class InvalidArgument(ProtocolError):
+    pass
+
+
+class FailedPrecondition(ProtocolError):
+    pass
+
+
+class PermissionDenied(ProtocolError):
+    pass
+
+
+class ResourceExhausted(ProtocolError):
+    pass
+
+
+class DeadlineExceeded(ProtocolError):
+    pass
+
+
+# ---------------------------------------------------------------------------- messages (server -> worker)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """TrainingSpec: what a worker needs to compute gradients for this run."""
+
+    model: str
+    layer_sizes: tuple[int, ...]
+    dim: int
+    order: str
+    blocks: tuple[int, ...]
+    dataset: str
+    n_features: int
+    n_classes: int
+    algorithm: str
+    max_chunk_values: int
+    seed: int
+    partition: str
+    num_shards: int
+    l2: float
+
+
+@dataclass(frozen=True)
+class Welcome:
+    session_id: str
+    worker_id: int
+    spec: Spec
+    shard_index: int
+    heartbeat_ms: int
+
+
+@dataclass(frozen=True)
+class ShardSlice:
+    row_offset: int
+    rows: int
+    cols: int
+    features: bytes  # float32 LE, row-major (rows x cols)
+    labels: bytes  # float32 LE (rows,)
+    last: bool
+    total_rows: int
+
+
+@dataclass(eq=False)
+class Task:
+    """RoundTask; one object per round shared by all sampled sessions.
+
+    ``encoded`` is a cache slot for the transport: it serializes the task once and
+    every session writes the same bytes.
+    """
+
+    round: int
+    order_seed: int
+    weights: bytes
+    tau_ms: float
+    encoded: Any = None
+
+
+@dataclass(frozen=True)
+class Closed:
+    round: int
+
+
+@dataclass(frozen=True)
+class Beat:
+    unix_ns: int
+
+
+@dataclass(frozen=True)
+class Stop:
+    reason: str
+
+
+@dataclass(frozen=True)
+class End:
+    """Not a wire message: tells the transport to end the stream (with ``error`` if set)."""
+
+    error: ProtocolError | None = None
+
+
+Outgoing = Welcome | ShardSlice | Task | Closed | Beat | Stop | End
+
+
+@dataclass(frozen=True)
+class JoinRequest:
+    """The fields of a Join message."""
+
+    protocol_version: int
+    name: str = ""
+    profile: str = "average"
+    rate: float = 0.0
+    batch_size: int = 1
+    wants_shard: bool = False
+    byzantine: bool = False
+
+
+# ---------------------------------------------------------------------------- sessions
+
+
+@dataclass(eq=False)
+class Session:
+    """One worker's stream. ``slot`` is its row in the current round (None: not sampled)."""
+
+    session_id: str
+    worker_id: int
+    name: str
+    profile: str
+    rate: float
+    batch_size: int
+    byzantine: bool
+    shard_index: int
+    identity: str | None
+    last_seen: float
+    outbox: asyncio.Queue[Outgoing] = field(default_factory=asyncio.Queue)
+    slot: int | None = None
+    sampled_rounds: deque[int] = field(default_factory=lambda: deque(maxlen=64))
+    active: bool = True
+
+    def send(self, msg: Outgoing) -> None:
+        if self.active or isinstance(msg, End):
+            self.outbox.put_nowait(msg)
+
+
+@dataclass(frozen=True)
+class StatusInfo:
+    state: str
+    round: int
+    active_sessions: int
+    dim: int
+    rule: str
+    algorithm: str
+    last_metric: float
+    metric_name: str
+    last_block: int
+    rounds_without_quorum: int
+
+
+@dataclass
+class Summary:
+    """What a finished (or stopped) run reports."""
+
+    rounds: int
+    completed: bool
+    wall_s: float
+    metric_name: str
+    metric: float
+    evaluation: dict[str, float]
+
+
+# ---------------------------------------------------------------------------- data set-up
+
+
+@dataclass
+class Setup:
+    """Dataset, model, shards and initial weights: everything loaded before serving."""
+
+    dataset: Any
+    model: Any
+    shards: list[np.ndarray]
+    spec: Spec
+    w0: np.ndarray
+
+
+def load_setup(cfg: ServerConfig) -> Setup:
+    """Load the dataset and build the model and the shards.
+
+    Reproducible from ``cfg.seed`` alone, and documented so a worker given
+    ``--shard i/n`` can rebuild its shard without the server:
+    ``datasets.load(dataset, data_dir=..., seed=seed, max_train=...)`` then
+    ``datasets.partition(ds.y_train, num_shards, partition, np.random.default_rng(seed))``.
+    The initial weights are ``model.init(np.random.default_rng(seed))``.
+    """
+    from hgo_common import datasets, models
+
+    try:
+        ds = datasets.load(cfg.dataset, data_dir=cfg.data_dir, seed=cfg.seed, max_train=cfg.max_train)
+    except ValueError as exc:
+        raise ConfigError(f"--dataset {cfg.dataset!r}: {exc}") from None
+    name = cfg.model or ds.default_model
+    try:
+        model = models.create(
+            name, n_features=ds.n_features, n_classes=ds.n_classes or 2, hidden=cfg.hidden, l2=cfg.l2
+        )
+    except ValueError as exc:
+        raise ConfigError(f"--model {name!r} on --dataset {cfg.dataset!r}: {exc}") from None
+    if model.task != ds.task:
+        raise ConfigError(
+            f"--model {name!r} is a {model.task} model but --dataset {cfg.dataset!r} is {ds.task}"
+        )
+    num_shards = int(cfg.num_shards or 1)
+    try:
+        shards = datasets.partition(ds.y_train, num_shards, cfg.partition, np.random.default_rng(cfg.seed))
+    except ValueError as exc:
+        raise ConfigError(f"--num-shards {num_shards} / --partition {cfg.partition!r}: {exc}") from None
+    max_bytes = cfg.max_message_mb * 2**20
+    if 4 * model.dim + 1024 > max_bytes:
+        raise ConfigError(
+            f"model {name!r} has d={model.dim}: its weights ({4 * model.dim} bytes) do not fit "
+            f"--max-message-mb {cfg.max_message_mb}; raise it to >= {(4 * model.dim) // 2**20 + 1}"
+        )
+    stratified = name == "mlp" and len(model.groups) > 1
+    spec = Spec(
+        model=name,
+        layer_sizes=tuple(int(s) for s in model.layer_sizes),
+        dim=int(model.dim),
+        order="stratified" if stratified else "flat",
+        blocks=tuple(int(g) for g in model.groups) if stratified else (),
+        dataset=cfg.dataset,
+        n_features=int(ds.n_features),
+        n_classes=int(ds.n_classes),
+        algorithm=cfg.algorithm,
+        max_chunk_values=cfg.max_chunk_values,
+        seed=cfg.seed,
+        partition=cfg.partition,
+        num_shards=num_shards,
+        l2=float(model.l2),
+    )
+    w0 = np.asarray(model.init(np.random.default_rng(cfg.seed)), dtype=np.float64)
+    return Setup(ds, model, shards, spec, w0)
+
+
+def shard_slices(X: np.ndarray, y: np.ndarray, part_bytes: int = SHARD_PART_BYTES) -> list[ShardSlice]:
+    """A shard as ShardSlices of at most ``part_bytes`` payload each (at least one row each).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, p)
+    y : ndarray of shape (n,)
+    """
+    n, p = X.shape
+    rows_per = max(1, part_bytes // (4 * (p + 1)))
+    out = []
+    starts = list(range(0, n, rows_per)) or [0]
+    for i, lo in enumerate(starts):
+        hi = min(n, lo + rows_per)
+        out.append(
+            ShardSlice(
+                row_offset=lo,
+                rows=hi - lo,
+                cols=p,
+                features=wire.encode(X[lo:hi]),
+                labels=wire.encode(y[lo:hi]),
+                last=i == len(starts) - 1,
+                total_rows=n,
+            )
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------- the server
+
+
+class Server:
+    """Sessions, the round loop and the model; one instance per training run.
+
+    Parameters
+    ----------
+    cfg : ServerConfig
+        A resolved config (``hgo_server.config.resolve``).
+    metrics : ServerMetrics, optional
+        Defaults to metrics on a private registry.
+    setup : Setup, optional
+        Preloaded data and model (tests reuse one); default ``load_setup(cfg)``.
+    """
+
+    def __init__(
+        self, cfg: ServerConfig, *, metrics: ServerMetrics | None = None, setup: Setup | None = None
+    ):
+        self.cfg = cfg
+        self.metrics = metrics or ServerMetrics()
+        self.setup = setup or load_setup(cfg)
+        self.spec = self.setup.spec
+        self.d = self.spec.dim
+        self.round_cfg = rounds.RoundConfig(
+            d=self.d,
+            v=int(cfg.v or 1),
+            rule=cfg.rule,
+            f=cfg.f,
+            lr=cfg.lr,
+            lr_schedule=cfg.lr_schedule,
+            algorithm=cfg.algorithm,
+        )
+        self.w = self.setup.w0.copy()
+        self.collector = collector.RoundCollector(self.d, cfg.max_chunk_values)
+        self.sessions: dict[str, Session] = {}
+        self.state = "waiting"
+        self.round = 0
+        self.start_round = 0
+        self.last_block = 0
+        self.rounds_without_quorum = 0
+        self.last_eval: dict[str, float] = {}
+        self.metric_name = "accuracy" if self.setup.model.task == "classification" else "loss"
+        self._sample_rng = np.random.default_rng([cfg.seed, 1])
+        self._next_worker_id = 0
+        self._shard_cache: dict[int, list[ShardSlice]] = {}
+        self._changed = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._t_start = time.monotonic()
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="hgo-agg")
+        self._round_open = False
+        self._sampled: list[Session] = []
+        self._evaluated_round = -1
+        self._checkpointed = -1
+        self._known_profiles = _known_profiles()
+        self.roundlog = RoundLog(cfg.log)
+        self.metrics.tau.set(cfg.tau / 1000.0)
+        self._checkpoint = _checkpoint_module() if cfg.checkpoint_dir else None
+        if cfg.resume:
+            self._resume()
+
+    # ------------------------------------------------------------------ accessors
+
+    @property
+    def weights(self) -> np.ndarray:
+        """The current model w_k, shape (d,), float64 (a copy)."""
+        return self.w.copy()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def status(self) -> StatusInfo:
+        return StatusInfo(
+            state=self.state,
+            round=self.round,
+            active_sessions=len(self.sessions),
+            dim=self.d,
+            rule=self.cfg.rule,
+            algorithm=self.cfg.algorithm,
+            last_metric=self.last_eval.get(self.metric_name, math.nan),
+            metric_name=self.metric_name,
+            last_block=self.last_block,
+            rounds_without_quorum=self.rounds_without_quorum,
+        )
+
+    def reject(self, reason: str) -> None:
+        """Count one rejected message (also used by the transport for its own checks)."""
+        self.metrics.rejected.labels(reason=reason).inc()
+
+    # ------------------------------------------------------------------ sessions
+
+    def join(self, req: JoinRequest, identity: str | None = None) -> Session:
+        """Validate a Join and open a session; its outbox already holds Welcome (+ shard).
+
+        Raises InvalidArgument naming the bad field.
+        """
+        if req.protocol_version != PROTOCOL_VERSION:
+            self.reject("bad-join")
+            raise InvalidArgument(
+                "bad-join", f"protocol_version must be {PROTOCOL_VERSION}, got {req.protocol_version}"
+            )
+        if req.profile not in self._known_profiles:
+            self.reject("bad-join")
+            raise InvalidArgument(
+                "bad-join", f"profile must be one of {sorted(self._known_profiles)}, got {req.profile!r}"
+            )
+        if not (math.isfinite(req.rate) and req.rate >= 0):
+            self.reject("bad-join")
+            raise InvalidArgument("bad-join", f"rate must be a finite number >= 0, got {req.rate}")
+        if req.batch_size < 1:
+            self.reject("bad-join")
+            raise InvalidArgument("bad-join", f"batch_size must be >= 1, got {req.batch_size}")
+        worker_id = self._next_worker_id
+        self._next_worker_id += 1
+        shard = self._pick_shard()
+        sess = Session(
+            session_id=secrets.token_hex(16),
+            worker_id=worker_id,
+            name=req.name[:128],
+            profile=req.profile,
+            rate=float(req.rate),
+            batch_size=int(req.batch_size),
+            byzantine=bool(req.byzantine),
+            shard_index=shard,
+            identity=identity,
+            last_seen=time.monotonic(),
+        )
+        sess.send(Welcome(sess.session_id, worker_id, self.spec, shard, int(self.cfg.heartbeat_ms)))
+        if req.wants_shard:
+            for part in self._shard_parts(shard):
+                sess.send(part)
+        if self.state == "done":
+            sess.send(Stop("done"))
+        elif self._stopping:
+            sess.send(Stop("shutdown"))
+        else:
+            self.sessions[sess.session_id] = sess
+            self.metrics.active_sessions.labels(profile=sess.profile).inc()
+            self._changed.set()
+        log.info(
+            "join worker=%d name=%r profile=%s rate=%g batch=%d shard=%d byzantine=%s identity=%s",
+            worker_id, sess.name, sess.profile, sess.rate, sess.batch_size, shard, sess.byzantine, identity,
+        )  # fmt: skip
+        return sess
+
+    def _pick_shard(self) -> int:
+        """The shard held by the fewest active sessions (lowest index on ties).
+
+        With workers joining one by one this gives the i-th worker shard i, then
+        round-robin; a worker that replaces a dropped one inherits its free shard.
+        """
+        held = np.zeros(self.spec.num_shards, dtype=np.int64)
+        for s in self.sessions.values():
+            held[s.shard_index] += 1
+        return int(np.argmin(held))
+
+    def _shard_parts(self, shard: int) -> list[ShardSlice]:
+        if shard not in self._shard_cache:
+            ds = self.setup.dataset
+            idx = self.setup.shards[shard]
+            self._shard_cache[shard] = shard_slices(ds.X_train[idx], ds.y_train[idx])
+        return self._shard_cache[shard]
+
+    def leave(self, sess: Session, reason: str = "left", error: ProtocolError | None = None) -> None:
+        """End a session (stream ended, Leave, heartbeat timeout, fatal rejection); idempotent.
+
+        A sampled worker's prefix stays what it delivered before it left.
+        """
+        if not sess.active:
+            return
+        sess.active = False
+        if self.sessions.pop(sess.session_id, None) is not None:
+            self.metrics.active_sessions.labels(profile=sess.profile).dec()
+        if self._round_open and sess.slot is not None:
+            self.collector.drop_slot(sess.slot)
+            self._maybe_wake()
+        sess.send(End(error))
+        self._changed.set()
+        log.info("leave worker=%d reason=%s", sess.worker_id, reason)
+
+    def on_heartbeat(self, sess: Session) -> None:
+        sess.last_seen = time.monotonic()
+
+    def on_chunk(self, sess: Session, round_index: int, offset: int, values: bytes, session_id: str) -> None:
+        """Validate and store one gradient chunk of ``sess``.
+
+        Non-fatal outcomes (late, non-finite tail) are counted and return normally;
+        fatal ones are counted and raised as a ProtocolError subclass.
+        """
+        sess.last_seen = time.monotonic()
+        if session_id != sess.session_id:
+            self.reject("session-id")
+            raise PermissionDenied("session-id", "chunk names a session_id other than this stream's session")
+        current = self.collector.round
+        if sess.slot is None or round_index != current:
+            if round_index in sess.sampled_rounds:
+                self._late(len(values) // 4)
+                return
+            self.reject("not-sampled")
+            raise FailedPrecondition(
+                "not-sampled", f"chunk for round {round_index}, which this worker was not sampled into"
+            )
+        try:
+            res = self.collector.add(sess.slot, round_index, offset, values)
+        except collector.ChunkRejected as exc:
+            self.reject(exc.reason)
+            if exc.reason == collector.OVERSIZED:
+                raise ResourceExhausted(exc.reason, str(exc)) from exc
+            raise InvalidArgument(exc.reason, str(exc)) from exc
+        if res.reason == collector.LATE:
+            self._late(res.dropped)
+        elif res.reason == collector.NON_FINITE:
+            self.reject(collector.NON_FINITE)
+        if res.finished:
+            self._maybe_wake()
+
+    def _late(self, n_values: int) -> None:
+        self.metrics.late_chunks.inc()
+        self.reject(collector.LATE)
+
+    def _maybe_wake(self) -> None:
+        early = self.cfg.early_close or math.isinf(self.cfg.tau)
+        if self._round_open and early and self.collector.all_finished():
+            self._wake.set()
+
+    def sweep(self) -> None:
+        """Send heartbeats; drop sessions silent for more than 3 intervals."""
+        now = time.monotonic()
+        limit = 3 * self.cfg.heartbeat_ms / 1000.0
+        beat = Beat(time.time_ns())
+        for sess in list(self.sessions.values()):
+            if now - sess.last_seen > limit:
+                self.reject("heartbeat-timeout")
+                self.leave(
+                    sess,
+                    "heartbeat-timeout",
+                    DeadlineExceeded("heartbeat-timeout", f"no message for {now - sess.last_seen:.1f} s"),
+                )
+            else:
+                sess.send(beat)
+
+    async def heartbeats(self) -> None:
+        """Run :meth:`sweep` every heartbeat interval until cancelled."""
+        while True:
+            await asyncio.sleep(self.cfg.heartbeat_ms / 1000.0)
+            self.sweep()
+
+    # ------------------------------------------------------------------ stop
+
+    def request_stop(self) -> None:
+        """Stop sampling: the open round closes now (its update is applied), then the run ends."""
+        if self._stopping:
+            return
+        self._stopping = True
+        if self.state != "done":
+            self.state = "stopping"
+        self._wake.set()
+        self._changed.set()
+
+    # ------------------------------------------------------------------ round loop
+
+    async def _wait_sessions(self, n: int) -> bool:
+        """Wait until ``n`` sessions are active; False when a stop was requested first."""
+        while len(self.sessions) < n and not self._stopping:
+            self._changed.clear()
+            await self._changed.wait()
+        return not self._stopping
+
+    def _needed_workers(self) -> int:
+        """Sessions a round needs to be worth running: min(--min-workers, the quorum)."""
+        cfg = self.cfg
+        if cfg.algorithm == "sgd":
+            from hgo_common import aggregators
+
+            need = max(1, aggregators.get(cfg.rule).min_rows(cfg.f))
+        else:
+            need = int(cfg.v or 1)
+        return max(1, min(int(cfg.min_workers or 1), need))
+
+    async def run(self) -> Summary:
+        """Wait for --min-workers sessions, train --rounds rounds, evaluate, send Stop."""
+        cfg = self.cfg
+        log.info("waiting for %d workers", cfg.min_workers)
+        started = await self._wait_sessions(int(cfg.min_workers or 1))
+        self._t_start = time.monotonic()
+        k = self.start_round
+        if started:
+            self.state = "training"
+            log.info(
+                "training: %d rounds, d=%d, q=%d, v=%s, rule=%s", cfg.rounds, self.d, cfg.q, cfg.v, cfg.rule
+            )
+            while k < cfg.rounds and not self._stopping:
+                if not await self._wait_sessions(self._needed_workers()):
+                    break
+                await self._run_round(k)
+                k += 1
+                if self._checkpoint is not None and (k % cfg.checkpoint_every == 0 or k == cfg.rounds):
+                    await self._save_checkpoint(k)
+                    self._checkpointed = k
+        completed = k >= cfg.rounds
+        if self._evaluated_round != k - 1 or not self.last_eval:
+            await self._evaluate()
+        if self._checkpoint is not None and self._checkpointed != k and k > self.start_round:
+            await self._save_checkpoint(k)
+        self.state = "done" if completed else "stopping"
+        reason = "done" if completed else "shutdown"
+        for sess in list(self.sessions.values()):
+            sess.send(Stop(reason))
+        wall = time.monotonic() - self._t_start
+        self.roundlog.close()
+        return Summary(
+            rounds=k,
+            completed=completed,
+            wall_s=wall,
+            metric_name=self.metric_name,
+            metric=self.last_eval.get(self.metric_name, math.nan),
+            evaluation=dict(self.last_eval),
+        )
+
+    def close(self) -> None:
+        """Release the aggregation thread and the log (after :meth:`run`)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.roundlog.close()
+
+    def _evaluates(self, k: int) -> bool:
+        e = self.cfg.eval_every
+        return k == self.cfg.rounds - 1 or (e > 0 and (k + 1) % e == 0)
+
+    async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        # One worker thread: numpy releases the GIL in sorts and matrix products, so
+        # the event loop keeps answering heartbeats while a round aggregates.
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def _evaluate(self) -> dict[str, float]:
+        ds, model = self.setup.dataset, self.setup.model
+        w = self.w.copy()
+        res = await self._in_thread(model.evaluate, w, ds.X_test, ds.y_test)
+        self.last_eval = {str(key): float(val) for key, val in res.items()}
+        if "accuracy" in self.last_eval:
+            self.metrics.test_accuracy.set(self.last_eval["accuracy"])
+        if "loss" in self.last_eval:
+            self.metrics.test_loss.set(self.last_eval["loss"])
+        return self.last_eval
+
+    def _sample(self) -> list[Session]:
+        """q of the active sessions, uniformly without replacement, in worker-id order."""
+        active = sorted(self.sessions.values(), key=lambda s: s.worker_id)
+        m = min(self.cfg.q, len(active))
+        idx = np.sort(self._sample_rng.choice(len(active), size=m, replace=False))
+        return [active[int(i)] for i in idx]
+
+    async def _run_round(self, k: int) -> None:
+        cfg = self.cfg
+        t0 = time.monotonic()
+        seed_k = order.round_seed(cfg.seed, k)
+        c_k = order.make_order(seed_k, self.d, self.spec.order, self.spec.blocks)
+        sampled = self._sample()
+        self.round = k
+        self.metrics.round.set(k)
+        self.collector.start(k, len(sampled))
+        for sess in self.sessions.values():
+            sess.slot = None
+        task = Task(k, seed_k, wire.encode(self.w), cfg.tau)
+        self._wake.clear()
+        self._round_open = True
+        self._sampled = sampled
+        for slot, sess in enumerate(sampled):
+            sess.slot = slot
+            sess.sampled_rounds.append(k)
+            sess.send(task)
+        timeout = cfg.tau if math.isfinite(cfg.tau) else cfg.sgd_timeout
+        if not self._stopping:
+            try:
+                await asyncio.wait_for(
+                    self._wake.wait(), timeout / 1000.0 if math.isfinite(timeout) else None
+                )
+            except TimeoutError:
+                pass
+        self._round_open = False
+        prefixes = self.collector.close()
+        t_close = time.monotonic()
+        for sess in sampled:
+            sess.send(Closed(k))
+        t_agg = time.perf_counter()
+        outcome = await self._in_thread(
+            rounds.close_round, self.collector.values, prefixes, c_k, self.round_cfg
+        )
+        self.metrics.aggregation.observe(time.perf_counter() - t_agg)
+        self.w = rounds.apply_update(self.w, outcome)
+        self.last_block = outcome.block
+        if not outcome.quorum:
+            self.rounds_without_quorum += 1
+            self.metrics.rounds_without_quorum.inc()
+        round_ms = (time.monotonic() - t0) * 1000.0
+        record: dict[str, Any] = {
+            "round": k,
+            "t": t_close - self._t_start,
+            "tau_ms": cfg.tau if math.isfinite(cfg.tau) else None,
+            "algorithm": cfg.algorithm,
+            "rule": cfg.rule,
+            "v": cfg.v,
+            "sampled": len(sampled),
+            "responded": int(np.count_nonzero(prefixes)),
+            "block": outcome.block,
+            "quorum": outcome.quorum,
+            "step_size": outcome.step_size,
+            "round_ms": round_ms,
+            "close_ms": (t_close - t0) * 1000.0,
+            "early_close": bool(self._wake.is_set() and not self._stopping),
+            "workers": [
+                {"id": s.worker_id, "profile": s.profile, "prefix": int(p), "byzantine": s.byzantine}
+                for s, p in zip(sampled, prefixes, strict=True)
+            ],
+        }
+        if self._evaluates(k):
+            record.update(await self._evaluate())
+            self._evaluated_round = k
+        self.roundlog.write(record)
+        m = self.metrics
+        m.rounds.inc()
+        m.round_duration.observe(round_ms / 1000.0)
+        m.block.set(outcome.block)
+        m.sampled.set(len(sampled))
+        m.responded.set(record["responded"])
+        for s, p in zip(sampled, prefixes, strict=True):
+            m.prefix.labels(profile=s.profile).observe(int(p))
+        log.debug("round %d block=%d responded=%d/%d %.1f ms", k, outcome.block, record["responded"],
+                  len(sampled), round_ms)  # fmt: skip
+
+    # ------------------------------------------------------------------ checkpoints
+
+    async def _save_checkpoint(self, next_round: int) -> None:
+        ck = self._checkpoint
+        assert ck is not None and self.cfg.checkpoint_dir is not None
+        state = ck.State(
+            round=next_round,
+            weights=self.w.copy(),
+            model=self.spec.model,
+            dim=self.d,
+            config=self.cfg.as_dict(),
+            extra={
+                "sample_rng": self._sample_rng.bit_generator.state,
+                "rounds_without_quorum": self.rounds_without_quorum,
+            },
+        )
+        path = await self._in_thread(ck.save, Path(self.cfg.checkpoint_dir), state)
+        log.info("checkpoint round=%d %s", next_round, path)
+
+    def _resume(self) -> None:
+        ck = self._checkpoint
+        assert ck is not None and self.cfg.checkpoint_dir is not None
+        try:
+            state = ck.load_latest(Path(self.cfg.checkpoint_dir), model=self.spec.model, dim=self.d)
+        except ck.CheckpointError as exc:
+            raise ConfigError(f"--resume: {exc}") from None
+        if state is None:
+            log.info("resume: no checkpoint in %s, starting fresh", self.cfg.checkpoint_dir)
+            return
+        self.w = np.asarray(state.weights, dtype=np.float64).copy()
+        self.start_round = self.round = int(state.round)
+        extra = dict(state.extra or {})
+        if "sample_rng" in extra:
+            self._sample_rng.bit_generator.state = extra["sample_rng"]
+        self.rounds_without_quorum = int(extra.get("rounds_without_quorum", 0))
+        log.info("resumed from round %d", self.start_round)
+
+
+def _known_profiles() -> frozenset[str]:
+    try:
+        from hgo_common import profiles
+
+        names = set(profiles.PROFILES)
+    except ImportError:  # the profiles module is optional for the server
+        names = set(KNOWN_PROFILES_FALLBACK)
+    return frozenset(names | {"custom"})
+
+
+def _checkpoint_module() -> Any:
+    try:
+        from hgo_server import checkpoint
+    except ImportError as exc:
+        raise ConfigError(
+            f"--checkpoint-dir: checkpoint support is not available yet (hgo_server.checkpoint: {exc})"
+        ) from None
+    return checkpoint

@@ -1,0 +1,362 @@
+"""The gRPC transport of the parameter server: protobuf in, plain calls, protobuf out.
+
+The servicer decodes each ``WorkerMessage``, calls the matching method of
+:class:`hgo_server.server.Server`, and writes the ``ServerMessage`` form of whatever the
+server put in the session's outbox. Domain errors become gRPC status codes in one
+table, :data:`STATUS_CODES`; nothing here knows what a round is.
+
+Also here: :func:`start_server`, the factory that binds (port 0 when asked: tests never
+guess ports) and returns the running server and its port, with the channel options
+that let big models and thousands of streams through (DESIGN.md §8).
+
+Serialize once: the ``Session`` method handler uses a response serializer that passes
+``bytes`` through, and a round's :class:`~hgo_server.server.Task` caches its
+serialized form, so w_k is encoded to float32 once and serialized to protobuf once
+per round, whatever q is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from hgo_common.proto import hgo_pb2
+
+from . import server as srv
+from .config import ConfigError, ServerConfig
+from .metrics import ServerMetrics
+
+log = logging.getLogger("hgo.servicer")
+
+SERVICE = "hgo.v1.HGO"
+JOIN_TIMEOUT_S = 30.0
+STOP_GRACE_S = 3.0
+
+STATUS_CODES: dict[type[srv.ProtocolError], grpc.StatusCode] = {
+    srv.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    srv.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    srv.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    srv.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    srv.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+def status_code(exc: srv.ProtocolError) -> grpc.StatusCode:
+    """The gRPC status for a protocol error (the one mapping of the transport)."""
+    for cls in type(exc).__mro__:
+        if cls in STATUS_CODES:
+            return STATUS_CODES[cls]  # type: ignore[index]
+    return grpc.StatusCode.INVALID_ARGUMENT
+
+
+def channel_options(cfg: ServerConfig) -> list[tuple[str, Any]]:
+    """Server channel options: message limits both ways, pending-call queue, keepalive."""
+    max_bytes = cfg.max_message_mb * 2**20
+    return [
+        ("grpc.max_receive_message_length", max_bytes),
+        ("grpc.max_send_message_length", max_bytes),
+        # Thousands of streams opening at once overflow the default pending-call queue
+        # and come back CANCELLED (DESIGN.md §8); the dotted spelling is the one that works.
+        ("grpc.server.max_pending_requests", 65536),
+        ("grpc.server.max_pending_requests_hard_limit", 131072),
+        # Workers may send keepalive pings on idle streams (between rounds).
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
+        # Two servers on one port must fail loudly, not share it.
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+# ---------------------------------------------------------------------------- encoding
+
+
+def _spec(spec: srv.Spec) -> hgo_pb2.TrainingSpec:
+    return hgo_pb2.TrainingSpec(
+        model=spec.model,
+        layer_sizes=list(spec.layer_sizes),
+        dim=spec.dim,
+        order=spec.order,
+        blocks=list(spec.blocks),
+        dataset=spec.dataset,
+        n_features=spec.n_features,
+        n_classes=spec.n_classes,
+        algorithm=spec.algorithm,
+        max_chunk_values=spec.max_chunk_values,
+        seed=spec.seed,
+        partition=spec.partition,
+        num_shards=spec.num_shards,
+        l2=spec.l2,
+    )
+
+
+def encode(msg: srv.Outgoing) -> bytes:
+    """The serialized ``ServerMessage`` for one outbox entry (a Task is serialized once)."""
+    if isinstance(msg, srv.Task):
+        if msg.encoded is None:
+            msg.encoded = hgo_pb2.ServerMessage(
+                task=hgo_pb2.RoundTask(
+                    round=msg.round, order_seed=msg.order_seed, weights=msg.weights, tau_ms=msg.tau_ms
+                )
+            ).SerializeToString()
+        return bytes(msg.encoded)
+    if isinstance(msg, srv.Beat):
+        out = hgo_pb2.ServerMessage(heartbeat=hgo_pb2.Heartbeat(unix_ns=msg.unix_ns))
+    elif isinstance(msg, srv.Closed):
+        out = hgo_pb2.ServerMessage(closed=hgo_pb2.RoundClosed(round=msg.round))
+    elif isinstance(msg, srv.ShardSlice):
+        out = hgo_pb2.ServerMessage(
+            shard=hgo_pb2.ShardPart(
+                row_offset=msg.row_offset,
+                rows=msg.rows,
+                cols=msg.cols,
+                features=msg.features,
+                labels=msg.labels,
+                last=msg.last,
+                total_rows=msg.total_rows,
+            )
+        )
+    elif isinstance(msg, srv.Welcome):
+        out = hgo_pb2.ServerMessage(
+            welcome=hgo_pb2.Welcome(
+                session_id=msg.session_id,
+                worker_id=msg.worker_id,
+                spec=_spec(msg.spec),
+                shard_index=msg.shard_index,
+                heartbeat_ms=msg.heartbeat_ms,
+            )
+        )
+    elif isinstance(msg, srv.Stop):
+        out = hgo_pb2.ServerMessage(stop=hgo_pb2.Stop(reason=msg.reason))
+    else:
+        raise TypeError(f"cannot encode {type(msg).__name__}")
+    return out.SerializeToString()
+
+
+def _join_request(join: hgo_pb2.Join) -> srv.JoinRequest:
+    return srv.JoinRequest(
+        protocol_version=join.protocol_version,
+        name=join.name,
+        profile=join.profile,
+        rate=join.rate,
+        batch_size=join.batch_size,
+        wants_shard=join.wants_shard,
+        byzantine=join.byzantine,
+    )
+
+
+def _identity() -> str | None:
+    try:
+        from . import auth
+    except ImportError:
+        return None
+    return auth.current_identity()
+
+
+# ---------------------------------------------------------------------------- servicer
+
+
+class HGOServicer:
+    """``hgo.v1.HGO``: the Session stream and the Status call."""
+
+    def __init__(self, core: srv.Server) -> None:
+        self.core = core
+
+    async def Session(
+        self, requests: AsyncIterator[hgo_pb2.WorkerMessage], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        core = self.core
+        try:
+            first = await asyncio.wait_for(anext(aiter(requests)), JOIN_TIMEOUT_S)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            core.reject("join-timeout")
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"no Join within {JOIN_TIMEOUT_S:g} s")
+        if first.WhichOneof("kind") != "join":
+            core.reject("bad-first-message")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the first message of a session must be a Join, got {first.WhichOneof('kind')!r}",
+            )
+        try:
+            sess = core.join(_join_request(first.join), _identity())
+        except srv.ProtocolError as exc:
+            await context.abort(status_code(exc), str(exc))
+        reader = asyncio.create_task(self._read(requests, sess))
+        error: srv.ProtocolError | None = None
+        try:
+            while True:
+                msg = await sess.outbox.get()
+                if isinstance(msg, srv.End):
+                    error = msg.error
+                    break
+                await context.write(encode(msg))  # type: ignore[arg-type]  # bytes pass through
+                if isinstance(msg, srv.Stop):
+                    break
+        finally:
+            reader.cancel()
+            core.leave(sess, "stream ended")
+        if error is not None:
+            await context.abort(status_code(error), str(error))
+
+    async def _read(self, requests: AsyncIterator[hgo_pb2.WorkerMessage], sess: srv.Session) -> None:
+        core = self.core
+        try:
+            async for msg in requests:
+                kind = msg.WhichOneof("kind")
+                if kind == "chunk":
+                    c = msg.chunk
+                    core.on_chunk(sess, c.round, c.offset, c.values, c.session_id)
+                elif kind == "heartbeat":
+                    core.on_heartbeat(sess)
+                elif kind == "leave":
+                    core.leave(sess, f"leave: {msg.leave.reason[:200]}")
+                    return
+                elif kind == "join":
+                    core.reject("duplicate-join")
+                    raise srv.InvalidArgument("duplicate-join", "a session sends exactly one Join, first")
+                else:
+                    core.reject("empty-message")
+                    raise srv.InvalidArgument("empty-message", "WorkerMessage with no kind set")
+            core.leave(sess, "stream closed by worker")
+        except srv.ProtocolError as exc:
+            log.info("worker %d rejected (%s): %s", sess.worker_id, exc.reason, exc)
+            core.leave(sess, exc.reason, exc)
+        except asyncio.CancelledError:
+            raise
+        except grpc.aio.AioRpcError:
+            core.leave(sess, "stream error")
+        except Exception:  # never let one bad stream take the server down
+            log.exception("worker %d: unexpected error while reading its stream", sess.worker_id)
+            core.leave(sess, "internal error")
+
+    async def Status(
+        self, request: hgo_pb2.StatusRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> hgo_pb2.StatusReply:
+        s = self.core.status()
+        return hgo_pb2.StatusReply(
+            state=s.state,
+            round=s.round,
+            active_sessions=s.active_sessions,
+            dim=s.dim,
+            rule=s.rule,
+            algorithm=s.algorithm,
+            last_metric=s.last_metric,
+            metric_name=s.metric_name,
+            last_block=s.last_block,
+            rounds_without_quorum=s.rounds_without_quorum,
+        )
+
+
+def _handlers(servicer: HGOServicer, metrics: ServerMetrics) -> grpc.GenericRpcHandler:
+    def deserialize(data: bytes) -> hgo_pb2.WorkerMessage:
+        metrics.received_bytes.inc(len(data))
+        return hgo_pb2.WorkerMessage.FromString(data)
+
+    def serialize(msg: bytes | hgo_pb2.ServerMessage) -> bytes:
+        data = msg if isinstance(msg, bytes) else msg.SerializeToString()
+        metrics.sent_bytes.inc(len(data))
+        return data
+
+    return grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "Session": grpc.stream_stream_rpc_method_handler(
+                servicer.Session, request_deserializer=deserialize, response_serializer=serialize
+            ),
+            "Status": grpc.unary_unary_rpc_method_handler(
+                servicer.Status,
+                request_deserializer=hgo_pb2.StatusRequest.FromString,
+                response_serializer=hgo_pb2.StatusReply.SerializeToString,
+            ),
+        },
+    )
+
+
+# ---------------------------------------------------------------------------- factory
+
+
+class RunningServer:
+    """A bound, serving gRPC server around a :class:`~hgo_server.server.Server`."""
+
+    def __init__(self, core: srv.Server, grpc_server: grpc.aio.Server, port: int) -> None:
+        self.core = core
+        self.grpc_server = grpc_server
+        self.port = port
+        self._beats = asyncio.create_task(core.heartbeats())
+
+    async def run(self) -> srv.Summary:
+        """Train to the end (or until :meth:`request_stop`); Stop messages are queued."""
+        return await self.core.run()
+
+    def request_stop(self) -> None:
+        self.core.request_stop()
+
+    async def stop(self, grace: float = STOP_GRACE_S) -> None:
+        """Stop serving: open streams get ``grace`` seconds to flush (their Stop message)."""
+        self.core.request_stop()
+        self._beats.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._beats
+        await self.grpc_server.stop(grace)
+        self.core.close()
+
+
+def _address(bind: str, port: int) -> str:
+    host = f"[{bind}]" if ":" in bind and not bind.startswith("[") else bind
+    return f"{host}:{port}"
+
+
+async def start_server(
+    cfg: ServerConfig, *, metrics: ServerMetrics | None = None, setup: srv.Setup | None = None
+) -> tuple[RunningServer, int]:
+    """Build the server, bind ``cfg.bind:cfg.port`` (0: a free port) and start serving.
+
+    Training does not start until :meth:`RunningServer.run` is awaited.
+
+    Returns
+    -------
+    server : RunningServer
+    port : int
+        The bound port (the chosen one when ``cfg.port`` is 0).
+    """
+    core = srv.Server(cfg, metrics=metrics, setup=setup)
+    interceptors: list[grpc.aio.ServerInterceptor] = []  # type: ignore[type-arg]
+    creds = None
+    if cfg.token is not None or cfg.tokens_file is not None or cfg.tls_cert is not None:
+        try:
+            from . import auth
+        except ImportError as exc:
+            raise ConfigError(
+                f"--token/--tokens-file/--tls-*: auth support is not available yet ({exc})"
+            ) from None
+        try:
+            store = auth.TokenStore.from_options(cfg.token, cfg.tokens_file)
+            if cfg.tls_cert is not None and cfg.tls_key is not None:
+                creds = auth.server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
+        except (ValueError, OSError) as exc:
+            raise ConfigError(str(exc)) from None
+        if store is not None:
+            interceptors.append(auth.AuthInterceptor(store, on_reject=core.reject))
+    gs = grpc.aio.server(interceptors=interceptors, options=channel_options(cfg))
+    gs.add_generic_rpc_handlers((_handlers(HGOServicer(core), core.metrics),))
+    addr = _address(cfg.bind, cfg.port)
+    try:
+        port = gs.add_secure_port(addr, creds) if creds is not None else gs.add_insecure_port(addr)
+    except RuntimeError as exc:
+        raise ConfigError(f"--bind {cfg.bind} --port {cfg.port}: cannot listen on {addr} ({exc})") from None
+    if not port:
+        raise ConfigError(f"--bind {cfg.bind} --port {cfg.port}: cannot listen on {addr}")
+    await gs.start()
+    log.info(
+        "serving on %s: d=%d model=%s dataset=%s tau=%s", _address(cfg.bind, port), core.d, core.spec.model,
+        cfg.dataset, "inf" if math.isinf(cfg.tau) else f"{cfg.tau:g} ms",
+    )  # fmt: skip
+    return RunningServer(core, gs, port), port

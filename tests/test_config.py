@@ -1,0 +1,138 @@
+"""hgo_server.config: flags, TOML, durations, and errors that name the value and the range."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from hgo_common import rounds
+from hgo_server.config import ConfigError, ServerConfig, load_toml, parse_args, parse_duration_ms
+
+
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [("60", 60.0), (60, 60.0), (2.5, 2.5), ("250ms", 250.0), ("2s", 2000.0), ("1.5s", 1500.0),
+     ("2min", 120_000.0), (" 10 ms ", 10.0), ("inf", math.inf), ("Infinity", math.inf), ("1e3", 1000.0)],
+)  # fmt: skip
+def test_duration_parsing(text: object, ms: float) -> None:
+    assert parse_duration_ms(text, "tau") == ms
+
+
+@pytest.mark.parametrize("bad", ["-5", -5, "5h", "fast", "", "nan", True, [1]])
+def test_bad_durations_name_the_flag_and_value(bad: object) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_duration_ms(bad, "tau")
+    assert "--tau" in str(info.value) and repr(bad) in str(info.value)
+
+
+def test_defaults_resolve() -> None:
+    cfg = parse_args([])
+    assert (cfg.q, cfg.tau, cfg.rule, cfg.algorithm, cfg.max_chunk_values) == (
+        10,
+        60.0,
+        "average",
+        "hgo",
+        16384,
+    )
+    assert cfg.v == rounds.default_quorum(10, "average", 0)
+    assert cfg.min_workers == cfg.q and cfg.num_shards == cfg.min_workers
+    assert cfg.sgd_timeout == 60_000.0 and cfg.port == 50051
+
+
+def test_dependent_defaults_follow_the_flags() -> None:
+    cfg = parse_args(["--q", "7", "--rule", "median", "--f", "2", "--min-workers", "9"])
+    assert cfg.v == rounds.default_quorum(7, "median", 2) == 5
+    assert (cfg.min_workers, cfg.num_shards) == (9, 9)
+    assert parse_args(["--q", "4", "--num-shards", "2"]).num_shards == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "needles"),
+    [
+        (["--tau", "-5"], ["--tau", "-5"]),
+        (["--tau", "0"], ["--tau", "> 0", "0"]),
+        (["--q", "0"], ["--q", ">= 1", "0"]),
+        (["--rule", "nope"], ["--rule", "'nope'", "median"]),
+        (["--q", "3", "--v", "4"], ["--v", "[1, q=3]", "4"]),
+        (["--v", "0"], ["--v", "0"]),
+        (["--f", "-1"], ["--f", ">= 0", "-1"]),
+        (["--q", "4", "--v", "2", "--rule", "median", "--f", "1"], ["needs at least 3", "quorum v is 2"]),
+        (["--lr", "0"], ["--lr", "positive", "0"]),
+        (["--lr", "abc"], ["--lr", "'abc'"]),
+        (["--algorithm", "adam"], ["--algorithm", "'adam'", "sgd"]),
+        (["--lr-schedule", "cosine"], ["--lr-schedule", "'cosine'", "inv-sqrt-block"]),
+        (["--port", "70000"], ["--port", "65535", "70000"]),
+        (["--q", "2.5"], ["--q", "'2.5'"]),
+        (["--rounds", "0"], ["--rounds", ">= 1", "0"]),
+        (["--max-chunk-values", "0"], ["--max-chunk-values", "0"]),
+        (["--max-chunk-values", "20000000"], ["--max-chunk-values", "--max-message-mb 64", "20000000"]),
+        (["--hidden", "30,x"], ["--hidden", "30,x"]),
+        (["--hidden", "0"], ["--hidden", "[0]"]),
+        (["--model", "resnet"], ["--model", "'resnet'", "logistic"]),
+        (["--dataset", "imagenet"], ["--dataset", "'imagenet'", "breast-cancer"]),
+        (["--partition", "bogus:3"], ["--partition", "bogus"]),
+        (["--sgd-timeout", "0"], ["--sgd-timeout", "0"]),
+        (["--heartbeat-ms", "1"], ["--heartbeat-ms", "10 ms", "1"]),
+        (["--resume"], ["--resume", "--checkpoint-dir"]),
+        (["--tls-cert", "a.pem"], ["--tls-cert", "--tls-key", "a.pem"]),
+        (["--eval-every", "-1"], ["--eval-every", "-1"]),
+    ],
+)
+def test_config_errors_name_the_value(argv: list[str], needles: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_args(argv)
+    for needle in needles:
+        assert needle in str(info.value), (needle, str(info.value))
+
+
+def test_toml_file_with_dashes_and_underscores_and_flags_override(tmp_path: Path) -> None:
+    path = tmp_path / "server.toml"
+    path.write_text(
+        'q = 6\nmin-workers = 4\ntau = "2s"\nrule = "median"\nsgd_timeout = 5000\n'
+        "hidden = [64, 32]\nearly-close = false\nlr = 0.05\n"
+    )
+    cfg = parse_args(["--config", str(path), "--q", "8"])
+    assert (cfg.q, cfg.min_workers, cfg.tau, cfg.rule, cfg.sgd_timeout) == (8, 4, 2000.0, "median", 5000.0)
+    assert cfg.hidden == (64, 32) and cfg.early_close is False and cfg.lr == 0.05
+    assert cfg.v == rounds.default_quorum(8, "median", 0)
+
+
+def test_toml_server_table(tmp_path: Path) -> None:
+    path = tmp_path / "all.toml"
+    path.write_text('[server]\nq = 3\ntau = "inf"\n\n[worker]\nrate = 5\n')
+    assert load_toml(path) == {"q": 3, "tau": math.inf}
+
+
+def test_unknown_toml_keys_are_named(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("q = 3\nquorom = 2\ntua = 5\n")
+    with pytest.raises(ConfigError) as info:
+        parse_args(["--config", str(path)])
+    assert "quorom" in str(info.value) and "tua" in str(info.value) and str(path) in str(info.value)
+
+
+def test_toml_type_errors_and_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "types.toml"
+    path.write_text('q = "many"\n')
+    with pytest.raises(ConfigError, match="--q: expected an integer, got 'many'"):
+        parse_args(["--config", str(path)])
+    with pytest.raises(ConfigError, match="does not exist"):
+        parse_args(["--config", str(tmp_path / "missing.toml")])
+    path.write_text("q = [\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        parse_args(["--config", str(path)])
+
+
+def test_token_is_masked_in_as_dict() -> None:
+    cfg = ServerConfig(token="s3cret")
+    assert cfg.as_dict()["token"] == "***" and "s3cret" not in repr(cfg)
+
+
+def test_cli_prints_config_errors_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    from hgo_server.cli import main
+
+    assert main(["--tau", "-5"]) == 2
+    err = capsys.readouterr().err
+    assert "hgo-server: error:" in err and "--tau" in err and "-5" in err

@@ -1,0 +1,526 @@
+"""hgo-server over real gRPC: a grpc.aio server on port 0 in-process, hand-written clients.
+
+Each fake worker speaks hgo.v1 directly (no hgo_worker code), so these tests pin the
+server side of the protocol: exact updates, late and illegal chunks, status codes,
+the sgd baselines, heartbeats, shards; plus one test of the real `hgo-server` process
+under SIGTERM. Model: logistic regression on breast-cancer (d = 31).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+import numpy as np
+import pytest
+
+from hgo_common import datasets, order, rounds, wire
+from hgo_common.proto import hgo_pb2, hgo_pb2_grpc
+from hgo_common.roundlog import read as read_log
+from hgo_server import config as server_config
+from hgo_server.server import Setup, load_setup
+from hgo_server.servicer import RunningServer, start_server
+from tests.procs import ProcessGroup, console
+
+D = 31  # logistic regression on breast-cancer: 30 weights + 1 bias
+BASE = {"dataset": "breast-cancer", "model": "logistic", "eval_every": 0, "port": 0, "seed": 3}
+
+_SETUPS: dict[tuple[Any, ...], Setup] = {}
+
+
+def make_config(**kw: Any) -> server_config.ServerConfig:
+    return server_config.from_mapping({**BASE, **kw})
+
+
+def setup_for(cfg: server_config.ServerConfig) -> Setup:
+    # Loading breast-cancer takes a moment; tests with the same data settings share it.
+    key = (cfg.dataset, cfg.model, cfg.seed, cfg.num_shards, cfg.partition)
+    if key not in _SETUPS:
+        _SETUPS[key] = load_setup(cfg)
+    return _SETUPS[key]
+
+
+class FakeWorker:
+    """A hand-written hgo.v1 client: one Session stream, explicit messages.
+
+    A background task reads the stream into a queue (cancelling a pending
+    ``call.read()`` would cancel the whole call), so waiting for a message kind
+    can time out or be cancelled safely.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        self.call = hgo_pb2_grpc.HGOStub(self.channel).Session()
+        self.welcome: hgo_pb2.Welcome | None = None
+        self.seen: list[hgo_pb2.ServerMessage] = []
+        self.inbox: asyncio.Queue[hgo_pb2.ServerMessage | None] = asyncio.Queue()
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> grpc.StatusCode:
+        try:
+            while (msg := await self.call.read()) is not grpc.aio.EOF:
+                self.seen.append(msg)
+                self.inbox.put_nowait(msg)
+            return await self.call.code()
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+        finally:
+            self.inbox.put_nowait(None)
+
+    @property
+    def session_id(self) -> str:
+        assert self.welcome is not None
+        return self.welcome.session_id
+
+    async def join(self, profile: str = "average", wants_shard: bool = False, **kw: Any) -> hgo_pb2.Welcome:
+        join = hgo_pb2.Join(
+            protocol_version=1, profile=profile, rate=0.0, batch_size=1, wants_shard=wants_shard
+        )
+        for key, value in kw.items():
+            setattr(join, key, value)
+        await self.call.write(hgo_pb2.WorkerMessage(join=join))
+        msg = await self.next("welcome")
+        self.welcome = msg.welcome
+        return msg.welcome
+
+    async def next(self, kind: str, timeout: float = 20.0) -> hgo_pb2.ServerMessage:
+        """The next server message of ``kind`` (other kinds are skipped; all are in ``seen``)."""
+
+        async def loop() -> hgo_pb2.ServerMessage:
+            while True:
+                msg = await self.inbox.get()
+                if msg is None:
+                    self.inbox.put_nowait(None)
+                    raise EOFError(f"stream ended while waiting for {kind}")
+                if msg.WhichOneof("kind") == kind:
+                    return msg
+
+        return await asyncio.wait_for(loop(), timeout)
+
+    async def chunk(
+        self, round_index: int, offset: int, values: np.ndarray, session_id: str | None = None
+    ) -> None:
+        sid = self.session_id if session_id is None else session_id
+        msg = hgo_pb2.GradientChunk(
+            round=round_index, offset=offset, values=wire.encode(values), session_id=sid
+        )
+        await self.call.write(hgo_pb2.WorkerMessage(chunk=msg))
+
+    async def heartbeat(self) -> None:
+        await self.call.write(hgo_pb2.WorkerMessage(heartbeat=hgo_pb2.Heartbeat(unix_ns=time.time_ns())))
+
+    async def final_status(self, timeout: float = 10.0) -> grpc.StatusCode:
+        """The status code the server ended the stream with."""
+        return await asyncio.wait_for(asyncio.shield(self.reader), timeout)
+
+    async def close(self) -> None:
+        self.call.cancel()
+        self.reader.cancel()
+        await self.channel.close()
+
+
+@pytest.fixture
+async def serve(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[tuple[RunningServer, int]]]]:
+    """serve(**config) -> (running server, port); everything is stopped after the test."""
+    started: list[RunningServer] = []
+    workers: list[FakeWorker] = []
+
+    async def factory(**kw: Any) -> tuple[RunningServer, int]:
+        kw.setdefault("log", str(tmp_path / "rounds.jsonl"))
+        cfg = make_config(**kw)
+        running, port = await start_server(cfg, setup=setup_for(cfg))
+        started.append(running)
+        return running, port
+
+    factory.workers = workers  # type: ignore[attr-defined]
+    yield factory
+    for w in workers:
+        await w.close()
+    for running in started:
+        await running.stop(grace=0.5)
+
+
+async def connect(serve: Any, port: int, n: int, **join: Any) -> list[FakeWorker]:
+    out = []
+    for _ in range(n):
+        w = FakeWorker(port)
+        serve.workers.append(w)
+        await w.join(**join)
+        out.append(w)
+    return out
+
+
+def sample_value(running: RunningServer, name: str, labels: dict[str, str] | None = None) -> float:
+    value = running.core.metrics.registry.get_sample_value(name, labels or {})
+    return 0.0 if value is None else value
+
+
+async def wait_for(pred: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
+# ---------------------------------------------------------------------------- rounds
+
+
+async def test_round_update_equals_close_round_on_the_same_inputs(serve: Any, tmp_path: Path) -> None:
+    running, port = await serve(q=3, v=2, rule="median", tau="1500", rounds=1, min_workers=3, lr=0.5)
+    workers = await connect(serve, port, 3)
+    assert [w.welcome.worker_id for w in workers] == [0, 1, 2]
+    spec = workers[0].welcome.spec
+    assert (spec.dim, spec.model, spec.order, spec.algorithm, spec.max_chunk_values) == (
+        D, "logistic", "flat", "hgo", 16384,
+    )  # fmt: skip
+    run = asyncio.create_task(running.run())
+    tasks = [(await w.next("task")).task for w in workers]
+    assert len({t.round for t in tasks}) == 1 and len({t.order_seed for t in tasks}) == 1
+    w0 = running.core.setup.w0
+    np.testing.assert_array_equal(wire.decode(tasks[0].weights), w0.astype(np.float32))
+    rng = np.random.default_rng(7)
+    prefixes = np.array([31, 20, 10])
+    rows = rng.normal(size=(3, D)).astype(np.float32)
+    for w, row, p in zip(workers, rows, prefixes, strict=True):
+        # Two chunks per worker: the prefix must be assembled from contiguous pieces.
+        half = p // 2
+        await w.chunk(0, 0, row[:half])
+        await w.chunk(0, int(half), row[half:p])
+    for w in workers:
+        assert (await w.next("closed")).closed.round == 0
+    summary = await asyncio.wait_for(run, 20)
+    assert summary.completed and summary.rounds == 1
+
+    c_k = order.make_order(tasks[0].order_seed, D, "flat")
+    cfg = rounds.RoundConfig(d=D, v=2, rule="median", f=0, lr=0.5)
+    outcome = rounds.close_round(rows, prefixes, c_k, cfg)
+    assert outcome.block == 20
+    expected = w0 - 0.5 * outcome.update
+    np.testing.assert_allclose(running.core.weights, expected, rtol=0, atol=1e-12)
+    # Independently of close_round: median of 3 on [0, 10), of 2 (mean of the pair) on [10, 20).
+    manual = np.zeros(D)
+    manual[c_k[:10]] = np.median(rows[:, :10].astype(np.float64), axis=0)
+    manual[c_k[10:20]] = rows[:2, 10:20].astype(np.float64).mean(axis=0)
+    np.testing.assert_allclose(running.core.weights, w0 - 0.5 * manual, atol=1e-6)
+
+    for w in workers:
+        assert (await w.next("stop")).stop.reason == "done"
+    (rec,) = read_log(tmp_path / "rounds.jsonl")
+    assert (rec["round"], rec["sampled"], rec["responded"], rec["block"], rec["quorum"]) == (
+        0,
+        3,
+        3,
+        20,
+        True,
+    )
+    assert [x["prefix"] for x in rec["workers"]] == [31, 20, 10]
+    assert rec["step_size"] == 0.5 and rec["tau_ms"] == 1500
+    assert "accuracy" in rec and "loss" in rec  # the last round is always evaluated
+    assert rec["round_ms"] >= 1400  # partial prefixes: the round waited for its deadline
+
+
+async def test_late_chunks_are_counted_and_ignored(serve: Any, tmp_path: Path) -> None:
+    running, port = await serve(q=1, tau="300ms", rounds=2, min_workers=1)
+    (w,) = await connect(serve, port, 1)
+    run = asyncio.create_task(running.run())
+    t0 = (await w.next("task")).task
+    await w.chunk(0, 0, np.ones(5, dtype=np.float32))
+    await w.next("closed")
+    await w.next("task")  # round 1 is open now
+    w_after_0 = running.core.weights
+    await w.chunk(0, 5, np.full(5, 100.0, dtype=np.float32))  # late: round 0 is closed
+    await wait_for(lambda: sample_value(running, "hgo_late_chunks_total") == 1)
+    assert sample_value(running, "hgo_rejected_messages_total", {"reason": "late"}) == 1
+    # Not fatal: the session goes on, and round 1 is unaffected by the late values.
+    await w.chunk(1, 0, np.zeros(3, dtype=np.float32))
+    await asyncio.wait_for(run, 20)
+    recs = read_log(tmp_path / "rounds.jsonl")
+    assert [r["workers"][0]["prefix"] for r in recs] == [5, 3]
+    c0 = order.make_order(t0.order_seed, D, "flat")
+    expected0 = running.core.setup.w0.copy()
+    expected0[c0[:5]] -= 0.1 * 1.0
+    np.testing.assert_allclose(w_after_0, expected0, atol=1e-12)
+    # Round 1 moved nothing (zero gradient on 3 coordinates).
+    np.testing.assert_allclose(running.core.weights, w_after_0, atol=1e-12)
+
+
+async def test_unsampled_worker_chunk_is_rejected_and_model_unchanged(serve: Any) -> None:
+    running, port = await serve(q=1, tau="400ms", rounds=1, min_workers=2)
+    a, b = await connect(serve, port, 2)
+    run = asyncio.create_task(running.run())
+    sampled_task = await asyncio.wait_for(_first_task([a, b]), 10)
+    sampled, other = (a, b) if sampled_task is a else (b, a)
+    await other.chunk(0, 0, np.full(D, 9.0, dtype=np.float32))
+    assert await other.final_status() == grpc.StatusCode.FAILED_PRECONDITION
+    await asyncio.wait_for(run, 20)
+    np.testing.assert_array_equal(running.core.weights, running.core.setup.w0)
+    assert sample_value(running, "hgo_rejected_messages_total", {"reason": "not-sampled"}) == 1
+    assert sample_value(running, "hgo_rounds_without_quorum_total") == 1
+    assert (await sampled.next("stop")).stop.reason == "done"
+
+
+async def _first_task(workers: list[FakeWorker]) -> FakeWorker:
+    pending = {asyncio.create_task(w.next("task")): w for w in workers}
+    done, rest = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+    for t in rest:
+        t.cancel()
+    return pending[next(iter(done))]
+
+
+@pytest.mark.parametrize(
+    ("send", "code", "reason"),
+    [
+        (lambda w: w.chunk(0, 0, np.ones(3, np.float32), session_id="0" * 32),
+         grpc.StatusCode.PERMISSION_DENIED, "session-id"),
+        (lambda w: w.chunk(0, 4, np.ones(3, np.float32)), grpc.StatusCode.INVALID_ARGUMENT, "gap"),
+        (lambda w: w.chunk(0, 30, np.ones(3, np.float32)), grpc.StatusCode.INVALID_ARGUMENT, "gap"),
+        (lambda w: w.chunk(0, 0, np.ones(32, np.float32)), grpc.StatusCode.INVALID_ARGUMENT, "past-d"),
+        (lambda w: w.chunk(0, 0, np.ones(40, np.float32)), grpc.StatusCode.RESOURCE_EXHAUSTED, "oversized"),
+        (lambda w: w.call.write(hgo_pb2.WorkerMessage(chunk=hgo_pb2.GradientChunk(
+            round=0, offset=0, values=b"\x00" * 7, session_id=w.session_id))),
+         grpc.StatusCode.INVALID_ARGUMENT, "bad-length"),
+        (lambda w: w.chunk(5, 0, np.ones(3, np.float32)), grpc.StatusCode.FAILED_PRECONDITION, "not-sampled"),
+        (lambda w: w.call.write(hgo_pb2.WorkerMessage(join=hgo_pb2.Join(protocol_version=1))),
+         grpc.StatusCode.INVALID_ARGUMENT, "duplicate-join"),
+    ],
+    ids=["other-session", "gap", "gap-far", "past-d", "oversized", "bad-length", "future-round",
+         "second-join"],
+)  # fmt: skip
+async def test_fatal_rejection_ends_only_that_session(
+    serve: Any, send: Any, code: grpc.StatusCode, reason: str
+) -> None:
+    running, port = await serve(q=2, tau="1s", rounds=1, min_workers=2, max_chunk_values=32)
+    bad, good = await connect(serve, port, 2)
+    run = asyncio.create_task(running.run())
+    await bad.next("task")
+    await good.next("task")
+    await send(bad)
+    assert await bad.final_status() == code
+    assert sample_value(running, "hgo_rejected_messages_total", {"reason": reason}) == 1
+    assert [s.worker_id for s in running.core.sessions.values()] == [good.welcome.worker_id]
+    # The other worker's round goes on and counts.
+    await good.chunk(0, 0, np.ones(D, np.float32))
+    summary = await asyncio.wait_for(run, 20)
+    assert summary.completed
+    assert running.core.last_block == D  # v = 1 (default quorum of average with q=2), good sent all
+
+
+async def test_non_finite_values_end_the_prefix(serve: Any, tmp_path: Path) -> None:
+    running, port = await serve(q=1, tau="2s", rounds=1, min_workers=1)
+    (w,) = await connect(serve, port, 1)
+    run = asyncio.create_task(running.run())
+    await w.next("task")
+    vals = np.arange(10, dtype=np.float32)
+    vals[6] = np.inf
+    await w.chunk(0, 0, vals)
+    await w.chunk(0, 10, np.ones(D - 10, np.float32))  # ignored: the prefix ended at 6
+    await asyncio.wait_for(run, 20)
+    (rec,) = read_log(tmp_path / "rounds.jsonl")
+    assert rec["workers"][0]["prefix"] == 6 and rec["block"] == 6
+    assert rec["round_ms"] < 1900  # the truncated worker is finished: early close
+    assert np.isfinite(running.core.weights).all()
+    # The second chunk is ignored as non-finite, or as late if the early close came first.
+    non_finite = sample_value(running, "hgo_rejected_messages_total", {"reason": "non-finite"})
+    assert non_finite >= 1 and non_finite + sample_value(running, "hgo_late_chunks_total") == 2
+
+
+# ---------------------------------------------------------------------------- sgd baselines
+
+
+async def test_sgd_finite_tau_discards_partial_gradients(serve: Any, tmp_path: Path) -> None:
+    running, port = await serve(q=2, tau="500ms", rounds=2, min_workers=2, algorithm="sgd")
+    a, b = await connect(serve, port, 2)
+    run = asyncio.create_task(running.run())
+    full = np.linspace(-1, 1, D).astype(np.float32)
+    seeds = []
+    for k in range(2):
+        seeds.append((await a.next("task")).task.order_seed)
+        await b.next("task")
+        if k == 0:
+            await a.chunk(0, 0, full)  # complete
+        await b.chunk(k, 0, np.full(D - 1, 50.0, np.float32))  # partial: discarded
+        await a.next("closed")
+    await asyncio.wait_for(run, 20)
+    recs = read_log(tmp_path / "rounds.jsonl")
+    assert [r["block"] for r in recs] == [D, 0]
+    assert [r["quorum"] for r in recs] == [True, False]
+    assert [[x["prefix"] for x in r["workers"]] for r in recs] == [[D, D - 1], [0, D - 1]]
+    expected = running.core.setup.w0.copy()
+    expected[order.make_order(seeds[0], D, "flat")] -= 0.1 * full.astype(
+        np.float64
+    )  # values are in C_k order
+    np.testing.assert_allclose(running.core.weights, expected, atol=1e-12)
+
+
+async def test_sgd_infinite_tau_waits_for_the_slowest_worker(serve: Any, tmp_path: Path) -> None:
+    running, port = await serve(q=2, tau="inf", rounds=1, min_workers=2, algorithm="sgd", sgd_timeout="20s")
+    a, b = await connect(serve, port, 2)
+    run = asyncio.create_task(running.run())
+    await a.next("task")
+    await b.next("task")
+    await a.chunk(0, 0, np.ones(D, np.float32))
+    delay = 0.6
+    await asyncio.sleep(delay)
+    await b.heartbeat()
+    await b.chunk(0, 0, np.full(D, 3.0, np.float32))
+    await asyncio.wait_for(run, 20)
+    (rec,) = read_log(tmp_path / "rounds.jsonl")
+    assert rec["tau_ms"] is None and rec["block"] == D and rec["responded"] == 2
+    assert rec["round_ms"] >= delay * 1000
+    assert rec["round_ms"] < 15_000  # closed by the last chunk, not by the hard timeout
+    np.testing.assert_allclose(running.core.weights, running.core.setup.w0 - 0.1 * 2.0, atol=1e-12)
+
+
+async def test_sgd_timeout_bounds_a_dead_worker(serve: Any, tmp_path: Path) -> None:
+    running, port = await serve(q=2, tau="inf", rounds=1, min_workers=2, algorithm="sgd", sgd_timeout="400ms")
+    a, _silent = await connect(serve, port, 2)
+    run = asyncio.create_task(running.run())
+    await a.next("task")
+    await a.chunk(0, 0, np.ones(D, np.float32))
+    await asyncio.wait_for(run, 20)  # the other worker never answers
+    (rec,) = read_log(tmp_path / "rounds.jsonl")
+    assert rec["block"] == D and [x["prefix"] for x in rec["workers"]] == [D, 0]
+    assert rec["round_ms"] >= 390
+
+
+# ---------------------------------------------------------------------------- sessions
+
+
+async def test_join_validation(serve: Any) -> None:
+    running, port = await serve(q=1, rounds=1)
+    bad_joins = [
+        {"protocol_version": 2},
+        {"profile": "quantum"},
+        {"rate": math.nan},
+        {"rate": -1.0},
+        {"batch_size": 0},
+    ]
+    for fields in bad_joins:
+        w = FakeWorker(port)
+        serve.workers.append(w)
+        join = hgo_pb2.Join(protocol_version=1, profile="weak", rate=1.0, batch_size=4)
+        for key, value in fields.items():
+            setattr(join, key, value)
+        await w.call.write(hgo_pb2.WorkerMessage(join=join))
+        assert await w.final_status() == grpc.StatusCode.INVALID_ARGUMENT, fields
+    first_not_join = FakeWorker(port)
+    serve.workers.append(first_not_join)
+    await first_not_join.heartbeat()
+    assert await first_not_join.final_status() == grpc.StatusCode.INVALID_ARGUMENT
+    assert sample_value(running, "hgo_rejected_messages_total", {"reason": "bad-join"}) == len(bad_joins)
+    assert sample_value(running, "hgo_rejected_messages_total", {"reason": "bad-first-message"}) == 1
+    assert running.core.sessions == {}
+
+
+async def test_shards_are_sent_in_parts_and_match_the_partition(serve: Any) -> None:
+    running, port = await serve(q=2, rounds=1, num_shards=3, min_workers=2)
+    ds = running.core.setup.dataset
+    shards = datasets.partition(ds.y_train, 3, "iid", np.random.default_rng(BASE["seed"]))
+    for expect_index in (0, 1, 2, 0):  # round-robin once every shard is held
+        w = FakeWorker(port)
+        serve.workers.append(w)
+        welcome = await w.join(wants_shard=True)
+        assert welcome.shard_index == expect_index and len(welcome.session_id) == 32
+        parts = [(await w.next("shard")).shard]
+        while not parts[-1].last:
+            parts.append((await w.next("shard")).shard)
+        X = np.concatenate([wire.decode(p.features).reshape(p.rows, p.cols) for p in parts])
+        y = np.concatenate([wire.decode(p.labels) for p in parts])
+        idx = shards[expect_index]
+        np.testing.assert_array_equal(X, ds.X_train[idx].astype(np.float32))
+        np.testing.assert_array_equal(y, ds.y_train[idx].astype(np.float32))
+        assert parts[-1].total_rows == len(idx)
+
+
+async def test_small_shard_parts_stay_under_the_limit() -> None:
+    from hgo_server.server import shard_slices
+
+    X = np.arange(1000 * 7, dtype=np.float32).reshape(1000, 7)
+    y = np.arange(1000, dtype=np.float32)
+    parts = shard_slices(X, y, part_bytes=4096)
+    assert all(len(p.features) + len(p.labels) <= 4096 for p in parts)
+    assert [p.row_offset for p in parts] == list(range(0, 1000, 128))
+    assert sum(p.rows for p in parts) == 1000 and parts[-1].last and not parts[0].last
+
+
+async def test_silent_session_is_dropped_after_three_heartbeats(serve: Any) -> None:
+    running, port = await serve(q=1, rounds=1, heartbeat_ms=50, min_workers=5)
+    (w,) = await connect(serve, port, 1)
+    assert len(running.core.sessions) == 1
+    t0 = time.monotonic()
+    assert await w.final_status() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - t0 >= 0.1
+    assert any(m.WhichOneof("kind") == "heartbeat" for m in w.seen)
+    assert running.core.sessions == {}
+    assert sample_value(running, "hgo_active_sessions", {"profile": "average"}) == 0
+
+
+async def test_status_reports_the_run(serve: Any) -> None:
+    running, port = await serve(q=2, rounds=1, rule="median", min_workers=2)
+    await connect(serve, port, 1, profile="weak")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        reply = await hgo_pb2_grpc.HGOStub(ch).Status(hgo_pb2.StatusRequest())
+    assert (reply.state, reply.active_sessions, reply.dim, reply.rule, reply.algorithm) == (
+        "waiting", 1, D, "median", "hgo",
+    )  # fmt: skip
+    assert reply.metric_name == "accuracy" and math.isnan(reply.last_metric)
+    assert sample_value(running, "hgo_active_sessions", {"profile": "weak"}) == 1
+
+
+async def test_stop_request_closes_the_round_and_sends_stop(serve: Any) -> None:
+    running, port = await serve(q=1, tau="30s", rounds=5, min_workers=1)
+    (w,) = await connect(serve, port, 1)
+    run = asyncio.create_task(running.run())
+    await w.next("task")
+    await w.chunk(0, 0, np.ones(4, np.float32))
+    running.request_stop()
+    summary = await asyncio.wait_for(run, 10)
+    assert not summary.completed and summary.rounds == 1
+    assert (await w.next("stop")).stop.reason == "shutdown"
+    assert not math.isnan(summary.metric)
+
+
+# ---------------------------------------------------------------------------- the real process
+
+
+def test_process_sigterm_exits_0_and_workers_get_stop(procs: ProcessGroup, tmp_path: Path) -> None:
+    port_file = tmp_path / "port"
+    log_file = tmp_path / "rounds.jsonl"
+    proc = procs.start(
+        [*console("hgo-server"), "--port", "0", "--port-file", str(port_file), "--dataset", "breast-cancer",
+         "--q", "1", "--min-workers", "1", "--tau", "50ms", "--rounds", "100000", "--log", str(log_file)],
+        name="server",
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not port_file.exists():
+        assert proc.poll() is None, procs.log(proc)
+        assert time.monotonic() < deadline, procs.log(proc)
+        time.sleep(0.05)
+    port = int(port_file.read_text())
+    assert f"hgo-server listening on 127.0.0.1:{port}" in procs.log(proc)
+
+    async def worker() -> str:
+        w = FakeWorker(port)
+        try:
+            await w.join()
+            for _ in range(3):
+                await w.next("task")
+                await w.heartbeat()
+            proc.send_signal(signal.SIGTERM)
+            return (await w.next("stop")).stop.reason
+        finally:
+            await w.close()
+
+    assert asyncio.run(worker()) == "shutdown"
+    assert procs.wait(proc, 30) == 0, procs.log(proc)
+    out = procs.log(proc)
+    assert "hgo-server stopped: rounds=" in out and "accuracy=" in out
+    assert len(read_log(log_file)) >= 2

@@ -146,7 +146,9 @@ def load_scenario(
     for j, vt in enumerate(raw_variants):
         vt = dict(vt)
         label = str(vt.pop("label", f"variant{j}"))
-        quick_v = _normalize(vt.pop("quick", {}), f"{path} variant {label!r} quick") if quick else {}
+        quick_v = _normalize(vt.pop("quick", {}), f"{path} variant {label!r} quick")
+        if not quick:
+            quick_v = {}
         merged = {**base, **_normalize(vt, f"{path} variant {label!r}"), **quick_over, **quick_v}
         if rounds is not None:
             merged["rounds"] = rounds

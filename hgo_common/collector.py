@@ -199,7 +199,10 @@ class RoundCollector:
             except wire.WireFormatError as exc:
                 raise ChunkRejected(BAD_LENGTH, f"chunk values: {exc}") from exc
         else:
-            vec = np.asarray(values)
+            # Cast before the finiteness check: the policy applies to what is stored, and a
+            # float64 1e300 is finite but becomes inf in the float32 buffer.
+            with np.errstate(over="ignore", invalid="ignore"):
+                vec = np.asarray(values, dtype=np.float32)
             if vec.ndim != 1:
                 raise ChunkRejected(BAD_LENGTH, f"chunk values must be 1-d, got shape {vec.shape}")
         n = int(vec.size)

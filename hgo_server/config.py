@@ -166,7 +166,9 @@ def _coerce(name: str, value: object) -> Any:
         if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
             raise ConfigError(f"{_flag(name)}: expected an integer, got {value!r}")
         try:
-            return int(value) if not isinstance(value, str) else int(value.strip())
+            if isinstance(value, str | int | float):
+                return int(value.strip()) if isinstance(value, str) else int(value)
+            raise TypeError(type(value).__name__)
         except (TypeError, ValueError):
             raise ConfigError(f"{_flag(name)}: expected an integer, got {value!r}") from None
     if name in _FLOAT:

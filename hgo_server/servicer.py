@@ -52,7 +52,7 @@ def status_code(exc: srv.ProtocolError) -> grpc.StatusCode:
     """The gRPC status for a protocol error (the one mapping of the transport)."""
     for cls in type(exc).__mro__:
         if cls in STATUS_CODES:
-            return STATUS_CODES[cls]  # type: ignore[index]
+            return STATUS_CODES[cls]
     return grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -197,7 +197,7 @@ class HGOServicer:
                 if isinstance(msg, srv.End):
                     error = msg.error
                     break
-                await context.write(encode(msg))  # type: ignore[arg-type]  # bytes pass through
+                await context.write(encode(msg))  # bytes: the response serializer passes them through
                 if isinstance(msg, srv.Stop):
                     break
         finally:
@@ -255,7 +255,7 @@ class HGOServicer:
         )
 
 
-def _handlers(servicer: HGOServicer, metrics: ServerMetrics) -> grpc.GenericRpcHandler:
+def _handlers(servicer: HGOServicer, metrics: ServerMetrics) -> grpc.GenericRpcHandler[Any, Any]:
     def deserialize(data: bytes) -> hgo_pb2.WorkerMessage:
         metrics.received_bytes.inc(len(data))
         return hgo_pb2.WorkerMessage.FromString(data)

@@ -130,3 +130,11 @@ def test_numpy_input_and_dropped_slot_finish() -> None:
     assert c.all_finished()
     with pytest.raises(ValueError, match="d must be >= 1, got 0"):
         RoundCollector(0)
+
+
+def test_float64_values_beyond_float32_range_count_as_non_finite() -> None:
+    # Found by tests/test_fuzz.py: the policy applies to the stored float32 values.
+    c = _open(d=8, q=1)
+    r = c.add(0, 3, 0, np.array([1.0, 2.0, 1e300, 4.0]))
+    assert (r.prefix, r.reason) == (2, collector.NON_FINITE)
+    assert np.isfinite(c.values[0, :2]).all()

@@ -214,12 +214,6 @@ def test_collector_survives_random_and_mutated_chunks(
             assert np.isfinite(buf[i, : len(row)]).all(), f"non-finite value inside slot {i}'s prefix"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by this fuzzer: RoundCollector.add checks finiteness before the float32 cast, so a "
-    "float64 array holding 1e300 stores inf inside the prefix (wire bytes and the simulator, which "
-    "casts first, are not affected); reported to the collector owner",
-)
 def test_collector_float64_values_beyond_float32_range() -> None:
     """The in-process path hands float64 arrays; 1e300 is finite in float64 but overflows the
     float32 buffer. The non-finite policy must apply to what is stored: prefix ends there."""

@@ -1,0 +1,235 @@
+"""docker-compose.yml: valid against the Compose Specification, and run for real as processes.
+
+No container engine here, so the topology test starts the server and the workers with
+exactly the argv (image ENTRYPOINT + service command) and environment the compose file
+gives them, each replica in its own network namespace when the machine allows it
+(tests/compose_run.py), and checks that training progresses.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from hgo_common import profiles, roundlog
+from tests.compose_run import (
+    COMPOSE_FILE,
+    dockerfile_stages,
+    load_compose,
+    make_topology,
+    service_argv,
+    status,
+    wait_for,
+)
+from tests.procs import ROOT, ProcessGroup
+
+SCHEMA = ROOT / "tests" / "data" / "compose-spec.json"
+ENV_EXAMPLE = ROOT / ".env.example"
+WORKER_SERVICES = ("worker-weak", "worker-average", "worker-powerful")
+
+
+def _validator() -> jsonschema.protocols.Validator:
+    schema = json.loads(SCHEMA.read_text())
+    # The file declares draft 2019-09 (as "http://json-schema.org/draft/2019-09/schema#", a
+    # spelling jsonschema does not map), so name the validator class explicitly.
+    assert "2019-09" in schema["$schema"]
+    cls = jsonschema.Draft201909Validator
+    cls.check_schema(schema)
+    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+
+
+def _env_example() -> dict[str, str]:
+    env = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            env[key.strip()] = value.strip()
+    return env
+
+
+def test_compose_file_matches_the_compose_specification() -> None:
+    validator = _validator()
+    for env in ({}, _env_example(), {"HGO_WEAK": "30", "HGO_AVERAGE": "40", "HGO_POWERFUL": "30"}):
+        doc = load_compose(env)
+        errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(doc)]
+        assert errors == [], errors
+
+    # the schema really checks: a non-integer replica count and an unknown key are caught
+    bad = load_compose({"HGO_WEAK": "three"})
+    assert any("replicas" in list(e.absolute_path) for e in validator.iter_errors(bad))
+    bad = load_compose({})
+    bad["services"]["server"]["comand"] = ["typo"]
+    assert not validator.is_valid(bad)
+
+
+def test_replicas_follow_the_profile_variables() -> None:
+    doc = load_compose({})
+    names = (*WORKER_SERVICES, "worker-byzantine")
+    replicas = {name: doc["services"][name]["deploy"]["replicas"] for name in names}
+    assert replicas == {"worker-weak": 3, "worker-average": 4, "worker-powerful": 3, "worker-byzantine": 0}
+    # the defaults are the paper's default mix of the default N
+    command = doc["services"]["server"]["command"]
+    n = int(next(a for a in command if a.startswith("--min-workers=")).split("=")[1])
+    assert [replicas[s] for s in WORKER_SERVICES] == [round(f * n) for f in profiles.MIXES["default"]]
+
+    doc = load_compose({"HGO_WEAK": "15", "HGO_AVERAGE": "20", "HGO_POWERFUL": "15", "HGO_BYZANTINE": "2"})
+    assert [doc["services"][s]["deploy"]["replicas"] for s in (*WORKER_SERVICES, "worker-byzantine")] == [
+        15, 20, 15, 2,
+    ]
+
+
+def test_env_example_matches_compose_defaults() -> None:
+    """Every variable of .env.example is used by docker-compose.yml with the same default."""
+    text = "\n".join(ln for ln in COMPOSE_FILE.read_text().splitlines() if not ln.lstrip().startswith("#"))
+    defaults = dict(re.findall(r"\$\{([A-Z_][A-Z0-9_]*):-([^}]*)\}", text))
+    example = _env_example()
+    assert set(example) == set(defaults), set(example) ^ set(defaults)
+    for key, value in example.items():
+        assert defaults[key] == value, (key, defaults[key], value)
+
+
+def test_compose_commands_are_accepted_by_the_real_clis() -> None:
+    from hgo_server.config import parse_args
+    from hgo_worker.cli import build_parser, config_from_args
+
+    doc = load_compose(_env_example())
+    stages = dockerfile_stages()
+    argv = service_argv(doc["services"]["server"], stages)
+    assert argv[0] == "hgo-server"
+    cfg = parse_args(argv[1:])
+    assert (cfg.bind, cfg.port, cfg.metrics_port, cfg.min_workers, cfg.q) == ("0.0.0.0", 50051, 9100, 10, 8)
+    assert cfg.dataset == "digits"  # bundled with scikit-learn: works in the image with no data volume
+    assert cfg.log is not None and cfg.log.startswith("/data/")
+    # the image's default CMD parses too
+    parse_args(stages["server"]["CMD"])
+
+    for name in (*WORKER_SERVICES, "worker-byzantine"):
+        argv = service_argv(doc["services"][name], stages)
+        assert argv[0] == "hgo-worker"
+        args = build_parser().parse_args(argv[1:])
+        config_from_args(args)
+        assert args.server == "server:50051"
+        assert args.metrics_port == 9101
+    byzantine = service_argv(doc["services"]["worker-byzantine"], stages)
+    assert build_parser().parse_args(byzantine[1:]).byzantine == "alie"
+    build_parser().parse_args(stages["worker"]["CMD"])
+
+
+def test_compose_mounts_and_ports() -> None:
+    doc = load_compose({})
+    for name in ("prometheus", "grafana"):
+        for spec in doc["services"][name]["volumes"]:
+            src = spec.split(":")[0]
+            if src.startswith("./"):
+                assert (ROOT / src).exists(), spec
+    home = doc["services"]["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (ROOT / "deploy/grafana/dashboards" / Path(home).name).is_file()
+    # published ports stay on loopback unless asked otherwise
+    for name in ("server", "prometheus", "grafana"):
+        for port in doc["services"][name]["ports"]:
+            assert port.startswith("127.0.0.1:"), port
+    published = load_compose({"HGO_PUBLISH_ADDR": "0.0.0.0"})["services"]["server"]["ports"]
+    assert published == ["0.0.0.0:50051:50051"]
+    # every build target exists in the Dockerfile
+    stages = dockerfile_stages()
+    for name, svc in doc["services"].items():
+        if "build" in svc:
+            assert svc["build"]["target"] in stages, name
+            assert (ROOT / svc["build"]["dockerfile"]).is_file()
+
+
+TOPOLOGY_ENV = {
+    "HGO_N": "3",
+    "HGO_Q": "3",
+    "HGO_WEAK": "1",
+    "HGO_AVERAGE": "1",
+    "HGO_POWERFUL": "1",
+    "HGO_ROUNDS": "100",
+    "HGO_EVAL_EVERY": "10",
+    "HGO_TAU": "100ms",
+    "HGO_TOKEN": "compose-topology-test-token",
+}
+
+
+def test_compose_topology_trains(procs: ProcessGroup, tmp_path: Path) -> None:
+    topo = make_topology(procs, tmp_path, TOPOLOGY_ENV)
+    try:
+        (server,) = topo.start("server")
+        port = server.port(50051)
+        token = TOPOLOGY_ENV["HGO_TOKEN"]
+
+        # the image's HEALTHCHECK, run the way Docker runs it (inside the container's network)
+        health = [sys.executable, *dockerfile_stages()["server"]["HEALTHCHECK"][1:]]
+        if not topo.netns:
+            health[-1] = f"127.0.0.1:{port}"
+
+        def healthy() -> bool:
+            return topo.run_in(server, health).returncode == 0
+
+        wait_for(healthy, 60, 1.0, "the server's HEALTHCHECK to pass")
+        first = status(server.address, port, token)
+        assert first is not None and first.state == "waiting"
+
+        for name in WORKER_SERVICES:
+            topo.start(name)
+        assert [len(topo.of(n)) for n in WORKER_SERVICES] == [1, 1, 1]
+
+        rounds_seen = []
+
+        def progressed() -> bool:
+            reply = status(server.address, port, token)
+            if reply is not None:
+                rounds_seen.append(reply.round)
+            return reply is not None and reply.round >= 20
+
+        wait_for(progressed, 90, 0.5, "20 rounds")
+        assert rounds_seen == sorted(rounds_seen)  # the round counter only grows
+
+        if topo.netns:  # the worker image's HEALTHCHECK, in a worker's own namespace
+            worker = topo.of("worker-powerful")[0]
+            check = [sys.executable, *dockerfile_stages()["worker"]["HEALTHCHECK"][1:]]
+            res = topo.run_in(worker, check)
+            assert res.returncode == 0, res.stdout + res.stderr
+
+        assert procs.wait(server.proc, 120) == 0, procs.log(server.proc)[-3000:]
+        for inst in topo.instances[1:]:
+            assert procs.wait(inst.proc, 30) == 0, procs.log(inst.proc)[-3000:]
+    finally:
+        topo.close()
+
+    records = roundlog.read(tmp_path / "volumes" / "hgo-data" / "rounds.jsonl")
+    assert [r["round"] for r in records] == list(range(100))
+    sampled_profiles = {w["profile"] for r in records for w in r["workers"]}
+    assert sampled_profiles == {"weak", "average", "powerful"}
+    acc = [r["accuracy"] for r in records if r.get("accuracy") is not None]
+    assert len(acc) >= 5
+    # digits has 10 classes: chance is 0.1; 100 rounds of the MLP must learn clearly
+    assert acc[-1] > acc[0] + 0.1, acc
+    assert acc[-1] > 0.3, acc
+    assert (tmp_path / "volumes" / "hgo-data" / "checkpoints").is_dir()
+
+
+def test_compose_topology_cleans_up(procs: ProcessGroup, tmp_path: Path) -> None:
+    """Namespaces and links are gone after close, even when a process is still running."""
+    import subprocess
+
+    topo = make_topology(procs, tmp_path, TOPOLOGY_ENV)
+    if not topo.netns:
+        topo.close()
+        pytest.skip("network namespaces unavailable here (needs root and ip netns); loopback mode used")
+    (server,) = topo.start("server")
+    ns = server.netns
+    assert ns is not None
+    assert ns in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    topo.close()
+    assert server.proc.poll() is not None
+    after = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    assert ns not in after
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+    assert topo.bridge not in links

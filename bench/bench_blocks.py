@@ -1,0 +1,141 @@
+"""Benchmark: one round of block aggregation (Algorithm 1, steps 4-5) at the paper's scale.
+
+Prints a table; not a test. Run with ``make bench`` or
+``OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/bench_blocks.py``; results are
+recorded in docs/benchmarks.md.
+
+Setting: q = 80 sampled workers, d = 23,860 (the 784-30-10 MLP), float32 round buffer
+(as the collector fills it), f = 25 (the paper's Figures 5-6) and the server's default
+quorum v = max(q/2, rule.min_rows(f)). Prefix lengths are drawn once from a seeded
+generator: 30% weak workers uniform in [0.05 d, 0.25 d], 40% medium uniform in
+[0.35 d, 0.75 d], 30% full (d).
+
+For each rule the table gives the median (and best) time of ``blocks.aggregate`` over
+several repetitions, and its ratio to
+  * floor: one ``np.sum`` pass over the same (q x d) buffer (the memory floor);
+  * gram: one (q x q) Gram product ``values @ values.T`` of the buffer (Krum's core);
+  * python: a per-coordinate Python reference. For coordinate-wise rules it computes
+    Q_j for every j and calls the rule on column j; for vector rules it computes Q_j
+    for every j, groups coordinates by identical Q_j and calls the rule per group
+    (the reading hgo_common/blocks.py documents). The per-coordinate loop is timed on
+    an evenly spaced subset of coordinates and extrapolated to b_v (marked "~").
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from hgo_common import aggregators, blocks
+from hgo_common.rounds import default_quorum
+
+Q, D, F = 80, 23_860, 25
+RULES = ("median", "trimmed-mean", "krum", "geometric-median")
+
+
+def draw_prefixes(rng: np.random.Generator, q: int, d: int) -> np.ndarray:
+    """30% weak (short), 40% medium, 30% full prefixes, in random worker order."""
+    n_weak, n_full = round(0.3 * q), round(0.3 * q)
+    n_medium = q - n_weak - n_full
+    weak = rng.integers(int(0.05 * d), int(0.25 * d) + 1, size=n_weak)
+    medium = rng.integers(int(0.35 * d), int(0.75 * d) + 1, size=n_medium)
+    full = np.full(n_full, d)
+    return rng.permutation(np.concatenate([weak, medium, full])).astype(np.int64)
+
+
+def timeit(fn: Callable[[], object], reps: int) -> tuple[float, float]:
+    """(median, best) wall time in seconds over ``reps`` calls after one warm-up."""
+    fn()
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts), min(ts)
+
+
+def python_reference_time(values: np.ndarray, prefixes: np.ndarray, v: int, name: str, sample: int) -> float:
+    """Seconds for the per-coordinate Python reference, extrapolated from ``sample`` coordinates."""
+    rule = aggregators.get(name)
+    b = blocks.block_size(prefixes, v)
+    coords = np.linspace(0, b - 1, num=min(sample, b)).astype(np.int64)
+    plist = prefixes.tolist()
+    t0 = time.perf_counter()
+    if rule.coordinatewise:
+        for j in coords.tolist():
+            q_j = [i for i, p in enumerate(plist) if p > j]
+            rule(values[q_j, j : j + 1], f=F)
+        per_coord = (time.perf_counter() - t0) / coords.size
+        return per_coord * b
+    # vector rules: Q_j for every coordinate of B_k (timed on the sample, extrapolated),
+    # then one rule call per distinct Q_j (timed in full)
+    for j in coords.tolist():
+        tuple(i for i, p in enumerate(plist) if p > j)
+    grouping = (time.perf_counter() - t0) / coords.size * b
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for lo, hi, rows in blocks.segments(prefixes, v):
+        groups[tuple(sorted(rows.tolist()))] = list(range(lo, hi))
+    t1 = time.perf_counter()
+    for q_j, cols in groups.items():
+        rule(values[np.ix_(q_j, cols)], f=F)
+    return grouping + (time.perf_counter() - t1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--reps", type=int, default=9, help="timed repetitions per figure (median reported)")
+    ap.add_argument("--sample", type=int, default=1500, help="coordinates timed in the Python reference")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    rng = np.random.default_rng(args.seed)
+    values = rng.standard_normal((Q, D)).astype(np.float32)
+    prefixes = draw_prefixes(rng, Q, D)
+    full = np.full(Q, D, dtype=np.int64)
+
+    floor, floor_best = timeit(lambda: np.sum(values), args.reps)
+    gram, gram_best = timeit(lambda: values @ values.T, args.reps)
+    print(
+        f"# q={Q} d={D} float32 f={F}; numpy {np.__version__}; python {platform.python_version()}; "
+        f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}; cpus={os.cpu_count()}"
+    )
+    print(f"# floor  np.sum(values):   median {floor * 1e3:7.3f} ms  best {floor_best * 1e3:7.3f} ms")
+    print(f"# gram   values @ values.T: median {gram * 1e3:7.3f} ms  best {gram_best * 1e3:7.3f} ms")
+    print()
+    header = (
+        f"{'rule':<18}{'prefixes':<10}{'v':>4}{'b_v':>7}{'segs':>6}{'median ms':>11}{'best ms':>9}"
+        f"{'x floor':>9}{'x gram':>8}{'python ms':>12}{'speed-up':>10}"
+    )
+    print(header)
+    print("-" * len(header))
+    for name in RULES:
+        v = default_quorum(Q, name, F)
+        for label, p in (("mixed", prefixes), ("all-full", full)):
+            b = blocks.block_size(p, v)
+            n_seg = len(blocks.segments(p, v))
+            med, best = timeit(
+                lambda p=p, v=v, name=name: blocks.aggregate(values, p, v=v, rule=name, f=F), args.reps
+            )
+            if label == "mixed":
+                py = python_reference_time(values, p, v, name, args.sample)
+                py_s = f"~{py * 1e3:10.0f}"
+                speed = f"{py / med:9.0f}x"
+            else:
+                py_s, speed = f"{'-':>11}", f"{'-':>10}"
+            print(
+                f"{name:<18}{label:<10}{v:>4}{b:>7}{n_seg:>6}{med * 1e3:>11.2f}{best * 1e3:>9.2f}"
+                f"{med / floor:>9.1f}{med / gram:>8.2f}{py_s:>12}{speed:>10}"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -29,6 +29,7 @@ with exit code 3.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -67,6 +68,7 @@ CHANNEL_OPTIONS = [
 BACKOFF_BASE_S = 0.1
 BACKOFF_CAP_S = 5.0
 SILENT_INTERVALS = 3
+READER_GRACE_S = 1.0
 FATAL_CODES = frozenset(
     {
         grpc.StatusCode.UNAUTHENTICATED,
@@ -293,6 +295,8 @@ class Worker:
             X, y = await _receive_shard(call, spec)
         else:
             X, y = self._load_own_shard(spec, *own_shard)
+        # Warm up (first BLAS call, allocator) now rather than in the first round's budget.
+        model.gradient(np.zeros(model.dim), X[: cfg.batch_size], y[: cfg.batch_size])
         if self.behaviour is not None and spec.n_classes:
             y = self.behaviour.transform_labels(y, int(spec.n_classes), np.random.default_rng([self.seed, 7]))
         log.info(
@@ -388,8 +392,18 @@ class _Session:
             tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            first = done.pop()
-            first.result()  # raises the session's failure, if any
+            reader = tasks[0]
+            if reader not in done:
+                # The writer or the watchdog failed first. When the server ends the call
+                # right after its Stop{done}, our next write fails before the reader has
+                # dispatched that Stop: give the reader a moment to deliver it.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(reader), READER_GRACE_S)
+            if not (reader.done() and not reader.cancelled() and reader.exception() is None):
+                for t in (reader, *tasks[1:]):
+                    if t.done() and not t.cancelled() and t.exception() is not None:
+                        raise t.exception()  # type: ignore[misc]
+                raise SessionLost("the session ended")
             # The reader returned: Stop{done}. Say goodbye, then end our half of the stream.
             await asyncio.wait_for(self.out.join(), timeout=5.0)
             try:
@@ -517,11 +531,12 @@ class _Session:
             metrics.computed(source.computed - before)
 
         sent = 0
+        first_ms = -1.0
         while True:
             now = elapsed()
-            if sched.finished(sent, now):
-                return
-            allowed = sched.allowed(now)
+            # Woken after the local deadline (a loaded machine): still send what was
+            # released *by* the deadline — the server's timer may be late too — never more.
+            allowed = sched.allowed(min(now, sched.tau_ms))
             if allowed > sent:
                 if source.computed < allowed:
                     compute_to(allowed)  # one piece: send it before computing more
@@ -531,6 +546,8 @@ class _Session:
                         round=rnd, offset=a, values=wire.encode(source.values[a:b]), session_id=sid
                     )
                     await self.out.put(hgo_pb2.WorkerMessage(chunk=chunk))
+                if first_ms < 0 and upto > sent:
+                    first_ms = elapsed()
                 metrics.sent(upto - sent)
                 sent = upto
                 if source.computed < allowed:
@@ -538,6 +555,10 @@ class _Session:
                     continue
             wake = sched.next_wake_ms(sent, elapsed())
             if wake is None:
+                log.debug(
+                    "round %d: sent %d of %d by %.1f ms (first chunk at %.1f ms; expected %d)",
+                    rnd, sent, sched.d, elapsed(), first_ms, sched.expected(),
+                )
                 return
             # Compute ahead of the release (allowed: the throttle limits release, not compute).
             ahead = sched.allowed(wake)

@@ -1,0 +1,539 @@
+"""``hgo-run``: a one-command local HGO cluster (server + N worker processes on loopback).
+
+It starts ``hgo-server`` (``--port 0 --port-file``) and N ``hgo-worker`` processes, each in
+its own process group (``subprocess`` spawns fresh interpreters: no fork of a process with
+live gRPC state, DESIGN.md §8). Hardware profiles come from ``profiles.assign(n, mix)``
+(weak, average, powerful; paper §6), ``--byzantine F`` of the workers (spread evenly over
+the profiles) run ``--attack``. It shows progress from the server's round log, then
+prints a summary (final accuracy or loss, rounds per second, mean prefix per profile) and
+writes ``round_log.jsonl``, ``summary.json``, the processes' logs and a PNG of the test
+metric against time into ``--out``. Every process it started is killed (process group,
+SIGTERM then SIGKILL) on exit, error or Ctrl-C.
+
+The default run (``make demo`` = ``hgo-run --out runs/demo``) trains the 64-128-10 MLP
+(d = 9,610) on scikit-learn's digits with 10 workers (3 weak, 4 average, 3 powerful),
+τ = 30 ms, s = 32: a weak worker (λ ≈ 500) releases ≈ 470 coordinates per round (5 % of
+d), an average one (λ ≈ 10,000) ≈ 9,375 (most of d), a powerful one all of it; the block
+is the 5th longest prefix. See docs/worker-and-cluster.md for figures.
+
+Python API (used by the experiment runner, ``--mode net``)::
+
+    from hgo_server.cluster import ClusterConfig, run_cluster
+    result = run_cluster(ClusterConfig(workers=10, rounds=200, out=Path("runs/x")))
+    result.metric, result.rounds_per_s, result.mean_prefix
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from hgo_common import profiles, roundlog
+
+Launcher = Callable[..., "subprocess.Popen[bytes]"]
+
+
+class ClusterError(RuntimeError):
+    """The cluster could not run to completion (the message names the process and its log)."""
+
+
+@dataclass
+class ClusterConfig:
+    """A local cluster run. ``None`` leaves a setting to the server's default."""
+
+    workers: int = 10
+    mix: str = "default"
+    byzantine: int = 0
+    attack: str = "foe"
+    attack_params: list[str] = field(default_factory=list)
+    rule: str = "average"
+    f: int | None = None  # the f the rule tolerates; None: = byzantine
+    q: int | None = None  # None: all initial workers
+    v: int | None = None
+    tau: str = "30"
+    rounds: int = 300
+    model: str | None = "mlp"
+    hidden: str | None = "128"
+    dataset: str = "digits"
+    data_dir: Path | None = None
+    partition: str = "iid"
+    algorithm: str = "hgo"
+    lr: float | None = 0.5
+    seed: int = 0
+    batch_size: int = 32
+    eval_every: int = 10
+    out: Path = Path("runs/demo")
+    rates: list[float] | None = None  # explicit λ per worker (overrides the profile draws)
+    profiles: list[str] | None = None  # explicit profile per worker (overrides --mix)
+    late: int = 0  # extra workers that join once the server reached ``late_round``
+    late_round: int = 0
+    server_args: list[str] = field(default_factory=list)
+    worker_args: list[str] = field(default_factory=list)
+    timeout_s: float = 900.0
+    progress: bool = True
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad value."""
+        if self.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {self.workers}")
+        if not 0 <= self.byzantine <= self.workers:
+            raise ValueError(f"--byzantine must be in 0..{self.workers} (--workers), got {self.byzantine}")
+        if self.rounds < 1:
+            raise ValueError(f"--rounds must be >= 1, got {self.rounds}")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.late < 0 or self.late_round < 0:
+            raise ValueError(f"--late and --late-round must be >= 0, got {self.late}, {self.late_round}")
+        for name, lst in (("rates", self.rates), ("profiles", self.profiles)):
+            if lst is not None and len(lst) != self.workers + self.late:
+                raise ValueError(
+                    f"{name} lists {len(lst)} values, expected one per worker ({self.workers + self.late})"
+                )
+        if self.profiles is None:
+            self.worker_profiles()  # validates the mix
+        else:
+            bad = [p for p in self.profiles if p not in (*profiles.PROFILES, "custom")]
+            if bad:
+                raise ValueError(f"unknown profile {bad[0]!r}; expected one of {sorted(profiles.PROFILES)}")
+
+    def worker_profiles(self) -> list[str]:
+        """Profile of each worker (initial ones, then late ones)."""
+        if self.profiles is not None:
+            return list(self.profiles)
+        mix: Any = self.mix
+        if self.mix not in profiles.MIXES:
+            mix = profiles.parse_mix(self.mix)
+        late = list(profiles.assign(self.late, mix)) if self.late else []
+        return list(profiles.assign(self.workers, mix)) + late
+
+    def byzantine_indices(self) -> list[int]:
+        """The Byzantine workers, spread evenly over the (profile-sorted) initial workers."""
+        if self.byzantine == 0:
+            return []
+        n, f = self.workers, self.byzantine
+        return sorted({math.floor((i + 0.5) * n / f) for i in range(f)})
+
+
+@dataclass
+class ClusterResult:
+    """What a finished run reports; ``records`` is the server's round log."""
+
+    out: Path
+    metric_name: str
+    metric: float
+    rounds: int
+    wall_s: float
+    rounds_per_s: float
+    mean_prefix: dict[str, float]
+    dim: int | None
+    records: list[dict[str, Any]]
+    worker_exit_codes: list[int | None]
+    plot: Path | None
+
+    def summary(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("records")
+        d["out"] = str(self.out)
+        d["plot"] = str(self.plot) if self.plot else None
+        return d
+
+
+# ---------------------------------------------------------------------- processes
+
+
+def _module_argv(console_name: str, module: str) -> list[str]:
+    exe = Path(sys.executable).parent / console_name
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", module]
+
+
+def default_launcher(workdir: Path) -> Launcher:
+    """Start each process in its own session (process group), output to ``workdir/NAME.log``."""
+
+    def start(
+        argv: Sequence[str], *, name: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OPENBLAS_NUM_THREADS": "1"}
+        if env:
+            full_env.update(env)
+        with open(workdir / f"{name}.log", "wb") as fh:
+            return subprocess.Popen(
+                list(argv), stdout=fh, stderr=subprocess.STDOUT, env=full_env, start_new_session=True
+            )
+
+    return start
+
+
+def _kill_all(procs: Sequence[subprocess.Popen[bytes]], grace_s: float = 5.0) -> None:
+    """SIGTERM every process group, wait up to ``grace_s``, then SIGKILL what is left."""
+    for p in procs:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.05, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)  # children of the group too, even if the leader exited
+        except (ProcessLookupError, PermissionError):
+            pass
+        if p.poll() is None:
+            p.wait(timeout=5)
+
+
+def _tail(path: Path, n: int = 3000) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:]
+    except OSError:
+        return ""
+
+
+# ---------------------------------------------------------------------- the run
+
+
+def server_argv(cfg: ClusterConfig, port_file: Path, log_file: Path) -> list[str]:
+    q = cfg.q if cfg.q is not None else cfg.workers
+    argv = [
+        *_module_argv("hgo-server", "hgo_server.cli"),
+        "--port", "0", "--port-file", str(port_file), "--log", str(log_file),
+        "--q", str(q), "--tau", str(cfg.tau), "--rule", cfg.rule,
+        "--f", str(cfg.f if cfg.f is not None else cfg.byzantine),
+        "--rounds", str(cfg.rounds), "--dataset", cfg.dataset, "--partition", cfg.partition,
+        "--algorithm", cfg.algorithm, "--seed", str(cfg.seed), "--eval-every", str(cfg.eval_every),
+        "--min-workers", str(min(q, cfg.workers)), "--num-shards", str(cfg.workers + cfg.late),
+    ]  # fmt: skip
+    optional = (("--v", cfg.v), ("--model", cfg.model), ("--lr", cfg.lr), ("--data-dir", cfg.data_dir))
+    for flag, value in optional:
+        if value is not None:
+            argv += [flag, str(value)]
+    if cfg.hidden is not None and cfg.model in (None, "mlp"):
+        argv += ["--hidden", cfg.hidden]
+    return argv + list(cfg.server_args)
+
+
+def worker_argv(cfg: ClusterConfig, i: int, port: int, profile: str) -> list[str]:
+    argv = [
+        *_module_argv("hgo-worker", "hgo_worker.cli"),
+        "--server", f"127.0.0.1:{port}", "--profile", profile, "--batch-size", str(cfg.batch_size),
+        "--seed", str(cfg.seed * 1000 + i), "--name", f"w{i}-{profile}", "--reconnect-timeout", "30",
+    ]  # fmt: skip
+    if cfg.rates is not None:
+        argv += ["--rate", str(cfg.rates[i])]
+    if i in cfg.byzantine_indices():
+        argv += ["--byzantine", cfg.attack]
+        if cfg.attack not in ("label-flip", "silent"):
+            n = cfg.workers + cfg.late
+            argv += ["--attack-param", f"n={n}", "--attack-param", f"f={cfg.byzantine}"]
+        for item in cfg.attack_params:
+            argv += ["--attack-param", item]
+    return argv + list(cfg.worker_args)
+
+
+class _Progress:
+    """Plain-text progress: redrawn with \\r on a TTY, one line per evaluation otherwise."""
+
+    def __init__(self, total: int, stream: IO[str], enabled: bool) -> None:
+        self.total, self.stream, self.enabled = total, stream, enabled
+        self.tty = enabled and stream.isatty()
+        self.last_eval = -1
+
+    def update(self, rec: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        k = int(rec["round"]) + 1
+        metric = _metric_of(rec)
+        if self.tty:
+            width = 30
+            filled = int(width * k / max(1, self.total))
+            text = f"[{'#' * filled}{'.' * (width - filled)}] round {k}/{self.total} t={rec['t']:.1f}s"
+            if metric is not None:
+                text += f" {metric[0]}={metric[1]:.4f}"
+            self.stream.write("\r" + text)
+            self.stream.flush()
+        elif metric is not None and k != self.last_eval:
+            self.last_eval = k
+            self.stream.write(f"round {k}/{self.total} t={rec['t']:.1f}s {metric[0]}={metric[1]:.4f}\n")
+            self.stream.flush()
+
+    def done(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _metric_of(rec: dict[str, Any]) -> tuple[str, float] | None:
+    for key in ("accuracy", "loss"):
+        if rec.get(key) is not None:
+            return key, float(rec[key])
+    return None
+
+
+def mean_prefix_by_profile(records: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Mean prefix length per profile over every sampled worker of every round.
+
+    Byzantine workers are reported under ``"byzantine"``, not under their profile.
+    """
+    sums: dict[str, list[float]] = {}
+    for rec in records:
+        for w in rec.get("workers", []):
+            key = "byzantine" if w.get("byzantine") else str(w.get("profile"))
+            acc = sums.setdefault(key, [0.0, 0.0])
+            acc[0] += float(w["prefix"])
+            acc[1] += 1
+    return {k: v[0] / v[1] for k, v in sorted(sums.items()) if v[1]}
+
+
+def plot_metric(records: Sequence[dict[str, Any]], path: Path, title: str) -> Path | None:
+    """PNG of the test metric against wall time (None when no round was evaluated)."""
+    points = [(float(r["t"]), m) for r in records if (m := _metric_of(r)) is not None]
+    if not points:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    name = points[0][1][0]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([p[0] for p in points], [p[1][1] for p in points], marker=".")
+    ax.set_xlabel("wall time (s)")
+    ax.set_ylabel(f"test {name}")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _wait_port(port_file: Path, server: subprocess.Popen[bytes], log_path: Path, timeout_s: float) -> int:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if port_file.exists():
+            text = port_file.read_text().strip()
+            if text.isdigit():
+                return int(text)
+        if server.poll() is not None:
+            raise ClusterError(
+                f"hgo-server exited with code {server.returncode} before serving; "
+                f"{log_path}:\n{_tail(log_path)}"
+            )
+        time.sleep(0.05)
+    raise ClusterError(
+        f"hgo-server did not write its port within {timeout_s} s; {log_path}:\n{_tail(log_path)}"
+    )
+
+
+def run_cluster(
+    cfg: ClusterConfig, *, start: Launcher | None = None, stream: IO[str] | None = None
+) -> ClusterResult:
+    """Run a local cluster to completion and return its result.
+
+    Parameters
+    ----------
+    cfg : ClusterConfig
+    start : callable, optional
+        ``start(argv, *, name) -> Popen`` launching one process in its own process group
+        (tests pass their ``procs.start``); default: ``default_launcher(cfg.out)``.
+    stream : text stream, optional
+        Where progress goes (default stderr).
+
+    Raises
+    ------
+    ClusterError
+        The server failed or the run exceeded ``cfg.timeout_s``.
+    """
+    cfg.validate()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stream = stream or sys.stderr
+    launch = start or default_launcher(out)
+    port_file, log_file = out / "server.port", out / "round_log.jsonl"
+    for stale in (port_file, log_file):
+        stale.unlink(missing_ok=True)
+    started: list[subprocess.Popen[bytes]] = []
+    workers: list[subprocess.Popen[bytes]] = []
+    profs = cfg.worker_profiles()
+    progress = _Progress(cfg.rounds, stream, cfg.progress)
+    t0 = time.monotonic()
+    try:
+        server = launch(server_argv(cfg, port_file, log_file), name="server")
+        started.append(server)
+        server_log = out / "server.log"
+        port = _wait_port(port_file, server, server_log, 120.0)
+        for i in range(cfg.workers):
+            workers.append(launch(worker_argv(cfg, i, port, profs[i]), name=f"worker-{i}"))
+            started.append(workers[-1])
+        records: list[dict[str, Any]] = []
+        late_started = cfg.late == 0
+        while True:
+            if log_file.exists():
+                new = roundlog.read(log_file)
+                for rec in new[len(records) :]:
+                    progress.update(rec)
+                records = new
+            if not late_started and records and int(records[-1]["round"]) + 1 >= cfg.late_round:
+                for j in range(cfg.workers, cfg.workers + cfg.late):
+                    workers.append(launch(worker_argv(cfg, j, port, profs[j]), name=f"worker-{j}"))
+                    started.append(workers[-1])
+                late_started = True
+            if server.poll() is not None:
+                break
+            if time.monotonic() - t0 > cfg.timeout_s:
+                raise ClusterError(f"the run exceeded {cfg.timeout_s} s; {server_log}:\n{_tail(server_log)}")
+            time.sleep(0.1)
+        progress.done()
+        if server.returncode != 0:
+            raise ClusterError(
+                f"hgo-server exited with code {server.returncode}; {server_log}:\n{_tail(server_log)}"
+            )
+        records = roundlog.read(log_file) if log_file.exists() else []
+        # Workers leave on Stop{done}; give them a moment, the finally kills stragglers.
+        deadline = time.monotonic() + 10.0
+        for w in workers:
+            try:
+                w.wait(timeout=max(0.05, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        codes = [w.poll() for w in workers]
+    finally:
+        _kill_all(started)
+    wall = time.monotonic() - t0
+    evals = [m for r in records if (m := _metric_of(r)) is not None]
+    metric_name, metric = evals[-1] if evals else ("accuracy", math.nan)
+    t_last = float(records[-1]["t"]) if records else 0.0
+    found = re.search(r"\bd=(\d+)", _tail(out / "server.log", 1_000_000))
+    dim = int(found.group(1)) if found else None
+    title = f"{cfg.algorithm} {cfg.rule} on {cfg.dataset}: {cfg.workers} workers, tau={cfg.tau}"
+    result = ClusterResult(
+        out=out,
+        metric_name=metric_name,
+        metric=metric,
+        rounds=len(records),
+        wall_s=wall,
+        rounds_per_s=len(records) / t_last if t_last > 0 else math.nan,
+        mean_prefix=mean_prefix_by_profile(records),
+        dim=dim,
+        records=records,
+        worker_exit_codes=codes,
+        plot=plot_metric(records, out / f"{metric_name}.png", title),
+    )
+    (out / "summary.json").write_text(json.dumps(result.summary(), indent=2, default=str) + "\n")
+    return result
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = ClusterConfig()
+    p = argparse.ArgumentParser(
+        prog="hgo-run",
+        description="Run an HGO server and N worker processes on this machine, show progress, "
+        "write the round log and a plot.",
+    )
+    p.add_argument("--workers", type=int, default=d.workers, help="number of workers (default 10)")
+    p.add_argument("--mix", default=d.mix, help="hardware mix: default, C_weak, C_min, C_1..C_3, C_powerful, "
+                   "or W,A,P fractions")  # fmt: skip
+    p.add_argument("--byzantine", type=int, default=0, help="how many workers are Byzantine (default 0)")
+    p.add_argument("--attack", default=d.attack, help="attack of the Byzantine workers (default foe)")
+    p.add_argument("--attack-param", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--rule", default=d.rule, help="aggregation rule (default average)")
+    p.add_argument("--f", type=int, default=None, help="f the rule tolerates (default: --byzantine)")
+    p.add_argument("--q", type=int, default=None, help="workers sampled per round (default: all)")
+    p.add_argument("--v", type=int, default=None, help="quorum (default: the server's)")
+    p.add_argument("--tau", default=d.tau, help="round deadline in ms, or 250ms, 2s, inf (default 30)")
+    p.add_argument("--rounds", type=int, default=d.rounds, help=f"rounds (default {d.rounds})")
+    p.add_argument("--model", default=d.model, help="model (default mlp)")
+    p.add_argument("--hidden", default=d.hidden, help="mlp hidden widths (default 128)")
+    p.add_argument("--dataset", default=d.dataset, help="dataset (default digits, bundled)")
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--partition", default=d.partition, help="iid | classes:K | dirichlet:ALPHA")
+    p.add_argument("--algorithm", default=d.algorithm, help="hgo | sgd")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default {d.lr})")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="workers' mini-batch size s")
+    p.add_argument("--eval-every", type=int, default=d.eval_every)
+    p.add_argument("--late", type=int, default=0, help="extra workers joining during training")
+    p.add_argument("--late-round", type=int, default=0, help="round after which the late workers start")
+    p.add_argument("--out", type=Path, default=d.out, help="output directory (default runs/demo)")
+    p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                   help="pass ARG to hgo-server (repeatable, e.g. --server-arg=--rounds=5)")  # fmt: skip
+    p.add_argument("--extra-server-args", default="", help="space-separated arguments for hgo-server")
+    p.add_argument(
+        "--worker-arg", action="append", default=[], metavar="ARG", help="pass ARG to every worker"
+    )
+    p.add_argument("--timeout", type=float, default=d.timeout_s, help="give up after this many seconds")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    cfg = ClusterConfig(
+        workers=a.workers, mix=a.mix, byzantine=a.byzantine, attack=a.attack, attack_params=a.attack_param,
+        rule=a.rule, f=a.f, q=a.q, v=a.v, tau=a.tau, rounds=a.rounds, model=a.model, hidden=a.hidden,
+        dataset=a.dataset, data_dir=a.data_dir, partition=a.partition, algorithm=a.algorithm, lr=a.lr,
+        seed=a.seed, batch_size=a.batch_size, eval_every=a.eval_every, out=a.out, late=a.late,
+        late_round=a.late_round, server_args=[*a.server_arg, *a.extra_server_args.split()],
+        worker_args=a.worker_arg, timeout_s=a.timeout, progress=not a.no_progress,
+    )  # fmt: skip
+    try:
+        cfg.validate()
+    except ValueError as exc:
+        parser.error(str(exc))
+    # SIGTERM (e.g. from a CI runner) unwinds like Ctrl-C, so the finally kills every child.
+    signal.signal(signal.SIGTERM, _interrupt)
+    profs = cfg.worker_profiles()
+    counts = {p: profs[: cfg.workers].count(p) for p in dict.fromkeys(profs)}
+    print(
+        f"hgo-run: {cfg.workers} workers ({', '.join(f'{n} {p}' for p, n in counts.items())}"
+        f"{f', {cfg.byzantine} Byzantine ({cfg.attack})' if cfg.byzantine else ''}), "
+        f"{cfg.algorithm}/{cfg.rule}, tau={cfg.tau} ms, {cfg.rounds} rounds, {cfg.dataset} -> {cfg.out}",
+        flush=True,
+    )
+    try:
+        res = run_cluster(cfg)
+    except KeyboardInterrupt:
+        print("hgo-run: interrupted; every process stopped", file=sys.stderr)
+        return 130
+    except (ClusterError, ValueError) as exc:
+        print(f"hgo-run: error: {exc}", file=sys.stderr)
+        return 1
+    prefix = ", ".join(f"{k} {v:.0f}" for k, v in res.mean_prefix.items())
+    print(
+        f"hgo-run: done in {res.wall_s:.1f} s: {res.rounds} rounds, {res.rounds_per_s:.1f} rounds/s, "
+        f"test {res.metric_name} {res.metric:.4f}",
+    )
+    print(f"hgo-run: mean prefix by profile (d={res.dim}): {prefix}")
+    plot = f", {res.plot.name}" if res.plot else ""
+    print(f"hgo-run: wrote {res.out}/round_log.jsonl, summary.json{plot}")
+    bad = [i for i, c in enumerate(res.worker_exit_codes) if c not in (0, None)]
+    if bad:
+        print(f"hgo-run: warning: workers {bad} exited with codes {[res.worker_exit_codes[i] for i in bad]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -38,7 +38,12 @@ on the wire, with the *same* pure functions:
 Virtual clock: a round lasts tau (``hgo``, and ``sgd`` with finite tau); for ``sgd``
 with tau = inf it lasts until the slowest sampled worker has released its full gradient,
 ``max_i throttle.release_time_ms(d, lambda_i, s_i)`` (Byzantine workers included, at the
-rate of their profile: they do not stall the server on purpose).
+rate of their profile: they do not stall the server on purpose). With
+``early_close = True`` the clock follows ``hgo-server``'s default early close instead: a
+round whose sampled workers all deliver everything (or hit a non-finite value) ends when
+the slowest of them is done, ``min(tau, max_i release_time_ms(d, lambda_i, s_i))``;
+Byzantine gradient senders with full prefixes take no time. The default (False) is the
+paper's round of exactly tau.
 
 The model is evaluated on the test split after the update of round k when
 ``(k + 1) % eval_every == 0`` and after the last round, as ``hgo-server`` does; the
@@ -133,6 +138,7 @@ class SimConfig:
     rho: float = 0.5
     max_train: int | None = None
     test_fraction: float = 0.2
+    early_close: bool = False
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -430,15 +436,25 @@ class Simulation:
                 buf.put(r, np.asarray(vec, dtype=np.float64))
         return buf
 
-    def round_time_ms(self, sampled: np.ndarray) -> float:
+    def round_time_ms(self, sampled: np.ndarray, prefixes: np.ndarray, nonfinite: np.ndarray) -> float:
+        """Virtual duration of the round (see the module docstring)."""
         from . import throttle
 
-        if math.isfinite(self.cfg.tau_ms):
-            return float(self.cfg.tau_ms)
-        return max(
-            (throttle.release_time_ms(self.d, self.rates[i], self.plans[i][0]) for i in map(int, sampled)),
-            default=0.0,
-        )
+        def full_time(i: int) -> float:
+            if self.byzantine[i] and self.attack is not None and self.attack.kind == "gradient":
+                return (
+                    0.0
+                    if self.cfg.byzantine_full
+                    else throttle.release_time_ms(int(self.plans[i][1]), self.rates[i], self.plans[i][0])
+                )
+            return throttle.release_time_ms(self.d, self.rates[i], self.plans[i][0])
+
+        tau = float(self.cfg.tau_ms)
+        if math.isfinite(tau) and not self.cfg.early_close:
+            return tau
+        if math.isfinite(tau) and not bool(np.all((prefixes >= self.d) | nonfinite)):
+            return tau  # someone is still sending at the deadline
+        return min(tau, max((full_time(int(i)) for i in sampled), default=0.0))
 
     def step(self) -> dict[str, Any]:
         """Run round k; return its log record (without evaluation)."""
@@ -450,7 +466,7 @@ class Simulation:
         prefixes = buf.close()
         outcome = rounds.close_round(buf.values, prefixes, order, self.round_cfg)
         self.w = rounds.apply_update(self.w, outcome)
-        dt = self.round_time_ms(sampled)
+        dt = self.round_time_ms(sampled, prefixes, buf.nonfinite)
         self.t_ms += dt
         self.k += 1
         return {

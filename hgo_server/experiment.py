@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from hgo_common import roundlog, simulator
+from hgo_common import simulator
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = ROOT / "experiments"
@@ -289,15 +289,90 @@ def plot_runs(
 # Running
 
 
-def _net_runner() -> Callable[..., list[dict[str, Any]]]:
-    try:
-        from hgo_server import cluster
-    except ImportError as exc:  # the networked launcher is another module
-        raise SystemExit(f"--mode net needs hgo_server.cluster ({exc})") from exc
-    fn = getattr(cluster, "run_config", None)
-    if fn is None:
-        raise SystemExit("--mode net: hgo_server.cluster has no run_config(config, log_path) function")
-    return fn  # type: ignore[no-any-return]
+def cluster_config(cfg: simulator.SimConfig, out: Path) -> tuple[Any, list[str]]:
+    """The ``hgo_server.cluster.ClusterConfig`` that runs ``cfg`` on real processes.
+
+    Returns the config and the notes on what the wire cannot reproduce exactly
+    (omniscient attackers, the choice of Byzantine workers).
+    """
+    from hgo_server import cluster
+
+    notes: list[str] = []
+    attack_params = [f"{k}={v}" for k, v in cfg.attack_params.items()]
+    if cfg.f and cfg.attack:
+        from hgo_common import attacks
+
+        if attacks.get(cfg.attack).kind == "gradient":
+            attack_params.append(f"estimates={max(2, cfg.estimate_batches)}")
+            if cfg.byzantine_full:
+                attack_params.append("full=1")
+        if cfg.omniscient:
+            notes.append(
+                "NOTE: --mode net: Byzantine workers estimate honest gradients from their own shards "
+                "(not omniscient as in the simulator)"
+            )
+    server_args = ["--lr-schedule", cfg.lr_schedule, "--l2", str(cfg.l2)]
+    if cfg.max_train is not None:
+        server_args += ["--max-train", str(cfg.max_train)]
+    worker_args = [] if cfg.budget_policy == "fixed" else ["--budget-policy", cfg.budget_policy]
+    mix = cfg.mix if isinstance(cfg.mix, str) else ",".join(str(x) for x in cfg.mix)
+    cc = cluster.ClusterConfig(
+        workers=cfg.n,
+        mix=mix,
+        byzantine=cfg.f,
+        attack=cfg.attack or "foe",
+        attack_params=attack_params,
+        rule=cfg.rule,
+        f=cfg.f_rule,
+        q=cfg.q_eff,
+        v=cfg.v,
+        tau="inf" if math.isinf(cfg.tau_ms) else f"{cfg.tau_ms:g}",
+        rounds=cfg.rounds,
+        model=cfg.model,
+        hidden=",".join(str(h) for h in cfg.hidden),
+        dataset=cfg.dataset,
+        data_dir=Path(cfg.data_dir) if cfg.data_dir else None,
+        partition=cfg.partition,
+        algorithm=cfg.algorithm,
+        lr=cfg.lr,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+        eval_every=cfg.eval_every,
+        out=out,
+        rates=list(cfg.rates) if cfg.rates is not None else None,
+        server_args=server_args,
+        worker_args=worker_args,
+        progress=False,
+    )
+    return cc, notes
+
+
+def run_net(
+    cfg: simulator.SimConfig,
+    log_path: Path,
+    *,
+    echo: Callable[[str], None] = print,
+    start: Callable[..., Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Run ``cfg`` as a real local cluster (``hgo-run``'s launcher); copy its round log to ``log_path``.
+
+    ``start`` is passed to :func:`hgo_server.cluster.run_cluster` (tests give their
+    process-group launcher).
+    """
+    from hgo_server import cluster
+
+    if cfg.dataset in simulator.FALLBACKS and not (cfg.data_dir and Path(cfg.data_dir).is_dir()):
+        alt = simulator.FALLBACKS[cfg.dataset]
+        echo(f"WARNING: dataset {cfg.dataset!r} not found at {cfg.data_dir}; using the bundled {alt!r}")
+        cfg = simulator.with_overrides(cfg, dataset=alt, data_dir=None)
+    work = log_path.with_suffix("")
+    cc, notes = cluster_config(cfg, work)
+    for note in notes:
+        echo(note)
+    result = cluster.run_cluster(cc, start=start)
+    text = (work / "round_log.jsonl").read_text(encoding="utf-8")
+    log_path.write_text(text, encoding="utf-8")
+    return list(result.records)
 
 
 def reduce_for_net(cfg: simulator.SimConfig, max_workers: int) -> tuple[simulator.SimConfig, str | None]:
@@ -332,7 +407,6 @@ def run_scenario(
     logs.mkdir(exist_ok=True)
     runs: dict[str, list[list[dict[str, Any]]]] = {}
     notes: list[str] = []
-    net_fn = _net_runner() if mode == "net" else None
     max_workers = int(sc.net.get("max_workers", DEFAULT_NET_WORKERS))
     t0 = time.monotonic()
     for var in sc.variants:
@@ -340,18 +414,15 @@ def run_scenario(
         for s in range(sc.seeds):
             cfg = simulator.with_overrides(var.config, seed=var.config.seed + s)
             log_path = logs / f"{_slug(var.label)}_seed{s}.jsonl"
-            if log_path.exists():
-                log_path.unlink()
+            log_path.unlink(missing_ok=True)
             if mode == "sim":
                 res = simulator.run(cfg, log_path, warn=lambda m: _note(notes, m, echo))
                 recs = res.records
             else:
-                assert net_fn is not None
                 cfg, note = reduce_for_net(cfg, max_workers)
                 if note:
                     _note(notes, note, echo)
-                net_fn(cfg, log_path)
-                recs = roundlog.read(log_path)
+                recs = run_net(cfg, log_path, echo=lambda m: _note(notes, m, echo))
             runs[var.label].append(recs)
             last = next((r for r in reversed(recs) if sc.metric in r), {})
             echo(

@@ -206,3 +206,41 @@ def test_claim_fig8_more_powerful_hardware_helps() -> None:
     res = _final(experiment.load_scenario("fig8", quick=True))
     assert res["C_powerful"]["acc"] > res["C_weak"]["acc"] + 0.05  # measured 0.889 vs 0.763
     assert res["C_min"]["acc"] >= res["C_weak"]["acc"] - 0.01
+
+
+# ---------------------------------------------------------------------------------------
+# Simulator vs the real system (hgo-server + hgo-worker processes over gRPC).
+
+
+def test_sim_and_net_agree_on_a_small_scenario(tmp_path: Path, procs: Any) -> None:
+    """Same seed, same scenario: the simulated and the networked accuracy curves agree.
+
+    tau = 500 ms is generous: every profile's throttle allows far more than d = 31
+    coordinates (a weak worker's lambda * tau / s > 7,000), so every prefix is the full
+    gradient on both sides and the only difference is which mini-batches the workers
+    draw (the simulator's generators are not the worker processes'). Tolerance: 0.05
+    test accuracy at every evaluation (about 6 of the 114 test points).
+    """
+    cfg = simulator.SimConfig(
+        model="logistic",
+        dataset="breast-cancer",
+        n=6,
+        tau_ms=500.0,
+        lr=0.3,
+        rounds=30,
+        eval_every=5,
+        seed=0,
+    )
+    sim = simulator.run(cfg).records
+    net = experiment.run_net(cfg, tmp_path / "net.jsonl", start=procs.start, echo=lambda m: None)
+    assert roundlog.read(tmp_path / "net.jsonl") == net
+    assert [r["round"] for r in net] == list(range(30))
+    for r in net:
+        assert r["quorum"] and r["block"] == 31
+        assert [w["prefix"] for w in r["workers"]] == [31] * 6
+    s_acc = {r["round"]: r["accuracy"] for r in sim if "accuracy" in r}
+    n_acc = {r["round"]: r["accuracy"] for r in net if "accuracy" in r}
+    assert sorted(s_acc) == sorted(n_acc) == [4, 9, 14, 19, 24, 29]
+    gaps = [abs(s_acc[k] - n_acc[k]) for k in s_acc]
+    assert max(gaps) <= 0.05, (s_acc, n_acc)
+    assert min(s_acc[29], n_acc[29]) > 0.93  # both learned (majority class: 0.63)

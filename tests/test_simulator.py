@@ -230,3 +230,12 @@ def test_mnist_from_shared_data(shared_data: Path) -> None:
 def test_bad_config_names_the_value(changes: dict[str, object], needle: str) -> None:
     with pytest.raises(ValueError, match=needle):
         small(**changes)
+
+
+def test_early_close_clock_follows_the_slowest_full_sender() -> None:
+    # tau = 500 ms: every worker sends all 31 coordinates; the slowest (rate 20) needs
+    # 31 * 32 / 20 = 49.6 ms, so the round closes then, not at tau.
+    res = simulator.run(small(tau_ms=500.0, early_close=True, rounds=4, q=6))
+    assert [r["round_ms"] for r in res.records] == pytest.approx([49.6] * 4)
+    late = simulator.run(small(tau_ms=10.0, early_close=True, rounds=3))
+    assert [r["round_ms"] for r in late.records] == [10.0] * 3  # partial prefixes: wait for tau

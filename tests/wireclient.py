@@ -273,6 +273,12 @@ async def serving(*, channel_mb: int = 64, **overrides: Any) -> AsyncIterator[Se
         yield Served(running, port, channel, hgo_pb2_grpc.HGOStub(channel), run, cfg)
     finally:
         await channel.close()
-        await running.stop(0.5)
+        # let the round loop finish (it may be evaluating) before the executor goes away
+        running.request_stop()
         with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
-            await asyncio.wait_for(run, 10)
+            await asyncio.wait_for(asyncio.shield(run), 15)
+        await running.stop(0.5)
+        if not run.done():
+            run.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await run

@@ -1,0 +1,261 @@
+"""Prometheus configs (promtool), the Grafana dashboard, and every dashboard query on live data.
+
+The live test runs the Compose topology as processes (tests/compose_run.py), starts the
+Debian ``prometheus`` binary on a free port with a config generated from
+deploy/prometheus.yml (the Compose DNS service discovery replaced by the live addresses),
+and evaluates every PromQL expression of deploy/grafana/dashboards/hgo.json through
+``/api/v1/query``: each must return a non-empty result.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.compose_run import load_compose, make_topology, status, wait_for
+from tests.procs import ROOT, ProcessGroup, free_port
+
+PROM_CONFIG = ROOT / "deploy" / "prometheus.yml"
+K8S_PROMETHEUS = ROOT / "deploy" / "k8s" / "base" / "prometheus.yaml"
+DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "hgo.json"
+DATASOURCES = ROOT / "deploy" / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
+DASH_PROVIDER = ROOT / "deploy" / "grafana" / "provisioning" / "dashboards" / "hgo.yml"
+
+# CONTRACTS.md "Prometheus metric names"
+SERVER_METRICS = {
+    "hgo_rounds_total", "hgo_rounds_without_quorum_total", "hgo_round_duration_seconds", "hgo_round",
+    "hgo_tau_seconds", "hgo_block_coordinates", "hgo_prefix_coordinates", "hgo_sampled_workers",
+    "hgo_responded_workers", "hgo_late_chunks_total", "hgo_rejected_messages_total", "hgo_active_sessions",
+    "hgo_test_accuracy", "hgo_test_loss", "hgo_aggregation_seconds", "hgo_received_bytes_total",
+    "hgo_sent_bytes_total",
+}  # fmt: skip
+WORKER_METRICS = {
+    "hgo_worker_rounds_total", "hgo_worker_coordinates_computed_total", "hgo_worker_coordinates_sent_total",
+    "hgo_worker_rate", "hgo_worker_reconnects_total", "hgo_worker_connected",
+}  # fmt: skip
+HISTOGRAMS = {"hgo_round_duration_seconds", "hgo_prefix_coordinates", "hgo_aggregation_seconds"}
+
+# Grafana's $__rate_interval is max(4 x scrape interval, step + scrape interval); the live
+# test scrapes every second.
+SCRAPE_INTERVAL = "1s"
+RATE_INTERVAL = "5s"
+
+
+def _promtool() -> str:
+    exe = shutil.which("promtool")
+    if exe is None:
+        pytest.skip("promtool not installed (Debian package `prometheus`; .ci/run installs it)")
+    return exe
+
+
+def _prometheus() -> str:
+    exe = shutil.which("prometheus")
+    if exe is None:
+        pytest.skip("prometheus not installed (Debian package `prometheus`; .ci/run installs it)")
+    return exe
+
+
+def dashboard_exprs() -> list[tuple[str, str]]:
+    """(panel title, PromQL) of every target in the dashboard."""
+    dash = json.loads(DASHBOARD.read_text())
+    out = []
+    for panel in dash["panels"]:
+        for target in panel.get("targets", []):
+            out.append((panel["title"], target["expr"]))
+    return out
+
+
+def _metric_names(expr: str) -> set[str]:
+    names = set(re.findall(r"\bhgo_[a-z_]+", expr))
+    base = set()
+    for n in names:
+        stem = re.sub(r"_(bucket|sum|count)$", "", n)
+        base.add(stem if stem in HISTOGRAMS else n)
+    return base
+
+
+def test_promtool_accepts_the_compose_config(tmp_path: Path) -> None:
+    res = subprocess.run([_promtool(), "check", "config", str(PROM_CONFIG)], capture_output=True, text=True,
+                         check=False)  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    # a broken config is refused: the check is real
+    broken = tmp_path / "broken.yml"
+    broken.write_text(PROM_CONFIG.read_text().replace("scrape_interval: 5s", "scrape_interval: five"))
+    res = subprocess.run([_promtool(), "check", "config", str(broken)], capture_output=True, text=True,
+                         check=False)  # fmt: skip
+    assert res.returncode != 0
+
+
+def test_promtool_accepts_the_kubernetes_config(tmp_path: Path) -> None:
+    docs = list(yaml.safe_load_all(K8S_PROMETHEUS.read_text()))
+    (cm,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    path = tmp_path / "prometheus.yml"
+    path.write_text(cm["data"]["prometheus.yml"])
+    res = subprocess.run([_promtool(), "check", "config", str(path)], capture_output=True, text=True,
+                         check=False)  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    config = yaml.safe_load(cm["data"]["prometheus.yml"])
+    jobs = {j["job_name"]: j for j in config["scrape_configs"]}
+    assert jobs["hgo-server"]["static_configs"][0]["targets"] == ["hgo-server:9100"]
+    assert jobs["hgo-worker"]["dns_sd_configs"][0]["names"] == ["hgo-workers"]
+
+
+def test_compose_scrape_targets_match_the_services() -> None:
+    config = yaml.safe_load(PROM_CONFIG.read_text())
+    services = load_compose({})["services"]
+    jobs = {j["job_name"]: j for j in config["scrape_configs"]}
+    (target,) = jobs["hgo-server"]["static_configs"][0]["targets"]
+    host, port = target.split(":")
+    assert f"--metrics-port={port}" in services[host]["command"]
+    sd = jobs["hgo-worker"]["dns_sd_configs"][0]
+    workers = sorted(n for n in services if n.startswith("worker-"))
+    assert sorted(sd["names"]) == workers
+    for name in workers:
+        assert f"--metrics-port={sd['port']}" in services[name]["command"]
+
+
+def test_dashboard_is_provisioned_and_covers_every_metric() -> None:
+    dash = json.loads(DASHBOARD.read_text())
+    ds = yaml.safe_load(DATASOURCES.read_text())["datasources"]
+    (uid,) = [d["uid"] for d in ds if d["type"] == "prometheus"]
+    provider = yaml.safe_load(DASH_PROVIDER.read_text())["providers"][0]
+    assert provider["type"] == "file" and provider["options"]["path"] == "/var/lib/grafana/dashboards"
+
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+    used: set[str] = set()
+    for panel in dash["panels"]:
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"]["uid"] == uid, panel["title"]
+        assert panel["targets"], panel["title"]
+        g = panel["gridPos"]
+        assert g["x"] >= 0 and g["x"] + g["w"] <= 24, panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == uid
+            used |= _metric_names(target["expr"])
+    unknown = used - SERVER_METRICS - WORKER_METRICS
+    assert not unknown, f"dashboard uses metrics outside CONTRACTS.md: {unknown}"
+    missing = (SERVER_METRICS | WORKER_METRICS) - used
+    assert not missing, f"no panel shows {missing}"
+    titles = {p["title"] for p in dash["panels"]}
+    for wanted in ("Test accuracy", "Test loss", "Round duration vs tau", "Block size b_v",
+                   "Prefix length by profile", "Rejected messages by reason", "Bytes in / out"):
+        assert wanted in titles  # fmt: skip
+
+
+def _query(base: str, expr: str) -> list[dict[str, Any]]:
+    url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        body = json.load(resp)
+    assert body["status"] == "success", body
+    result: list[dict[str, Any]] = body["data"]["result"]
+    return result
+
+
+def _live_config(topo: Any) -> dict[str, Any]:
+    """deploy/prometheus.yml with each Compose name replaced by the live instances' addresses."""
+    config = yaml.safe_load(PROM_CONFIG.read_text())
+    config["global"]["scrape_interval"] = SCRAPE_INTERVAL
+    config["global"]["evaluation_interval"] = SCRAPE_INTERVAL
+    for job in config["scrape_configs"]:
+        statics = []
+        for sc in job.get("static_configs", []):
+            targets = []
+            for t in sc["targets"]:
+                host, port = t.split(":")
+                targets += [f"{i.address}:{i.port(int(port))}" for i in topo.of(host)]
+            statics.append({"targets": targets})
+        for sd in job.pop("dns_sd_configs", []):
+            for name in sd["names"]:
+                insts = topo.of(name)
+                if insts:  # what DNS would answer: one A record per running replica
+                    targets = [f"{i.address}:{i.port(int(sd['port']))}" for i in insts]
+                    statics.append({"targets": targets, "labels": {"service": name}})
+        # the DNS relabelling has nothing to act on once targets are static
+        job.pop("relabel_configs", None)
+        job["static_configs"] = statics
+    return config
+
+
+def test_dashboard_queries_return_data_from_live_prometheus(procs: ProcessGroup, tmp_path: Path) -> None:
+    prometheus = _prometheus()
+    token = "prometheus-test-token"
+    env = {"HGO_N": "3", "HGO_Q": "3", "HGO_WEAK": "1", "HGO_AVERAGE": "1", "HGO_POWERFUL": "1",
+           "HGO_ROUNDS": "100000", "HGO_EVAL_EVERY": "5", "HGO_TAU": "100ms", "HGO_TOKEN": token}  # fmt: skip
+    topo = make_topology(procs, tmp_path, env)
+    try:
+        (server,) = topo.start("server")
+        port = server.port(50051)
+        wait_for(lambda: status(server.address, port, token), 60, 0.5, "the server to answer Status")
+        for name in ("worker-weak", "worker-average", "worker-powerful"):
+            topo.start(name)
+        # one unauthenticated call: hgo_rejected_messages_total{reason=...} must show it
+        assert status(server.address, port, None) is None
+
+        config = tmp_path / "prometheus.yml"
+        config.write_text(yaml.safe_dump(_live_config(topo)))
+        check = subprocess.run([_promtool(), "check", "config", str(config)], capture_output=True, text=True,
+                               check=False)  # fmt: skip
+        assert check.returncode == 0, check.stdout + check.stderr
+        web = free_port()
+        base = f"http://127.0.0.1:{web}"
+        procs.start(
+            [prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{web}", "--log.level=warn"],
+            name="prometheus",
+        )  # fmt: skip
+
+        def all_up() -> bool:
+            try:
+                targets = _query(base, "up")
+            except OSError:
+                return False
+            return len(targets) == 4 and all(t["value"][1] == "1" for t in targets)
+
+        wait_for(all_up, 60, 1.0, "Prometheus to scrape the server and the 3 workers")
+        exprs = dashboard_exprs()
+        assert len(exprs) >= 20
+        pending = {expr: title for title, expr in exprs}
+        results: dict[str, list[dict[str, Any]]] = {}
+        deadline = time.monotonic() + 90
+        while pending and time.monotonic() < deadline:
+            for expr in list(pending):
+                res = _query(base, expr.replace("$__rate_interval", RATE_INTERVAL))
+                if res:
+                    results[expr] = res
+                    del pending[expr]
+            if pending:
+                time.sleep(1.0)
+        assert not pending, f"dashboard queries with no data: {sorted(pending.items())}"
+
+        # the values are the live cluster's
+        def one(expr: str) -> float:
+            (row,) = _query(base, expr)
+            return float(row["value"][1])
+
+        assert one("hgo_tau_seconds") == pytest.approx(0.1)
+        assert one("hgo_sampled_workers") == 3
+        assert one("sum(hgo_active_sessions)") == 3
+        assert one("hgo_round") > 5
+        assert 0.0 <= one("hgo_test_accuracy") <= 1.0
+        rates = _query(base, "hgo_worker_rate")
+        assert {r["metric"]["profile"] for r in rates} == {"weak", "average", "powerful"}
+        assert {r["metric"]["service"] for r in rates} == {"worker-weak", "worker-average", "worker-powerful"}
+        weak = next(float(r["value"][1]) for r in rates if r["metric"]["profile"] == "weak")
+        powerful = next(float(r["value"][1]) for r in rates if r["metric"]["profile"] == "powerful")
+        assert weak < powerful  # the profiles' rate distributions are far apart (profiles.PROFILES)
+        reasons = {r["metric"]["reason"] for r in _query(base, "hgo_rejected_messages_total")}
+        assert "unauthenticated" in reasons
+    finally:
+        topo.close()

@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 import grpc.aio
+import numpy as np
 import pytest
 
 from hgo_common.proto import hgo_pb2, hgo_pb2_grpc
@@ -316,3 +317,124 @@ def test_credential_file_errors(tmp_path: Path, pki: PKI) -> None:
         auth.channel_credentials(junk)
     with pytest.raises(ValueError, match="go together"):
         auth.channel_credentials(pki.ca_cert, pki.client_cert, None)
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+async def test_server_with_token_refuses_without_side_effects() -> None:
+    from tests.wireclient import serving
+
+    async with serving(q=2, v=1, tau=50.0, token="s3cret", heartbeat_ms=500) as s:
+        ok = auth.bearer_metadata("s3cret")
+        for md in [(), auth.bearer_metadata("wrong"), (("authorization", "s3cret"),)]:
+            c = s.client(md)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await c.join()
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await s.status(md)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert s.rejected("unauthenticated") == 6
+        assert len(s.core.sessions) == 0 and s.core._next_worker_id == 0  # no session was ever created
+        st = await s.status(ok)
+        assert (st.state, st.active_sessions, st.round) == ("waiting", 0, 0)
+        good = s.client(ok)
+        await good.join(name="good")
+        assert (await s.status(ok)).active_sessions == 1
+        await good.close()
+
+
+async def test_worker_cannot_act_for_another_workers_session(tmp_path: Path) -> None:
+    from tests.wireclient import serving, wait_for
+
+    f = tmp_path / "tokens"
+    f.write_text("alice tok-alice\nbob tok-bob\n")
+    f.chmod(0o600)
+    async with serving(q=2, v=1, tau=50.0, early_close=False, tokens_file=str(f), heartbeat_ms=500) as s:
+        alice = s.client(auth.bearer_metadata("tok-alice"))
+        await alice.join(name="alice")
+        alice.respond()
+        bob = s.client(auth.bearer_metadata("tok-bob"))
+        await bob.join(name="bob")
+        identities = sorted(str(x.identity) for x in s.core.sessions.values())
+        assert identities == ["alice", "bob"]
+        task = await bob.next_task()
+        # bob, authenticated, names alice's session: refused, alice unaffected
+        await bob.chunk(task.round, 0, np.zeros(4, np.float32).tobytes(), session_id=alice.session_id)
+        assert await bob.finish() == grpc.StatusCode.PERMISSION_DENIED
+        await wait_for(lambda: len(s.core.sessions) == 1, what="bob's session ended")
+        assert [x.identity for x in s.core.sessions.values()] == ["alice"]
+        k = s.core.round
+        await wait_for(lambda: s.core.round > k + 2, what="rounds with alice alone")
+        await alice.close()
+
+
+def _status_secure(port: int, creds: grpc.ChannelCredentials, token: str) -> hgo_pb2.StatusReply:
+    with grpc.secure_channel(f"127.0.0.1:{port}", creds) as ch:
+        return hgo_pb2_grpc.HGOStub(ch).Status(  # type: ignore[no-any-return]
+            hgo_pb2.StatusRequest(), metadata=auth.bearer_metadata(token), timeout=10
+        )
+
+
+@pytest.mark.timeout(240)
+def test_cli_mutual_tls_and_tokens_end_to_end(procs: Any, pki: PKI, tmp_path: Path) -> None:
+    import time
+
+    from tests.procs import console
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text("worker-a tok-a\nworker-b tok-b\n")
+    tokens.chmod(0o600)
+    port_file = tmp_path / "port"
+    server = procs.start(
+        [
+            *console("hgo-server"), "--port", "0", "--port-file", str(port_file),
+            "--dataset", "breast-cancer", "--q", "2", "--v", "1", "--min-workers", "2", "--rounds", "30",
+            "--tau", "100ms", "--eval-every", "0", "--tokens-file", str(tokens),
+            "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
+            "--tls-ca", str(pki.ca_cert), "--log", str(tmp_path / "rounds.jsonl"),
+        ],
+        name="server",
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not port_file.exists():
+        assert server.poll() is None, procs.log(server)
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.1)
+    port = int(port_file.read_text())
+    tls = ["--tls-ca", str(pki.ca_cert), "--tls-cert", str(pki.client_cert), "--tls-key", str(pki.client_key)]
+
+    def worker(name: str, *extra: str) -> Any:
+        argv = [
+            *console("hgo-worker"),
+            "--server",
+            f"127.0.0.1:{port}",
+            "--profile",
+            "powerful",
+            "--name",
+            name,
+        ]
+        return procs.start([*argv, "--reconnect-timeout", "4", *extra], name=name)
+
+    # refused: wrong token (rejected for good: exit 3), no client certificate, a rogue CA's certificate
+    wrong = worker("wrong-token", "--token", "tok-x", *tls)
+    no_cert = worker("no-cert", "--token", "tok-a", "--tls-ca", str(pki.ca_cert))
+    rogue = worker(
+        "rogue", "--token", "tok-a", "--tls-ca", str(pki.ca_cert),
+        "--tls-cert", str(pki.rogue_cert), "--tls-key", str(pki.rogue_key),
+    )  # fmt: skip
+    assert procs.wait(wrong, 60) == 3, procs.log(wrong)
+    assert procs.wait(no_cert, 60) != 0
+    assert procs.wait(rogue, 60) != 0
+    good_creds = auth.channel_credentials(pki.ca_cert, pki.client_cert, pki.client_key)
+    st = _status_secure(port, good_creds, "tok-a")
+    assert (st.state, st.active_sessions, st.round) == ("waiting", 0, 0)
+    # accepted: both workers with their own token and a good certificate train to the end
+    good = [worker("a", "--token", "tok-a", *tls), worker("b", "--token", "tok-b", *tls)]
+    assert procs.wait(server, 120) == 0, procs.log(server)[-3000:]
+    for w in good:
+        assert procs.wait(w, 60) == 0, procs.log(w)[-2000:]
+    log = procs.log(server)
+    assert "identity=worker-a" in log and "identity=worker-b" in log
+    assert "done: rounds=30" in log

@@ -13,7 +13,8 @@ Two checks, either or both:
 
 The token comes from ``--token`` or ``$HGO_TOKEN`` (sent as ``authorization: Bearer``);
 with ``--tls-ca`` (or ``$HGO_TLS_CA``) the call uses TLS, verifying the server name given
-by ``--tls-name`` (default ``server``, the name in the Compose and Kubernetes certificates).
+by ``--tls-name`` (default ``server``; the Kubernetes TLS overlay passes ``hgo-server``), and
+``--tls-cert``/``--tls-key`` present a client certificate to a mutual-TLS server.
 
 Exit status 0 = healthy, 1 = unhealthy, 2 = bad usage; one line on stdout says why.
 """
@@ -42,11 +43,20 @@ def check_grpc(
     token: str | None = None,
     tls_ca: Path | None = None,
     tls_name: str | None = None,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
 ) -> tuple[bool, str]:
-    """Call ``Status`` on ``target``; return (healthy, one-line explanation)."""
+    """Call ``Status`` on ``target``; return (healthy, one-line explanation).
+
+    ``tls_ca`` switches to TLS; ``tls_cert``/``tls_key`` add a client certificate (mutual TLS).
+    """
     metadata = (("authorization", f"Bearer {token}"),) if token else None
     if tls_ca is not None:
-        creds = grpc.ssl_channel_credentials(root_certificates=tls_ca.read_bytes())
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=tls_ca.read_bytes(),
+            private_key=tls_key.read_bytes() if tls_key else None,
+            certificate_chain=tls_cert.read_bytes() if tls_cert else None,
+        )
         options = [("grpc.ssl_target_name_override", tls_name)] if tls_name else []
         channel = grpc.secure_channel(target, creds, options=options)
     else:
@@ -93,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--token", default=None, help="bearer token (default: $HGO_TOKEN)")
     parser.add_argument("--tls-ca", type=Path, default=None, help="CA certificate (default: $HGO_TLS_CA)")
     parser.add_argument("--tls-name", default="server", help="TLS server name to verify (default: server)")
+    parser.add_argument("--tls-cert", type=Path, default=None, help="client certificate (mutual TLS)")
+    parser.add_argument("--tls-key", type=Path, default=None, help="client key (mutual TLS)")
     return parser
 
 
@@ -109,8 +121,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         token = args.token if args.token is not None else os.environ.get("HGO_TOKEN") or None
         ca_env = os.environ.get("HGO_TLS_CA")
         tls_ca = args.tls_ca if args.tls_ca is not None else (Path(ca_env) if ca_env else None)
+        if (args.tls_cert is None) != (args.tls_key is None):
+            parser.error("--tls-cert and --tls-key go together (mutual TLS)")
         checks.append(
-            check_grpc(target, timeout=args.timeout, token=token, tls_ca=tls_ca, tls_name=args.tls_name)
+            check_grpc(
+                target,
+                timeout=args.timeout,
+                token=token,
+                tls_ca=tls_ca,
+                tls_name=args.tls_name,
+                tls_cert=args.tls_cert,
+                tls_key=args.tls_key,
+            )
         )
     for ok, why in checks:
         print(("healthy: " if ok else "unhealthy: ") + why, flush=True)

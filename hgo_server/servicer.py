@@ -22,10 +22,12 @@ import contextlib
 import logging
 import math
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import grpc.aio
+from google.protobuf.message import DecodeError
 
 from hgo_common.proto import hgo_pb2
 
@@ -56,11 +58,25 @@ def status_code(exc: srv.ProtocolError) -> grpc.StatusCode:
     return grpc.StatusCode.INVALID_ARGUMENT
 
 
+def receive_limits(cfg: ServerConfig) -> tuple[int, int]:
+    """(limit the servicer enforces, limit gRPC enforces) on worker messages, in bytes.
+
+    gRPC refuses a message over its own limit before any handler sees it, and the
+    handler cannot tell that from a client cancel, so it could not be counted. gRPC's
+    limit is therefore twice ``--max-message-mb`` and the servicer enforces
+    ``--max-message-mb`` itself: messages between the two are refused with
+    RESOURCE_EXHAUSTED *and* counted (reason ``oversized-message``); only messages over
+    twice the limit are refused by gRPC alone, uncounted.
+    """
+    limit = cfg.max_message_mb * 2**20
+    return limit, min(2 * limit, 2**31 - 1)
+
+
 def channel_options(cfg: ServerConfig) -> list[tuple[str, Any]]:
     """Server channel options: message limits both ways, pending-call queue, keepalive."""
     max_bytes = cfg.max_message_mb * 2**20
     return [
-        ("grpc.max_receive_message_length", max_bytes),
+        ("grpc.max_receive_message_length", receive_limits(cfg)[1]),
         ("grpc.max_send_message_length", max_bytes),
         # Thousands of streams opening at once overflow the default pending-call queue
         # and come back CANCELLED (DESIGN.md §8); the dotted spelling is the one that works.
@@ -139,6 +155,13 @@ def encode(msg: srv.Outgoing) -> bytes:
     return out.SerializeToString()
 
 
+@dataclass(frozen=True)
+class BadMessage:
+    """Stands in for a worker message that could not be accepted as bytes (too big, not protobuf)."""
+
+    error: srv.ProtocolError
+
+
 def _join_request(join: hgo_pb2.Join) -> srv.JoinRequest:
     return srv.JoinRequest(
         protocol_version=join.protocol_version,
@@ -169,7 +192,9 @@ class HGOServicer:
         self.core = core
 
     async def Session(
-        self, requests: AsyncIterator[hgo_pb2.WorkerMessage], context: grpc.aio.ServicerContext[Any, Any]
+        self,
+        requests: AsyncIterator[hgo_pb2.WorkerMessage | BadMessage],
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> None:
         core = self.core
         try:
@@ -179,6 +204,9 @@ class HGOServicer:
         except TimeoutError:
             core.reject("join-timeout")
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"no Join within {JOIN_TIMEOUT_S:g} s")
+        if isinstance(first, BadMessage):
+            core.reject(first.error.reason)
+            await context.abort(status_code(first.error), str(first.error))
         if first.WhichOneof("kind") != "join":
             core.reject("bad-first-message")
             await context.abort(
@@ -206,10 +234,15 @@ class HGOServicer:
         if error is not None:
             await context.abort(status_code(error), str(error))
 
-    async def _read(self, requests: AsyncIterator[hgo_pb2.WorkerMessage], sess: srv.Session) -> None:
+    async def _read(
+        self, requests: AsyncIterator[hgo_pb2.WorkerMessage | BadMessage], sess: srv.Session
+    ) -> None:
         core = self.core
         try:
             async for msg in requests:
+                if isinstance(msg, BadMessage):
+                    core.reject(msg.error.reason)
+                    raise msg.error
                 kind = msg.WhichOneof("kind")
                 if kind == "chunk":
                     c = msg.chunk
@@ -255,10 +288,20 @@ class HGOServicer:
         )
 
 
-def _handlers(servicer: HGOServicer, metrics: ServerMetrics) -> grpc.GenericRpcHandler[Any, Any]:
-    def deserialize(data: bytes) -> hgo_pb2.WorkerMessage:
+def _handlers(servicer: HGOServicer, metrics: ServerMetrics, limit: int) -> grpc.GenericRpcHandler[Any, Any]:
+    def deserialize(data: bytes) -> hgo_pb2.WorkerMessage | BadMessage:
+        # Never raise here: gRPC would end the call with UNKNOWN and nothing counted.
         metrics.received_bytes.inc(len(data))
-        return hgo_pb2.WorkerMessage.FromString(data)
+        if len(data) > limit:
+            return BadMessage(
+                srv.ResourceExhausted(
+                    "oversized-message", f"message larger than max ({len(data)} vs. {limit} bytes)"
+                )
+            )
+        try:
+            return hgo_pb2.WorkerMessage.FromString(data)
+        except DecodeError as exc:
+            return BadMessage(srv.InvalidArgument("undecodable", f"not a hgo.v1.WorkerMessage: {exc}"))
 
     def serialize(msg: bytes | hgo_pb2.ServerMessage) -> bytes:
         data = msg if isinstance(msg, bytes) else msg.SerializeToString()
@@ -346,7 +389,7 @@ async def start_server(
         if store is not None:
             interceptors.append(auth.AuthInterceptor(store, on_reject=core.reject))
     gs = grpc.aio.server(interceptors=interceptors, options=channel_options(cfg))
-    gs.add_generic_rpc_handlers((_handlers(HGOServicer(core), core.metrics),))
+    gs.add_generic_rpc_handlers((_handlers(HGOServicer(core), core.metrics, receive_limits(cfg)[0]),))
     addr = _address(cfg.bind, cfg.port)
     try:
         port = gs.add_secure_port(addr, creds) if creds is not None else gs.add_insecure_port(addr)

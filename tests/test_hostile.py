@@ -276,12 +276,6 @@ async def test_oversized_grpc_message_is_resource_exhausted() -> None:
             await x.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gRPC refuses a message over --max-message-mb before the servicer sees it; the servicer's "
-    "reader then only sees the stream fail and does not count it. Needs hgo_server/servicer.py to count "
-    "reason='oversized-message' when the request stream fails with RESOURCE_EXHAUSTED (reported).",
-)
 async def test_oversized_grpc_message_is_counted() -> None:
     async with serving(q=3, v=1, tau=150.0, early_close=False, max_message_mb=1, heartbeat_ms=500) as s:
         honest = await _honest(s, 2)

@@ -420,6 +420,29 @@ async def test_join_validation(serve: Any) -> None:
     assert running.core.sessions == {}
 
 
+async def test_undecodable_and_oversized_messages_are_counted(serve: Any) -> None:
+    running, port = await serve(q=1, rounds=1, max_message_mb=1)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        raw = ch.stream_stream(
+            "/hgo.v1.HGO/Session", request_serializer=lambda b: b, response_deserializer=bytes
+        )
+        garbage = raw()
+        await garbage.write(b"\xff\xff\xff\xff\x0f")  # not a protobuf message
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await garbage.read()
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        big = raw()
+        join = hgo_pb2.WorkerMessage(join=hgo_pb2.Join(protocol_version=1, name="x" * (1 << 20)))
+        await big.write(join.SerializeToString())  # 1 MiB + a few bytes: over --max-message-mb 1
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await big.read()
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "larger than max" in str(info.value.details())
+    assert sample_value(running, "hgo_rejected_messages_total", {"reason": "undecodable"}) == 1
+    assert sample_value(running, "hgo_rejected_messages_total", {"reason": "oversized-message"}) == 1
+    assert running.core.sessions == {}
+
+
 async def test_shards_are_sent_in_parts_and_match_the_partition(serve: Any) -> None:
     running, port = await serve(q=2, rounds=1, num_shards=3, min_workers=2)
     ds = running.core.setup.dataset

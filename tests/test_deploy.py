@@ -224,10 +224,10 @@ def test_k8s_files_validate(tmp_path: Path) -> None:
     """Each manifest file on its own (what works without kustomize)."""
     files = sorted((K8S / "base").glob("*.yaml"))
     assert {f.name for f in files} >= {"namespace.yaml", "server.yaml", "workers.yaml", "prometheus.yaml"}
-    for f in files:
-        if f.name == "kustomization.yaml":
-            continue
-        _validate([d for d in yaml.safe_load_all(f.read_text()) if d], tmp_path)
+    manifests = [f for f in files if f.name != "kustomization.yaml"]
+    docs = [d for f in manifests for d in yaml.safe_load_all(f.read_text()) if d]
+    assert {d["kind"] for d in docs} == {"Namespace", "Deployment", "Service", "ConfigMap"}
+    _validate(docs, tmp_path)
 
 
 def test_k8s_kustomize_base(tmp_path: Path) -> None:

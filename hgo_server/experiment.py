@@ -154,9 +154,13 @@ def load_scenario(
             merged["rounds"] = rounds
         merged["data_dir"] = _resolve_data_dir(merged.get("data_dir"), path)
         variants.append(Variant(label, simulator.SimConfig(**merged)))
+    title = str(doc.get("title", path.stem))
+    if quick:
+        c0 = variants[0].config
+        title += f" [quick: {c0.dataset}, n={c0.n}]"
     return Scenario(
         name=str(doc.get("name", path.stem)),
-        title=str(doc.get("title", path.stem)),
+        title=title,
         claim=str(doc.get("claim", "")),
         seeds=n_seeds,
         metric=str(doc.get("metric", "accuracy")),
@@ -408,6 +412,7 @@ def run_scenario(
     runs: dict[str, list[list[dict[str, Any]]]] = {}
     notes: list[str] = []
     max_workers = int(sc.net.get("max_workers", DEFAULT_NET_WORKERS))
+    used_data: set[str] = set()
     t0 = time.monotonic()
     for var in sc.variants:
         runs[var.label] = []
@@ -418,13 +423,15 @@ def run_scenario(
             if mode == "sim":
                 res = simulator.run(cfg, log_path, warn=lambda m: _note(notes, m, echo))
                 recs = res.records
+                if res.dataset != cfg.dataset:
+                    used_data.add(res.dataset)
             else:
                 cfg, note = reduce_for_net(cfg, max_workers)
                 if note:
                     _note(notes, note, echo)
                 recs = run_net(cfg, log_path, echo=lambda m: _note(notes, m, echo))
             runs[var.label].append(recs)
-            last = next((r for r in reversed(recs) if sc.metric in r), {})
+            last: dict[str, Any] = next((r for r in reversed(recs) if sc.metric in r), {})
             echo(
                 f"[{sc.name}] {var.label} seed {s}: {len(recs)} rounds, "
                 f"{sc.metric}={last.get(sc.metric)} t={last.get('t', 0.0):.2f}s "
@@ -432,7 +439,9 @@ def run_scenario(
             )
     rows = summarize(runs)
     write_summary(rows, out / "summary.csv")
-    plots = plot_runs(runs, sc.metric, sc.title, out / sc.name)
+    title = sc.title + (f" [data: {', '.join(sorted(used_data))}]" if used_data else "")
+    title += f" ({mode})" if mode == "net" else ""
+    plots = plot_runs(runs, sc.metric, title, out / sc.name)
     meta = {
         "scenario": str(sc.path),
         "name": sc.name,
@@ -470,6 +479,24 @@ def final_values(rows: list[dict[str, Any]], metric: str) -> dict[str, dict[str,
     return out
 
 
+def report(rows: list[dict[str, Any]], metric: str = "accuracy") -> str:
+    """Markdown table: per variant, the final mean ± 95 % CI, the best mean, and the time."""
+    lines = [
+        f"| variant | final {metric} (mean ± 95% CI) | best mean | round | time (s) | seeds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, r in final_values(rows, metric).items():
+        best = max(
+            (x["mean"] for x in rows if x["variant"] == label and x["metric"] == metric),
+            default=math.nan,
+        )
+        ci = "" if math.isnan(r["ci95"]) else f" ± {r['ci95']:.3f}"
+        lines.append(
+            f"| {label} | {r['mean']:.3f}{ci} | {best:.3f} | {r['round']} | {r['t_mean']:.1f} | {r['n']} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="hgo-experiment", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -481,11 +508,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--rounds", type=int, default=None, help="override the number of rounds")
     r.add_argument("--quick", action="store_true", help="use the scenario's reduced [quick] setting")
     sub.add_parser("list", help="list the scenarios in experiments/")
+    rep = sub.add_parser("report", help="markdown table of the final values in a run's summary.csv")
+    rep.add_argument("out", type=Path, help="an output directory of 'run'")
+    rep.add_argument("--metric", default="accuracy")
     args = ap.parse_args(argv)
     if args.cmd == "list":
         for p in sorted(EXPERIMENTS.glob("*.toml")):
             doc = tomllib.loads(p.read_text(encoding="utf-8"))
             print(f"{p.stem:8s} {doc.get('title', '')}")
+        return 0
+    if args.cmd == "report":
+        print(report(read_summary(args.out / "summary.csv"), args.metric))
         return 0
     try:
         sc = load_scenario(args.scenario, quick=args.quick, rounds=args.rounds, seeds=args.seeds)

@@ -16,6 +16,7 @@ install: $(STAMP)  ## create .venv and install hgo with the dev extras
 
 demo: $(STAMP)  ## a local cluster training on a bundled dataset (about 1-2 minutes on 2 cores)
 	$(BIN)/hgo-run --out runs/demo
+	$(BIN)/hgo-plot runs/demo/round_log.jsonl --label demo --out runs/demo/plots
 
 test: $(STAMP)  ## the test suite CI runs (the long experiment runs included when HGO_SLOW=1)
 	$(BIN)/pytest -q $(if $(HGO_SLOW),,-m "not slow")

@@ -429,6 +429,11 @@ class Server:
             rounds_without_quorum=self.rounds_without_quorum,
         )
 
+    def outdated(self, msg: Outgoing) -> bool:
+        """True for a queued Task whose round is over: a worker that reads slower than the
+        rounds go skips it, so its outbox stays bounded (one Task per round at most)."""
+        return isinstance(msg, Task) and msg.round < self.round
+
     def reject(self, reason: str) -> None:
         """Count one rejected message (also used by the transport for its own checks)."""
         self.metrics.rejected.labels(reason=reason).inc()
@@ -761,6 +766,11 @@ class Server:
         if self._evaluates(k):
             record.update(await self._evaluate())
             self._evaluated_round = k
+            log.info(
+                "round %d/%d: block=%d responded=%d/%d %s=%.4f (%.1f s)", k + 1, cfg.rounds, outcome.block,
+                record["responded"], len(sampled), self.metric_name, record.get(self.metric_name, math.nan),
+                record["t"],
+            )  # fmt: skip
         self.roundlog.write(record)
         m = self.metrics
         m.rounds.inc()

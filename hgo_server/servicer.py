@@ -225,6 +225,8 @@ class HGOServicer:
                 if isinstance(msg, srv.End):
                     error = msg.error
                     break
+                if core.outdated(msg):
+                    continue
                 await context.write(encode(msg))  # bytes: the response serializer passes them through
                 if isinstance(msg, srv.Stop):
                     break

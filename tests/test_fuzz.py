@@ -15,9 +15,15 @@ Example counts are kept modest for CI (each test well under a minute on 2 shared
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
+import grpc
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -223,3 +229,239 @@ def test_collector_float64_values_beyond_float32_range() -> None:
         res = c.add(0, 0, 0, np.array([1.0, 2.0, 1e300, 4.0]))
     assert np.isfinite(c.values[0, : c.prefixes[0]]).all(), (res, c.values[0, :4])
     assert res.prefix == 2 and res.reason == col.NON_FINITE
+
+
+# ----------------------------------------------------------------------------- servicer over a real channel
+
+
+class ThreadServer:
+    """An in-process server (tests.wireclient.serving) on its own event loop in a thread, with
+    two honest workers that send all-zero gradients; sync test code talks to it over gRPC."""
+
+    def __init__(self, **overrides: object) -> None:
+        self.overrides = overrides
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._main, name="fuzz-server", daemon=True)
+        self.thread.start()
+        if not self.ready.wait(60):
+            raise RuntimeError(f"fuzz server did not start: {self.error!r}")
+        if self.error is not None:
+            raise self.error
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self._serve())
+        except BaseException as exc:  # surfaced to the test through self.error
+            self.error = exc
+            self.ready.set()
+
+    async def _serve(self) -> None:
+        from tests.wireclient import serving
+
+        self._stop = asyncio.Event()
+        async with serving(**self.overrides) as s:  # type: ignore[arg-type]
+            self.s = s
+            self.honest = []
+            for i in range(2):
+                c = s.client()
+                await c.join(name=f"honest-{i}")
+                c.respond()
+                self.honest.append(c)
+            self.ready.set()
+            await self._stop.wait()
+            for c in self.honest:
+                await c.close()
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the server's loop (thread-safe view of its state)."""
+
+        async def run() -> T:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(30)
+
+    def close(self) -> None:
+        if self.error is None:
+            self.loop.call_soon_threadsafe(self._stop.set)
+        self.thread.join(30)
+
+
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="module")
+def fuzz_server() -> Iterator[ThreadServer]:
+    # median: with two honest all-zero rows on every coordinate, the aggregate is exactly 0
+    # whatever a third, hostile row holds -- so w must stay bit-for-bit at w_0.
+    srv = ThreadServer(
+        q=3, v=2, rule="median", tau=80.0, early_close=False, max_chunk_values=16, heartbeat_ms=1000
+    )
+    try:
+        yield srv
+    finally:
+        srv.close()
+
+
+ALLOWED = {
+    grpc.StatusCode.OK,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+# Undecodable protobuf bytes: grpc's own deserializer failure is reported as INTERNAL
+# ("Exception deserializing request!") before our code runs; that is not a crash.
+ALLOWED_RAW = ALLOWED | {grpc.StatusCode.INTERNAL}
+
+special = st.sampled_from([0.0, -0.0, 1.0, 1e-45, 3.4e38, -3.4e38, float("nan"), float("inf"), float("-inf")])
+MSG = st.one_of(
+    st.tuples(
+        st.just("chunk"),
+        st.sampled_from(["task", "task", "task", "task-1", "task+1", "zero", "huge"]),  # round
+        st.sampled_from(["prefix", "prefix", "prefix", "prefix+1", "prefix-1", "zero", "huge"]),  # offset
+        st.one_of(
+            st.integers(0, 20).map(lambda n: ("n", n)),
+            st.lists(special, max_size=20).map(lambda v: ("special", v)),
+            st.binary(max_size=90).map(lambda b: ("raw", b)),
+        ),
+        st.sampled_from(["own", "own", "own", "other", "empty", "random"]),  # session id
+    ),
+    st.tuples(st.just("heartbeat")),
+    st.tuples(st.just("leave")),
+    st.tuples(st.just("join")),
+    st.tuples(st.just("empty")),
+    st.tuples(st.just("garbage"), st.binary(min_size=1, max_size=64)),
+)
+FIRST = st.one_of(
+    st.just(("join", {})),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "protocol_version": st.sampled_from([0, 1, 2, 2**32 - 1]),
+            "profile": st.sampled_from(["weak", "average", "powerful", "custom", "", "x" * 300]),
+            "rate": st.sampled_from([0.0, 1.5, -1.0, float("nan"), float("inf"), 1e300]),
+            "batch_size": st.sampled_from([0, 1, 32, 2**32 - 1]),
+            "wants_shard": st.booleans(),
+        },
+    ).map(lambda f: ("join", f)),
+    MSG.map(lambda m: ("other", m)),
+)
+
+
+def _encode_msg(m: tuple[Any, ...], ctx: dict[str, Any], d: int) -> bytes:
+    from hgo_common.proto import hgo_pb2
+
+    kind = m[0]
+    if kind == "heartbeat":
+        return hgo_pb2.WorkerMessage(heartbeat=hgo_pb2.Heartbeat(unix_ns=1)).SerializeToString()
+    if kind == "leave":
+        return hgo_pb2.WorkerMessage(leave=hgo_pb2.Leave(reason="fuzz")).SerializeToString()
+    if kind == "join":
+        return hgo_pb2.WorkerMessage(
+            join=hgo_pb2.Join(protocol_version=1, profile="average")
+        ).SerializeToString()
+    if kind == "empty":
+        return b""
+    if kind == "garbage":
+        return bytes(m[1])
+    _, rnd, off, payload, sid = m
+    task = int(ctx.get("round", 0))
+    rounds = {"task": task, "task-1": max(0, task - 1), "task+1": task + 1, "zero": 0, "huge": 2**64 - 1}
+    prefix = int(ctx.get("prefix", 0))
+    offsets = {"prefix": prefix, "prefix+1": prefix + 1, "prefix-1": max(0, prefix - 1), "zero": 0}
+    offsets["huge"] = 2**32 - 1
+    if payload[0] == "n":
+        values = np.full(payload[1], 7.0, dtype=np.float32).tobytes()
+        n = payload[1]
+    elif payload[0] == "special":
+        with np.errstate(over="ignore"):
+            values = np.asarray(payload[1], dtype=np.float32).tobytes()
+        n = len(payload[1])
+    else:
+        values, n = payload[1], len(payload[1]) // 4
+    ids = {"own": ctx.get("sid", ""), "other": ctx.get("other_sid", ""), "empty": "", "random": "ab" * 16}
+    if rnd == "task" and off == "prefix" and sid == "own" and len(values) % 4 == 0:
+        ctx["prefix"] = prefix + n  # the server's view, if it accepted this chunk
+    return hgo_pb2.WorkerMessage(
+        chunk=hgo_pb2.GradientChunk(
+            round=rounds[rnd], offset=offsets[off], values=values, session_id=ids[sid]
+        )
+    ).SerializeToString()
+
+
+@settings(max_examples=_examples(200), deadline=None, suppress_health_check=list(HealthCheck))
+@given(first=FIRST, rest=st.lists(MSG, max_size=25))
+def test_servicer_survives_random_and_mutated_messages(
+    fuzz_server: ThreadServer, first: tuple[str, Any], rest: list[tuple[Any, ...]]
+) -> None:
+    from hgo_common.proto import hgo_pb2
+
+    srv = fuzz_server
+    s = srv.s
+    d = int(s.core.d)
+    w0 = srv.call(lambda: s.core.setup.w0.tobytes())
+    ctx: dict[str, Any] = {"other_sid": srv.honest[0].session_id}
+    welcomed = threading.Event()
+    tasked = threading.Event()
+
+    def requests() -> Iterator[bytes]:
+        kind, what = first
+        if kind == "join":
+            fields = {"protocol_version": 1, "profile": "average", "batch_size": 1, **what}
+            yield hgo_pb2.WorkerMessage(join=hgo_pb2.Join(**fields)).SerializeToString()
+            if not welcomed.wait(5):
+                return
+            tasked.wait(2)  # usually within one tau: then the chunks hit a live round
+        else:
+            yield _encode_msg(what, ctx, d)
+        for m in rest:
+            yield _encode_msg(m, ctx, d)
+
+    with grpc.insecure_channel(f"127.0.0.1:{s.port}") as ch:
+        call = ch.stream_stream(
+            "/hgo.v1.HGO/Session",
+            request_serializer=None,
+            response_deserializer=hgo_pb2.ServerMessage.FromString,
+        )(requests(), timeout=30)
+        try:
+            for msg in call:
+                k = msg.WhichOneof("kind")
+                if k == "welcome":
+                    ctx["sid"] = msg.welcome.session_id
+                    welcomed.set()
+                elif k == "task":
+                    ctx["round"], ctx["prefix"] = msg.task.round, 0
+                    tasked.set()
+            code = call.code()
+        except grpc.RpcError as exc:
+            code = exc.code()  # type: ignore[attr-defined]
+        details = call.details()
+    raw = any(m[0] in ("garbage", "empty") for m in [first[1] if first[0] == "other" else ("join",), *rest])
+    assert code in (ALLOWED_RAW if raw else ALLOWED), f"{code}: {details}"
+    assert srv.thread.is_alive() and srv.error is None
+    assert not s.run.done(), "the round loop ended"
+    # the server is not corrupted: back to the two honest sessions, the model untouched
+    wait_until(lambda: srv.call(lambda: len(s.core.sessions)) == 2, "hostile session gone")
+    assert srv.call(lambda: s.core.weights.tobytes()) == w0
+
+
+def wait_until(pred: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    end = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_server_still_runs_valid_rounds_after_fuzzing(fuzz_server: ThreadServer) -> None:
+    """Runs after the fuzz test (same module-scoped server): rounds keep closing with quorum."""
+    srv = fuzz_server
+    s = srv.s
+    k, nq = srv.call(lambda: (s.core.round, s.core.rounds_without_quorum))
+    wait_until(lambda: srv.call(lambda: s.core.round) >= k + 5, "five more rounds")
+    # honest margin for a loaded machine: a round may miss its 80 ms deadline, not most of them
+    assert srv.call(lambda: s.core.rounds_without_quorum) - nq <= 2
+    assert srv.call(lambda: len(s.core.sessions)) == 2
+    assert srv.call(lambda: s.core.weights.tobytes()) == srv.call(lambda: s.core.setup.w0.tobytes())

@@ -55,9 +55,10 @@ class FakeWorker:
     can time out or be cancelled safely.
     """
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, token: str | None = None) -> None:
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-        self.call = hgo_pb2_grpc.HGOStub(self.channel).Session()
+        metadata = (("authorization", f"Bearer {token}"),) if token else None
+        self.call = hgo_pb2_grpc.HGOStub(self.channel).Session(metadata=metadata)
         self.welcome: hgo_pb2.Welcome | None = None
         self.seen: list[hgo_pb2.ServerMessage] = []
         self.inbox: asyncio.Queue[hgo_pb2.ServerMessage | None] = asyncio.Queue()
@@ -547,3 +548,37 @@ def test_process_sigterm_exits_0_and_workers_get_stop(procs: ProcessGroup, tmp_p
     out = procs.log(proc)
     assert "hgo-server stopped: rounds=" in out and "accuracy=" in out
     assert len(read_log(log_file)) >= 2
+
+
+async def test_checkpoint_and_resume(serve: Any, tmp_path: Path) -> None:
+    ck = str(tmp_path / "ck")
+    running, port = await serve(
+        q=1, tau="50ms", rounds=3, min_workers=1, checkpoint_dir=ck, checkpoint_every=2
+    )
+    (w,) = await connect(serve, port, 1)
+    run = asyncio.create_task(running.run())
+    for k in range(3):
+        await w.next("task")
+        await w.chunk(k, 0, np.full(D, 0.5 + k, np.float32))
+    await asyncio.wait_for(run, 20)
+    trained = running.core.weights
+    assert not np.array_equal(trained, running.core.setup.w0)
+    assert sorted(p.name for p in Path(ck).iterdir())  # rounds 2 and 3 were saved
+    again, _ = await serve(q=1, tau="50ms", rounds=5, min_workers=1, checkpoint_dir=ck, resume=True)
+    assert again.core.start_round == 3 and again.core.round == 3
+    np.testing.assert_array_equal(again.core.weights, trained)
+
+
+async def test_token_required_when_configured(serve: Any) -> None:
+    running, port = await serve(q=1, rounds=1, token="s3cret-token")
+    for token in (None, "wrong"):
+        w = FakeWorker(port, token=token)
+        serve.workers.append(w)
+        await w.call.write(hgo_pb2.WorkerMessage(join=hgo_pb2.Join(protocol_version=1, profile="weak")))
+        assert await w.final_status() == grpc.StatusCode.UNAUTHENTICATED
+    assert sample_value(running, "hgo_rejected_messages_total", {"reason": "unauthenticated"}) == 2
+    assert running.core.sessions == {}
+    ok = FakeWorker(port, token="s3cret-token")
+    serve.workers.append(ok)
+    welcome = await ok.join()
+    assert welcome.worker_id == 0 and len(running.core.sessions) == 1

@@ -209,9 +209,9 @@ def test_compose_topology_trains(procs: ProcessGroup, tmp_path: Path) -> None:
     assert sampled_profiles == {"weak", "average", "powerful"}
     acc = [r["accuracy"] for r in records if r.get("accuracy") is not None]
     assert len(acc) >= 5
-    # digits has 10 classes: chance is 0.1; 100 rounds of the MLP must learn clearly
-    assert acc[-1] > acc[0] + 0.1, acc
-    assert acc[-1] > 0.3, acc
+    # digits has 10 classes: chance is 0.1. Measured here: 0.24 after 10 rounds, 0.86 after 100.
+    assert acc[-1] > acc[0] + 0.2, acc
+    assert acc[-1] > 0.5, acc
     assert (tmp_path / "volumes" / "hgo-data" / "checkpoints").is_dir()
 
 
@@ -233,3 +233,30 @@ def test_compose_topology_cleans_up(procs: ProcessGroup, tmp_path: Path) -> None
     assert ns not in after
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
     assert topo.bridge not in links
+
+
+def test_compose_topology_with_a_byzantine_worker(procs: ProcessGroup, tmp_path: Path) -> None:
+    """The documented recipe: HGO_BYZANTINE=1, a robust rule with HGO_F=1, HGO_N counting it."""
+    env = {**TOPOLOGY_ENV, "HGO_N": "4", "HGO_Q": "4", "HGO_BYZANTINE": "1", "HGO_ATTACK": "sign-flip",
+           "HGO_RULE": "median", "HGO_F": "1", "HGO_ROUNDS": "60"}  # fmt: skip
+    topo = make_topology(procs, tmp_path, env)
+    try:
+        (server,) = topo.start("server")
+        port = server.port(50051)
+        wait_for(lambda: status(server.address, port, env["HGO_TOKEN"]), 60, 0.5, "the server to answer")
+        for name in (*WORKER_SERVICES, "worker-byzantine"):
+            topo.start(name)
+        assert len(topo.of("worker-byzantine")) == 1
+        assert procs.wait(server.proc, 120) == 0, procs.log(server.proc)[-3000:]
+        for inst in topo.instances[1:]:
+            assert procs.wait(inst.proc, 30) == 0, procs.log(inst.proc)[-3000:]
+    finally:
+        topo.close()
+    records = roundlog.read(tmp_path / "volumes" / "hgo-data" / "rounds.jsonl")
+    assert len(records) == 60
+    byz = {w["id"] for r in records for w in r["workers"] if w["byzantine"]}
+    assert len(byz) == 1  # the worker-byzantine replica took part, declared as such
+    acc = [r["accuracy"] for r in records if r.get("accuracy") is not None]
+    # the median keeps learning despite the sign-flipper (measured: 0.16 after 10 rounds, 0.46 after 60)
+    assert acc[-1] > acc[0] + 0.1, acc
+    assert acc[-1] > 0.25, acc

@@ -52,15 +52,22 @@ def draw_prefixes(rng: np.random.Generator, q: int, d: int) -> np.ndarray:
     return rng.permutation(np.concatenate([weak, medium, full])).astype(np.int64)
 
 
-def timeit(fn: Callable[[], object], reps: int) -> tuple[float, float]:
-    """(median, best) wall time in seconds over ``reps`` calls after one warm-up."""
-    fn()
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
+def timeit(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, tuple[float, float]]:
+    """{name: (median, best)} wall time in seconds over ``reps`` rounds after one warm-up.
+
+    The functions run round-robin (one call each per round), so a load spike from
+    other processes on the shared machine hits all of them alike and the ratios
+    between them stay meaningful.
+    """
+    for fn in fns.values():
         fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts), min(ts)
+    ts: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            ts[k].append(time.perf_counter() - t0)
+    return {k: (statistics.median(v), min(v)) for k, v in ts.items()}
 
 
 def python_reference_time(values: np.ndarray, prefixes: np.ndarray, v: int, name: str, sample: int) -> float:
@@ -92,9 +99,10 @@ def python_reference_time(values: np.ndarray, prefixes: np.ndarray, v: int, name
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--reps", type=int, default=9, help="timed repetitions per figure (median reported)")
+    ap.add_argument("--reps", type=int, default=15, help="timed repetitions per figure (median reported)")
     ap.add_argument("--sample", type=int, default=1500, help="coordinates timed in the Python reference")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rules", nargs="+", default=list(RULES), help="rules to time")
     args = ap.parse_args()
 
     rng = np.random.default_rng(args.seed)
@@ -102,38 +110,44 @@ def main() -> None:
     prefixes = draw_prefixes(rng, Q, D)
     full = np.full(Q, D, dtype=np.int64)
 
-    floor, floor_best = timeit(lambda: np.sum(values), args.reps)
-    gram, gram_best = timeit(lambda: values @ values.T, args.reps)
+    base = timeit({"floor": lambda: np.sum(values), "gram": lambda: values @ values.T}, args.reps)
     print(
         f"# q={Q} d={D} float32 f={F}; numpy {np.__version__}; python {platform.python_version()}; "
         f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}; cpus={os.cpu_count()}"
     )
-    print(f"# floor  np.sum(values):   median {floor * 1e3:7.3f} ms  best {floor_best * 1e3:7.3f} ms")
-    print(f"# gram   values @ values.T: median {gram * 1e3:7.3f} ms  best {gram_best * 1e3:7.3f} ms")
+    for k, label in (("floor", "np.sum(values)    "), ("gram", "values @ values.T ")):
+        print(f"# {k:<6} {label}: median {base[k][0] * 1e3:7.3f} ms  best {base[k][1] * 1e3:7.3f} ms")
+    print("# ratios: median/median (best/best), each rule timed round-robin with floor and gram")
     print()
     header = (
         f"{'rule':<18}{'prefixes':<10}{'v':>4}{'b_v':>7}{'segs':>6}{'median ms':>11}{'best ms':>9}"
-        f"{'x floor':>9}{'x gram':>8}{'python ms':>12}{'speed-up':>10}"
+        f"{'x floor':>15}{'x gram':>15}{'python ms':>11}{'speed-up':>10}"
     )
     print(header)
     print("-" * len(header))
-    for name in RULES:
+    for name in args.rules:
         v = default_quorum(Q, name, F)
         for label, p in (("mixed", prefixes), ("all-full", full)):
             b = blocks.block_size(p, v)
             n_seg = len(blocks.segments(p, v))
-            med, best = timeit(
-                lambda p=p, v=v, name=name: blocks.aggregate(values, p, v=v, rule=name, f=F), args.reps
+            t = timeit(
+                {
+                    "agg": lambda p=p, v=v, name=name: blocks.aggregate(values, p, v=v, rule=name, f=F),
+                    "floor": lambda: np.sum(values),
+                    "gram": lambda: values @ values.T,
+                },
+                args.reps,
             )
+            (med, best), (fmed, fbest), (gmed, gbest) = t["agg"], t["floor"], t["gram"]
             if label == "mixed":
                 py = python_reference_time(values, p, v, name, args.sample)
-                py_s = f"~{py * 1e3:10.0f}"
-                speed = f"{py / med:9.0f}x"
+                py_s, speed = f"~{py * 1e3:9.0f}", f"{py / med:9.0f}x"
             else:
-                py_s, speed = f"{'-':>11}", f"{'-':>10}"
+                py_s, speed = f"{'-':>10}", f"{'-':>10}"
             print(
                 f"{name:<18}{label:<10}{v:>4}{b:>7}{n_seg:>6}{med * 1e3:>11.2f}{best * 1e3:>9.2f}"
-                f"{med / floor:>9.1f}{med / gram:>8.2f}{py_s:>12}{speed:>10}"
+                f"{med / fmed:>8.1f} ({best / fbest:4.1f}){med / gmed:>8.2f} ({best / gbest:4.2f})"
+                f"{py_s:>11}{speed:>10}"
             )
 
 

@@ -396,3 +396,20 @@ def test_bad_checkpoint_is_refused_clearly(
     assert "Traceback" not in out  # a clear one-line error, not a crash
     assert path.read_bytes() == before
     assert checkpoint.list_checkpoints(ck) == [path]
+
+
+@pytest.mark.slow
+def test_load_100_sessions_keep_the_deadline(tmp_path: Path) -> None:
+    """Reduced bench/bench_sessions.py: 100 sessions in 2 client processes, q = 20, tau = 300 ms."""
+    from bench.bench_sessions import run
+
+    res = run(
+        sessions=100, procs=2, q=20, tau_ms=300.0, rounds=10, dataset="digits", model="mlp",
+        data_dir=None, workdir=tmp_path, timeout_s=240,
+    )  # fmt: skip
+    assert res["rounds"] == 10 and res["quorum_rounds"] == 10
+    assert res["sampled_min"] == 20 and res["responded_min"] == 20
+    # every round lasted at least its deadline (no early close) and none hung
+    assert res["close_ms_p50"] >= 300.0 - 1.0
+    assert res["round_ms_max"] < 300.0 + 5000.0
+    assert 0 < res["server_kib_per_session"] < 2048

@@ -1,14 +1,22 @@
 """Geometric median by the smoothed Weiszfeld algorithm (Pillutla, Kakade, Harchaoui,
 "Robust Aggregation for Federated Learning" (RFA), arXiv:1912.13445, 2019; IEEE TSP 2022).
 
-Variant: equal weights alpha_i = 1/m; start at the mean (as RFA); iterate
+Variant: equal weights alpha_i = 1/m; iterate
 
     beta_i = alpha_i / max(nu, |z - x_i|),    z <- sum_i beta_i x_i / sum_i beta_i
 
-with smoothing ``nu = 1e-6``, at most ``max_iter = 100`` iterations, stopping when
-the smoothed objective sum_i alpha_i max(nu, |z - x_i|) improves by less than
-``tol = 1e-6`` relative (RFA's ``ftol``). No precondition beyond m >= 1; the
-breakdown point is 1/2, so ``min_rows`` is 2f + 1.
+with smoothing ``nu = 1e-6``, at most ``max_iter = 100`` iterations, stopping when an
+iteration moves z by at most ``tol = 1e-6`` times the median distance of the rows to
+z (a scale-free step criterion; RFA's relative-objective ``ftol`` stops far too early
+when a few huge Byzantine rows dominate the objective).
+
+Start: RFA starts at the mean, which f rows at 1e6 drag far away; Weiszfeld then needs
+about log(1e6 / precision) / log((m - f) / f) iterations to come back. We start instead
+at the mean of the ceil(m / 2) rows with the smallest sum of distances to all rows (a
+robust point from the same Gram matrix; never a single data point, where the smoothed
+iteration would stall). The limit is the same smoothed geometric median.
+
+No precondition beyond m >= 1; the breakdown point is 1/2, so ``min_rows`` is 2f + 1.
 
 Speed: every iterate is a convex combination z = w @ x of the rows, so the distances
 |z - x_i|^2 = G_ii - 2 (G w)_i + w G w come from the (m x m) Gram matrix G computed
@@ -20,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import register
-from ._common import weighted_rows
+from ._common import select_lowest, weighted_rows
 
 
 @register("geometric-median", coordinatewise=False, min_rows=lambda f: 2 * f + 1, condition="m >= 2f+1")
@@ -39,7 +47,7 @@ def geometric_median(
     max_iter : int
         Iteration cap.
     tol : float
-        Relative objective improvement below which the iteration stops.
+        Stop when a step moves z by at most ``tol`` times the median row distance.
 
     Returns
     -------
@@ -50,23 +58,26 @@ def geometric_median(
             f"geometric-median: need nu > 0, max_iter >= 1, tol >= 0; got {nu=}, {max_iter=}, {tol=}"
         )
     m = x.shape[0]
-    g = (x @ x.T).astype(np.float64)
-    sq = np.diag(g)
-    w = np.full(m, 1.0 / m)
+    g = np.asarray(x @ x.T, dtype=np.float64)
+    sq = np.diag(g).copy()
 
     def distances(w: np.ndarray) -> np.ndarray:
         gw = g @ w
         return np.asarray(np.sqrt(np.maximum(sq - 2.0 * gw + w @ gw, 0.0)))
 
-    dist = np.maximum(distances(w), nu)
-    obj = dist.mean()
+    pair = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2.0 * g, 0.0))
+    start = select_lowest(pair.sum(axis=1), x, (m + 1) // 2)
+    w = np.zeros(m)
+    w[start] = 1.0 / start.size
+    dist = distances(w)
     for _ in range(max_iter):
-        beta = 1.0 / dist
-        w = beta / beta.sum()
-        dist = np.maximum(distances(w), nu)
-        new = dist.mean()
-        if obj - new <= tol * obj:
-            obj = new
+        beta = 1.0 / np.maximum(dist, nu)
+        w_new = beta / beta.sum()
+        step_w = w_new - w
+        step = float(np.sqrt(max(step_w @ g @ step_w, 0.0)))
+        w = w_new
+        scale = float(np.median(dist))
+        dist = distances(w)
+        if step <= tol * max(scale, nu):
             break
-        obj = new
     return weighted_rows(w, x)

@@ -19,6 +19,7 @@ import pytest
 from hgo_common import profiles, roundlog
 from tests.compose_run import (
     COMPOSE_FILE,
+    ComposeTopology,
     dockerfile_stages,
     load_compose,
     make_topology,
@@ -157,6 +158,20 @@ TOPOLOGY_ENV = {
 }
 
 
+def _round_log(tmp_path: Path) -> Path:
+    """Where the server's --log=/data/rounds.jsonl lands (the hgo-data volume's directory)."""
+    return tmp_path / "volumes" / "hgo-data" / "rounds.jsonl"
+
+
+def _expect_training_done(procs: ProcessGroup, topo: ComposeTopology) -> None:
+    """The server finishes its rounds and exits 0; every worker is told so and exits 0."""
+    (server,) = topo.of("server")
+    assert procs.wait(server.proc, 120) == 0, procs.log(server.proc)[-3000:]
+    for inst in topo.instances:
+        if inst is not server:
+            assert procs.wait(inst.proc, 30) == 0, procs.log(inst.proc)[-3000:]
+
+
 def test_compose_topology_trains(procs: ProcessGroup, tmp_path: Path) -> None:
     topo = make_topology(procs, tmp_path, TOPOLOGY_ENV)
     try:
@@ -197,13 +212,11 @@ def test_compose_topology_trains(procs: ProcessGroup, tmp_path: Path) -> None:
             res = topo.run_in(worker, check)
             assert res.returncode == 0, res.stdout + res.stderr
 
-        assert procs.wait(server.proc, 120) == 0, procs.log(server.proc)[-3000:]
-        for inst in topo.instances[1:]:
-            assert procs.wait(inst.proc, 30) == 0, procs.log(inst.proc)[-3000:]
+        _expect_training_done(procs, topo)
     finally:
         topo.close()
 
-    records = roundlog.read(tmp_path / "volumes" / "hgo-data" / "rounds.jsonl")
+    records = roundlog.read(_round_log(tmp_path))
     assert [r["round"] for r in records] == list(range(100))
     sampled_profiles = {w["profile"] for r in records for w in r["workers"]}
     assert sampled_profiles == {"weak", "average", "powerful"}
@@ -247,12 +260,10 @@ def test_compose_topology_with_a_byzantine_worker(procs: ProcessGroup, tmp_path:
         for name in (*WORKER_SERVICES, "worker-byzantine"):
             topo.start(name)
         assert len(topo.of("worker-byzantine")) == 1
-        assert procs.wait(server.proc, 120) == 0, procs.log(server.proc)[-3000:]
-        for inst in topo.instances[1:]:
-            assert procs.wait(inst.proc, 30) == 0, procs.log(inst.proc)[-3000:]
+        _expect_training_done(procs, topo)
     finally:
         topo.close()
-    records = roundlog.read(tmp_path / "volumes" / "hgo-data" / "rounds.jsonl")
+    records = roundlog.read(_round_log(tmp_path))
     assert len(records) == 60
     byz = {w["id"] for r in records for w in r["workers"] if w["byzantine"]}
     assert len(byz) == 1  # the worker-byzantine replica took part, declared as such

@@ -136,6 +136,9 @@ def test_cli_run_writes_logs_summary_and_plots(tmp_path: Path) -> None:
     for png in ("tiny_accuracy_vs_round.png", "tiny_accuracy_vs_time.png"):
         data = (out / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    table = experiment.report(experiment.read_summary(out / "summary.csv"))
+    med = next(r for r in acc if r["variant"] == "median" and r["round"] == "9")
+    assert f"| median | {float(med['mean']):.3f} ± {float(med['ci95']):.3f} |" in table
     # Same seeds -> same logs: the runner adds nothing stochastic of its own.
     out2 = tmp_path / "out2"
     assert experiment.main(["run", str(scen), "--out", str(out2), "--rounds", "10", "--seeds", "1"]) == 0

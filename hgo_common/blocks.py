@@ -112,11 +112,18 @@ def aggregate(
         raise ValueError(f"prefix lengths must lie in [0, {d}], got min {p.min()} max {p.max()}")
     if not 1 <= v <= max(q, 1):
         raise ValueError(f"quorum v must be in [1, q={q}], got {v}")
+    fn = _resolve(rule)
+    # Every segment has at least v rows; check the rule's need once, before any work,
+    # rather than failing on the last segment.
+    if isinstance(fn, aggregators.Rule) and v < fn.min_rows(f):
+        raise ValueError(
+            f"quorum v={v} is too small for rule {fn.name!r} with f={f}: it needs at least "
+            f"{fn.min_rows(f)} rows per coordinate"
+        )
     b_v = block_size(p, v)
     out = np.zeros(b_v, dtype=np.float64)
     if b_v == 0:
         return 0, out
-    fn = _resolve(rule)
     for lo, hi, rows in segments(p, v):
         block = values[rows, lo:hi] if rows.size < q else values[:, lo:hi]
         out[lo:hi] = fn(block, f=f)

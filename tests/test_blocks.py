@@ -202,9 +202,11 @@ def test_bad_arguments(prefixes: list[int], v: int, match: str) -> None:
 
 
 def test_quorum_below_rule_minimum_is_reported() -> None:
-    # v = 2 lets a segment of 2 rows through, and krum with f=0 needs 3
-    with pytest.raises(ValueError, match=r"krum needs m > 2f\+2 .*got m=2, f=0"):
-        blocks.aggregate(np.ones((3, 4)), [4, 4, 1], v=2, rule="krum", f=0)
+    # v = 2 would let a segment of 2 rows through, and krum with f=0 needs 3: refused
+    # up front, even when this round's prefixes would not produce such a segment
+    for prefixes in ([4, 4, 1], [4, 4, 4]):
+        with pytest.raises(ValueError, match=r"quorum v=2 is too small for rule 'krum' with f=0: .*least 3"):
+            blocks.aggregate(np.ones((3, 4)), prefixes, v=2, rule="krum", f=0)
 
 
 # --------------------------------------------------------------------------- #

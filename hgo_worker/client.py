@@ -42,12 +42,11 @@ from typing import Any
 import grpc
 import numpy as np
 
-from hgo_common import order as order_mod
 from hgo_common import profiles, wire
 from hgo_common.proto import hgo_pb2, hgo_pb2_grpc
 
 from .byzantine import Behaviour
-from .compute import RoundGradient, draw_batch, model_from_spec, round_rng
+from .compute import RoundGradient, cached_order, draw_batch, model_from_spec, round_rng
 from .metrics import WorkerMetrics
 from .pacing import Schedule
 
@@ -200,6 +199,10 @@ class Worker:
         self.sessions = 0  # sessions welcomed so far (reconnects = sessions - 1)
         self.rounds_served = 0
         self._own_data: tuple[str, np.ndarray, np.ndarray] | None = None
+        # Optional instrumentation (bench/bench_network.py): when a list, the session
+        # appends ("task", round, wall time) on each task and ("chunk", round, wall time)
+        # when the round's first chunk is queued.
+        self.trace: list[tuple[str, int, float]] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -465,6 +468,8 @@ class _Session:
     def _on_task(self, task: Any, received: float) -> None:
         if task.round in self.served:
             return  # a duplicate of a round this session already served
+        if self.w.trace is not None:
+            self.w.trace.append(("task", int(task.round), time.time()))
         self.served.add(task.round)
         self._cancel_round()  # a new round means the previous one is closed on the server
         if self.w.behaviour is not None and self.w.behaviour.silent:
@@ -496,7 +501,7 @@ class _Session:
             tau = task.tau_ms if task.tau_ms > 0 else math.inf
             s, sched = self._schedule(tau)
             d = int(spec.dim)
-            c_k = order_mod.make_order(task.order_seed, d, spec.order or "flat", list(spec.blocks))
+            c_k = cached_order(task.order_seed, d, spec.order or "flat", tuple(spec.blocks))
             weights = wire.decode(task.weights, d).astype(np.float64)
             rng = round_rng(w.seed, task.round, salt=self.welcome.worker_id)
             source: RoundGradient | _Precomputed
@@ -542,12 +547,17 @@ class _Session:
                     compute_to(allowed)  # one piece: send it before computing more
                 upto = min(allowed, source.computed)
                 for a, b in sched.chunks(sent, upto):
-                    chunk = hgo_pb2.GradientChunk(
-                        round=rnd, offset=a, values=wire.encode(source.values[a:b]), session_id=sid
-                    )
-                    await self.out.put(hgo_pb2.WorkerMessage(chunk=chunk))
+                    # Fill the oneof in place: WorkerMessage(chunk=GradientChunk(...)) would
+                    # copy the 64 KiB payload once more.
+                    msg = hgo_pb2.WorkerMessage()
+                    chunk = msg.chunk
+                    chunk.round, chunk.offset, chunk.session_id = rnd, a, sid
+                    chunk.values = wire.encode(source.values[a:b])
+                    await self.out.put(msg)
                 if first_ms < 0 and upto > sent:
                     first_ms = elapsed()
+                    if self.w.trace is not None:
+                        self.w.trace.append(("chunk", rnd, time.time()))
                 metrics.sent(upto - sent)
                 sent = upto
                 if source.computed < allowed:

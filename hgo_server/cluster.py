@@ -10,11 +10,13 @@ writes ``round_log.jsonl``, ``summary.json``, the processes' logs and a PNG of t
 metric against time into ``--out``. Every process it started is killed (process group,
 SIGTERM then SIGKILL) on exit, error or Ctrl-C.
 
-The default run (``make demo`` = ``hgo-run --out runs/demo``) trains the 64-128-10 MLP
-(d = 9,610) on scikit-learn's digits with 10 workers (3 weak, 4 average, 3 powerful),
-τ = 30 ms, s = 32: a weak worker (λ ≈ 500) releases ≈ 470 coordinates per round (5 % of
-d), an average one (λ ≈ 10,000) ≈ 9,375 (most of d), a powerful one all of it; the block
-is the 5th longest prefix. See docs/worker-and-cluster.md for figures.
+The default run (``make demo`` = ``hgo-run --out runs/demo``) trains a 64-512-10 MLP
+(d = 38,410) on scikit-learn's digits with 10 workers (3 weak, 4 average, 3 powerful),
+τ = 100 ms, s = 32, lr = 1, 300 rounds: by the throttle a weak worker (λ ≈ 500) releases
+≈ 1,560 coordinates per round (4 % of d), an average one (λ ≈ 10,000) ≈ 31,000 (81 %), a
+powerful one (λ ≈ 50,000) all of them after ≈ 25 ms; the block is the 5th longest
+prefix. On a loaded machine the real prefixes are lower (workers wake late, DESIGN.md §3).
+See docs/worker-and-cluster.md for measured figures.
 
 Python API (used by the experiment runner, ``--mode net``)::
 
@@ -61,15 +63,15 @@ class ClusterConfig:
     f: int | None = None  # the f the rule tolerates; None: = byzantine
     q: int | None = None  # None: all initial workers
     v: int | None = None
-    tau: str = "30"
+    tau: str = "100"
     rounds: int = 300
     model: str | None = "mlp"
-    hidden: str | None = "128"
+    hidden: str | None = "512"
     dataset: str = "digits"
     data_dir: Path | None = None
     partition: str = "iid"
     algorithm: str = "hgo"
-    lr: float | None = 0.5
+    lr: float | None = 1.0
     seed: int = 0
     batch_size: int = 32
     eval_every: int = 10
@@ -458,10 +460,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--f", type=int, default=None, help="f the rule tolerates (default: --byzantine)")
     p.add_argument("--q", type=int, default=None, help="workers sampled per round (default: all)")
     p.add_argument("--v", type=int, default=None, help="quorum (default: the server's)")
-    p.add_argument("--tau", default=d.tau, help="round deadline in ms, or 250ms, 2s, inf (default 30)")
+    p.add_argument("--tau", default=d.tau, help="round deadline in ms, or 250ms, 2s, inf (default 100)")
     p.add_argument("--rounds", type=int, default=d.rounds, help=f"rounds (default {d.rounds})")
     p.add_argument("--model", default=d.model, help="model (default mlp)")
-    p.add_argument("--hidden", default=d.hidden, help="mlp hidden widths (default 128)")
+    p.add_argument("--hidden", default=d.hidden, help="mlp hidden widths (default 512)")
     p.add_argument("--dataset", default=d.dataset, help="dataset (default digits, bundled)")
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--partition", default=d.partition, help="iid | classes:K | dirichlet:ALPHA")

@@ -384,6 +384,22 @@ def test_bounded_under_f_huge_rows(name: str, data: st.DataObject) -> None:
         assert np.all(out >= honest.min(axis=0) - 1e-9) and np.all(out <= honest.max(axis=0) + 1e-9)
 
 
+@pytest.mark.parametrize("name", ROBUST + COMPOSED)
+@pytest.mark.parametrize("huge", [1e19, 3e38])
+def test_huge_finite_float32_rows_do_not_poison_the_output(name: str, huge: float) -> None:
+    # float32 squares of such values overflow to inf; the rules must still return a
+    # finite vector that stays with the honest rows (the wire carries float32).
+    f = 3
+    m = rule(name).min_rows(f) + 2
+    x = np.random.default_rng(5).standard_normal((m, 300)).astype(np.float32)
+    honest = x[f:].astype(np.float64)
+    x[:f] = np.float32(huge) * np.where(np.arange(f)[:, None] % 2, -1, 1).astype(np.float32)
+    out = rule(name)(x, f=f, **({"rng": 1} if name.startswith("bucketing") else {}))
+    assert np.all(np.isfinite(out))
+    spread = honest.max(axis=0) - honest.min(axis=0)
+    assert np.all(np.abs(out - honest.mean(axis=0)) <= 3 * spread)
+
+
 def test_average_breaks_under_one_huge_row() -> None:
     x = np.random.default_rng(0).standard_normal((10, 4))
     honest_max = x.max()

@@ -93,13 +93,13 @@ def closest_mean_of_sorted(s: np.ndarray, center: np.ndarray, keep: int) -> np.n
     return np.asarray(total / keep)
 
 
-def pairwise_sq_distances(x: np.ndarray) -> np.ndarray:
-    """Squared Euclidean distances between the rows of ``x`` via one Gram product.
+def gram(x: np.ndarray) -> np.ndarray:
+    """The (m x m) Gram matrix ``x @ x.T`` as float64, computed in the input dtype.
 
-    ``|x_i - x_j|^2 = |x_i|^2 + |x_j|^2 - 2 x_i.x_j``. The product runs in the input
-    dtype; its rounding error on an entry is about eps * (|x_i|^2 + |x_j|^2) (eps =
-    6e-8 for float32), below the float32 quantization of the inputs themselves for
-    typical gradients. Negative round-off is clipped to 0 and the diagonal is exactly 0.
+    A Byzantine row of huge but finite float32 values (|v| around 1e19 or more)
+    overflows float32 products to inf, and inf * 0 later turns weights into NaN. Only
+    then (checked on the small (m x m) result) the product is redone in float64, where
+    no product of float32 values can overflow.
 
     Parameters
     ----------
@@ -109,7 +109,32 @@ def pairwise_sq_distances(x: np.ndarray) -> np.ndarray:
     -------
     ndarray of shape (m, m), float64
     """
-    g = np.asarray(x @ x.T, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        g = np.asarray(x @ x.T, dtype=np.float64)
+    if x.dtype != np.float64 and not np.isfinite(g).all():
+        x64 = x.astype(np.float64)
+        g = np.asarray(x64 @ x64.T)
+    return g
+
+
+def pairwise_sq_distances(x: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances between the rows of ``x`` via one Gram product.
+
+    ``|x_i - x_j|^2 = |x_i|^2 + |x_j|^2 - 2 x_i.x_j``. The product runs in the input
+    dtype (float64 on overflow, see ``gram``); its rounding error on an entry is about
+    eps * (|x_i|^2 + |x_j|^2) (eps = 6e-8 for float32), below the float32 quantization
+    of the inputs themselves for typical gradients. Negative round-off is clipped to 0
+    and the diagonal is exactly 0.
+
+    Parameters
+    ----------
+    x : ndarray of shape (m, k)
+
+    Returns
+    -------
+    ndarray of shape (m, m), float64
+    """
+    g = gram(x)
     sq = np.diag(g).copy()
     d = sq[:, None] + sq[None, :] - 2.0 * g
     np.maximum(d, 0.0, out=d)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import register
-from ._common import median_1d, median_of_sorted, sorted_columns, weighted_rows
+from ._common import gram, median_1d, median_of_sorted, sorted_columns, weighted_rows
 
 
 @register("centered-clipping", coordinatewise=False, min_rows=lambda f: 2 * f + 1, condition="m >= 2f+1")
@@ -52,7 +52,7 @@ def centered_clipping(
     m = x.shape[0]
     v0 = median_of_sorted(sorted_columns(x))
     y = x - v0.astype(x.dtype)
-    h = (y @ y.T).astype(np.float64)
+    h = gram(y)
     sq = np.diag(h)
     radius = median_1d(np.sqrt(np.maximum(sq, 0.0))) if tau is None else float(tau)
     w = np.zeros(m)

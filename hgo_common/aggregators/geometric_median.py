@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import register
-from ._common import median_1d, select_lowest, weighted_rows
+from ._common import gram, median_1d, select_lowest, weighted_rows
 
 
 @register("geometric-median", coordinatewise=False, min_rows=lambda f: 2 * f + 1, condition="m >= 2f+1")
@@ -59,7 +59,7 @@ def geometric_median(
             f"geometric-median: need nu > 0, max_iter >= 1, tol >= 0; got {nu=}, {max_iter=}, {tol=}"
         )
     m = x.shape[0]
-    g = np.asarray(x @ x.T, dtype=np.float64)
+    g = gram(x)
     sq = np.diag(g).copy()
 
     pair = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2.0 * g, 0.0))

@@ -220,7 +220,7 @@ class Worker:
             except Rejected as exc:
                 log.error("%s: rejected by the server: %s", self.name, exc)
                 return EXIT_REJECTED
-            except (SessionLost, grpc.aio.AioRpcError, OSError) as exc:
+            except (SessionLost, grpc.aio.AioRpcError, OSError, TimeoutError) as exc:
                 log.info("%s: session ended: %s", self.name, _describe(exc))
             finally:
                 self.metrics.connected(False)
@@ -260,7 +260,10 @@ class Worker:
         try:
             stub = hgo_pb2_grpc.HGOStub(channel)
             call = stub.Session(metadata=metadata)
-            state = await self._handshake(call)
+            try:
+                state = await self._handshake(call)
+            except ValueError as exc:  # a spec this worker cannot train, data it cannot load
+                raise Rejected(f"cannot train what the server asks: {exc}") from exc
             self.sessions += 1
             self.metrics.connected(True)
             await _Session(self, call, *state).run()
@@ -408,7 +411,8 @@ class _Session:
                         raise t.exception()  # type: ignore[misc]
                 raise SessionLost("the session ended")
             # The reader returned: Stop{done}. Say goodbye, then end our half of the stream.
-            await asyncio.wait_for(self.out.join(), timeout=5.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.out.join(), timeout=1.0)
             try:
                 await self.call.write(hgo_pb2.WorkerMessage(leave=hgo_pb2.Leave(reason="done")))
                 await self.call.done_writing()

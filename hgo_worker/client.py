@@ -494,7 +494,10 @@ class _Session:
         if cfg.budget_policy != "fixed" and math.isfinite(tau_ms):
             from hgo_common import budget
 
-            plan = budget.plan(cfg.budget_policy, rate=self.w.rate, tau_ms=tau_ms, d=spec.dim, batch_size=s)
+            plan = budget.plan(
+                cfg.budget_policy, rate=self.w.rate, tau_ms=tau_ms, d=spec.dim, batch_size=s,
+                max_batch=len(self.y),
+            )  # fmt: skip
             s, cap = int(plan.batch_size), min(int(spec.dim), int(plan.coords))
         sched = Schedule(self.w.rate, s, spec.dim, tau_ms, max(1, spec.max_chunk_values or 16384), cap)
         return s, sched

@@ -408,3 +408,23 @@ def test_cli_rejects_bad_flags_with_named_values() -> None:
         capture_output=True, text=True, timeout=60,
     )
     assert out.returncode == 2 and "'fast'" in out.stderr
+
+
+async def test_budget_policy_sets_batch_and_prefix(fake: Any) -> None:
+    from hgo_common import budget
+
+    rate, tau = 50.0, 300.0
+    plan = budget.plan("coordinates-first", rate=rate, tau_ms=tau, d=P + 1, batch_size=10, max_batch=N_ROWS)
+    # coordinates-first shrinks the mini-batch until the whole gradient fits the budget
+    assert plan.batch_size < 10 and plan.coords == P + 1
+    _, run = await _start_worker(fake.port, rate=rate, profile="custom", budget_policy="coordinates-first")
+    sess = await asyncio.wait_for(fake.joined.get(), 10)
+    await sess.task(0, np.zeros(P + 1), tau)
+    await asyncio.sleep(tau / 1000 + 0.3)
+    chunks = sess.of_round(0)
+    prefix = check_contiguous(chunks, 64)
+    assert 0.5 * plan.coords <= prefix <= plan.coords
+    for c in chunks:
+        assert c.offset + len(c.values) <= throttle.released(c.t_ms, rate, plan.batch_size, P + 1)
+    await sess.stop("done")
+    assert await asyncio.wait_for(run, 10) == 0

@@ -37,6 +37,8 @@ class WorkerMetrics:
             "reconnects": Counter("hgo_worker_reconnects", "Reconnections to the server", lab, registry=reg),
             "connected": Gauge("hgo_worker_connected", "1 while a session is open", lab, registry=reg),
         }
+        for m in self._m.values():
+            m.labels(profile=profile)  # export every series from the start, at 0
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> int:
         """Expose /metrics on ``port`` (0 picks a free one); returns the bound port."""

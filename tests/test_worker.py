@@ -428,3 +428,32 @@ async def test_budget_policy_sets_batch_and_prefix(fake: Any) -> None:
         assert c.offset + len(c.values) <= throttle.released(c.t_ms, rate, plan.batch_size, P + 1)
     await sess.stop("done")
     assert await asyncio.wait_for(run, 10) == 0
+
+
+async def test_metrics_follow_the_contract(fake: Any) -> None:
+    import urllib.request
+
+    from hgo_worker.metrics import WorkerMetrics
+
+    metrics = WorkerMetrics("custom", enabled=True)
+    port = metrics.serve(0, addr="127.0.0.1")
+    cfg = WorkerConfig(server=f"127.0.0.1:{fake.port}", rate=0.0, profile="custom", batch_size=10, seed=1)
+    run = asyncio.create_task(Worker(cfg, metrics=metrics).run())
+    sess = await asyncio.wait_for(fake.joined.get(), 10)
+    await sess.task(0, np.zeros(P + 1), 100.0)
+    await asyncio.sleep(0.3)
+    body = await asyncio.to_thread(
+        lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    )
+    values = {
+        line.split(" ")[0]: float(line.split(" ")[1]) for line in body.splitlines() if line.startswith("hgo_")
+    }
+    lab = '{profile="custom"}'
+    assert values[f"hgo_worker_coordinates_sent_total{lab}"] == P + 1
+    assert values[f"hgo_worker_coordinates_computed_total{lab}"] >= P + 1
+    assert values[f"hgo_worker_rounds_total{lab}"] == 1
+    assert values[f"hgo_worker_connected{lab}"] == 1
+    assert values[f"hgo_worker_rate{lab}"] == 0
+    assert f"hgo_worker_reconnects_total{lab}" in values
+    await sess.stop("done")
+    assert await asyncio.wait_for(run, 10) == 0

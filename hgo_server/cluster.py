@@ -6,9 +6,9 @@ live gRPC state, DESIGN.md §8). Hardware profiles come from ``profiles.assign(n
 (weak, average, powerful; paper §6), ``--byzantine F`` of the workers (spread evenly over
 the profiles) run ``--attack``. It shows progress from the server's round log, then
 prints a summary (final accuracy or loss, rounds per second, mean prefix per profile) and
-writes ``round_log.jsonl``, ``summary.json``, the processes' logs and a PNG of the test
-metric against time into ``--out``. Every process it started is killed (process group,
-SIGTERM then SIGKILL) on exit, error or Ctrl-C.
+writes ``round_log.jsonl``, ``summary.json``, ``processes.json`` (name -> pid), the
+processes' logs and a PNG of the test metric against time into ``--out``. Every process
+it started is killed (process group, SIGTERM then SIGKILL) on exit, error or Ctrl-C.
 
 The default run (``make demo`` = ``hgo-run --out runs/demo``) trains a 64-512-10 MLP
 (d = 38,410) on scikit-learn's digits with 10 workers (3 weak, 4 average, 3 powerful),
@@ -371,17 +371,25 @@ def run_cluster(
         stale.unlink(missing_ok=True)
     started: list[subprocess.Popen[bytes]] = []
     workers: list[subprocess.Popen[bytes]] = []
+    pids: dict[str, int] = {}
+    pid_file = out / "processes.json"
+
+    def launch_one(argv: list[str], name: str) -> subprocess.Popen[bytes]:
+        proc = launch(argv, name=name)
+        started.append(proc)
+        pids[name] = proc.pid
+        pid_file.write_text(json.dumps(pids, indent=1) + "\n")  # for operators (and the cleanup test)
+        return proc
+
     profs = cfg.worker_profiles()
     progress = _Progress(cfg.rounds, stream, cfg.progress)
     t0 = time.monotonic()
     try:
-        server = launch(server_argv(cfg, port_file, log_file), name="server")
-        started.append(server)
+        server = launch_one(server_argv(cfg, port_file, log_file), "server")
         server_log = out / "server.log"
         port = _wait_port(port_file, server, server_log, 120.0)
         for i in range(cfg.workers):
-            workers.append(launch(worker_argv(cfg, i, port, profs[i]), name=f"worker-{i}"))
-            started.append(workers[-1])
+            workers.append(launch_one(worker_argv(cfg, i, port, profs[i]), f"worker-{i}"))
         records: list[dict[str, Any]] = []
         late_started = cfg.late == 0
         while True:
@@ -392,8 +400,7 @@ def run_cluster(
                 records = new
             if not late_started and records and int(records[-1]["round"]) + 1 >= cfg.late_round:
                 for j in range(cfg.workers, cfg.workers + cfg.late):
-                    workers.append(launch(worker_argv(cfg, j, port, profs[j]), name=f"worker-{j}"))
-                    started.append(workers[-1])
+                    workers.append(launch_one(worker_argv(cfg, j, port, profs[j]), f"worker-{j}"))
                 late_started = True
             if server.poll() is not None:
                 break

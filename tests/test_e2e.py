@@ -126,3 +126,39 @@ def test_worker_joining_mid_training_is_sampled(procs: ProcessGroup) -> None:
     first = next(i for i, ids in enumerate(later_ids) if late_id in ids)
     assert sum(late_id in ids for ids in later_ids[first:]) >= 0.4 * len(later_ids[first:])
     assert math.isfinite(res.metric)
+
+
+def test_hgo_run_kills_every_process_on_ctrl_c(procs: ProcessGroup) -> None:
+    """SIGINT to hgo-run mid-training: it exits 130 and no server or worker survives it."""
+    import json
+    import os
+    import signal
+    import time
+
+    from tests.procs import console
+
+    out = procs.workdir / "run"
+    proc = procs.start(
+        [*console("hgo-run"), "--workers", "3", "--model", "logistic", "--dataset", "digits-binary",
+         "--rounds", "100000", "--tau", "50", "--out", str(out), "--no-progress"],
+        name="hgo-run",
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        log = out / "round_log.jsonl"
+        if log.exists() and log.read_text().count("\n") >= 3:
+            break
+        assert proc.poll() is None, procs.log(proc)
+        time.sleep(0.2)
+    else:
+        raise AssertionError(f"no training within 120 s:\n{procs.log(proc)}")
+    pids = json.loads((out / "processes.json").read_text())
+    assert set(pids) == {"server", "worker-0", "worker-1", "worker-2"}
+    os.kill(proc.pid, signal.SIGINT)
+    assert procs.wait(proc, 30) == 130
+    for name, pid in pids.items():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        raise AssertionError(f"{name} (pid {pid}) survived hgo-run")

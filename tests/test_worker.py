@@ -457,3 +457,34 @@ async def test_metrics_follow_the_contract(fake: Any) -> None:
     assert f"hgo_worker_reconnects_total{lab}" in values
     await sess.stop("done")
     assert await asyncio.wait_for(run, 10) == 0
+
+
+async def test_own_shard_loads_the_same_split_as_the_server() -> None:
+    """--shard i/n: the worker rebuilds its shard from the spec (dataset, partition, seed) itself."""
+    from hgo_common import datasets
+
+    spec = hgo_pb2.TrainingSpec(
+        model="logistic", layer_sizes=[64, 1], dim=65, order="flat", dataset="digits-binary", n_features=64,
+        n_classes=2, algorithm="hgo", max_chunk_values=64, seed=1, partition="iid", num_shards=4,
+    )  # fmt: skip
+    fake = FakeHGO(np.zeros((1, 64), np.float32), np.zeros(1, np.float32), spec)
+    server, port = await start_fake(fake)
+    try:
+        worker, run = await _start_worker(port, rate=0.0, profile="custom", shard="2/4")
+        sess = await asyncio.wait_for(fake.joined.get(), 30)
+        assert not sess.join.wants_shard
+        w = np.random.default_rng(5).normal(scale=0.1, size=65)
+        await sess.task(3, w, 100.0)
+        await asyncio.sleep(0.5)
+        got = np.concatenate([c.values for c in sess.of_round(3)])
+        ds = datasets.load("digits-binary", seed=1)
+        rows = datasets.partition(ds.y_train, 4, "iid", np.random.default_rng(1))[2]
+        X, y = ds.X_train[rows], ds.y_train[rows]
+        idx = draw_batch(len(y), 10, round_rng(worker.seed, 3, salt=sess.worker_id))
+        want = models.create("logistic", n_features=64).gradient(w.astype(np.float32).astype(np.float64),
+                                                                  X[idx], y[idx])  # fmt: skip
+        np.testing.assert_allclose(got, want[order.make_order(7, 65, "flat")], rtol=1e-4, atol=1e-6)
+        await sess.stop("done")
+        assert await asyncio.wait_for(run, 10) == 0
+    finally:
+        await server.stop(None)

@@ -152,11 +152,14 @@ class WireClient:
                 pass
         return await asyncio.wait_for(self.call.code(), timeout)  # type: ignore[no-any-return]
 
-    def respond(self, gradient: Callable[[hgo_pb2.RoundTask], np.ndarray] | None = None) -> None:
+    def respond(
+        self, gradient: Callable[[hgo_pb2.RoundTask], np.ndarray] | None = None, *, record: bool = True
+    ) -> None:
         """Play an honest, unthrottled worker in the background until the stream ends.
 
         Every RoundTask is answered with ``gradient(task)`` (default: zeros of d) in
-        max_chunk_values chunks; every server heartbeat with one of ours.
+        max_chunk_values chunks; every server heartbeat with one of ours. ``record=False``
+        keeps no history of tasks and closes (long runs that measure memory).
         """
         assert self.welcome is not None
         d = int(self.welcome.spec.dim)
@@ -170,11 +173,12 @@ class WireClient:
                         return
                     kind = msg.WhichOneof("kind")
                     if kind == "task":
-                        self.tasks.append(msg.task)
+                        if record:
+                            self.tasks.append(msg.task)
                         await self.send_full(msg.task, grad(msg.task))
                     elif kind == "heartbeat":
                         await self.send(hgo_pb2.WorkerMessage(heartbeat=hgo_pb2.Heartbeat()))
-                    elif kind == "closed":
+                    elif kind == "closed" and record:
                         self.closed_rounds.append(msg.closed.round)
                     elif kind == "stop":
                         self.stop_reason = msg.stop.reason

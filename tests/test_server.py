@@ -582,3 +582,29 @@ async def test_token_required_when_configured(serve: Any) -> None:
     serve.workers.append(ok)
     welcome = await ok.join()
     assert welcome.worker_id == 0 and len(running.core.sessions) == 1
+
+
+async def test_mutual_tls_and_token_through_start_server(serve: Any, tmp_path: Path) -> None:
+    pytest.importorskip("cryptography")
+    from hgo_server import auth
+    from tests.tlsgen import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    running, port = await serve(
+        q=1, rounds=1, token="tls-token", tls_cert=str(pki.server_cert), tls_key=str(pki.server_key),
+        tls_ca=str(pki.ca_cert),
+    )  # fmt: skip
+    creds = auth.channel_credentials(pki.ca_cert, pki.client_cert, pki.client_key)
+    async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds) as ch:
+        reply = await hgo_pb2_grpc.HGOStub(ch).Status(
+            hgo_pb2.StatusRequest(), metadata=(("authorization", "Bearer tls-token"),)
+        )
+        assert reply.dim == D
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await hgo_pb2_grpc.HGOStub(ch).Status(hgo_pb2.StatusRequest())
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert sample_value(running, "hgo_rejected_messages_total", {"reason": "unauthenticated"}) == 1
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as plain:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await hgo_pb2_grpc.HGOStub(plain).Status(hgo_pb2.StatusRequest(), timeout=5)
+        assert info.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)

@@ -385,8 +385,10 @@ class _Session:
         self.loop = asyncio.get_running_loop()
         self.last_recv = self.loop.time()
         self.out: asyncio.Queue[Any] = asyncio.Queue(maxsize=8)
-        self.served: set[int] = set()
-        self.closed: set[int] = set()
+        # Rounds only grow within a session (a restarted server means a new session), so
+        # two counters replace ever-growing sets of served and closed rounds.
+        self.last_served = -1
+        self.last_closed = -1
         self.current: tuple[int, asyncio.Task[None]] | None = None
 
     async def run(self) -> None:
@@ -433,7 +435,7 @@ class _Session:
             if kind == "task":
                 self._on_task(msg.task, now)
             elif kind == "closed":
-                self.closed.add(msg.closed.round)
+                self.last_closed = max(self.last_closed, msg.closed.round)
                 if self.current is not None and self.current[0] == msg.closed.round:
                     self._cancel_round()
             elif kind == "stop":
@@ -447,7 +449,7 @@ class _Session:
         while True:
             msg = await self.out.get()
             try:
-                if msg.WhichOneof("kind") == "chunk" and msg.chunk.round in self.closed:
+                if msg.WhichOneof("kind") == "chunk" and msg.chunk.round <= self.last_closed:
                     continue  # the round closed while the chunk waited: it would only be late
                 await self.call.write(msg)
             finally:
@@ -470,11 +472,11 @@ class _Session:
             self.current = None
 
     def _on_task(self, task: Any, received: float) -> None:
-        if task.round in self.served:
+        if task.round <= self.last_served:
             return  # a duplicate of a round this session already served
         if self.w.trace is not None:
             self.w.trace.append(("task", int(task.round), time.time()))
-        self.served.add(task.round)
+        self.last_served = task.round
         self._cancel_round()  # a new round means the previous one is closed on the server
         if self.w.behaviour is not None and self.w.behaviour.silent:
             return

@@ -388,6 +388,8 @@ class Server:
         self._sample_rng = np.random.default_rng([cfg.seed, 1])
         self._next_worker_id = 0
         self._shard_cache: dict[int, list[ShardSlice]] = {}
+        # Active sessions per shard, kept up to date on join/leave (O(1) per join).
+        self._shard_holders = np.zeros(self.spec.num_shards, dtype=np.int64)
         self._changed = asyncio.Event()
         self._wake = asyncio.Event()
         self._stopping = False
@@ -486,6 +488,7 @@ class Server:
             sess.send(Stop("shutdown"))
         else:
             self.sessions[sess.session_id] = sess
+            self._shard_holders[shard] += 1
             self.metrics.active_sessions.labels(profile=sess.profile).inc()
             self._changed.set()
         log.info(
@@ -500,10 +503,7 @@ class Server:
         With workers joining one by one this gives the i-th worker shard i, then
         round-robin; a worker that replaces a dropped one inherits its free shard.
         """
-        held = np.zeros(self.spec.num_shards, dtype=np.int64)
-        for s in self.sessions.values():
-            held[s.shard_index] += 1
-        return int(np.argmin(held))
+        return int(np.argmin(self._shard_holders))
 
     def _shard_parts(self, shard: int) -> list[ShardSlice]:
         if shard not in self._shard_cache:
@@ -521,6 +521,7 @@ class Server:
             return
         sess.active = False
         if self.sessions.pop(sess.session_id, None) is not None:
+            self._shard_holders[sess.shard_index] -= 1
             self.metrics.active_sessions.labels(profile=sess.profile).dec()
         if self._round_open and sess.slot is not None:
             self.collector.drop_slot(sess.slot)
@@ -632,7 +633,8 @@ class Server:
         """Wait for --min-workers sessions, train --rounds rounds, evaluate, send Stop."""
         cfg = self.cfg
         log.info("waiting for %d workers", cfg.min_workers)
-        started = await self._wait_sessions(int(cfg.min_workers or 1))
+        nothing_left = self.start_round >= cfg.rounds  # resumed from a finished run
+        started = nothing_left or await self._wait_sessions(int(cfg.min_workers or 1))
         self._t_start = time.monotonic()
         k = self.start_round
         if started:
@@ -685,7 +687,11 @@ class Server:
     async def _evaluate(self) -> dict[str, float]:
         ds, model = self.setup.dataset, self.setup.model
         w = self.w.copy()
-        res = await self._in_thread(model.evaluate, w, ds.X_test, ds.y_test)
+        try:
+            res = await self._in_thread(model.evaluate, w, ds.X_test, ds.y_test)
+        except Exception as exc:  # weights an attack drove to inf/NaN must not stop training
+            log.warning("evaluation failed at round %d: %r", self.round, exc)
+            res = {self.metric_name: math.nan}
         self.last_eval = {str(key): float(val) for key, val in res.items()}
         if "accuracy" in self.last_eval:
             self.metrics.test_accuracy.set(self.last_eval["accuracy"])

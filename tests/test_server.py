@@ -12,6 +12,7 @@ import asyncio
 import math
 import signal
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from hgo_common.roundlog import read as read_log
 from hgo_server import config as server_config
 from hgo_server.server import Setup, load_setup
 from hgo_server.servicer import RunningServer, start_server
-from tests.procs import ProcessGroup, console
+from tests.procs import ProcessGroup, console, free_port
 
 D = 31  # logistic regression on breast-cancer: 30 weights + 1 bias
 BASE = {"dataset": "breast-cancer", "model": "logistic", "eval_every": 0, "port": 0, "seed": 3}
@@ -518,9 +519,11 @@ async def test_stop_request_closes_the_round_and_sends_stop(serve: Any) -> None:
 def test_process_sigterm_exits_0_and_workers_get_stop(procs: ProcessGroup, tmp_path: Path) -> None:
     port_file = tmp_path / "port"
     log_file = tmp_path / "rounds.jsonl"
+    metrics_port = free_port()
     proc = procs.start(
         [*console("hgo-server"), "--port", "0", "--port-file", str(port_file), "--dataset", "breast-cancer",
-         "--q", "1", "--min-workers", "1", "--tau", "50ms", "--rounds", "100000", "--log", str(log_file)],
+         "--q", "1", "--min-workers", "1", "--tau", "50ms", "--rounds", "100000", "--log", str(log_file),
+         "--metrics-port", str(metrics_port)],
         name="server",
     )  # fmt: skip
     deadline = time.monotonic() + 60
@@ -538,6 +541,10 @@ def test_process_sigterm_exits_0_and_workers_get_stop(procs: ProcessGroup, tmp_p
             for _ in range(3):
                 await w.next("task")
                 await w.heartbeat()
+            scrape = await asyncio.to_thread(
+                lambda: urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read()
+            )
+            assert b"hgo_rounds_total" in scrape and b'hgo_active_sessions{profile="average"} 1.0' in scrape
             proc.send_signal(signal.SIGTERM)
             return (await w.next("stop")).stop.reason
         finally:

@@ -245,7 +245,10 @@ def test_workers_sigkilled_mid_round_training_continues(procs: ProcessGroup, tmp
     server = _server(procs, port, tmp_path, "--rounds", "100000")
     workers = {f"w{i}": _worker(procs, port, f"w{i}") for i in range(4)}
     log = tmp_path / "server.jsonl"
-    _until(lambda: len(_rounds(log)) >= 10, 90, "10 rounds with 4 workers", procs)
+    _until(lambda: (_status(port) or hgo_pb2.StatusReply()).active_sessions == 4, 90, "4 sessions", procs)
+    n = len(_rounds(log))
+    _until(lambda: len(_rounds(log)) >= n + 5, 90, "5 rounds with 4 workers", procs)
+    assert _rounds(log)[-1]["sampled"] == 4
     # kill two workers without warning, mid-round (rounds run back to back)
     for name in ("w0", "w1"):
         os.killpg(workers[name].pid, signal.SIGKILL)

@@ -396,7 +396,6 @@ class Server:
         self._t_start = time.monotonic()
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="hgo-agg")
         self._round_open = False
-        self._sampled: list[Session] = []
         self._evaluated_round = -1
         self._checkpointed = -1
         self._known_profiles = _known_profiles()
@@ -546,7 +545,7 @@ class Server:
         current = self.collector.round
         if sess.slot is None or round_index != current:
             if round_index in sess.sampled_rounds:
-                self._late(len(values) // 4)
+                self._late()
                 return
             self.reject("not-sampled")
             raise FailedPrecondition(
@@ -560,13 +559,13 @@ class Server:
                 raise ResourceExhausted(exc.reason, str(exc)) from exc
             raise InvalidArgument(exc.reason, str(exc)) from exc
         if res.reason == collector.LATE:
-            self._late(res.dropped)
+            self._late()
         elif res.reason == collector.NON_FINITE:
             self.reject(collector.NON_FINITE)
         if res.finished:
             self._maybe_wake()
 
-    def _late(self, n_values: int) -> None:
+    def _late(self) -> None:
         self.metrics.late_chunks.inc()
         self.reject(collector.LATE)
 
@@ -720,7 +719,6 @@ class Server:
         task = Task(k, seed_k, wire.encode(self.w), cfg.tau)
         self._wake.clear()
         self._round_open = True
-        self._sampled = sampled
         for slot, sess in enumerate(sampled):
             sess.slot = slot
             sess.sampled_rounds.append(k)

@@ -9,6 +9,8 @@ sends: any hostile value that leaked into an aggregate would move it.
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import numpy as np
 import pytest
@@ -260,31 +262,31 @@ async def test_late_chunks_and_non_finite_values_are_not_fatal(tmp_path: object)
     assert sorted(w["prefix"] for w in records[nxt.round]["workers"]) == [d, d, d]
 
 
-async def test_oversized_grpc_message_is_resource_exhausted() -> None:
-    # --max-message-mb 1: a 1.2 MB message is refused by gRPC itself before decoding
+async def test_oversized_and_undecodable_messages() -> None:
+    # --max-message-mb 1: a 1.2 MB message is refused (and counted) before it is decoded;
+    # bytes that are no WorkerMessage at all are INVALID_ARGUMENT, counted as undecodable
     async with serving(q=3, v=1, tau=150.0, early_close=False, max_message_mb=1, heartbeat_ms=500) as s:
         w0 = s.core.weights.tobytes()
         honest = await _honest(s, 2)
         c, k = await _hostile_in_round(s)
+        before = s.rejected("oversized-message")
         await c.chunk(k, 0, _vals(300_000))
         await _expect_end(c, grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than max")
         await wait_for(lambda: len(s.core.sessions) == 2, what="hostile session dropped")
+        assert s.rejected("oversized-message") == before + 1
+
+        raw = s.channel.stream_stream(
+            "/hgo.v1.HGO/Session", request_serializer=None, response_deserializer=None
+        )()
+        before = s.rejected("undecodable")
+        await raw.write(b"\xff\xff\xff\xff not protobuf")
+        code = await asyncio.wait_for(raw.code(), 15)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, (code, await raw.details())
+        assert s.rejected("undecodable") == before + 1
+
         r = s.core.round
         await wait_for(lambda: s.core.round > r + 1, what="two more rounds")
+        assert len(s.core.sessions) == 2
         assert s.core.weights.tobytes() == w0
         for x in honest:
             await x.close()
-
-
-async def test_oversized_grpc_message_is_counted() -> None:
-    async with serving(q=3, v=1, tau=150.0, early_close=False, max_message_mb=1, heartbeat_ms=500) as s:
-        honest = await _honest(s, 2)
-        c, k = await _hostile_in_round(s)
-        total = sum(s.rejected(r) for r in ("oversized", "oversized-message", "resource-exhausted"))
-        await c.chunk(k, 0, _vals(300_000))
-        await _expect_end(c, grpc.StatusCode.RESOURCE_EXHAUSTED)
-        await wait_for(lambda: len(s.core.sessions) == 2, what="hostile session dropped")
-        after = sum(s.rejected(r) for r in ("oversized", "oversized-message", "resource-exhausted"))
-        for x in honest:
-            await x.close()
-        assert after == total + 1

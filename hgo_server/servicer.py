@@ -396,8 +396,10 @@ async def start_server(
     try:
         port = gs.add_secure_port(addr, creds) if creds is not None else gs.add_insecure_port(addr)
     except RuntimeError as exc:
+        core.close()
         raise ConfigError(f"--bind {cfg.bind} --port {cfg.port}: cannot listen on {addr} ({exc})") from None
     if not port:
+        core.close()
         raise ConfigError(f"--bind {cfg.bind} --port {cfg.port}: cannot listen on {addr}")
     await gs.start()
     log.info(

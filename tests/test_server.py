@@ -615,3 +615,9 @@ async def test_mutual_tls_and_token_through_start_server(serve: Any, tmp_path: P
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await hgo_pb2_grpc.HGOStub(plain).Status(hgo_pb2.StatusRequest(), timeout=5)
         assert info.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+async def test_port_in_use_is_a_config_error(serve: Any) -> None:
+    _running, port = await serve(q=1, rounds=1)
+    with pytest.raises(server_config.ConfigError, match=f"--port {port}: cannot listen"):
+        await serve(q=1, rounds=1, port=port)

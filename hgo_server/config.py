@@ -59,7 +59,7 @@ class ServerConfig:
     log: str | None = None
     metrics_port: int | None = None
     hidden: tuple[int, ...] = (30,)
-    l2: float = 0.0
+    l2: float | None = None  # None: the model's own default (svm 1e-4, others 0)
     max_chunk_values: int = 16384
     sgd_timeout: float = 60_000.0
     early_close: bool = True
@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--rounds", help=f"training rounds (default {d.rounds})")
     add("--model", help="linear | logistic | svm | mlp (default: the dataset's default model)")
     add("--hidden", help="mlp hidden layer widths, comma-separated (default 30)")
-    add("--l2", help=f"l2 regularization (default {d.l2})")
+    add("--l2", help="l2 regularization (default: the model's, 1e-4 for svm and 0 otherwise)")
     add("--dataset", help=f"dataset name (default {d.dataset})")
     add("--data-dir", help="directory with the file-based datasets (mnist, phishing, boston, cifar10)")
     add("--max-train", help="use at most this many training examples (default: all)")
@@ -327,7 +327,10 @@ def resolve(cfg: ServerConfig) -> ServerConfig:
             f"--lr-schedule must be one of {list(rounds.LR_SCHEDULES)}, got {cfg.lr_schedule!r}"
         )
     _range(cfg.lr > 0 and math.isfinite(cfg.lr), f"--lr must be a positive finite number, got {cfg.lr}")
-    _range(cfg.l2 >= 0 and math.isfinite(cfg.l2), f"--l2 must be a finite number >= 0, got {cfg.l2}")
+    _range(
+        cfg.l2 is None or (cfg.l2 >= 0 and math.isfinite(cfg.l2)),
+        f"--l2 must be a finite number >= 0, got {cfg.l2}",
+    )
     need = rule.min_rows(cfg.f)
     v = cfg.v
     if v is None:

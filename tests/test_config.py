@@ -136,3 +136,14 @@ def test_cli_prints_config_errors_and_exits_2(capsys: pytest.CaptureFixture[str]
     assert main(["--tau", "-5"]) == 2
     err = capsys.readouterr().err
     assert "hgo-server: error:" in err and "--tau" in err and "-5" in err
+
+
+def test_l2_defaults_to_the_models_own() -> None:
+    from hgo_server.server import load_setup
+
+    svm = load_setup(parse_args(["--dataset", "breast-cancer", "--model", "svm", "--q", "2"]))
+    assert svm.spec.l2 == pytest.approx(1e-4)  # the SVM's documented default regularization
+    logistic = load_setup(parse_args(["--dataset", "breast-cancer", "--model", "logistic", "--q", "2"]))
+    assert logistic.spec.l2 == 0.0
+    explicit = load_setup(parse_args(["--dataset", "breast-cancer", "--model", "svm", "--l2", "0.5", "--q", "2"]))
+    assert explicit.spec.l2 == 0.5

@@ -145,5 +145,6 @@ def test_l2_defaults_to_the_models_own() -> None:
     assert svm.spec.l2 == pytest.approx(1e-4)  # the SVM's documented default regularization
     logistic = load_setup(parse_args(["--dataset", "breast-cancer", "--model", "logistic", "--q", "2"]))
     assert logistic.spec.l2 == 0.0
-    explicit = load_setup(parse_args(["--dataset", "breast-cancer", "--model", "svm", "--l2", "0.5", "--q", "2"]))
+    argv = ["--dataset", "breast-cancer", "--model", "svm", "--l2", "0.5", "--q", "2"]
+    explicit = load_setup(parse_args(argv))
     assert explicit.spec.l2 == 0.5

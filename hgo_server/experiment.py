@@ -283,6 +283,12 @@ def plot_runs(
         curves = {k: v for k, v in curves.items() if v}
         if not curves:
             continue
+        ends = [float(c[0][-1]) for group in curves.values() for c in group]
+        if xkey == "t" and min(ends) > 0 and max(ends) / min(ends) > 20:
+            # SGD(tau=inf) can take 100x longer than HGO: a linear axis would squash HGO
+            # into a vertical line, so time goes on a log10 axis.
+            curves = {k: [(np.log10(x), y) for x, y in v] for k, v in curves.items()}
+            xlabel = "log10 " + xlabel
         path = out_prefix.with_name(f"{out_prefix.name}_{metric}_vs_{suffix}.png")
         plots.plot_bands(curves, path, xlabel=xlabel, ylabel=f"test {metric}", title=title)
         written.append(path)

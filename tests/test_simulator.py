@@ -239,3 +239,16 @@ def test_early_close_clock_follows_the_slowest_full_sender() -> None:
     assert [r["round_ms"] for r in res.records] == pytest.approx([49.6] * 4)
     late = simulator.run(small(tau_ms=10.0, early_close=True, rounds=3))
     assert [r["round_ms"] for r in late.records] == [10.0] * 3  # partial prefixes: wait for tau
+
+
+def test_budget_policy_sets_batch_and_prefix() -> None:
+    """coordinates-first: a slow worker shrinks its mini-batch to send the whole gradient."""
+    from hgo_common import budget
+
+    sim = Simulation(small(budget_policy="coordinates-first"))
+    for i, rate in enumerate(RATES):
+        plan = budget.plan("coordinates-first", rate=rate, tau_ms=10.0, d=31, batch_size=32)
+        assert sim.plans[i] == (plan.batch_size, plan.coords)
+    assert sim.plans[0] == (6, 31)  # rate 20: 20 * 10 / 31 -> 6 points, all 31 coordinates
+    rec = sim.step()
+    assert all(w["prefix"] == 31 for w in rec["workers"])

@@ -524,7 +524,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{p.stem:8s} {doc.get('title', '')}")
         return 0
     if args.cmd == "report":
-        print(report(read_summary(args.out / "summary.csv"), args.metric))
+        try:
+            print(report(read_summary(args.out / "summary.csv"), args.metric))
+        except OSError as exc:
+            print(f"hgo-experiment: cannot read the summary of {args.out}: {exc}", file=sys.stderr)
+            return 2
         return 0
     try:
         sc = load_scenario(args.scenario, quick=args.quick, rounds=args.rounds, seeds=args.seeds)

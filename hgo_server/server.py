@@ -1,7 +1,7 @@
 """The HGO parameter server: sessions and the round loop (paper §3, Algorithm 1), transport-free.
 
 This module knows nothing about gRPC or protobuf. Workers are :class:`Session` objects
-with an outbound ``asyncio.Queue`` of plain message dataclasses (:class:`Welcome`,
+with a bounded, coalescing :class:`Outbox` of plain message dataclasses (:class:`Welcome`,
 :class:`Task`, ...); ``hgo_server.servicer`` turns those into protobuf on the wire and
 turns wire messages into calls of :meth:`Server.join`, :meth:`Server.on_chunk`,
 :meth:`Server.on_heartbeat` and :meth:`Server.leave`. Protocol violations raise the
@@ -192,6 +192,58 @@ class JoinRequest:
 # ---------------------------------------------------------------------------- sessions
 
 
+class Outbox:
+    """A session's outbound messages, bounded however slowly its stream is written out.
+
+    A worker that reads slower than the rounds go (a slow link, a stalled process that
+    still sends heartbeats) must not make the server hold one :class:`Task` (w_k, 4d
+    bytes, plus its serialized copy) per round forever. Messages that a newer one makes
+    useless are therefore coalesced when queued:
+
+    * a :class:`Task` removes any queued Task: only the newest round can still be served;
+    * a :class:`Closed` removes any queued Closed: ``RoundClosed{k}`` tells the worker
+      that every round up to k is over (hgo_worker stops any round <= k on it);
+    * a :class:`Beat` is dropped when one is already queued.
+
+    The replaced entry is removed and the new one appended, so the relative order of the
+    surviving messages is the order they were sent in (Task k before Closed k before
+    Task k+1). Welcome, ShardSlices, Stop and End are appended: a bounded number per
+    session. One consumer (the transport's writer) awaits :meth:`get`.
+    """
+
+    def __init__(self) -> None:
+        self._items: deque[Outgoing] = deque()
+        self._ready = asyncio.Event()
+
+    def put_nowait(self, msg: Outgoing) -> None:
+        if isinstance(msg, Task | Closed | Beat):
+            kind = type(msg)
+            stale = [m for m in self._items if type(m) is kind]
+            if isinstance(msg, Beat) and stale:
+                return
+            for m in stale:
+                self._items.remove(m)
+        self._items.append(msg)
+        self._ready.set()
+
+    async def get(self) -> Outgoing:
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        return self._items.popleft()
+
+    def get_nowait(self) -> Outgoing:
+        if not self._items:
+            raise asyncio.QueueEmpty
+        return self._items.popleft()
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def empty(self) -> bool:
+        return not self._items
+
+
 @dataclass(eq=False)
 class Session:
     """One worker's stream. ``slot`` is its row in the current round (None: not sampled)."""
@@ -206,7 +258,7 @@ class Session:
     shard_index: int
     identity: str | None
     last_seen: float
-    outbox: asyncio.Queue[Outgoing] = field(default_factory=asyncio.Queue)
+    outbox: Outbox = field(default_factory=Outbox)
     slot: int | None = None
     sampled_rounds: deque[int] = field(default_factory=lambda: deque(maxlen=64))
     active: bool = True

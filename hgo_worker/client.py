@@ -435,8 +435,10 @@ class _Session:
             if kind == "task":
                 self._on_task(msg.task, now)
             elif kind == "closed":
+                # RoundClosed{k} closes every round <= k: the server coalesces the closes
+                # queued for a slow reader into the newest one (hgo_server.server.Outbox).
                 self.last_closed = max(self.last_closed, msg.closed.round)
-                if self.current is not None and self.current[0] == msg.closed.round:
+                if self.current is not None and self.current[0] <= self.last_closed:
                     self._cancel_round()
             elif kind == "stop":
                 if msg.stop.reason == "done":
@@ -472,8 +474,8 @@ class _Session:
             self.current = None
 
     def _on_task(self, task: Any, received: float) -> None:
-        if task.round <= self.last_served:
-            return  # a duplicate of a round this session already served
+        if task.round <= self.last_served or task.round <= self.last_closed:
+            return  # a duplicate of a round this session already served, or one already closed
         if self.w.trace is not None:
             self.w.trace.append(("task", int(task.round), time.time()))
         self.last_served = task.round

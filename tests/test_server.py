@@ -621,3 +621,41 @@ async def test_port_in_use_is_a_config_error(serve: Any) -> None:
     _running, port = await serve(q=1, rounds=1)
     with pytest.raises(server_config.ConfigError, match=f"--port {port}: cannot listen"):
         await serve(q=1, rounds=1, port=port)
+
+
+# ---------------------------------------------------------------------------- review: hot path
+
+
+async def test_a_reader_that_never_drains_keeps_a_bounded_outbox() -> None:
+    """A session whose stream is never written out (a slow or stalled reader that still
+    sends heartbeats) must not make the server hold one RoundTask (4d bytes of w_k, plus
+    its serialized copy) per round, nor one RoundClosed/heartbeat per round, forever."""
+    from hgo_server.server import Closed, JoinRequest, Server, Task
+
+    cfg = make_config(q=1, tau="1ms", rounds=150, min_workers=1, heartbeat_ms=10)
+    core = Server(cfg, setup=setup_for(cfg))
+    sess = core.join(JoinRequest(protocol_version=1))
+    beats = asyncio.create_task(core.heartbeats())
+
+    async def keep_alive() -> None:  # the worker side still sends heartbeats
+        while True:
+            core.on_heartbeat(sess)
+            await asyncio.sleep(0.005)
+
+    alive = asyncio.create_task(keep_alive())
+    try:
+        summary = await asyncio.wait_for(core.run(), 60)
+    finally:
+        beats.cancel()
+        alive.cancel()
+        core.close()
+    assert summary.completed and summary.rounds == 150
+    queued = []
+    while not sess.outbox.empty():
+        queued.append(sess.outbox.get_nowait())
+    tasks = [m for m in queued if isinstance(m, Task)]
+    closed = [m for m in queued if isinstance(m, Closed)]
+    assert len(queued) <= 8, [type(m).__name__ for m in queued]
+    # What is left is what a late reader needs: the newest task, then its RoundClosed.
+    assert [t.round for t in tasks] == [149] and [c.round for c in closed] == [149]
+    assert queued.index(tasks[0]) < queued.index(closed[0])

@@ -503,3 +503,31 @@ async def test_own_shard_loads_the_same_split_as_the_server() -> None:
         assert await asyncio.wait_for(run, 10) == 0
     finally:
         await server.stop(None)
+
+
+async def test_round_closed_for_a_later_round_stops_the_current_one(fake: Any) -> None:
+    """The server coalesces the RoundClosed messages queued for a slow reader into the
+    newest one (hgo_server.server.Outbox): RoundClosed{k} must end the work of any round
+    <= k at once (not at its local deadline), and a task for a closed round is not served."""
+    worker, run = await _start_worker(fake.port, rate=1.0, profile="custom")  # d takes 20 s
+    sess = await asyncio.wait_for(fake.joined.get(), 10)
+    w = np.zeros(P + 1)
+    await sess.task(5, w, 20_000.0)
+    for _ in range(400):
+        if sess.of_round(5):
+            break
+        await asyncio.sleep(0.05)
+    assert worker.rounds_served == 0  # round 5 runs until its 20 s deadline or a close
+    await sess.close_round(7)  # rounds 5 and 6 are over too
+    t_closed = time.monotonic()
+    for _ in range(200):
+        if worker.rounds_served == 1:
+            break
+        await asyncio.sleep(0.02)
+    assert worker.rounds_served == 1, "round 5 still running after RoundClosed{7}"
+    assert time.monotonic() - t_closed < 4.0
+    await sess.task(6, w, 20_000.0)  # a task that reached the worker after its round's close
+    await asyncio.sleep(0.5)
+    assert sess.of_round(6) == [] and worker.rounds_served == 1
+    await sess.stop("done")
+    assert await asyncio.wait_for(run, 10) == 0

@@ -775,6 +775,10 @@ class Server:
             sess.slot = slot
             sess.sampled_rounds.append(k)
             sess.send(task)
+        # The deadline counts from here: the task is queued on every sampled stream and the
+        # transport writes it as soon as this coroutine yields. A worker's own clock starts
+        # when it reads the task, later by the broadcast and network latency.
+        t_sent = time.monotonic()
         timeout = cfg.tau if math.isfinite(cfg.tau) else cfg.sgd_timeout
         if not self._stopping:
             try:
@@ -798,7 +802,8 @@ class Server:
         if not outcome.quorum:
             self.rounds_without_quorum += 1
             self.metrics.rounds_without_quorum.inc()
-        round_ms = (time.monotonic() - t0) * 1000.0
+        t_done = time.monotonic()
+        round_ms = (t_done - t_sent) * 1000.0
         record: dict[str, Any] = {
             "round": k,
             "t": t_close - self._t_start,
@@ -812,7 +817,8 @@ class Server:
             "quorum": outcome.quorum,
             "step_size": outcome.step_size,
             "round_ms": round_ms,
-            "close_ms": (t_close - t0) * 1000.0,
+            "close_ms": (t_close - t_sent) * 1000.0,
+            "prepare_ms": (t_sent - t0) * 1000.0,
             "early_close": bool(self._wake.is_set() and not self._stopping),
             "workers": [
                 {"id": s.worker_id, "profile": s.profile, "prefix": int(p), "byzantine": s.byzantine}
@@ -830,7 +836,7 @@ class Server:
         self.roundlog.write(record)
         m = self.metrics
         m.rounds.inc()
-        m.round_duration.observe(round_ms / 1000.0)
+        m.round_duration.observe(t_done - t0)  # the whole round, set-up included
         m.block.set(outcome.block)
         m.sampled.set(len(sampled))
         m.responded.set(record["responded"])

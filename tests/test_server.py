@@ -659,3 +659,31 @@ async def test_a_reader_that_never_drains_keeps_a_bounded_outbox() -> None:
     # What is left is what a late reader needs: the newest task, then its RoundClosed.
     assert [t.round for t in tasks] == [149] and [c.round for c in closed] == [149]
     assert queued.index(tasks[0]) < queued.index(closed[0])
+
+
+async def test_round_timings_count_from_the_broadcast(
+    serve: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close_ms is the deadline interval (tasks queued -> close), round_ms broadcast -> update,
+    and the round's set-up before the broadcast (C_k expansion, sampling, encoding w_k) is
+    reported apart as prepare_ms instead of silently lengthening them."""
+    from hgo_server import server as server_mod
+
+    real = order.make_order
+
+    def slow_make_order(*args: Any, **kw: Any) -> np.ndarray:
+        time.sleep(0.8)  # a stand-in for an expensive C_k expansion
+        return real(*args, **kw)
+
+    monkeypatch.setattr(server_mod.order, "make_order", slow_make_order)
+    running, port = await serve(q=1, tau="400ms", rounds=1, min_workers=1)
+    (w,) = await connect(serve, port, 1)
+    run = asyncio.create_task(running.run())
+    await w.next("task")
+    await w.chunk(0, 0, np.ones(3, np.float32))  # a partial prefix: the round waits for tau
+    await asyncio.wait_for(run, 20)
+    (rec,) = read_log(tmp_path / "rounds.jsonl")
+    assert 395 <= rec["close_ms"] < 400 + 600  # the deadline counts from the broadcast
+    assert rec["close_ms"] <= rec["round_ms"] < 400 + 790  # not the set-up time
+    assert rec["prepare_ms"] >= 790
+    assert rec["workers"][0]["prefix"] == 3

@@ -687,3 +687,24 @@ async def test_round_timings_count_from_the_broadcast(
     assert rec["close_ms"] <= rec["round_ms"] < 400 + 790  # not the set-up time
     assert rec["prepare_ms"] >= 790
     assert rec["workers"][0]["prefix"] == 3
+
+
+async def test_a_session_that_dies_mid_round_keeps_its_delivered_prefix(serve: Any, tmp_path: Path) -> None:
+    running, port = await serve(q=2, v=2, tau="3s", rounds=1, min_workers=2, lr=1.0)
+    a, b = await connect(serve, port, 2)
+    run = asyncio.create_task(running.run())
+    seed = (await a.next("task")).task.order_seed
+    await b.next("task")
+    rows = np.random.default_rng(4).normal(size=(2, D)).astype(np.float32)
+    await a.chunk(0, 0, rows[0])
+    await b.chunk(0, 0, rows[1, :12])
+    await wait_for(lambda: running.core.collector.prefixes.tolist() == [D, 12])
+    await b.close()  # the worker dies mid-round (stream cancelled)
+    await asyncio.wait_for(run, 20)
+    (rec,) = read_log(tmp_path / "rounds.jsonl")
+    assert [x["prefix"] for x in rec["workers"]] == [D, 12] and rec["block"] == 12
+    assert rec["close_ms"] < 2500  # both slots finished (one full, one gone): early close
+    c_k = order.make_order(seed, D, "flat")
+    expected = running.core.setup.w0.copy()
+    expected[c_k[:12]] -= rows[:, :12].astype(np.float64).mean(axis=0)
+    np.testing.assert_allclose(running.core.weights, expected, atol=1e-6)

@@ -531,3 +531,140 @@ async def test_round_closed_for_a_later_round_stops_the_current_one(fake: Any) -
     assert sess.of_round(6) == [] and worker.rounds_served == 1
     await sess.stop("done")
     assert await asyncio.wait_for(run, 10) == 0
+
+
+async def test_mlp_gradient_in_stratified_order_on_a_fresh_batch_each_round() -> None:
+    """What a real worker sends for an MLP, recomputed: round k's values at offset t are
+    d/dw[C_k[t]] of the mean loss on the mini-batch round_rng(seed, k, worker_id) draws,
+    at the float32 w_k of the task, with C_k the *stratified* order of the spec's groups."""
+    p, hidden, classes, n = 12, 7, 3, 200
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(n, p)).astype(np.float32)
+    y = rng.integers(0, classes, size=n).astype(np.float32)
+    model = models.create("mlp", n_features=p, n_classes=classes, hidden=(hidden,))
+    spec = hgo_pb2.TrainingSpec(
+        model="mlp", layer_sizes=[p, hidden, classes], dim=model.dim, order="stratified",
+        blocks=list(model.groups), dataset="synthetic", n_features=p, n_classes=classes,
+        algorithm="hgo", max_chunk_values=16, seed=1, partition="iid", num_shards=1,
+    )  # fmt: skip
+    fake = FakeHGO(X, y, spec)
+    server, port = await start_fake(fake)
+    try:
+        worker, run = await _start_worker(port, rate=0.0, profile="custom")
+        sess = await asyncio.wait_for(fake.joined.get(), 10)
+        batches = []
+        for k, seed in ((4, 21), (5, 22)):
+            w = rng.normal(scale=0.3, size=model.dim)
+            await sess.task(k, w, 200.0, seed=seed)
+            got = np.concatenate([c.values for c in await settle(sess, k)])
+            assert check_contiguous(sess.of_round(k), 16) == model.dim
+            idx = draw_batch(n, 10, round_rng(worker.seed, k, salt=sess.worker_id))
+            batches.append(set(idx.tolist()))
+            c_k = order.make_order(seed, model.dim, "stratified", model.groups)
+            assert not np.array_equal(c_k, order.make_order(seed, model.dim, "flat"))
+            w32 = w.astype(np.float32).astype(np.float64)
+            want = model.gradient(w32, X[idx], y[idx].astype(np.int64))[c_k]
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+            # Independent of the model's own backprop: finite differences at a few positions.
+            for t in (0, 1, model.dim // 2, model.dim - 1):
+                e = np.zeros(model.dim)
+                e[c_k[t]] = 1e-5
+                fd = (model.loss(w32 + e, X[idx], y[idx]) - model.loss(w32 - e, X[idx], y[idx])) / 2e-5
+                assert abs(got[t] - fd) <= 1e-3 * max(1.0, abs(fd)), (t, got[t], fd)
+        assert batches[0] != batches[1] and all(len(b) == 10 for b in batches)  # a fresh batch per round
+        await sess.stop("done")
+        assert await asyncio.wait_for(run, 10) == 0
+    finally:
+        await server.stop(None)
+
+
+async def test_throttled_byzantine_sends_the_attack_on_exactly_its_prefix(fake: Any) -> None:
+    """sign-flip without full=1: the worker's own throttle sets the prefix k (1500 of 2001
+    here) and the value at offset t is the attack's value for coordinate C_k[t]: minus the
+    mean of 5 gradient estimates on mini-batches drawn from the round's generator."""
+    rate, tau = 50.0, 300.0
+    byz, run = await _start_worker(fake.port, rate=rate, profile="custom", byzantine="sign-flip")
+    sess = await asyncio.wait_for(fake.joined.get(), 10)
+    w = np.random.default_rng(8).normal(scale=0.01, size=P + 1)
+    await sess.task(2, w, tau)
+    chunks = await settle(sess, 2)
+    k = throttle.expected_prefix(rate, tau, 10, P + 1)
+    assert check_contiguous(chunks, 64) == k == 1500
+    for c in chunks:
+        assert c.offset + len(c.values) <= throttle.released(c.t_ms, rate, 10, P + 1)
+    got = np.concatenate([c.values for c in chunks])
+    model = models.create("logistic", n_features=P)
+    rng = round_rng(byz.seed, 2, salt=sess.worker_id)
+    c_k = order.make_order(7, P + 1, "flat")
+    w32 = w.astype(np.float32).astype(np.float64)
+    honest = np.stack(
+        [
+            model.gradient(w32, fake.X[i], fake.y[i])[c_k[:k]]
+            for i in (draw_batch(N_ROWS, 10, rng) for _ in range(5))
+        ]
+    )
+    np.testing.assert_allclose(got, -honest.mean(axis=0), rtol=1e-4, atol=1e-6)
+    await sess.stop("done")
+    assert await asyncio.wait_for(run, 10) == 0
+
+
+async def test_label_flip_worker_trains_on_flipped_labels(fake: Any) -> None:
+    worker, run = await _start_worker(fake.port, rate=0.0, profile="custom", byzantine="label-flip")
+    sess = await asyncio.wait_for(fake.joined.get(), 10)
+    assert sess.join.byzantine
+    w = np.random.default_rng(9).normal(scale=0.01, size=P + 1)
+    await sess.task(0, w, 100.0)
+    got = np.concatenate([c.values for c in await settle(sess, 0)])
+    flipped = fake.y.copy()
+    flipped = 1.0 - flipped  # binary: y -> n_classes - 1 - y
+    honest = expected_values(sess, worker.seed, 0, w, fake.X, fake.y)
+    want = expected_values(sess, worker.seed, 0, w, fake.X, flipped)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(got, honest, rtol=1e-2, atol=1e-4)
+    await sess.stop("done")
+    assert await asyncio.wait_for(run, 10) == 0
+
+
+async def test_nan_worker_gets_an_empty_prefix_on_the_real_server(tmp_path: Any) -> None:
+    """A real worker with --byzantine nan against the real server (in-process, port 0):
+    the non-finite policy cuts its prefix to 0, the honest worker's gradient is the update."""
+    from hgo_server import config as server_config
+    from hgo_server.servicer import start_server
+
+    cfg = server_config.from_mapping(
+        {"port": 0, "dataset": "breast-cancer", "model": "logistic", "q": 2, "v": 1, "tau": "2s",
+         "rounds": 1, "min_workers": 2, "seed": 3, "eval_every": 0, "log": str(tmp_path / "r.jsonl")}
+    )  # fmt: skip
+    running, port = await start_server(cfg)
+    runs = []
+    try:
+        for name, byz in (("honest", None), ("nan", "nan")):
+            cfg_w = WorkerConfig(
+                server=f"127.0.0.1:{port}", batch_size=8, seed=5, rate=0.0, profile="custom",
+                byzantine=byz, name=name, reconnect_timeout=5.0,
+            )  # fmt: skip
+            runs.append(asyncio.create_task(Worker(cfg_w).run()))
+            for _ in range(400):  # join in a known order: worker ids 0 (honest), 1 (nan)
+                if len(running.core.sessions) == len(runs):
+                    break
+                await asyncio.sleep(0.02)
+        summary = await asyncio.wait_for(running.run(), 30)
+        assert summary.completed
+        assert [await asyncio.wait_for(r, 10) for r in runs] == [0, 0]
+        rejected = running.core.metrics.registry.get_sample_value(
+            "hgo_rejected_messages_total", {"reason": "non-finite"}
+        )
+        assert rejected is not None and rejected >= 1
+        from hgo_common.roundlog import read as read_log
+
+        (rec,) = read_log(tmp_path / "r.jsonl")
+        d = running.core.d
+        got = [(x["id"], x["prefix"], x["byzantine"]) for x in rec["workers"]]
+        assert got == [(0, d, False), (1, 0, True)]
+        assert running.core.last_block == d  # v = 1: the honest full gradient
+        assert np.isfinite(running.core.weights).all()
+        assert not np.allclose(running.core.weights, running.core.setup.w0)
+    finally:
+        for r in runs:
+            r.cancel()
+        await running.stop(grace=0.5)

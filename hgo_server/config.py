@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -194,6 +195,10 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raw = tomllib.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"--config: file {str(p)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        # A directory, a file without read permission, binary junk: name the file and why.
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"--config: cannot read {str(p)!r}: {why}; expected a TOML file") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"--config: {str(p)!r} is not valid TOML: {exc}") from None
     table = raw.get("server", raw) if isinstance(raw.get("server"), dict) else raw
@@ -204,7 +209,10 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         if name not in FIELDS:
             unknown.append(key)
             continue
-        out[name] = _coerce(name, value)
+        try:
+            out[name] = _coerce(name, value)
+        except ConfigError as exc:
+            raise ConfigError(f"--config {str(p)!r}, key {key!r}: {exc}") from None
     if unknown:
         raise ConfigError(
             f"--config {str(p)!r}: unknown keys {sorted(unknown)}; known keys: "
@@ -225,10 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--config", metavar="FILE", help="TOML file with the same keys as the flags (flags override it)")
     add("--port", help=f"TCP port; 0 picks a free one and prints it (default {d.port})")
     add("--bind", help=f"address to listen on (default {d.bind}; 0.0.0.0 for every interface)")
-    add("--port-file", metavar="FILE", help="write the bound port to FILE once serving")
+    add("--port-file", metavar="FILE", help="write the bound port to FILE once serving (default: none)")
     add("--q", help=f"workers sampled per round (default {d.q})")
     add("--v", help="quorum: the block is the v-th longest prefix (default: rounds.default_quorum)")
-    add("--tau", help=f"round deadline: ms, or 250ms, 2s, inf (default {d.tau:g})")
+    add("--tau", help=f"round deadline tau in ms (a bare number), or 250ms, 2s, inf (default {d.tau:g} ms)")
     add("--rule", help=f"aggregation rule, e.g. average, median, nnm+krum (default {d.rule})")
     add("--f", help=f"Byzantine workers the rule must tolerate (default {d.f})")
     add("--lr", help=f"learning rate gamma (default {d.lr})")
@@ -238,7 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--hidden", help="mlp hidden layer widths, comma-separated (default 30)")
     add("--l2", help="l2 regularization (default: the model's, 1e-4 for svm and 0 otherwise)")
     add("--dataset", help=f"dataset name (default {d.dataset})")
-    add("--data-dir", help="directory with the file-based datasets (mnist, phishing, boston, cifar10)")
+    add("--data-dir", metavar="DIR",
+        help="directory with the file-based datasets (mnist, phishing, boston, cifar10); bundled "
+        "scikit-learn datasets need none")  # fmt: skip
     add("--max-train", help="use at most this many training examples (default: all)")
     add("--partition", help=f"iid | classes:K | dirichlet:ALPHA (default {d.partition})")
     add("--num-shards", help="data shards (default: --min-workers)")
@@ -247,18 +257,21 @@ def build_parser() -> argparse.ArgumentParser:
     add("--algorithm", help=f"hgo | sgd (default {d.algorithm})")
     add("--eval-every", help=f"evaluate on the test split every N rounds; 0 = at the end only "
         f"(default {d.eval_every})")  # fmt: skip
-    add("--log", metavar="FILE", help="per-round JSON-lines log")
+    add("--log", metavar="FILE", help="per-round JSON-lines log; an existing file is appended to, "
+        "never truncated (default: none)")  # fmt: skip
     add("--metrics-port", help="serve Prometheus metrics on this port (default: off)")
     add("--max-chunk-values", help=f"most float32 values per gradient chunk (default {d.max_chunk_values})")
-    add("--sgd-timeout", help="hard round timeout for sgd with tau=inf (default 60s)")
+    add("--sgd-timeout", help="hard round timeout for sgd with tau=inf: ms, or 2s, 2min (default 60s)")
     add("--early-close", action=argparse.BooleanOptionalAction,
         help="close a round as soon as every sampled worker is finished (default on)")  # fmt: skip
     add(
         "--heartbeat-ms",
-        help=f"heartbeat interval; silent for 3 intervals = dropped (default {d.heartbeat_ms:g})",
+        help=f"heartbeat interval in ms (or 2s); silent for 3 intervals = dropped "
+        f"(default {d.heartbeat_ms:g} ms)",
     )
-    add("--max-message-mb", help=f"gRPC message size limit, both directions (default {d.max_message_mb})")
-    add("--checkpoint-dir", metavar="DIR", help="write checkpoints here")
+    add("--max-message-mb",
+        help=f"gRPC message size limit in MiB, both directions (default {d.max_message_mb})")  # fmt: skip
+    add("--checkpoint-dir", metavar="DIR", help="write checkpoints here (default: no checkpoints)")
     add("--checkpoint-every", help=f"checkpoint every N rounds (default {d.checkpoint_every})")
     add("--resume", action="store_true", help="resume from the latest checkpoint in --checkpoint-dir")
     add("--token", help="require this bearer token from workers")
@@ -282,7 +295,70 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         settings.update(load_toml(config_file))
     for name, value in ns.items():
         settings[name] = _coerce(name, value)
-    return resolve(ServerConfig(**settings))
+    cfg = resolve(ServerConfig(**settings))
+    check_paths(cfg)
+    return cfg
+
+
+def _readable_file(flag: str, path: str | None) -> None:
+    if path is None:
+        return
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{flag}: file {path!r} does not exist")
+    if not p.is_file():
+        raise ConfigError(f"{flag}: {path!r} is not a regular file")
+    try:
+        with p.open("rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{flag}: cannot read {path!r}: {exc.strerror or exc}") from None
+
+
+def _writable_dir(flag: str, directory: Path, target: str) -> None:
+    """``directory`` is (or can be created as) a directory this process can write ``target`` into."""
+    probe = directory
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent  # the nearest existing ancestor decides whether mkdir can work
+    if not probe.is_dir():
+        raise ConfigError(f"{flag}: cannot create {target!r}: {str(probe)!r} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag}: cannot create {target!r}: no write permission in {str(probe)!r}")
+
+
+def check_paths(cfg: ServerConfig) -> None:
+    """Files named on the command line exist and can be used, before the server binds.
+
+    Called by :func:`parse_args` (the CLI): a typo in ``--tokens-file`` or a log in a
+    read-only place fails at once with the flag and the path, not at the first round.
+    Nothing is created or modified here.
+    """
+    for flag, value in (
+        ("--tokens-file", cfg.tokens_file),
+        ("--tls-cert", cfg.tls_cert),
+        ("--tls-key", cfg.tls_key),
+        ("--tls-ca", cfg.tls_ca),
+    ):
+        _readable_file(flag, value)
+    if cfg.log is not None:
+        log = Path(cfg.log)
+        if log.exists():
+            if not log.is_file():
+                raise ConfigError(f"--log: {cfg.log!r} exists and is not a regular file")
+            if not os.access(log, os.W_OK):
+                raise ConfigError(f"--log: {cfg.log!r} is not writable")
+        else:
+            _writable_dir("--log", log.parent, cfg.log)
+    if cfg.port_file is not None:
+        parent = Path(cfg.port_file).parent
+        if not parent.is_dir():
+            raise ConfigError(f"--port-file: directory {str(parent)!r} of {cfg.port_file!r} does not exist")
+        _writable_dir("--port-file", parent, cfg.port_file)
+    if cfg.checkpoint_dir is not None:
+        ck = Path(cfg.checkpoint_dir)
+        if ck.exists() and not ck.is_dir():
+            raise ConfigError(f"--checkpoint-dir: {cfg.checkpoint_dir!r} exists and is not a directory")
+        _writable_dir("--checkpoint-dir", ck, cfg.checkpoint_dir)
 
 
 def from_mapping(settings: Mapping[str, Any]) -> ServerConfig:

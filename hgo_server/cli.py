@@ -42,7 +42,12 @@ async def amain(cfg: ServerConfig) -> int:
 
     metrics = ServerMetrics.default()
     if cfg.metrics_port is not None:
-        metrics.serve(cfg.metrics_port)
+        try:
+            metrics.serve(cfg.metrics_port)
+        except OSError as exc:
+            raise ConfigError(
+                f"--metrics-port {cfg.metrics_port}: cannot serve metrics ({exc.strerror or exc})"
+            ) from None
     running, port = await start_server(cfg, metrics=metrics)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -51,8 +56,12 @@ async def amain(cfg: ServerConfig) -> int:
         print(f"hgo-server listening on {cfg.bind}:{port}", flush=True)
         if cfg.port_file:
             tmp = Path(cfg.port_file + ".tmp")
-            tmp.write_text(f"{port}\n")
-            tmp.replace(cfg.port_file)  # atomic: a reader never sees a half-written port
+            try:
+                tmp.write_text(f"{port}\n")
+                tmp.replace(cfg.port_file)  # atomic: a reader never sees a half-written port
+            except OSError as exc:
+                why = exc.strerror or exc
+                raise ConfigError(f"--port-file {cfg.port_file!r}: cannot write ({why})") from None
         summary = await running.run()
     finally:
         await running.stop()

@@ -53,46 +53,87 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--profile",
         default=None,
-        help="hardware profile weak|average|powerful (draws the rate); default average "
-        "(custom with --rate)",
+        help="hardware profile weak|average|powerful: the rate is drawn from its range (paper §6); "
+        "default average, or custom when --rate is given",
     )
     p.add_argument(
         "--rate", type=_rate, default=None,
-        help="lambda_i in partial derivatives per ms per data point (overrides the profile; 0 = unthrottled)",
+        help="compute rate lambda_i in partial derivatives per ms per data point (overrides the profile's "
+        "draw; 0 = unthrottled; default: drawn from --profile)",
     )
     p.add_argument("--batch-size", type=int, default=32, help="mini-batch size s_i (default 32)")
     p.add_argument(
         "--byzantine", metavar="ATTACK", default=None,
-        help=f"behave as a Byzantine worker with this attack: {', '.join(attacks.names())}",
+        help=f"behave as a Byzantine worker with this attack: {', '.join(attacks.names())} "
+        "(default: honest)",
     )
     p.add_argument(
         "--attack-param", action="append", default=[], metavar="KEY=VALUE",
         help="attack parameter (repeatable); worker-level: full=1 (send all d at once), "
         "estimates=M, n=N, f=F",
     )
-    p.add_argument("--seed", type=int, default=None, help="seed of the rate draw and mini-batches")
-    p.add_argument("--token", default=None, help="bearer token (or $HGO_TOKEN)")
-    p.add_argument("--shard", default="auto", help="auto (the server sends the shard) or i/n (load it here)")
-    p.add_argument("--data-dir", type=Path, default=None, help="dataset directory for --shard i/n")
-    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
+    p.add_argument(
+        "--seed", type=int, default=None,
+        help="seed of the rate draw and mini-batches, in [0, 2**32) (default: random)",
+    )
+    p.add_argument("--token", default=None, help="bearer token (default: $HGO_TOKEN, else none)")
+    p.add_argument(
+        "--shard", default="auto", metavar="auto|i/n",
+        help="auto (the server sends the shard) or i/n (load it here) (default auto)",
+    )
+    p.add_argument(
+        "--data-dir", type=Path, default=None, metavar="DIR", help="dataset directory for --shard i/n"
+    )
+    p.add_argument(
+        "--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port (default: off)"
+    )
     p.add_argument(
         "--budget-policy", default="fixed",
-        help="how to spend the round budget: fixed, data-first, coordinates-first, hybrid",
+        help="how to spend the round budget: fixed, data-first, coordinates-first, hybrid (default fixed)",
     )
     p.add_argument("--name", default="", help="a label for the server's logs (default host-pid)")
     p.add_argument(
         "--reconnect-timeout", type=float, default=60.0,
         help="give up after this many seconds without a session (default 60)",
     )
-    p.add_argument("--tls-ca", type=Path, default=None, help="CA certificate to verify the server")
-    p.add_argument("--tls-cert", type=Path, default=None, help="client certificate (mutual TLS)")
-    p.add_argument("--tls-key", type=Path, default=None, help="client key (mutual TLS)")
+    p.add_argument(
+        "--tls-ca", type=Path, default=None, metavar="FILE",
+        help="CA certificate (PEM) to verify the server; enables TLS (default: plaintext)",
+    )
+    p.add_argument(
+        "--tls-cert", type=Path, default=None, metavar="FILE", help="client certificate (mutual TLS)"
+    )
+    p.add_argument("--tls-key", type=Path, default=None, metavar="FILE", help="client key (mutual TLS)")
     p.add_argument("-v", "--verbose", action="store_true", help="log every round")
     return p
 
 
+def _check_files(args: argparse.Namespace) -> None:
+    """Files and directories on the command line exist, before the first connection attempt.
+
+    Without this a typo in ``--tls-ca`` would only show up as a failed session, retried
+    until ``--reconnect-timeout``.
+    """
+    for flag, path in (("--tls-ca", args.tls_ca), ("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+        if path is None:
+            continue
+        if not path.is_file():
+            what = "does not exist" if not path.exists() else "is not a regular file"
+            raise ValueError(f"{flag}: {str(path)!r} {what}")
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as exc:
+            raise ValueError(f"{flag}: cannot read {str(path)!r} ({exc.strerror or exc})") from None
+    if args.data_dir is not None and not args.data_dir.is_dir():
+        raise ValueError(f"--data-dir: {str(args.data_dir)!r} is not a directory")
+    if args.seed is not None and not 0 <= args.seed < 2**32:
+        raise ValueError(f"--seed must be in [0, 2**32), got {args.seed}")
+
+
 def config_from_args(args: argparse.Namespace) -> WorkerConfig:
     """A validated WorkerConfig; ValueError names the offending value."""
+    _check_files(args)
     profile = args.profile or ("custom" if args.rate is not None else "average")
     return WorkerConfig(
         server=args.server,
@@ -142,7 +183,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     if cfg.metrics_port is not None:
-        port = metrics.serve(cfg.metrics_port)
+        try:
+            port = metrics.serve(cfg.metrics_port)
+        except OSError as exc:
+            parser.error(f"--metrics-port {cfg.metrics_port}: cannot serve metrics ({exc.strerror or exc})")
         logging.getLogger("hgo_worker").info("metrics on :%d/metrics", port)
     try:
         import uvloop

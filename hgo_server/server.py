@@ -60,6 +60,7 @@ log = logging.getLogger("hgo.server")
 PROTOCOL_VERSION = 1
 SHARD_PART_BYTES = 1 << 20  # ShardPart payload target (CONTRACTS.md: <= ~1 MiB each)
 KNOWN_PROFILES_FALLBACK = ("weak", "average", "powerful")
+SAMPLED_HISTORY = 64  # sampled rounds a session remembers exactly (late vs not-sampled)
 
 
 # ---------------------------------------------------------------------------- errors
@@ -260,8 +261,22 @@ class Session:
     last_seen: float
     outbox: Outbox = field(default_factory=Outbox)
     slot: int | None = None
-    sampled_rounds: deque[int] = field(default_factory=lambda: deque(maxlen=64))
+    sampled_rounds: deque[int] = field(default_factory=lambda: deque(maxlen=SAMPLED_HISTORY))
     active: bool = True
+    first_round: int = 0  # no round before this one can have sampled the session
+
+    def was_sampled(self, round_index: int) -> bool:
+        """Whether the session may have been sampled into ``round_index`` (a past round).
+
+        The last SAMPLED_HISTORY sampled rounds are remembered exactly; a round older than
+        that window (the worker is far behind) but not older than the session is given the
+        benefit of the doubt: its chunk can only be late and ignored.
+        """
+        rounds = self.sampled_rounds
+        if round_index in rounds:
+            return True
+        full = len(rounds) == rounds.maxlen
+        return full and self.first_round <= round_index < rounds[0]
 
     def send(self, msg: Outgoing) -> None:
         if self.active or isinstance(msg, End):
@@ -528,6 +543,7 @@ class Server:
             shard_index=shard,
             identity=identity,
             last_seen=time.monotonic(),
+            first_round=self.round,
         )
         sess.send(Welcome(sess.session_id, worker_id, self.spec, shard, int(self.cfg.heartbeat_ms)))
         if req.wants_shard:
@@ -596,7 +612,7 @@ class Server:
             raise PermissionDenied("session-id", "chunk names a session_id other than this stream's session")
         current = self.collector.round
         if sess.slot is None or round_index != current:
-            if round_index in sess.sampled_rounds:
+            if sess.was_sampled(round_index):
                 self._late()
                 return
             self.reject("not-sampled")

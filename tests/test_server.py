@@ -708,3 +708,23 @@ async def test_a_session_that_dies_mid_round_keeps_its_delivered_prefix(serve: A
     expected = running.core.setup.w0.copy()
     expected[c_k[:12]] -= rows[:, :12].astype(np.float64).mean(axis=0)
     np.testing.assert_allclose(running.core.weights, expected, atol=1e-6)
+
+
+async def test_a_chunk_for_a_round_sampled_long_ago_is_late_not_fatal() -> None:
+    """The session remembers its last 64 sampled rounds; a chunk for an older round it
+    *was* sampled into (a worker far behind) is late and ignored, as the contract says,
+    not a FAILED_PRECONDITION that ends the session. A round before it joined stays fatal."""
+    from hgo_server.server import FailedPrecondition, JoinRequest, Server
+
+    cfg = make_config(q=1, tau="1ms", rounds=70, min_workers=1)
+    core = Server(cfg, setup=setup_for(cfg))
+    sess = core.join(JoinRequest(protocol_version=1))
+    summary = await asyncio.wait_for(core.run(), 60)
+    core.close()
+    assert summary.rounds == 70 and 0 not in sess.sampled_rounds  # q=1: sampled in every round
+    values = wire.encode(np.ones(3, np.float32))
+    core.on_chunk(sess, 0, 0, values, sess.session_id)  # round 0: sampled, long closed
+    assert core.metrics.registry.get_sample_value("hgo_late_chunks_total") == 1
+    late = core.join(JoinRequest(protocol_version=1))
+    with pytest.raises(FailedPrecondition):
+        core.on_chunk(late, 3, 0, values, late.session_id)  # before it joined

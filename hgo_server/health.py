@@ -25,6 +25,7 @@ import argparse
 import os
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -97,32 +98,64 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m hgo_server.health", description="Health check for HGO containers (exit 0 = healthy)."
     )
-    parser.add_argument("--grpc", metavar="HOST:PORT", help="server address for the Status rpc")
+    parser.add_argument(
+        "--grpc", metavar="HOST:PORT",
+        help=f"server address for the Status rpc (default 127.0.0.1:$HGO_PORT, else :{DEFAULT_PORT}; "
+        "checked unless only --http is given)",
+    )
     parser.add_argument("--http", metavar="URL", help="metrics URL to GET (e.g. http://127.0.0.1:9101/metrics)")
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds per check (default 3)")
     parser.add_argument("--token", default=None, help="bearer token (default: $HGO_TOKEN)")
-    parser.add_argument("--tls-ca", type=Path, default=None, help="CA certificate (default: $HGO_TLS_CA)")
+    parser.add_argument(
+        "--tls-ca", type=Path, default=None,
+        help="CA certificate (PEM); enables TLS (default: $HGO_TLS_CA, else plaintext)",
+    )
     parser.add_argument("--tls-name", default="server", help="TLS server name to verify (default: server)")
     parser.add_argument("--tls-cert", type=Path, default=None, help="client certificate (mutual TLS)")
     parser.add_argument("--tls-key", type=Path, default=None, help="client key (mutual TLS)")
     return parser
 
 
+def _check_target(target: str) -> str | None:
+    """Why ``target`` is not HOST:PORT with a port in 1..65535 (None when it is)."""
+    host, sep, port = target.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        return f"--grpc must be HOST:PORT with a port in 1..65535, got {target!r}"
+    return None
+
+
+def _check_files(parser: argparse.ArgumentParser, args: argparse.Namespace, tls_ca: Path | None) -> None:
+    for flag, path in (("--tls-ca", tls_ca), ("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+        if path is None:
+            continue
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as exc:
+            parser.error(f"{flag}: cannot read {str(path)!r} ({exc.strerror or exc})")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.timeout <= 0:
+    if not args.timeout > 0:
         parser.error(f"--timeout {args.timeout} must be > 0 seconds")
+    if args.http and urllib.parse.urlsplit(args.http).scheme not in ("http", "https"):
+        parser.error(f"--http must be an http:// or https:// URL, got {args.http!r}")
     checks: list[tuple[bool, str]] = []
     if args.http:
         checks.append(check_http(args.http, timeout=args.timeout))
     if args.grpc or not args.http:
         target = args.grpc or f"127.0.0.1:{os.environ.get('HGO_PORT', DEFAULT_PORT)}"
+        bad = _check_target(target)
+        if bad is not None:
+            parser.error(bad if args.grpc else f"$HGO_PORT: {bad}")
         token = args.token if args.token is not None else os.environ.get("HGO_TOKEN") or None
         ca_env = os.environ.get("HGO_TLS_CA")
         tls_ca = args.tls_ca if args.tls_ca is not None else (Path(ca_env) if ca_env else None)
         if (args.tls_cert is None) != (args.tls_key is None):
             parser.error("--tls-cert and --tls-key go together (mutual TLS)")
+        _check_files(parser, args, tls_ca)
         checks.append(
             check_grpc(
                 target,

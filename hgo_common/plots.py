@@ -177,7 +177,20 @@ def series_from_records(records: Sequence[Mapping[str, Any]], label: str) -> Run
 def load_series(path: str | Path, label: str | None = None) -> RunSeries:
     """Read one round log and extract its arrays; ``label`` defaults to the file's name."""
     p = Path(path)
-    return series_from_records(roundlog.read(p), label if label is not None else p.stem)
+    try:
+        records = roundlog.read(p)
+    except OSError as exc:
+        raise ValueError(f"cannot read round log {str(p)!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"round log {str(p)!r} is not UTF-8 text; expected JSON lines") from None
+    except ValueError as exc:
+        raise ValueError(str(exc) if str(p) in str(exc) else f"round log {str(p)!r}: {exc}") from None
+    if not records:
+        raise ValueError(
+            f"round log {str(p)!r} holds no records (empty, or no line is a JSON object); "
+            "expected the JSON lines written by hgo-server --log"
+        )
+    return series_from_records(records, label if label is not None else p.stem)
 
 
 def default_labels(paths: Sequence[Path]) -> list[str]:
@@ -238,6 +251,13 @@ def plot_runs(runs: Sequence[RunSeries], out_dir: str | Path, *, metric: str = "
     if not runs:
         raise ValueError("no runs to plot; expected at least one round log")
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        # --out is a directory of four PNGs; never overwrite a file given by mistake.
+        raise ValueError(f"--out {str(out)!r} is a file; expected a directory to write the PNGs into")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"--out {str(out)!r}: cannot create the directory ({exc.strerror or exc})") from None
     chosen = choose_metric(runs, metric)
     result = PlotResult(metric=chosen)
     ylabel = "test accuracy" if chosen == "accuracy" else "test loss"
@@ -390,7 +410,11 @@ def build_parser() -> argparse.ArgumentParser:
         "block size by round, prefix length by profile.",
     )
     parser.add_argument("logs", nargs="+", type=Path, metavar="LOG", help="round log files (JSON lines)")
-    parser.add_argument("--out", type=Path, default=Path("plots"), help="output directory (default: plots)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("plots"), metavar="DIR",
+        help="output directory, created if missing; only metric_vs_time.png, metric_vs_round.png, "
+        "block_by_round.png and prefix_by_profile.png are (over)written in it (default: plots)",
+    )
     parser.add_argument(
         "--label",
         action="append",

@@ -246,6 +246,7 @@ async def test_late_chunks_are_counted_and_ignored(serve: Any, tmp_path: Path) -
     await asyncio.wait_for(run, 20)
     recs = read_log(tmp_path / "rounds.jsonl")
     assert [r["workers"][0]["prefix"] for r in recs] == [5, 3]
+    assert t0.order_seed == order.round_seed(BASE["seed"], 0)  # the simulator's C_k for round 0
     c0 = order.make_order(t0.order_seed, D, "flat")
     expected0 = running.core.setup.w0.copy()
     expected0[c0[:5]] -= 0.1 * 1.0
@@ -728,3 +729,24 @@ async def test_a_chunk_for_a_round_sampled_long_ago_is_late_not_fatal() -> None:
     late = core.join(JoinRequest(protocol_version=1))
     with pytest.raises(FailedPrecondition):
         core.on_chunk(late, 3, 0, values, late.session_id)  # before it joined
+
+
+async def test_sampling_is_uniform_and_reproducible_from_the_seed() -> None:
+    from hgo_server.server import JoinRequest, Server
+
+    def picks(seed: int) -> np.ndarray:
+        cfg = make_config(q=2, min_workers=6, seed=seed)
+        core = Server(cfg, setup=setup_for(make_config(q=2, min_workers=6)))
+        for _ in range(6):
+            core.join(JoinRequest(protocol_version=1))
+        out = np.array([[s.worker_id for s in core._sample()] for _ in range(3000)])
+        core.close()
+        return out
+
+    a, b, c = picks(3), picks(3), picks(4)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert (a[:, 0] < a[:, 1]).all()  # q distinct sessions, in worker-id order
+    counts = np.bincount(a.ravel(), minlength=6)
+    # Each worker is sampled with probability q/n = 1/3: 1000 of 3000, sd ~ 26.
+    assert np.all(np.abs(counts - 1000) < 130), counts

@@ -13,14 +13,14 @@ import pytest
 from hgo_common import roundlog, simulator
 from hgo_server import experiment
 
-FIGS = ("fig3", "fig4", "fig5", "fig6", "fig7", "fig8")
+FIGS = ("fig3", "fig4", "fig5", "fig6", "fig7", "fig8", "fig8-v4", "fig8-lr")
 
 
 @pytest.mark.parametrize("fig", FIGS)
 @pytest.mark.parametrize("quick", [False, True])
 def test_scenarios_load(fig: str, quick: bool) -> None:
     sc = experiment.load_scenario(fig, quick=quick)
-    assert sc.name == fig and sc.claim and sc.seeds >= 2
+    assert sc.name == fig and sc.claim and sc.seeds >= (1 if quick else 2)
     assert len(sc.variants) >= 3
     assert len({v.label for v in sc.variants}) == len(sc.variants)
     for v in sc.variants:

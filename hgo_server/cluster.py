@@ -43,6 +43,8 @@ from typing import IO, Any
 
 from hgo_common import profiles, roundlog
 
+from .config import ConfigError
+
 Launcher = Callable[..., "subprocess.Popen[bytes]"]
 
 
@@ -95,6 +97,14 @@ class ClusterConfig:
             raise ValueError(f"--rounds must be >= 1, got {self.rounds}")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if not self.timeout_s > 0:
+            raise ValueError(f"--timeout must be > 0 seconds, got {self.timeout_s}")
+        if self.byzantine:
+            from hgo_common import attacks
+
+            if self.attack not in attacks.names():
+                raise ValueError(f"--attack {self.attack!r}: expected one of {attacks.names()}")
+            attacks.parse_params(self.attack_params)  # KEY=VALUE shape; the worker checks the keys
         if self.late < 0 or self.late_round < 0:
             raise ValueError(f"--late and --late-round must be >= 0, got {self.late}, {self.late_round}")
         for name, lst in (("rates", self.rates), ("profiles", self.profiles)):
@@ -342,6 +352,35 @@ def _wait_port(port_file: Path, server: subprocess.Popen[bytes], log_path: Path,
     )
 
 
+#: hgo-worker exit codes that no waiting can fix: bad command line, rejected by the server.
+_FATAL_WORKER_CODES = {2: "bad command line", 3: "rejected by the server"}
+
+
+def _check_workers(
+    workers: Sequence[subprocess.Popen[bytes]], out: Path, *, late_pending: bool
+) -> None:
+    """Fail fast while the server still runs but the workers cannot train.
+
+    A worker that exits 2 (bad flags, e.g. an unknown attack parameter) or 3 (bad token)
+    would leave the server waiting for ``--min-workers`` until ``--timeout``; so would
+    every worker having exited without the server's "done".
+    """
+    for i, w in enumerate(workers):
+        code = w.poll()
+        if code in _FATAL_WORKER_CODES:
+            log = out / f"worker-{i}.log"
+            raise ClusterError(
+                f"worker-{i} exited with code {code} ({_FATAL_WORKER_CODES[code]}); {log}:\n{_tail(log)}"
+            )
+    codes = [w.poll() for w in workers]
+    # Exit 0 means the server said done: it is about to exit too, no error.
+    if workers and not late_pending and None not in codes and 0 not in codes:
+        log = out / "worker-0.log"
+        raise ClusterError(
+            f"every worker exited (codes {codes}) while the server still waits; {log}:\n{_tail(log)}"
+        )
+
+
 def run_cluster(
     cfg: ClusterConfig, *, start: Launcher | None = None, stream: IO[str] | None = None
 ) -> ClusterResult:
@@ -404,6 +443,7 @@ def run_cluster(
                 late_started = True
             if server.poll() is not None:
                 break
+            _check_workers(workers, out, late_pending=not late_started)
             if time.monotonic() - t0 > cfg.timeout_s:
                 raise ClusterError(f"the run exceeded {cfg.timeout_s} s; {server_log}:\n{_tail(server_log)}")
             time.sleep(0.1)
@@ -459,38 +499,65 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workers", type=int, default=d.workers, help="number of workers (default 10)")
     p.add_argument("--mix", default=d.mix, help="hardware mix: default, C_weak, C_min, C_1..C_3, C_powerful, "
-                   "or W,A,P fractions")  # fmt: skip
+                   "or W,A,P fractions (default: default)")  # fmt: skip
     p.add_argument("--byzantine", type=int, default=0, help="how many workers are Byzantine (default 0)")
     p.add_argument("--attack", default=d.attack, help="attack of the Byzantine workers (default foe)")
-    p.add_argument("--attack-param", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--attack-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="attack parameter for the Byzantine workers (repeatable), e.g. eps=10")  # fmt: skip
     p.add_argument("--rule", default=d.rule, help="aggregation rule (default average)")
     p.add_argument("--f", type=int, default=None, help="f the rule tolerates (default: --byzantine)")
     p.add_argument("--q", type=int, default=None, help="workers sampled per round (default: all)")
-    p.add_argument("--v", type=int, default=None, help="quorum (default: the server's)")
+    p.add_argument("--v", type=int, default=None, help="quorum v (default: the server's default_quorum)")
     p.add_argument("--tau", default=d.tau, help="round deadline in ms, or 250ms, 2s, inf (default 100)")
     p.add_argument("--rounds", type=int, default=d.rounds, help=f"rounds (default {d.rounds})")
-    p.add_argument("--model", default=d.model, help="model (default mlp)")
-    p.add_argument("--hidden", default=d.hidden, help="mlp hidden widths (default 512)")
+    p.add_argument("--model", default=d.model, help="linear | logistic | svm | mlp (default mlp)")
+    p.add_argument("--hidden", default=d.hidden, help="mlp hidden widths, comma-separated (default 512)")
     p.add_argument("--dataset", default=d.dataset, help="dataset (default digits, bundled)")
-    p.add_argument("--data-dir", type=Path, default=None)
-    p.add_argument("--partition", default=d.partition, help="iid | classes:K | dirichlet:ALPHA")
-    p.add_argument("--algorithm", default=d.algorithm, help="hgo | sgd")
+    p.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
+                   help="directory of the file-based datasets (mnist, phishing, boston, ...)")  # fmt: skip
+    p.add_argument("--partition", default=d.partition, help="iid | classes:K | dirichlet:ALPHA (default iid)")
+    p.add_argument("--algorithm", default=d.algorithm, help="hgo | sgd (default hgo)")
     p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default {d.lr})")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="workers' mini-batch size s")
-    p.add_argument("--eval-every", type=int, default=d.eval_every)
-    p.add_argument("--late", type=int, default=0, help="extra workers joining during training")
-    p.add_argument("--late-round", type=int, default=0, help="round after which the late workers start")
-    p.add_argument("--out", type=Path, default=d.out, help="output directory (default runs/demo)")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"run seed (default {d.seed})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help=f"workers' mini-batch size s (default {d.batch_size})")  # fmt: skip
+    p.add_argument("--eval-every", type=int, default=d.eval_every,
+                   help=f"evaluate every N rounds; 0 = at the end only (default {d.eval_every})")  # fmt: skip
+    p.add_argument("--late", type=int, default=0, help="extra workers joining during training (default 0)")
+    p.add_argument("--late-round", type=int, default=0,
+                   help="round after which the late workers start (default 0)")  # fmt: skip
+    p.add_argument("--out", type=Path, default=d.out, metavar="DIR",
+                   help="output directory, created if missing; a previous run's round_log.jsonl, "
+                   "summary.json, plot and logs in it are replaced (default runs/demo)")  # fmt: skip
     p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                    help="pass ARG to hgo-server (repeatable, e.g. --server-arg=--rounds=5)")  # fmt: skip
-    p.add_argument("--extra-server-args", default="", help="space-separated arguments for hgo-server")
+    p.add_argument("--extra-server-args", default="", metavar="ARGS",
+                   help="space-separated arguments for hgo-server (default none)")  # fmt: skip
     p.add_argument(
         "--worker-arg", action="append", default=[], metavar="ARG", help="pass ARG to every worker"
     )
-    p.add_argument("--timeout", type=float, default=d.timeout_s, help="give up after this many seconds")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--timeout", type=float, default=d.timeout_s,
+                   help=f"give up (and stop every process) after this many seconds "
+                   f"(default {d.timeout_s:g})")  # fmt: skip
+    p.add_argument("--no-progress", action="store_true", help="do not print progress lines")
     return p
+
+
+def check_server_settings(cfg: ClusterConfig) -> None:
+    """Validate, in this process, the hgo-server flags the run would pass.
+
+    A typo (``--rule mediam``, ``--tau 5h``) then fails before any process starts, with
+    the server's own message; raises :class:`hgo_server.config.ConfigError`. Needs
+    ``cfg.out`` to exist (the port file and the round log go there).
+    """
+    from .config import parse_args
+
+    argv = server_argv(cfg, Path(cfg.out) / "server.port", Path(cfg.out) / "round_log.jsonl")
+    parse_args(argv[len(_module_argv("hgo-server", "hgo_server.cli")) :])
+
+
+def _tau_text(tau: str) -> str:
+    return f"{tau} ms" if re.fullmatch(r"\s*[0-9.]+\s*", tau) else tau
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -512,6 +579,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg.validate()
     except ValueError as exc:
         parser.error(str(exc))
+    try:
+        cfg.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        parser.error(f"--out {str(cfg.out)!r}: cannot create the directory ({exc.strerror or exc})")
+    try:
+        check_server_settings(cfg)
+    except ConfigError as exc:
+        parser.error(f"server setting: {exc}")
+    except SystemExit as exc:  # argparse already printed hgo-server's own message (a bad --server-arg)
+        return int(exc.code or 2)
     # SIGTERM (e.g. from a CI runner) unwinds like Ctrl-C, so the finally kills every child.
     signal.signal(signal.SIGTERM, _interrupt)
     profs = cfg.worker_profiles()
@@ -519,7 +596,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"hgo-run: {cfg.workers} workers ({', '.join(f'{n} {p}' for p, n in counts.items())}"
         f"{f', {cfg.byzantine} Byzantine ({cfg.attack})' if cfg.byzantine else ''}), "
-        f"{cfg.algorithm}/{cfg.rule}, tau={cfg.tau} ms, {cfg.rounds} rounds, {cfg.dataset} -> {cfg.out}",
+        f"{cfg.algorithm}/{cfg.rule}, tau={_tau_text(cfg.tau)}, {cfg.rounds} rounds, "
+        f"{cfg.dataset} -> {cfg.out}",
         flush=True,
     )
     try:

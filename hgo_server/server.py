@@ -463,6 +463,8 @@ class Server:
         self._t_start = time.monotonic()
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="hgo-agg")
         self._round_open = False
+        self._deadline_hit = False
+        self._t_deadline = 0.0
         self._evaluated_round = -1
         self._checkpointed = -1
         self._known_profiles = _known_profiles()
@@ -637,6 +639,15 @@ class Server:
         self.metrics.late_chunks.inc()
         self.reject(collector.LATE)
 
+    def _on_deadline(self) -> None:
+        """The round's deadline timer: chunks handled from now on are late."""
+        if self._round_open:
+            self._round_open = False
+            self.collector.close()
+            self._deadline_hit = True
+            self._t_deadline = time.monotonic()
+        self._wake.set()
+
     def _maybe_wake(self) -> None:
         early = self.cfg.early_close or math.isinf(self.cfg.tau)
         if self._round_open and early and self.collector.all_finished():
@@ -796,16 +807,21 @@ class Server:
         # when it reads the task, later by the broadcast and network latency.
         t_sent = time.monotonic()
         timeout = cfg.tau if math.isfinite(cfg.tau) else cfg.sgd_timeout
+        self._deadline_hit = False
+        deadline = None
         if not self._stopping:
-            try:
-                await asyncio.wait_for(
-                    self._wake.wait(), timeout / 1000.0 if math.isfinite(timeout) else None
-                )
-            except TimeoutError:
-                pass
+            if math.isfinite(timeout):
+                # The timer callback itself closes the collection: asyncio.wait_for would
+                # resume this coroutine several loop iterations later, and every chunk the
+                # loop handled meanwhile (measured: up to 17 ms of them with 60 streaming
+                # sessions) would still count.
+                deadline = asyncio.get_running_loop().call_later(timeout / 1000.0, self._on_deadline)
+            await self._wake.wait()
+        if deadline is not None:
+            deadline.cancel()
         self._round_open = False
         prefixes = self.collector.close()
-        t_close = time.monotonic()
+        t_close = self._t_deadline if self._deadline_hit else time.monotonic()
         for sess in sampled:
             sess.send(Closed(k))
         t_agg = time.perf_counter()
@@ -835,7 +851,7 @@ class Server:
             "round_ms": round_ms,
             "close_ms": (t_close - t_sent) * 1000.0,
             "prepare_ms": (t_sent - t0) * 1000.0,
-            "early_close": bool(self._wake.is_set() and not self._stopping),
+            "early_close": not self._deadline_hit and not self._stopping,
             "workers": [
                 {"id": s.worker_id, "profile": s.profile, "prefix": int(p), "byzantine": s.byzantine}
                 for s, p in zip(sampled, prefixes, strict=True)

@@ -750,3 +750,60 @@ async def test_sampling_is_uniform_and_reproducible_from_the_seed() -> None:
     counts = np.bincount(a.ravel(), minlength=6)
     # Each worker is sampled with probability q/n = 1/3: 1000 of 3000, sd ~ 26.
     assert np.all(np.abs(counts - 1000) < 130), counts
+
+
+async def test_prefixes_are_those_held_when_the_deadline_fires(tmp_path: Path) -> None:
+    """Sessions keep streaming past the deadline. The round must use exactly the prefixes
+    the server held when its deadline timer fired: no chunk handled after that instant
+    may count (asyncio.wait_for resumed the round several loop iterations later, and the
+    chunks of every stream handled meanwhile used to count)."""
+    from hgo_server.server import JoinRequest, Server, Task
+
+    n, tau_s, n_rounds = 12, 0.02, 8
+    cfg = make_config(q=n, v=1, tau="20ms", rounds=n_rounds, min_workers=n, max_chunk_values=1,
+                      model="mlp", hidden=[200], log=str(tmp_path / "r.jsonl"))  # fmt: skip
+    core = Server(cfg, setup=load_setup(cfg))  # d = 6,602: more than the streams send in tau
+    d = core.d
+    loop = asyncio.get_running_loop()
+    at_deadline: dict[int, list[int]] = {}
+    real_call_later = loop.call_later
+
+    def spy(delay: float, cb: Any, *args: Any, **kw: Any) -> Any:
+        if abs(delay - tau_s) > 1e-9:
+            return real_call_later(delay, cb, *args, **kw)
+        k = core.round
+
+        def fired(*a: Any) -> Any:
+            out = cb(*a)
+            at_deadline[k] = core.collector.prefixes.tolist()  # what the timer left behind
+            return out
+
+        return real_call_later(delay, fired, *args, **kw)
+
+    sessions = [core.join(JoinRequest(protocol_version=1)) for _ in range(n)]
+
+    async def stream(sess: Any) -> None:  # one value per loop iteration, never finished
+        while True:
+            msg = await sess.outbox.get()
+            if isinstance(msg, Task):
+                for off in range(d - 1):
+                    if core.round != msg.round:
+                        break
+                    core.on_chunk(sess, msg.round, off, wire.encode(np.ones(1, np.float32)), sess.session_id)
+                    await asyncio.sleep(0)
+
+    feeders = [asyncio.create_task(stream(s)) for s in sessions]
+    loop.call_later = spy  # type: ignore[method-assign]
+    try:
+        await asyncio.wait_for(core.run(), 60)
+    finally:
+        loop.call_later = real_call_later  # type: ignore[method-assign]
+        for f in feeders:
+            f.cancel()
+        core.close()
+    recs = read_log(tmp_path / "r.jsonl")
+    assert sorted(at_deadline) == list(range(n_rounds))  # every round closed by its timer
+    assert core.metrics.registry.get_sample_value("hgo_late_chunks_total") > 0  # they kept streaming
+    for rec in recs:
+        assert [x["prefix"] for x in rec["workers"]] == at_deadline[rec["round"]]
+        assert not rec["early_close"]

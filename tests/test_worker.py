@@ -668,3 +668,42 @@ async def test_nan_worker_gets_an_empty_prefix_on_the_real_server(tmp_path: Any)
         for r in runs:
             r.cancel()
         await running.stop(grace=0.5)
+
+
+async def test_release_by_the_workers_own_clock_never_exceeds_the_throttle() -> None:
+    """The throttle checked without transport slack: every chunk handed to the writer at
+    time t (worker clock, from the task's arrival) ends at or below
+    throttle.released(t, rate, s, d); and by the deadline the whole expected prefix is out."""
+    from types import SimpleNamespace
+
+    from hgo_worker.client import _Session
+    from hgo_worker.compute import RoundGradient
+    from hgo_worker.metrics import WorkerMetrics
+
+    loop = asyncio.get_running_loop()
+    X, y = make_data()
+    model = models.create("logistic", n_features=P)
+    c_k = order.make_order(7, P + 1, "flat")
+    rate, s, tau = 40.0, 10, 250.0  # 4 coordinates per ms: 1000 of 2001 by tau
+    sched = pacing.Schedule(rate, s, P + 1, tau, 64)
+    sent: list[tuple[float, int, int]] = []
+    t0 = loop.time()
+
+    class Out:
+        async def put(self, msg: Any) -> None:
+            t = (loop.time() - t0) * 1000.0
+            sent.append((t, msg.chunk.offset, msg.chunk.offset + len(msg.chunk.values) // 4))
+
+    sess = object.__new__(_Session)
+    sess.w = SimpleNamespace(metrics=WorkerMetrics("custom"), trace=None)  # type: ignore[assignment]
+    sess.welcome = SimpleNamespace(session_id="s" * 32)
+    sess.loop = loop  # type: ignore[misc]
+    sess.out = Out()  # type: ignore[assignment]
+    source = RoundGradient(model, np.zeros(P + 1), X[:s], y[:s], c_k, sched.limit)
+    await sess._release(0, sched, source, t0)
+    assert sent and sent[0][1] == 0
+    for (_, a, _), (_, _, prev_end) in zip(sent[1:], sent, strict=False):
+        assert a == prev_end  # contiguous
+    for t, _, end in sent:
+        assert end <= throttle.released(t, rate, s, P + 1), (t, end)
+    assert sent[-1][2] == throttle.expected_prefix(rate, tau, s, P + 1) == 1000

@@ -18,12 +18,14 @@ Exception tree::
 
 Round k (one iteration of :meth:`Server.run`):
 
-1. C_k from ``order.round_seed(seed, k)`` (the seed travels, not the permutation);
+1. C_k from ``order.round_seed(seed, k)`` (the seed travels, not the permutation; the
+   server expands it in its aggregation thread while the round runs);
 2. sample min(q, active) sessions uniformly with the server's seeded Generator;
 3. encode w_k to float32 bytes once; the same :class:`Task` object goes to every
    sampled session's queue (the servicer also serializes it once);
 4. chunks go into the preallocated (q x d) buffer of ``hgo_common.collector``;
-5. the round closes at the deadline tau (a timer, no polling), or earlier when every
+5. the round closes at the deadline tau, counted from the moment the task is queued on
+   every sampled stream (the timer's callback closes the collector itself), or earlier when every
    sampled worker is finished (sent d values, hit a non-finite value, or left) and
    early close is on (the default: it changes nothing in the update, it only removes
    idle waiting). With tau = inf the round waits for every sampled worker, bounded by
@@ -788,7 +790,12 @@ class Server:
         cfg = self.cfg
         t0 = time.monotonic()
         seed_k = order.round_seed(cfg.seed, k)
-        c_k = order.make_order(seed_k, self.d, self.spec.order, self.spec.blocks)
+        # C_k is needed only at the close (the seed travels): expand it in the aggregation
+        # thread while the round runs, not on the loop before the broadcast (a stratified
+        # order of d = 38,410 takes ~4 ms).
+        c_k_future = asyncio.get_running_loop().run_in_executor(
+            self._executor, order.make_order, seed_k, self.d, self.spec.order, self.spec.blocks
+        )
         sampled = self._sample()
         self.round = k
         self.metrics.round.set(k)
@@ -824,6 +831,7 @@ class Server:
         t_close = self._t_deadline if self._deadline_hit else time.monotonic()
         for sess in sampled:
             sess.send(Closed(k))
+        c_k = await c_k_future
         t_agg = time.perf_counter()
         outcome = await self._in_thread(
             rounds.close_round, self.collector.values, prefixes, c_k, self.round_cfg

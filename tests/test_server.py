@@ -666,17 +666,17 @@ async def test_round_timings_count_from_the_broadcast(
     serve: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """close_ms is the deadline interval (tasks queued -> close), round_ms broadcast -> update,
-    and the round's set-up before the broadcast (C_k expansion, sampling, encoding w_k) is
-    reported apart as prepare_ms instead of silently lengthening them."""
-    from hgo_server import server as server_mod
+    and the round's set-up before the broadcast (sampling, encoding w_k) is reported apart
+    as prepare_ms instead of silently lengthening them."""
+    from hgo_server.server import Server
 
-    real = order.make_order
+    real = Server._sample
 
-    def slow_make_order(*args: Any, **kw: Any) -> np.ndarray:
-        time.sleep(0.8)  # a stand-in for an expensive C_k expansion
-        return real(*args, **kw)
+    def slow_sample(self: Server) -> Any:
+        time.sleep(0.8)  # a stand-in for an expensive round set-up
+        return real(self)
 
-    monkeypatch.setattr(server_mod.order, "make_order", slow_make_order)
+    monkeypatch.setattr(Server, "_sample", slow_sample)
     running, port = await serve(q=1, tau="400ms", rounds=1, min_workers=1)
     (w,) = await connect(serve, port, 1)
     run = asyncio.create_task(running.run())
@@ -688,6 +688,33 @@ async def test_round_timings_count_from_the_broadcast(
     assert rec["close_ms"] <= rec["round_ms"] < 400 + 790  # not the set-up time
     assert rec["prepare_ms"] >= 790
     assert rec["workers"][0]["prefix"] == 3
+
+
+async def test_the_coordinate_order_is_expanded_off_the_event_loop(
+    serve: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """C_k is needed only at the close (workers get its seed): the server expands it in
+    its aggregation thread, never on the event loop before the broadcast."""
+    import threading
+
+    from hgo_server import server as server_mod
+
+    threads: list[str] = []
+    real = order.make_order
+
+    def spy(*args: Any, **kw: Any) -> np.ndarray:
+        threads.append(threading.current_thread().name)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(server_mod.order, "make_order", spy)
+    running, port = await serve(q=1, tau="100ms", rounds=2, min_workers=1)
+    (w,) = await connect(serve, port, 1)
+    run = asyncio.create_task(running.run())
+    for k in range(2):
+        await w.next("task")
+        await w.chunk(k, 0, np.ones(D, np.float32))
+    await asyncio.wait_for(run, 20)
+    assert len(threads) == 2 and all(t.startswith("hgo-agg") for t in threads), threads
 
 
 async def test_a_session_that_dies_mid_round_keeps_its_delivered_prefix(serve: Any, tmp_path: Path) -> None:

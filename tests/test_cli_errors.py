@@ -87,6 +87,11 @@ CASES = [
     C("run-tau", "hgo-run --tau 5h --out {tmp}/run", "--tau", "'5h'"),
     C("run-timeout", "hgo-run --timeout 0 --out {tmp}/run", "--timeout", "> 0"),
     C("run-out-is-file", "hgo-run --out {tmp}/keep.txt", "--out", "keep.txt"),
+    # A worker that cannot start ends the run at once (it used to leave the server waiting until --timeout).
+    Case("run-worker-fails",
+         ["hgo-run", "--workers", "1", "--rounds", "2", "--hidden", "8", "--worker-arg=--bogus",
+          "--timeout", "100", "--no-progress", "--out", "{tmp}/run2"],
+         ("worker-0 exited with code 2", "--bogus"), code=1),
     # ---------------------------------------------------------------- hgo-plot
     C("plot-empty", "hgo-plot {tmp}/empty.jsonl --out {tmp}/plots", "empty.jsonl", "no records"),
     C("plot-garbage", "hgo-plot {tmp}/garbage.jsonl --out {tmp}/plots", "garbage.jsonl", "JSON"),

@@ -31,8 +31,10 @@ lint: $(STAMP)  ## ruff on everything, mypy strict on the core
 proto: $(STAMP)  ## regenerate the committed gRPC stubs from proto/
 	$(BIN)/python tools/gen_proto.py
 
-bench: $(STAMP)  ## benchmarks that print their figures (recorded in docs/benchmarks.md)
+bench: $(STAMP)  ## benchmarks that print their figures (recorded in docs/benchmarks.md; about 4 minutes)
 	$(BIN)/python bench/bench_blocks.py
+	$(BIN)/python bench/bench_server_round.py
+	$(BIN)/python bench/bench_sessions.py
 	$(BIN)/python bench/bench_network.py
 
 clean:

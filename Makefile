@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all lint proto bench clean
+.PHONY: install demo test test-fast lint proto bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -18,11 +18,11 @@ demo: $(STAMP)  ## a local cluster training on a bundled dataset (about 1-2 minu
 	$(BIN)/hgo-run --out runs/demo
 	$(BIN)/hgo-plot runs/demo/round_log.jsonl --label demo --out runs/demo/plots
 
-test: $(STAMP)  ## the test suite CI runs (the long experiment runs included when HGO_SLOW=1)
-	$(BIN)/pytest -q $(if $(HGO_SLOW),,-m "not slow")
-
-test-all: $(STAMP)  ## every test, the long experiment runs included
+test: $(STAMP)  ## the whole test suite, the long runs marked slow included (what CI runs; ~8 min on 2 cores)
 	$(BIN)/pytest -q
+
+test-fast: $(STAMP)  ## the suite without the long runs marked slow (~4-5 min)
+	$(BIN)/pytest -q -m "not slow"
 
 lint: $(STAMP)  ## ruff on everything, mypy strict on the core
 	$(BIN)/ruff check hgo_common hgo_server hgo_worker tests tools bench

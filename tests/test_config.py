@@ -148,3 +148,36 @@ def test_l2_defaults_to_the_models_own() -> None:
     argv = ["--dataset", "breast-cancer", "--model", "svm", "--l2", "0.5", "--q", "2"]
     explicit = load_setup(parse_args(argv))
     assert explicit.spec.l2 == 0.5
+
+
+def test_files_on_the_command_line_are_checked_before_serving(tmp_path: Path) -> None:
+    """Missing or unusable files fail in parse_args with the flag and the path; nothing is created."""
+    keep = tmp_path / "keep.txt"
+    keep.write_text("keep\n")
+    cases = [
+        (["--config", str(tmp_path)], ["--config", "cannot read", str(tmp_path)]),
+        (["--tokens-file", str(tmp_path / "t.txt")], ["--tokens-file", "t.txt", "does not exist"]),
+        (["--tokens-file", str(tmp_path)], ["--tokens-file", "not a regular file"]),
+        (["--tls-cert", str(keep), "--tls-key", str(tmp_path / "k.pem")], ["--tls-key", "k.pem"]),
+        (["--log", str(tmp_path)], ["--log", "not a regular file"]),
+        (["--log", str(keep / "r.jsonl")], ["--log", "keep.txt", "not a directory"]),
+        (["--port-file", str(tmp_path / "no" / "p")], ["--port-file", "does not exist"]),
+        (["--checkpoint-dir", str(keep)], ["--checkpoint-dir", "keep.txt", "not a directory"]),
+    ]
+    for argv, needles in cases:
+        with pytest.raises(ConfigError) as info:
+            parse_args(argv)
+        for needle in needles:
+            assert needle in str(info.value), (argv, needle, str(info.value))
+    assert keep.read_text() == "keep\n" and sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+    # An existing log is fine (it is appended to); a log in a directory still to be made is fine too.
+    cfg = parse_args(["--log", str(keep), "--checkpoint-dir", str(tmp_path / "a" / "ck")])
+    assert cfg.log == str(keep) and not (tmp_path / "a").exists()
+
+
+def test_toml_type_error_names_file_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('rounds = "many"\n')
+    with pytest.raises(ConfigError) as info:
+        load_toml(path)
+    assert "bad.toml" in str(info.value) and "'rounds'" in str(info.value) and "'many'" in str(info.value)

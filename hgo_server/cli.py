@@ -23,7 +23,7 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, ServerConfig, parse_args
+from .config import ConfigError, ServerConfig, check_paths, parse_args
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:
@@ -82,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         cfg = parse_args(argv)
+        check_paths(cfg)
         return _run(amain(cfg))
     except ConfigError as exc:
         print(f"hgo-server: error: {exc}", file=sys.stderr, flush=True)

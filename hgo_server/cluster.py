@@ -547,8 +547,7 @@ def check_server_settings(cfg: ClusterConfig) -> None:
     """Validate, in this process, the hgo-server flags the run would pass.
 
     A typo (``--rule mediam``, ``--tau 5h``) then fails before any process starts, with
-    the server's own message; raises :class:`hgo_server.config.ConfigError`. Needs
-    ``cfg.out`` to exist (the port file and the round log go there).
+    the server's own message; raises :class:`hgo_server.config.ConfigError`.
     """
     from .config import parse_args
 

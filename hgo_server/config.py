@@ -295,9 +295,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         settings.update(load_toml(config_file))
     for name, value in ns.items():
         settings[name] = _coerce(name, value)
-    cfg = resolve(ServerConfig(**settings))
-    check_paths(cfg)
-    return cfg
+    return resolve(ServerConfig(**settings))
 
 
 def _readable_file(flag: str, path: str | None) -> None:
@@ -329,9 +327,10 @@ def _writable_dir(flag: str, directory: Path, target: str) -> None:
 def check_paths(cfg: ServerConfig) -> None:
     """Files named on the command line exist and can be used, before the server binds.
 
-    Called by :func:`parse_args` (the CLI): a typo in ``--tokens-file`` or a log in a
-    read-only place fails at once with the flag and the path, not at the first round.
-    Nothing is created or modified here.
+    Called by the CLI (``hgo_server.cli.main``) right after :func:`parse_args`, which
+    stays free of file-system checks so container args can be validated anywhere: a typo
+    in ``--tokens-file`` or a log in a read-only place fails at once with the flag and the
+    path, not at the first round. Nothing is created or modified here.
     """
     for flag, value in (
         ("--tokens-file", cfg.tokens_file),

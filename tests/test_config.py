@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from hgo_common import rounds
-from hgo_server.config import ConfigError, ServerConfig, load_toml, parse_args, parse_duration_ms
+from hgo_server.config import (
+    ConfigError,
+    ServerConfig,
+    check_paths,
+    load_toml,
+    parse_args,
+    parse_duration_ms,
+)
 
 
 @pytest.mark.parametrize(
@@ -151,7 +158,8 @@ def test_l2_defaults_to_the_models_own() -> None:
 
 
 def test_files_on_the_command_line_are_checked_before_serving(tmp_path: Path) -> None:
-    """Missing or unusable files fail in parse_args with the flag and the path; nothing is created."""
+    """Missing or unusable files fail check_paths (what the CLI runs after parse_args) with the flag and
+    the path; nothing is created."""
     keep = tmp_path / "keep.txt"
     keep.write_text("keep\n")
     cases = [
@@ -166,12 +174,13 @@ def test_files_on_the_command_line_are_checked_before_serving(tmp_path: Path) ->
     ]
     for argv, needles in cases:
         with pytest.raises(ConfigError) as info:
-            parse_args(argv)
+            check_paths(parse_args(argv))
         for needle in needles:
             assert needle in str(info.value), (argv, needle, str(info.value))
     assert keep.read_text() == "keep\n" and sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
     # An existing log is fine (it is appended to); a log in a directory still to be made is fine too.
     cfg = parse_args(["--log", str(keep), "--checkpoint-dir", str(tmp_path / "a" / "ck")])
+    check_paths(cfg)
     assert cfg.log == str(keep) and not (tmp_path / "a").exists()
 
 

@@ -127,13 +127,16 @@ def _check_files(args: argparse.Namespace) -> None:
             raise ValueError(f"{flag}: cannot read {str(path)!r} ({exc.strerror or exc})") from None
     if args.data_dir is not None and not args.data_dir.is_dir():
         raise ValueError(f"--data-dir: {str(args.data_dir)!r} is not a directory")
-    if args.seed is not None and not 0 <= args.seed < 2**32:
-        raise ValueError(f"--seed must be in [0, 2**32), got {args.seed}")
 
 
 def config_from_args(args: argparse.Namespace) -> WorkerConfig:
-    """A validated WorkerConfig; ValueError names the offending value."""
-    _check_files(args)
+    """A validated WorkerConfig; ValueError names the offending value.
+
+    No file-system checks here (container args validate on any host); ``main`` runs
+    :func:`_check_files` too.
+    """
+    if args.seed is not None and not 0 <= args.seed < 2**32:
+        raise ValueError(f"--seed must be in [0, 2**32), got {args.seed}")
     profile = args.profile or ("custom" if args.rate is not None else "average")
     return WorkerConfig(
         server=args.server,
@@ -178,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         cfg = config_from_args(args)
+        _check_files(args)
         metrics = WorkerMetrics(cfg.profile, enabled=cfg.metrics_port is not None)
         worker = Worker(cfg, metrics=metrics)
     except ValueError as exc:

@@ -167,6 +167,7 @@ async def test_round_without_quorum_makes_no_update_and_is_counted(tmp_path: Pat
         assert st.rounds_without_quorum >= 5
         assert s.counter("hgo_rounds_without_quorum_total") == st.rounds_without_quorum
         # replace the silent worker by an honest one: the quorum is back and w moves
+        silent_phase_end = s.core.round  # rounds before this one ran with exactly {honest, silent}
         await silent.close()
         helper = s.client()
         await helper.join(name="helper")
@@ -180,7 +181,11 @@ async def test_round_without_quorum_makes_no_update_and_is_counted(tmp_path: Pat
     no_q = [r for r in records if not r["quorum"]]
     assert len(no_q) >= 5
     assert all(r["block"] == 0 and r["step_size"] == 0 for r in no_q)
-    assert all(sorted(w["prefix"] for w in r["workers"]) == [0, d] for r in no_q)
+    # Only the rounds run with exactly {honest, silent} have a known shape; the round the
+    # shutdown interrupts (everyone already gone) may legitimately hold prefixes [0, 0].
+    stuck = [r for r in no_q if r["round"] < silent_phase_end]
+    assert len(stuck) >= 5
+    assert all(sorted(w["prefix"] for w in r["workers"]) == [0, d] for r in stuck)
     assert any(r["quorum"] for r in records[-3:])
 
 

@@ -104,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--tls-cert", type=Path, default=None, metavar="FILE", help="client certificate (mutual TLS)"
     )
     p.add_argument("--tls-key", type=Path, default=None, metavar="FILE", help="client key (mutual TLS)")
+    p.add_argument(
+        "--tls-server-name", default=None, metavar="NAME",
+        help="host name to verify in the server's certificate when --server is an address the "
+        "certificate does not name (e.g. --server 127.0.0.1:50051 --tls-server-name hgo-server); "
+        "also sent as the :authority (default: the host of --server)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log every round")
     return p
 
@@ -156,6 +162,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         tls_ca=args.tls_ca,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        tls_server_name=args.tls_server_name,
     )
 
 

@@ -108,6 +108,7 @@ class WorkerConfig:
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    tls_server_name: str | None = None  # the name checked in the server's certificate
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad value."""
@@ -133,6 +134,12 @@ class WorkerConfig:
             raise ValueError(f"--metrics-port must be in 0..65535, got {self.metrics_port}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together (mutual TLS)")
+        if self.tls_server_name is not None:
+            if self.tls_ca is None and self.tls_cert is None:
+                raise ValueError("--tls-server-name needs TLS (--tls-ca, or --tls-cert/--tls-key)")
+            name = self.tls_server_name
+            if not name or any(c.isspace() for c in name) or ":" in name:
+                raise ValueError(f"--tls-server-name must be a host name (no port, no spaces), got {name!r}")
         if self.budget_policy != "fixed":
             from hgo_common import budget
 
@@ -248,7 +255,16 @@ class Worker:
             private_key=cfg.tls_key.read_bytes() if cfg.tls_key else None,
             certificate_chain=cfg.tls_cert.read_bytes() if cfg.tls_cert else None,
         )
-        return grpc.aio.secure_channel(cfg.server, creds, options=CHANNEL_OPTIONS)
+        options = list(CHANNEL_OPTIONS)
+        if cfg.tls_server_name:
+            # Dialling an address (127.0.0.1:PORT, a container IP) that the certificate does
+            # not name: check the certificate against this name instead, and send it as the
+            # :authority (SNI and virtual hosting see the same name).
+            options += [
+                ("grpc.ssl_target_name_override", cfg.tls_server_name),
+                ("grpc.default_authority", cfg.tls_server_name),
+            ]
+        return grpc.aio.secure_channel(cfg.server, creds, options=options)
 
     # ------------------------------------------------------------------ one session
 

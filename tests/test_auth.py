@@ -438,3 +438,48 @@ def test_cli_mutual_tls_and_tokens_end_to_end(procs: Any, pki: PKI, tmp_path: Pa
     log = procs.log(server)
     assert "identity=worker-a" in log and "identity=worker-b" in log
     assert "done: rounds=30" in log
+
+
+@pytest.mark.timeout(180)
+def test_worker_tls_server_name_override(procs: Any, tmp_path: Path) -> None:
+    """A certificate naming only ``hgo-server``, dialled as 127.0.0.1: refused unless the
+    worker is told which name to verify (--tls-server-name)."""
+    import time
+
+    from tests.procs import console
+
+    pki = make_pki(tmp_path / "pki", server_ips=(), server_dns=("hgo-server",))
+    port_file = tmp_path / "port"
+    server = procs.start(
+        [
+            *console("hgo-server"), "--port", "0", "--port-file", str(port_file),
+            "--dataset", "breast-cancer", "--q", "1", "--v", "1", "--min-workers", "1", "--rounds", "5",
+            "--tau", "100ms", "--eval-every", "0",
+            "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
+        ],
+        name="server",
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not port_file.exists():
+        assert server.poll() is None, procs.log(server)
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.1)
+    port = int(port_file.read_text())
+
+    def worker(name: str, *extra: str) -> Any:
+        argv = [*console("hgo-worker"), "--server", f"127.0.0.1:{port}", "--profile", "powerful"]
+        argv += ["--name", name, "--tls-ca", str(pki.ca_cert), *extra]
+        return procs.start(argv, name=name)
+
+    # the certificate does not name 127.0.0.1: every attempt fails the handshake, gives up (1)
+    plain = worker("no-override", "--reconnect-timeout", "3")
+    assert procs.wait(plain, 60) == 1, procs.log(plain)
+    assert "giving up" in procs.log(plain)
+    # a wrong name fails the same way
+    wrong = worker("wrong-name", "--reconnect-timeout", "3", "--tls-server-name", "not-hgo-server")
+    assert procs.wait(wrong, 60) == 1, procs.log(wrong)
+    # the name on the certificate: trains to the end
+    good = worker("override", "--reconnect-timeout", "30", "--tls-server-name", "hgo-server")
+    assert procs.wait(good, 90) == 0, procs.log(good)[-2000:]
+    assert procs.wait(server, 60) == 0, procs.log(server)[-3000:]
+    assert "done: rounds=5" in procs.log(server)

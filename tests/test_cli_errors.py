@@ -70,6 +70,7 @@ CASES = [
     # ---------------------------------------------------------------- hgo-worker
     C("worker-no-port", "hgo-worker --server 127.0.0.1", "--server", "HOST:PORT", "'127.0.0.1'"),
     C("worker-port-range", "hgo-worker --server 127.0.0.1:70000", "1..65535", "70000"),
+    C("worker-tls-name-plaintext", f"{W} --tls-server-name hgo-server", "--tls-server-name", "needs TLS"),
     C("worker-rate-negative", f"{W} --rate -1", "--rate", ">= 0", "'-1'"),
     C("worker-rate-text", f"{W} --rate fast", "--rate", "'fast'"),
     C("worker-profile", f"{W} --profile turbo", "--profile", "'turbo'", "weak"),

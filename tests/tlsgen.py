@@ -126,12 +126,17 @@ def _leaf(
     return builder.sign(ca[1], hashes.SHA256()), key
 
 
-def make_pki(directory: Path, *, server_ips: Sequence[str] = ("127.0.0.1", "::1")) -> PKI:
-    """Write a CA, a server pair (SAN localhost + ``server_ips``) and client pairs under ``directory``."""
+def make_pki(
+    directory: Path,
+    *,
+    server_ips: Sequence[str] = ("127.0.0.1", "::1"),
+    server_dns: Sequence[str] = ("localhost",),
+) -> PKI:
+    """Write a CA, a server pair (SAN ``server_dns`` + ``server_ips``) and client pairs in ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     ca = _ca("hgo test CA")
     rogue_ca = _ca("someone else's CA")
-    server = _leaf("hgo-server", ca, server=True, dns=["localhost"], ips=server_ips)
+    server = _leaf("hgo-server", ca, server=True, dns=server_dns, ips=server_ips)
     client = _leaf("worker-1", ca, server=False)
     rogue = _leaf("worker-1", rogue_ca, server=False)
     return PKI(

@@ -6,8 +6,9 @@ Example::
     hgo-worker --server 127.0.0.1:50051 --rate 0 --byzantine foe --attack-param eps=10
 
 Exit codes: 0 the server said training is done; 1 gave up reconnecting after
-``--reconnect-timeout`` seconds; 2 bad command line; 3 rejected by the server (bad token,
-protocol violation).
+``--reconnect-timeout`` seconds; 2 bad command line, or ``--shard i/n`` and the worker
+cannot load its own shard (files missing from ``--data-dir``, a dataset error); 3 rejected
+by the server (bad token, protocol violation).
 """
 
 from __future__ import annotations

@@ -23,7 +23,9 @@ the worker reconnect with exponential backoff and full jitter (delay drawn unifo
 ``[0, min(5 s, 0.1 s·2^attempt)]``) and join again as a fresh session, until it has been
 disconnected for ``reconnect_timeout`` seconds (exit 1). A server that rejects the worker
 for good (UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, UNIMPLEMENTED) ends it
-with exit code 3.
+with exit code 3. A worker that loads its own shard (``--shard i/n``) and cannot (files
+missing from ``--data-dir``, a malformed file, a dataset it does not know) ends with exit
+code 2: the failure is local, and neither retrying nor the server can fix it.
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ FATAL_CODES = frozenset(
         grpc.StatusCode.UNIMPLEMENTED,
     }
 )
-EXIT_DONE, EXIT_GAVE_UP, EXIT_REJECTED = 0, 1, 3
+EXIT_DONE, EXIT_GAVE_UP, EXIT_LOCAL_DATA, EXIT_REJECTED = 0, 1, 2, 3
 
 
 class SessionLost(Exception):
@@ -85,6 +87,14 @@ class SessionLost(Exception):
 
 class Rejected(Exception):
     """The server refused this worker for good: do not reconnect."""
+
+
+class LocalDataError(Exception):
+    """``--shard i/n``: this worker cannot load its own shard. Local, so not retried.
+
+    Not a ValueError on purpose: the handshake turns ValueErrors (a spec the worker
+    cannot train) into :class:`Rejected`, which would blame the server.
+    """
 
 
 @dataclass
@@ -214,7 +224,8 @@ class Worker:
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self) -> int:
-        """Serve until the server says done (0), reconnecting as needed; 1 gave up, 3 rejected."""
+        """Serve until the server says done (0), reconnecting as needed; 1 gave up,
+        2 cannot load its own shard, 3 rejected."""
         loop = asyncio.get_running_loop()
         down_since = loop.time()
         attempt = 0
@@ -227,6 +238,9 @@ class Worker:
             except Rejected as exc:
                 log.error("%s: rejected by the server: %s", self.name, exc)
                 return EXIT_REJECTED
+            except LocalDataError as exc:
+                log.error("%s: %s", self.name, exc)
+                return EXIT_LOCAL_DATA
             except (SessionLost, grpc.aio.AioRpcError, OSError, TimeoutError) as exc:
                 log.info("%s: session ended: %s", self.name, _describe(exc))
             finally:
@@ -333,10 +347,16 @@ class Worker:
             return self._own_data[1], self._own_data[2]
         from hgo_common import datasets  # imports scikit-learn: only when loading data ourselves
 
-        ds = datasets.load(spec.dataset, data_dir=self.cfg.data_dir, seed=int(spec.seed))
-        parts = datasets.partition(
-            ds.y_train, n, spec.partition or "iid", np.random.default_rng(int(spec.seed))
-        )
+        where = "no --data-dir" if self.cfg.data_dir is None else f"--data-dir {str(self.cfg.data_dir)!r}"
+        try:
+            ds = datasets.load(spec.dataset, data_dir=self.cfg.data_dir, seed=int(spec.seed))
+            parts = datasets.partition(
+                ds.y_train, n, spec.partition or "iid", np.random.default_rng(int(spec.seed))
+            )
+        except (ValueError, OSError) as exc:
+            raise LocalDataError(
+                f"--shard {i}/{n}: cannot load dataset {spec.dataset!r} ({where}): {exc}"
+            ) from exc
         X = np.ascontiguousarray(ds.X_train[parts[i]], dtype=np.float32)
         y = np.asarray(ds.y_train[parts[i]])
         self._own_data = (spec.dataset, X, y)

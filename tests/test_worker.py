@@ -9,11 +9,13 @@ checked against real gRPC traffic.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -707,3 +709,40 @@ async def test_release_by_the_workers_own_clock_never_exceeds_the_throttle() -> 
     for t, _, end in sent:
         assert end <= throttle.released(t, rate, s, P + 1), (t, end)
     assert sent[-1][2] == throttle.expected_prefix(rate, tau, s, P + 1) == 1000
+
+
+@pytest.mark.parametrize(
+    ("dataset", "with_dir", "problem"),
+    [
+        ("mnist", True, "no data file found"),  # --data-dir lacks the files
+        ("mnist", False, "pass data_dir"),  # a file dataset and no --data-dir at all
+        ("imagenet", True, "unknown dataset"),  # a dataset this worker does not know
+    ],
+)
+async def test_own_shard_that_cannot_load_exits_2_naming_dataset_and_dir(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, dataset: str, with_dir: bool, problem: str
+) -> None:
+    """--shard i/n and the shard cannot be loaded here: a local failure (exit 2, once, with
+    the dataset, the data dir and the problem), not "rejected by the server" (exit 3)."""
+    spec = hgo_pb2.TrainingSpec(
+        model="logistic", layer_sizes=[784, 1], dim=785, order="flat", dataset=dataset, n_features=784,
+        n_classes=2, algorithm="hgo", max_chunk_values=64, seed=1, partition="iid", num_shards=2,
+    )  # fmt: skip
+    fake = FakeHGO(np.zeros((1, 784), np.float32), np.zeros(1, np.float32), spec)
+    server, port = await start_fake(fake)
+    empty = tmp_path / "empty-data"
+    empty.mkdir()
+    try:
+        caplog.set_level(logging.INFO, logger="hgo_worker")
+        extra: dict[str, Any] = {"data_dir": empty} if with_dir else {}
+        _, run = await _start_worker(port, rate=0.0, profile="custom", shard="1/2", **extra)
+        assert await asyncio.wait_for(run, 30) == 2
+        assert len(fake.sessions) == 1  # not retried
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1, errors
+        msg = errors[0]
+        assert "rejected" not in msg
+        assert f"--shard 1/2: cannot load dataset {dataset!r}" in msg and problem in msg, msg
+        assert (str(empty) in msg) if with_dir else ("no --data-dir" in msg), msg
+    finally:
+        await server.stop(None)

@@ -30,6 +30,8 @@ import math
 import sys
 import time
 import tomllib
+import types
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +72,60 @@ class Scenario:
     net: dict[str, Any] = field(default_factory=dict)
 
 
+class ScenarioError(ValueError):
+    """A scenario file is unreadable or wrong; the message names the file and the problem."""
+
+
+# The keys a scenario file may hold besides the SimConfig fields, with their TOML types.
+_TOP_KEYS: dict[str, type | tuple[type, ...]] = {
+    "name": str, "title": str, "claim": str, "metric": str, "seeds": int, "notes": list,
+    "base": dict, "quick": dict, "variant": list, "net": dict,
+}  # fmt: skip
+_QUICK_KEYS: dict[str, type | tuple[type, ...]] = {"base": dict, "seeds": int}
+_NET_KEYS: dict[str, type | tuple[type, ...]] = {"max_workers": int}
+_TOML_TYPE = {str: "a string", int: "an integer", list: "an array", dict: "a table"}
+
+
+def _check_table(table: dict[str, Any], keys: dict[str, type | tuple[type, ...]], where: str) -> None:
+    """Unknown keys and values of the wrong TOML type in a fixed-schema table."""
+    for key, value in table.items():
+        if key not in keys:
+            raise ValueError(f"{where}: unknown key {key!r}; expected one of {sorted(keys)}")
+        want = keys[key]
+        if not isinstance(value, want) or isinstance(value, bool):
+            what = _TOML_TYPE.get(want, str(want)) if isinstance(want, type) else str(want)
+            raise ValueError(f"{where}: {key!r} must be {what}, got {value!r}")
+
+
+def _value_ok(value: Any, hint: Any) -> bool:
+    """Does a TOML value (arrays already tuples) fit a SimConfig field's type hint?"""
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        return any(_value_ok(value, h) for h in typing.get_args(hint))
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:  # TOML writes 60 for 60.0
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_value_ok(x, args[0]) for x in value)
+        return len(value) == len(args) and all(_value_ok(x, h) for x, h in zip(value, args, strict=True))
+    if origin is dict:
+        return isinstance(value, dict)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
 def _parse_tau(value: Any) -> float:
     """tau in ms from a TOML value: a number, "inf", or a string with ms / s suffix."""
     if isinstance(value, int | float) and not isinstance(value, bool):
@@ -89,8 +145,11 @@ def _parse_tau(value: Any) -> float:
     raise ValueError(f"tau_ms {value!r}: expected milliseconds, 'inf', or a duration like '250ms' / '2s'")
 
 
-def _normalize(table: dict[str, Any], where: str) -> dict[str, Any]:
+def _normalize(table: Any, where: str) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise ValueError(f"{where}: expected a table of settings, got {table!r}")
     fields = set(simulator.config_fields())
+    hints = typing.get_type_hints(simulator.SimConfig)
     out: dict[str, Any] = {}
     for key, value in table.items():
         if key not in fields:
@@ -98,7 +157,10 @@ def _normalize(table: dict[str, Any], where: str) -> dict[str, Any]:
         if key == "tau_ms":
             value = _parse_tau(value)
         if isinstance(value, list):
-            value = tuple(value)
+            value = tuple(tuple(x) if isinstance(x, list) else x for x in value)
+        if not _value_ok(value, hints[key]):
+            want = simulator.SimConfig.__dataclass_fields__[key].type
+            raise ValueError(f"{where}: setting {key!r} must be of type {want}, got {value!r}")
         out[key] = value
     return out
 
@@ -107,6 +169,8 @@ def resolve_scenario_path(scenario: str) -> Path:
     p = Path(scenario)
     if p.is_file():
         return p
+    if p.exists():
+        raise ScenarioError(f"scenario {scenario!r}: not a regular file")
     cand = EXPERIMENTS / (scenario if scenario.endswith(".toml") else f"{scenario}.toml")
     if cand.is_file():
         return cand
@@ -127,11 +191,46 @@ def _resolve_data_dir(data_dir: str | None, scenario_path: Path) -> str | None:
 def load_scenario(
     scenario: str | Path, *, quick: bool = False, rounds: int | None = None, seeds: int | None = None
 ) -> Scenario:
-    """Read a scenario file and build one ``SimConfig`` per variant."""
+    """Read a scenario file and build one ``SimConfig`` per variant.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file, nor ``experiments/NAME.toml``.
+    ScenarioError
+        (a ValueError) The file is unreadable, not UTF-8, not TOML, or holds an unknown
+        key, a value of the wrong type or an invalid setting; the message starts with the
+        file's path and names the key.
+    """
     path = resolve_scenario_path(str(scenario))
-    doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    base = _normalize(doc.get("base", {}), f"{path} [base]")
-    quick_over = _normalize(doc.get("quick", {}).get("base", {}), f"{path} [quick.base]") if quick else {}
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(
+            f"{path}: not a TOML scenario: not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start})"
+        ) from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return _build_scenario(doc, path, quick=quick, rounds=rounds, seeds=seeds)
+    except (ValueError, TypeError) as exc:
+        raise ScenarioError(f"{path}: {exc}") from None
+
+
+def _build_scenario(
+    doc: dict[str, Any], path: Path, *, quick: bool, rounds: int | None, seeds: int | None
+) -> Scenario:
+    _check_table(doc, _TOP_KEYS, "top level")
+    _check_table(doc.get("quick", {}), _QUICK_KEYS, "[quick]")
+    _check_table(doc.get("net", {}), _NET_KEYS, "[net]")
+    base = _normalize(doc.get("base", {}), "[base]")
+    quick_over = _normalize(doc.get("quick", {}).get("base", {}), "[quick.base]") if quick else {}
     n_seeds = int(doc.get("seeds", 3))
     if quick:
         n_seeds = int(doc.get("quick", {}).get("seeds", n_seeds))
@@ -141,19 +240,29 @@ def load_scenario(
         raise ValueError(f"seeds must be >= 1, got {n_seeds}")
     raw_variants = doc.get("variant", [])
     if not raw_variants:
-        raise ValueError(f"{path}: a scenario needs at least one [[variant]]")
+        raise ValueError("a scenario needs at least one [[variant]]")
+    if not all(isinstance(vt, dict) for vt in raw_variants):
+        raise ValueError(f"'variant' must be an array of tables ([[variant]]), got {raw_variants!r}")
+    if not all(isinstance(x, str) for x in doc.get("notes", [])):
+        raise ValueError(f"'notes' must be an array of strings, got {doc['notes']!r}")
     variants: list[Variant] = []
     for j, vt in enumerate(raw_variants):
         vt = dict(vt)
-        label = str(vt.pop("label", f"variant{j}"))
-        quick_v = _normalize(vt.pop("quick", {}), f"{path} variant {label!r} quick")
+        label = vt.pop("label", f"variant{j}")
+        if not isinstance(label, str):
+            raise ValueError(f"variant {j}: 'label' must be a string, got {label!r}")
+        quick_v = _normalize(vt.pop("quick", {}), f"variant {label!r} quick")
         if not quick:
             quick_v = {}
-        merged = {**base, **_normalize(vt, f"{path} variant {label!r}"), **quick_over, **quick_v}
+        merged = {**base, **_normalize(vt, f"variant {label!r}"), **quick_over, **quick_v}
         if rounds is not None:
             merged["rounds"] = rounds
         merged["data_dir"] = _resolve_data_dir(merged.get("data_dir"), path)
-        variants.append(Variant(label, simulator.SimConfig(**merged)))
+        try:
+            config = simulator.SimConfig(**merged)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"variant {label!r}: {exc}") from None
+        variants.append(Variant(label, config))
     title = str(doc.get("title", path.stem))
     if quick:
         c0 = variants[0].config
@@ -532,7 +641,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         sc = load_scenario(args.scenario, quick=args.quick, rounds=args.rounds, seeds=args.seeds)
-    except (ValueError, FileNotFoundError, tomllib.TOMLDecodeError) as exc:
+    except (ValueError, FileNotFoundError) as exc:  # ScenarioError is a ValueError
         print(f"hgo-experiment: {exc}", file=sys.stderr)
         return 2
     out = args.out or Path("results") / (sc.name + ("-quick" if args.quick else "") + f"-{args.mode}")

@@ -247,3 +247,82 @@ def test_sim_and_net_agree_on_a_small_scenario(tmp_path: Path, procs: Any) -> No
     gaps = [abs(s_acc[k] - n_acc[k]) for k in s_acc]
     assert max(gaps) <= 0.05, (s_acc, n_acc)
     assert min(s_acc[29], n_acc[29]) > 0.93  # both learned (majority class: 0.63)
+
+
+_V = '[[variant]]\nlabel = "a"\n'
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "needles"),
+    [
+        ("garbage.toml", b"\x89PNG\r\n\x1a\n\x00\xff\xfe binary", ("not UTF-8", "byte 0x89 at offset 0")),
+        ("latin1.toml", 'title = "Ã©t\xe9"\n'.encode("latin-1"), ("not UTF-8",)),
+        ("syntax.toml", b"[base\nn = 3\n", ("not valid TOML", "line 1")),
+        ("type.toml", f'[base]\nn = "ten"\n{_V}'.encode(), ("[base]", "'n'", "int", "'ten'")),
+        ("type-tuple.toml", f"[base]\nhidden = 30\n{_V}".encode(), ("'hidden'", "tuple")),
+        ("seeds.toml", f'seeds = "three"\n{_V}'.encode(), ("'seeds'", "an integer", "'three'")),
+        ("base-scalar.toml", f"base = 5\n{_V}".encode(), ("'base' must be a table", "got 5")),
+        ("variant-scalar.toml", b"variant = 3\n", ("'variant'", "an array", "3")),
+        ("variant-values.toml", b"variant = [1, 2]\n", ("[[variant]]",)),
+        ("label.toml", b"[[variant]]\nlabel = 7\n", ("'label'", "string", "7")),
+        ("unknown-top.toml", f"seed = 3\n{_V}".encode(), ("unknown key 'seed'", "seeds")),
+        ("unknown-quick.toml", f"[quick]\nrounds = 5\n{_V}".encode(), ("[quick]", "unknown key 'rounds'")),
+        ("unknown-net.toml", f"[net]\nworkers = 5\n{_V}".encode(), ("[net]", "unknown key 'workers'")),
+        ("unknown-setting.toml", f"learning_rate = 0.1\n{_V}".encode(), ("unknown key", "learning_rate")),
+        ("unknown-variant.toml", b'[[variant]]\nlabel = "a"\nrate = 1\n', ("variant 'a'", "setting 'rate'")),
+        ("invalid.toml", b'[[variant]]\nlabel = "a"\nn = 0\n', ("variant 'a'", "n must be >= 1")),
+    ],
+)
+def test_bad_scenario_file_names_file_and_problem(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, content: bytes, needles: tuple[str, ...]
+) -> None:
+    """Every scenario-file error: exit 2, one line naming the file and the problem, no traceback."""
+    p = tmp_path / name
+    p.write_bytes(content)
+    with pytest.raises(experiment.ScenarioError) as info:
+        experiment.load_scenario(p)
+    assert str(info.value).startswith(f"{p}: ")
+    assert experiment.main(["run", str(p), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"hgo-experiment: {p}: ") and err.count("\n") == 1, err
+    for needle in needles:
+        assert needle in err, (needle, err)
+    assert not (tmp_path / "out").exists()  # nothing was run
+
+
+def test_missing_directory_and_unreadable_scenario_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = tmp_path / "nope.toml"
+    assert experiment.main(["run", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "no such file" in err
+    assert experiment.main(["run", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path) in err and "not a regular file" in err
+    unreadable = tmp_path / "locked.toml"
+    unreadable.write_text(_V)
+
+    def refuse(self: Path) -> bytes:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    # Tests may run as root, where chmod 000 does not stop a read: fail the read itself.
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    assert experiment.main(["run", str(unreadable)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"hgo-experiment: {unreadable}: cannot read (Permission denied)\n"
+
+
+def test_cli_binary_scenario_exits_2_without_traceback(tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.procs import console
+
+    p = tmp_path / "image.toml"
+    p.write_bytes(bytes(range(256)))
+    res = subprocess.run(
+        [*console("hgo-experiment"), "run", str(p)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    assert str(p) in res.stderr and "not UTF-8" in res.stderr

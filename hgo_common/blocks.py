@@ -20,10 +20,16 @@ geometric median, centered clipping, ...) a per-coordinate reading would collaps
 into 1-d rules and discard what makes them work, so we apply them to each maximal
 segment of coordinates sharing the same Q_j — the coarsest grouping that Algorithm 1's
 Q_j allows. tests/test_blocks.py checks both readings against brute-force references.
+
+Randomness: a randomized rule or pre-aggregation step (bucketing) draws from the
+``rng`` the caller passes, forwarded only to rules that declare an ``rng`` keyword;
+the server and the simulator pass ``rounds.aggregation_rng(seed, k)`` so the draws
+differ from round to round yet replay exactly for the same (seed, k).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -69,6 +75,26 @@ def _resolve(rule: RuleLike) -> Callable[..., np.ndarray]:
     return aggregators.get(rule) if isinstance(rule, str) else rule
 
 
+def rng_kwargs(fn: Callable[..., np.ndarray], rng: np.random.Generator | None) -> dict[str, object]:
+    """``{"rng": rng}`` when ``fn`` takes an ``rng`` keyword and one is given, else ``{}``.
+
+    A registered rule lists its keywords (a composed rule: those of all its parts); for
+    a plain callable the signature decides. Rules without randomness never see ``rng``,
+    so passing one is always safe.
+    """
+    if rng is None:
+        return {}
+    if isinstance(fn, aggregators.Rule):
+        takes = "rng" in fn.keywords
+    else:
+        try:
+            param = inspect.signature(fn).parameters.get("rng")
+        except (TypeError, ValueError):  # builtins without a signature
+            param = None
+        takes = param is not None and param.kind in (param.KEYWORD_ONLY, param.POSITIONAL_OR_KEYWORD)
+    return {"rng": rng} if takes else {}
+
+
 def aggregate(
     values: np.ndarray,
     prefixes: Sequence[int] | np.ndarray,
@@ -76,6 +102,7 @@ def aggregate(
     v: int,
     rule: RuleLike,
     f: int = 0,
+    rng: np.random.Generator | None = None,
 ) -> tuple[int, np.ndarray]:
     """Aggregate the block B_k exactly as Algorithm 1 defines it.
 
@@ -93,6 +120,10 @@ def aggregate(
         pre-aggregation such as ``"nnm+krum"``) or a callable ``rule(x, f=f)``.
     f : int
         The number of Byzantine rows the rule must tolerate.
+    rng : np.random.Generator, optional
+        Randomness for rules that take an ``rng`` keyword (``"bucketing+median"``); the
+        segments draw from it in turn, front to back. Ignored by every other rule. None:
+        the rule's own default (bucketing: a fixed seed, the same buckets every call).
 
     Returns
     -------
@@ -113,6 +144,7 @@ def aggregate(
     if not 1 <= v <= max(q, 1):
         raise ValueError(f"quorum v must be in [1, q={q}], got {v}")
     fn = _resolve(rule)
+    extra = rng_kwargs(fn, rng)
     # Every segment has at least v rows; check the rule's need once, before any work,
     # rather than failing on the last segment.
     if isinstance(fn, aggregators.Rule) and v < fn.min_rows(f):
@@ -126,7 +158,7 @@ def aggregate(
         return 0, out
     for lo, hi, rows in segments(p, v):
         block = values[rows, lo:hi] if rows.size < q else values[:, lo:hi]
-        out[lo:hi] = fn(block, f=f)
+        out[lo:hi] = fn(block, f=f, **extra)
     return b_v, out
 
 

@@ -25,6 +25,14 @@ Step size
 ---------
 ``constant``: gamma_k = lr. ``inv-sqrt-block``: gamma_k = lr / sqrt(|B_k|), the
 paper's suggestion (§4.1), with ``lr`` the proportionality constant.
+
+Randomness
+----------
+Randomized rules (bucketing, Karimireddy et al. 2022) must draw fresh randomness every
+round — fixed buckets would let an adversary learn which honest rows share its bucket.
+``aggregation_rng(seed, k)`` is the generator of round k; the server and the simulator
+both pass it to ``close_round``, so a simulated run and a networked one aggregate
+identically.
 """
 
 from __future__ import annotations
@@ -38,6 +46,21 @@ from . import aggregators, blocks
 
 ALGORITHMS = ("hgo", "sgd")
 LR_SCHEDULES = ("constant", "inv-sqrt-block")
+
+
+AGGREGATION_STREAM = 0x41475231  # "AGR1": keeps this stream apart from the order seeds
+
+
+def aggregation_rng(run_seed: int, k: int) -> np.random.Generator:
+    """The generator randomized rules draw from in round k of the run seeded ``run_seed``.
+
+    Derived from (run seed, k) alone, so it differs between rounds, replays exactly for
+    the same pair, and is the same in the server and the simulator. Independent of the
+    order stream (``order.round_seed`` hashes ``[seed, k]``; this adds a stream tag).
+    """
+    if int(k) < 0:
+        raise ValueError(f"round index k must be >= 0, got {k}")
+    return np.random.default_rng(np.random.SeedSequence([int(run_seed) % 2**32, int(k), AGGREGATION_STREAM]))
 
 
 def default_quorum(q: int, rule: str, f: int) -> int:
@@ -100,7 +123,11 @@ def step_size(cfg: RoundConfig, block: int) -> float:
 
 
 def close_round(
-    values: np.ndarray, prefixes: np.ndarray, order: np.ndarray, cfg: RoundConfig
+    values: np.ndarray,
+    prefixes: np.ndarray,
+    order: np.ndarray,
+    cfg: RoundConfig,
+    rng: np.random.Generator | None = None,
 ) -> RoundOutcome:
     """Aggregate one round.
 
@@ -113,6 +140,9 @@ def close_round(
     order : ndarray of shape (d,)
         C_k, the coordinate order of the round.
     cfg : RoundConfig
+    rng : np.random.Generator, optional
+        Forwarded to the rule only when it (or a pre-aggregation step) takes ``rng``
+        (bucketing); pass ``aggregation_rng(seed, k)``. Other rules ignore it.
     """
     p = effective_prefixes(prefixes, cfg)
     responded = int(np.count_nonzero(p))
@@ -121,13 +151,14 @@ def close_round(
         if responded < need:
             return RoundOutcome(block=0, quorum=False)
         rows = np.flatnonzero(p)
-        agg = aggregators.get(cfg.rule)(np.asarray(values)[rows], f=cfg.f)
+        rule = aggregators.get(cfg.rule)
+        agg = rule(np.asarray(values)[rows], f=cfg.f, **blocks.rng_kwargs(rule, rng))
         b = cfg.d
         used = [int(r) for r in rows]
     else:
         if responded < cfg.v:
             return RoundOutcome(block=0, quorum=False)
-        b, agg = blocks.aggregate(values, p, v=cfg.v, rule=cfg.rule, f=cfg.f)
+        b, agg = blocks.aggregate(values, p, v=cfg.v, rule=cfg.rule, f=cfg.f, rng=rng)
         used = [int(i) for i in np.flatnonzero(p)]
         if b == 0:
             return RoundOutcome(block=0, quorum=False)

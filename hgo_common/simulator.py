@@ -33,7 +33,8 @@ on the wire, with the *same* pure functions:
    collector* (``hgo_common.collector.RoundCollector``), cast to float32 as on the
    wire, so the non-finite policy is the wire's by construction: a worker's prefix
    ends before its first non-finite value, the rest of its values are ignored.
-6. ``rounds.close_round`` and ``rounds.apply_update``: identical to the server.
+6. ``rounds.close_round`` (with ``rounds.aggregation_rng(seed, k)`` for randomized rules
+   such as bucketing) and ``rounds.apply_update``: identical to the server.
 
 Virtual clock: a round lasts tau (``hgo``, and ``sgd`` with finite tau); for ``sgd``
 with tau = inf it lasts until the slowest sampled worker has released its full gradient,
@@ -465,7 +466,9 @@ class Simulation:
         order = order_mod.make_order(order_mod.round_seed(cfg.seed, k), self.d, cfg.order, self.model.groups)
         buf = self.fill_round(sampled, order)
         prefixes = buf.close()
-        outcome = rounds.close_round(buf.values, prefixes, order, self.round_cfg)
+        outcome = rounds.close_round(
+            buf.values, prefixes, order, self.round_cfg, rounds.aggregation_rng(cfg.seed, k)
+        )
         self.w = rounds.apply_update(self.w, outcome)
         dt = self.round_time_ms(sampled, prefixes, buf.nonfinite)
         self.t_ms += dt

@@ -30,7 +30,8 @@ Round k (one iteration of :meth:`Server.run`):
    early close is on (the default: it changes nothing in the update, it only removes
    idle waiting). With tau = inf the round waits for every sampled worker, bounded by
    ``--sgd-timeout`` so that a dead worker cannot hang the server;
-6. ``RoundClosed`` to the sampled workers; ``hgo_common.rounds.close_round`` in a
+6. ``RoundClosed`` to the sampled workers; ``hgo_common.rounds.close_round`` (given
+   ``rounds.aggregation_rng(seed, k)``, as in the simulator, for randomized rules) in a
    single worker thread (the event loop keeps serving heartbeats and chunks of late
    workers meanwhile); w_{k+1} = w_k - gamma_k AG; a JSON record in the round log.
 """
@@ -836,7 +837,8 @@ class Server:
         c_k = await c_k_future
         t_agg = time.perf_counter()
         outcome = await self._in_thread(
-            rounds.close_round, self.collector.values, prefixes, c_k, self.round_cfg
+            rounds.close_round, self.collector.values, prefixes, c_k, self.round_cfg,
+            rounds.aggregation_rng(cfg.seed, k),  # same derivation as the simulator
         )
         self.metrics.aggregation.observe(time.perf_counter() - t_agg)
         self.w = rounds.apply_update(self.w, outcome)

@@ -285,3 +285,98 @@ def test_default_quorum_respects_rule_minimum() -> None:
     assert default_quorum(80, "average", 0) == 40
     assert default_quorum(80, "krum", 25) == 53  # 2f + 3
     assert default_quorum(10, "bulyan", 3) == 10  # capped at q
+
+
+# ----------------------------------------------------------------------------- per-round randomness
+
+
+def _bucketing_median_reference(
+    values: np.ndarray, prefixes: np.ndarray, v: int, rng: np.random.Generator
+) -> np.ndarray:
+    """bucketing+median by hand: segments front to back, each draws its permutation from ``rng``."""
+    out = np.zeros(blocks.block_size(prefixes, v))
+    for lo, hi, rows in blocks.segments(prefixes, v):
+        seg = values[rows, lo:hi].astype(np.float64)
+        perm = rng.permutation(seg.shape[0])  # bucketing's own draw, s = 2
+        shuffled = seg[perm]
+        means = np.array([shuffled[a : a + 2].mean(axis=0) for a in range(0, len(perm), 2)])
+        out[lo:hi] = np.median(means, axis=0)
+    return out
+
+
+def test_bucketing_draws_new_buckets_each_round_and_replays_per_seed_and_round() -> None:
+    from hgo_common.rounds import aggregation_rng
+
+    rng = np.random.default_rng(11)
+    q, d = 12, 40  # 12 rows in buckets of 2: 10395 pairings, so two rounds' buckets differ
+    values = rng.normal(size=(q, d))
+    prefixes = np.array([40] * 8 + [30, 25, 20, 10])
+    cfg = RoundConfig(d=d, v=9, rule="bucketing+median")  # B_k = 30: segments of 12, 11, 10, 9 rows
+    order = np.arange(d)
+    outs = [close_round(values, prefixes, order, cfg, aggregation_rng(5, k)).update for k in range(4)]
+    for k, out in enumerate(outs):
+        assert out is not None
+        # exactly bucketing+median with the round's generator, segment by segment
+        want = _bucketing_median_reference(values, prefixes, 9, aggregation_rng(5, k))
+        np.testing.assert_allclose(out[:30], want, rtol=0, atol=1e-12)
+        assert not out[30:].any()
+        # replays for the same (seed, k)
+        again = close_round(values, prefixes, order, cfg, aggregation_rng(5, k)).update
+        np.testing.assert_array_equal(out, again)
+    # different rounds, different buckets, so a different aggregate
+    for a in range(4):
+        for b in range(a + 1, 4):
+            assert not np.allclose(outs[a], outs[b]), (a, b)
+    # another run seed: other buckets in the same round
+    other = close_round(values, prefixes, order, cfg, aggregation_rng(6, 0)).update
+    assert not np.allclose(outs[0], other)
+    # no generator: the rule's fixed default (the old behaviour), the same every call
+    fixed = [close_round(values, prefixes, order, cfg).update for _ in range(2)]
+    np.testing.assert_array_equal(fixed[0], fixed[1])
+    # the sgd path forwards it too: full rows only, one segment
+    sgd = RoundConfig(d=d, v=6, rule="bucketing+median", algorithm="sgd")
+    got = close_round(values, prefixes, order, sgd, aggregation_rng(5, 2)).update
+    full = np.flatnonzero(prefixes == d)
+    ref = _bucketing_median_reference(values[full], np.full(full.size, d), 1, aggregation_rng(5, 2))
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12)
+
+
+def test_aggregation_rng_depends_on_seed_and_round_only() -> None:
+    from hgo_common.rounds import aggregation_rng
+
+    draw = [aggregation_rng(s, k).integers(0, 2**62, size=4).tolist() for s, k in [(1, 0), (1, 1), (2, 0)]]
+    assert len({tuple(x) for x in draw}) == 3
+    assert aggregation_rng(1, 1).integers(0, 2**62, size=4).tolist() == draw[1]
+    with pytest.raises(ValueError, match="k must be >= 0, got -1"):
+        aggregation_rng(1, -1)
+
+
+@pytest.mark.parametrize("rule", ["average", "median", "krum", "trimmed-mean", "nnm+krum", "multi-krum"])
+def test_rules_without_randomness_ignore_the_generator(rule: str) -> None:
+    rng = np.random.default_rng(2)
+    values = rng.normal(size=(7, 20))
+    prefixes = np.array([20, 20, 20, 20, 20, 15, 9])
+    cfg = RoundConfig(d=20, v=5, rule=rule, f=1)
+    gen = np.random.default_rng(99)
+    state = gen.bit_generator.state
+    with_rng = close_round(values, prefixes, np.arange(20), cfg, gen)
+    without = close_round(values, prefixes, np.arange(20), cfg)
+    assert with_rng.update is not None and without.update is not None
+    np.testing.assert_array_equal(with_rng.update, without.update)
+    assert gen.bit_generator.state == state  # never handed to the rule, so never drawn from
+
+
+def test_rng_reaches_plain_callables_that_declare_it() -> None:
+    seen: list[np.random.Generator] = []
+
+    def takes_rng(x: np.ndarray, *, f: int = 0, rng: np.random.Generator) -> np.ndarray:
+        seen.append(rng)
+        return np.asarray(x.mean(axis=0))
+
+    gen = np.random.default_rng(0)
+    values = np.arange(12.0).reshape(3, 4)
+    blocks.aggregate(values, [4, 4, 2], v=2, rule=takes_rng, rng=gen)
+    assert seen == [gen, gen]  # one call per segment, the same generator
+    # a callable without an rng keyword is called as before
+    b, agg = blocks.aggregate(values, [4, 4, 2], v=2, rule=lambda x, f: x.max(axis=0), rng=gen)
+    assert b == 4 and agg.tolist() == [8.0, 9.0, 6.0, 7.0]  # row 2 covers positions 0 and 1 only

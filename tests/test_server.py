@@ -230,6 +230,32 @@ async def test_round_update_equals_close_round_on_the_same_inputs(serve: Any, tm
     assert rec["round_ms"] >= 1400  # partial prefixes: the round waited for its deadline
 
 
+async def test_randomized_rule_gets_the_rounds_generator(serve: Any) -> None:
+    """bucketing+median: the server passes ``rounds.aggregation_rng(seed, k)`` to close_round,
+    the generator the simulator passes too (not the rule's fixed default seed)."""
+    running, port = await serve(
+        q=5, v=2, rule="bucketing+median", tau="500ms", rounds=1, min_workers=5, lr=0.5
+    )
+    workers = await connect(serve, port, 5)
+    run = asyncio.create_task(running.run())
+    tasks = [(await w.next("task")).task for w in workers]
+    w0 = running.core.setup.w0
+    rows = np.random.default_rng(8).normal(size=(5, D)).astype(np.float32)
+    prefixes = np.array([D, 25, 20, 12, 6])
+    for w, row, p in zip(workers, rows, prefixes, strict=True):
+        await w.chunk(0, 0, row[:p])
+    summary = await asyncio.wait_for(run, 20)
+    assert summary.completed and summary.rounds == 1
+    c_k = order.make_order(tasks[0].order_seed, D, "flat")
+    cfg = rounds.RoundConfig(d=D, v=2, rule="bucketing+median", f=0, lr=0.5)
+    want = rounds.close_round(rows, prefixes, c_k, cfg, rounds.aggregation_rng(BASE["seed"], 0))
+    np.testing.assert_allclose(running.core.weights, w0 - 0.5 * want.update, rtol=0, atol=1e-12)
+    fixed = rounds.close_round(rows, prefixes, c_k, cfg)  # the rule's default seed: other buckets
+    assert not np.allclose(running.core.weights, w0 - 0.5 * fixed.update)
+    for w in workers:
+        assert (await w.next("stop")).stop.reason == "done"
+
+
 async def test_late_chunks_are_counted_and_ignored(serve: Any, tmp_path: Path) -> None:
     running, port = await serve(q=1, tau="300ms", rounds=2, min_workers=1)
     (w,) = await connect(serve, port, 1)

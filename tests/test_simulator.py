@@ -35,9 +35,13 @@ def small(**kw: object) -> SimConfig:
     return SimConfig(**base)  # type: ignore[arg-type]
 
 
-def test_round_equals_close_round_by_hand() -> None:
-    """One simulated round == the core applied by hand to the same inputs, bit for bit."""
-    cfg = small()
+@pytest.mark.parametrize("rule", ["average", "bucketing+median"])
+def test_round_equals_close_round_by_hand(rule: str) -> None:
+    """One simulated round == the core applied by hand to the same inputs, bit for bit.
+
+    With a randomized rule (bucketing) the simulator must pass the round's generator
+    ``rounds.aggregation_rng(seed, k)``, the same one the server passes."""
+    cfg = small(rule=rule)
     sim = Simulation(cfg)
     ref = Simulation(cfg)  # identical generators: replay its draws by hand
     w0 = ref.w.copy()
@@ -56,9 +60,12 @@ def test_round_equals_close_round_by_hand() -> None:
         g = ref.model.gradient(w0, X, y, coords=c_k[:p])  # the worker's coordinate path
         values[row, :p] = g
         prefixes[row] = p
-    rcfg = rounds.RoundConfig(d=d, v=2, rule="average", lr=0.5)
-    outcome = rounds.close_round(values, prefixes, c_k, rcfg)
+    rcfg = rounds.RoundConfig(d=d, v=2, rule=rule, lr=0.5)
+    outcome = rounds.close_round(values, prefixes, c_k, rcfg, rounds.aggregation_rng(cfg.seed, 0))
     w1 = rounds.apply_update(w0, outcome)
+    if rule != "average":  # the generator matters: the rule's fixed default gives other buckets
+        fixed = rounds.apply_update(w0, rounds.close_round(values, prefixes, c_k, rcfg))
+        assert not np.allclose(fixed, w1)
 
     assert [w["prefix"] for w in rec["workers"]] == prefixes.tolist()
     assert len(set(prefixes.tolist())) >= 2, "the test needs heterogeneous prefixes"

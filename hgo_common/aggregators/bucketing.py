@@ -9,7 +9,10 @@ divide m) and replace each bucket by its mean. The rule after it still tolerates
 rule needs twice as many rows: ``get("bucketing+krum").min_rows(f) == 2 (2f+2) + 1``.
 
 Randomness: ``rng`` is a ``np.random.Generator`` or an int seed, default 0 — the
-same permutation on every call unless the caller passes its own generator.
+same permutation on every call unless the caller passes its own generator. The server
+and the simulator pass ``hgo_common.rounds.aggregation_rng(seed, k)`` through
+``rounds.close_round`` / ``blocks.aggregate``, so the buckets change every round and
+replay exactly for the same (run seed, round).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint proto bench clean
+.PHONY: install demo test test-fast lint proto bench experiments clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -36,6 +36,9 @@ bench: $(STAMP)  ## benchmarks that print their figures (recorded in docs/benchm
 	$(BIN)/python bench/bench_server_round.py
 	$(BIN)/python bench/bench_sessions.py
 	$(BIN)/python bench/bench_network.py
+
+experiments: $(STAMP)  ## the paper's figures 3-8, CI-sized (--quick), in the simulator; full runs: docs/experiments.md
+	for fig in fig3 fig4 fig5 fig6 fig7 fig8; do $(BIN)/hgo-experiment run $$fig --quick --out runs/experiments/$$fig || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

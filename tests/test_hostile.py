@@ -212,11 +212,13 @@ async def test_illegal_chunks_in_a_sampled_round(tmp_path: object) -> None:
         assert st.state == "training" and st.active_sessions == 2
         assert s.core.weights.tobytes() == w0
         await wait_for(lambda: s.core.round > max(hostile_rounds.values()) + 1, what="two more rounds")
+        end_round = s.core.round  # rounds before this one closed while both honest workers served
         for c in honest:
             await c.close()
     records = {r["round"]: r for r in roundlog.read(log_path)}
-    # every round had its quorum from the honest workers, and the zero gradients left w unchanged
-    assert all(r["quorum"] for r in records.values())
+    # every round closed while the honest workers served had its quorum (the round the
+    # shutdown interrupts, after they left, may not), and the zero gradients left w unchanged
+    assert all(r["quorum"] for r in records.values() if r["round"] < end_round)
     for case, k in hostile_rounds.items():
         prefixes = sorted(w["prefix"] for w in records[k]["workers"])
         assert records[k]["sampled"] == 3, case

@@ -34,6 +34,8 @@ import grpc
 
 from hgo_common.proto import hgo_pb2, hgo_pb2_grpc
 
+from . import auth
+
 DEFAULT_PORT = 50051
 
 
@@ -53,11 +55,7 @@ def check_grpc(
     """
     metadata = (("authorization", f"Bearer {token}"),) if token else None
     if tls_ca is not None:
-        creds = grpc.ssl_channel_credentials(
-            root_certificates=tls_ca.read_bytes(),
-            private_key=tls_key.read_bytes() if tls_key else None,
-            certificate_chain=tls_cert.read_bytes() if tls_cert else None,
-        )
+        creds = auth.channel_credentials(tls_ca, tls_cert, tls_key)
         options = [("grpc.ssl_target_name_override", tls_name)] if tls_name else []
         channel = grpc.secure_channel(target, creds, options=options)
     else:

@@ -46,6 +46,7 @@ import numpy as np
 
 from hgo_common import profiles, wire
 from hgo_common.proto import hgo_pb2, hgo_pb2_grpc
+from hgo_server import auth
 
 from .byzantine import Behaviour
 from .compute import RoundGradient, cached_order, draw_batch, model_from_spec, round_rng
@@ -264,11 +265,7 @@ class Worker:
         cfg = self.cfg
         if cfg.tls_ca is None and cfg.tls_cert is None:
             return grpc.aio.insecure_channel(cfg.server, options=CHANNEL_OPTIONS)
-        creds = grpc.ssl_channel_credentials(
-            root_certificates=cfg.tls_ca.read_bytes() if cfg.tls_ca else None,
-            private_key=cfg.tls_key.read_bytes() if cfg.tls_key else None,
-            certificate_chain=cfg.tls_cert.read_bytes() if cfg.tls_cert else None,
-        )
+        creds = auth.channel_credentials(cfg.tls_ca, cfg.tls_cert, cfg.tls_key)
         options = list(CHANNEL_OPTIONS)
         if cfg.tls_server_name:
             # Dialling an address (127.0.0.1:PORT, a container IP) that the certificate does

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -61,6 +62,36 @@ def aggregation_rng(run_seed: int, k: int) -> np.random.Generator:
     if int(k) < 0:
         raise ValueError(f"round index k must be >= 0, got {k}")
     return np.random.default_rng(np.random.SeedSequence([int(run_seed) % 2**32, int(k), AGGREGATION_STREAM]))
+
+
+# ----------------------------------------------------------------- run seeding
+# One run seed decides the data shards, w_0 and the sampling stream. The server, the
+# simulator and a worker given ``--shard i/n`` all derive them here, so a simulated run
+# and a networked one with the same seed start from the same model and shards.
+
+
+def shard_split(
+    y_train: np.ndarray, num_shards: int, partition: str, seed: int
+) -> list[np.ndarray]:
+    """The run's data shards: index arrays into the training split, one per shard."""
+    from .datasets import partition as split  # numpy only; keeps this module light
+
+    return split(y_train, num_shards, partition, np.random.default_rng(int(seed)))
+
+
+def initial_weights(model: Any, seed: int) -> np.ndarray:
+    """w_0 of the run: ``model.init`` on the run seed, as float64."""
+    return np.asarray(model.init(np.random.default_rng(int(seed))), dtype=np.float64)
+
+
+def sampling_rng(seed: int) -> np.random.Generator:
+    """The stream that picks each round's q workers."""
+    return np.random.default_rng([int(seed), 1])
+
+
+def sample_workers(rng: np.random.Generator, n: int, q: int) -> np.ndarray:
+    """Indices of min(q, n) of n workers, uniformly without replacement, in increasing order."""
+    return np.sort(rng.choice(n, size=min(q, n), replace=False))
 
 
 def default_quorum(q: int, rule: str, f: int) -> int:

@@ -299,7 +299,7 @@ class Simulation:
     """A prepared run: data, shards, rates, model and generators for one ``SimConfig``."""
 
     def __init__(self, cfg: SimConfig, *, warn: Callable[[str], None] | None = None) -> None:
-        from . import attacks, datasets, models, profiles
+        from . import attacks, models, profiles
 
         self.cfg = cfg
         self.ds, self.data_warning = load_dataset(
@@ -316,15 +316,14 @@ class Simulation:
             cfg.model, n_features=int(ds.n_features), n_classes=n_classes, hidden=cfg.hidden, l2=cfg.l2
         )
         self.d = int(self.model.dim)
-        # Like hgo-server (hgo_server.server.load_setup): shards and w_0 from
-        # default_rng(seed), sampling from default_rng([seed, 1]), so a simulated run and
-        # a networked one with the same seed start from the same model and shards.
+        # Shards, w_0 and sampling come from the rounds.* run-seed conventions that
+        # hgo-server uses too: same seed, same model and shards on the wire.
         seed = int(cfg.seed)
         ss = np.random.SeedSequence([seed % 2**32, 0x48474F])  # "HGO": the simulator's own streams
         (s_byz, s_rate, s_attack, s_workers) = ss.spawn(4)
-        self.sample_rng = np.random.default_rng([seed, 1])
+        self.sample_rng = rounds.sampling_rng(seed)
         self.attack_rng = np.random.default_rng(s_attack)
-        self.shards = datasets.partition(ds.y_train, cfg.n, cfg.partition, np.random.default_rng(seed))
+        self.shards = rounds.shard_split(ds.y_train, cfg.n, cfg.partition, seed)
         self.byzantine = np.zeros(cfg.n, dtype=bool)
         if cfg.f:
             self.byzantine[np.random.default_rng(s_byz).permutation(cfg.n)[: cfg.f]] = True
@@ -336,7 +335,7 @@ class Simulation:
             else [profiles.draw_rate(p, rate_rng) for p in self.profiles]
         )
         self.worker_rngs = [np.random.default_rng(s) for s in s_workers.spawn(cfg.n)]
-        self.w = np.asarray(self.model.init(np.random.default_rng(seed)), dtype=np.float64)
+        self.w = rounds.initial_weights(self.model, seed)
         self.attack = attacks.get(cfg.attack) if cfg.attack else None
         # Labels seen by each worker: data attacks poison the Byzantine workers' shards once.
         self.y_train = np.asarray(ds.y_train)
@@ -462,7 +461,7 @@ class Simulation:
         """Run round k; return its log record (without evaluation)."""
         cfg = self.cfg
         k = self.k
-        sampled = np.sort(self.sample_rng.choice(cfg.n, size=cfg.q_eff, replace=False))
+        sampled = rounds.sample_workers(self.sample_rng, cfg.n, cfg.q_eff)
         order = order_mod.make_order(order_mod.round_seed(cfg.seed, k), self.d, cfg.order, self.model.groups)
         buf = self.fill_round(sampled, order)
         prefixes = buf.close()

@@ -332,8 +332,8 @@ def load_setup(cfg: ServerConfig) -> Setup:
     Reproducible from ``cfg.seed`` alone, and documented so a worker given
     ``--shard i/n`` can rebuild its shard without the server:
     ``datasets.load(dataset, data_dir=..., seed=seed, max_train=...)`` then
-    ``datasets.partition(ds.y_train, num_shards, partition, np.random.default_rng(seed))``.
-    The initial weights are ``model.init(np.random.default_rng(seed))``.
+    ``rounds.shard_split(ds.y_train, num_shards, partition, seed)``.
+    The initial weights are ``rounds.initial_weights(model, seed)``.
     """
     from hgo_common import datasets, models
 
@@ -354,7 +354,7 @@ def load_setup(cfg: ServerConfig) -> Setup:
         )
     num_shards = int(cfg.num_shards or 1)
     try:
-        shards = datasets.partition(ds.y_train, num_shards, cfg.partition, np.random.default_rng(cfg.seed))
+        shards = rounds.shard_split(ds.y_train, num_shards, cfg.partition, cfg.seed)
     except ValueError as exc:
         raise ConfigError(f"--num-shards {num_shards} / --partition {cfg.partition!r}: {exc}") from None
     max_bytes = cfg.max_message_mb * 2**20
@@ -380,7 +380,7 @@ def load_setup(cfg: ServerConfig) -> Setup:
         num_shards=num_shards,
         l2=float(model.l2),
     )
-    w0 = np.asarray(model.init(np.random.default_rng(cfg.seed)), dtype=np.float64)
+    w0 = rounds.initial_weights(model, cfg.seed)
     return Setup(ds, model, shards, spec, w0)
 
 
@@ -455,7 +455,7 @@ class Server:
         self.rounds_without_quorum = 0
         self.last_eval: dict[str, float] = {}
         self.metric_name = "accuracy" if self.setup.model.task == "classification" else "loss"
-        self._sample_rng = np.random.default_rng([cfg.seed, 1])
+        self._sample_rng = rounds.sampling_rng(cfg.seed)
         self._next_worker_id = 0
         self._shard_cache: dict[int, list[ShardSlice]] = {}
         # Active sessions per shard, kept up to date on join/leave (O(1) per join).
@@ -783,8 +783,7 @@ class Server:
     def _sample(self) -> list[Session]:
         """q of the active sessions, uniformly without replacement, in worker-id order."""
         active = sorted(self.sessions.values(), key=lambda s: s.worker_id)
-        m = min(self.cfg.q, len(active))
-        idx = np.sort(self._sample_rng.choice(len(active), size=m, replace=False))
+        idx = rounds.sample_workers(self._sample_rng, len(active), self.cfg.q)
         return [active[int(i)] for i in idx]
 
     async def _run_round(self, k: int) -> None:

@@ -44,7 +44,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from hgo_common import profiles, wire
+from hgo_common import profiles, rounds, wire
 from hgo_common.proto import hgo_pb2, hgo_pb2_grpc
 from hgo_server import auth
 
@@ -347,9 +347,7 @@ class Worker:
         where = "no --data-dir" if self.cfg.data_dir is None else f"--data-dir {str(self.cfg.data_dir)!r}"
         try:
             ds = datasets.load(spec.dataset, data_dir=self.cfg.data_dir, seed=int(spec.seed))
-            parts = datasets.partition(
-                ds.y_train, n, spec.partition or "iid", np.random.default_rng(int(spec.seed))
-            )
+            parts = rounds.shard_split(ds.y_train, n, spec.partition or "iid", int(spec.seed))
         except (ValueError, OSError) as exc:
             raise LocalDataError(
                 f"--shard {i}/{n}: cannot load dataset {spec.dataset!r} ({where}): {exc}"

@@ -380,3 +380,25 @@ def test_rng_reaches_plain_callables_that_declare_it() -> None:
     # a callable without an rng keyword is called as before
     b, agg = blocks.aggregate(values, [4, 4, 2], v=2, rule=lambda x, f: x.max(axis=0), rng=gen)
     assert b == 4 and agg.tolist() == [8.0, 9.0, 6.0, 7.0]  # row 2 covers positions 0 and 1 only
+
+
+def test_run_seed_conventions_are_reproducible_and_shared() -> None:
+    """Shards, w_0 and the sampling stream depend on the run seed alone (server = simulator = worker)."""
+    from hgo_common import models
+    from hgo_common import rounds as run
+
+    y = np.repeat(np.arange(4), 25)
+    a = run.shard_split(y, 5, "iid", 3)
+    b = run.shard_split(y, 5, "iid", 3)
+    assert all(np.array_equal(x, z) for x, z in zip(a, b, strict=True))
+    assert np.array_equal(np.sort(np.concatenate(a)), np.arange(100))
+    assert not all(np.array_equal(x, z) for x, z in zip(a, run.shard_split(y, 5, "iid", 4), strict=True))
+    m = models.create("logistic", n_features=6)
+    assert np.array_equal(run.initial_weights(m, 7), run.initial_weights(m, 7))
+    assert run.initial_weights(m, 7).dtype == np.float64
+    r1, r2 = run.sampling_rng(9), run.sampling_rng(9)
+    for _ in range(20):
+        s = run.sample_workers(r1, 12, 5)
+        assert np.array_equal(s, run.sample_workers(r2, 12, 5))
+        assert s.size == 5 and np.all(np.diff(s) > 0) and s.max() < 12
+    assert np.array_equal(run.sample_workers(r1, 3, 5), np.arange(3))  # fewer than q: all of them

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from hgo_common import simulator
+from hgo_server.config import parse_duration_ms
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = ROOT / "experiments"
@@ -126,25 +127,6 @@ def _value_ok(value: Any, hint: Any) -> bool:
     return isinstance(value, hint) if isinstance(hint, type) else True
 
 
-def _parse_tau(value: Any) -> float:
-    """tau in ms from a TOML value: a number, "inf", or a string with ms / s suffix."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
-        s = value.strip().lower()
-        if s in ("inf", "infinity"):
-            return math.inf
-        try:
-            if s.endswith("ms"):
-                return float(s[:-2])
-            if s.endswith("s"):
-                return float(s[:-1]) * 1000.0
-            return float(s)
-        except ValueError:
-            pass
-    raise ValueError(f"tau_ms {value!r}: expected milliseconds, 'inf', or a duration like '250ms' / '2s'")
-
-
 def _normalize(table: Any, where: str) -> dict[str, Any]:
     if not isinstance(table, dict):
         raise ValueError(f"{where}: expected a table of settings, got {table!r}")
@@ -155,7 +137,8 @@ def _normalize(table: Any, where: str) -> dict[str, Any]:
         if key not in fields:
             raise ValueError(f"{where}: unknown setting {key!r}; expected one of {sorted(fields)}")
         if key == "tau_ms":
-            value = _parse_tau(value)
+            # the same duration syntax as hgo-server --tau: 60, "250ms", "2s", "inf"
+            value = parse_duration_ms(value, "tau_ms")
         if isinstance(value, list):
             value = tuple(tuple(x) if isinstance(x, list) else x for x in value)
         if not _value_ok(value, hints[key]):

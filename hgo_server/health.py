@@ -53,7 +53,7 @@ def check_grpc(
 
     ``tls_ca`` switches to TLS; ``tls_cert``/``tls_key`` add a client certificate (mutual TLS).
     """
-    metadata = (("authorization", f"Bearer {token}"),) if token else None
+    metadata = auth.bearer_metadata(token or None)
     if tls_ca is not None:
         creds = auth.channel_credentials(tls_ca, tls_cert, tls_key)
         options = [("grpc.ssl_target_name_override", tls_name)] if tls_name else []

@@ -281,7 +281,7 @@ class Worker:
 
     async def _session(self) -> None:
         """One session; returns on Stop{done}, raises SessionLost / Rejected otherwise."""
-        metadata = (("authorization", f"Bearer {self.cfg.token}"),) if self.cfg.token else None
+        metadata = auth.bearer_metadata(self.cfg.token or None)
         channel = self._channel()
         call: Any = None
         try:

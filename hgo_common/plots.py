@@ -240,6 +240,27 @@ def _save(fig: Any, ax: Any, path: Path) -> dict[str, Curve]:
     return drawn
 
 
+def plot_metric(
+    runs: Sequence[RunSeries],
+    path: Path,
+    *,
+    metric: str = "auto",
+    against_time: bool = True,
+    title: str | None = None,
+) -> dict[str, Curve]:
+    """One PNG of the test metric (accuracy or loss) against time (s) or round, a line per run."""
+    chosen = choose_metric(runs, metric)
+    ylabel = "test accuracy" if chosen == "accuracy" else "test loss"
+    xlabel = "time (s)" if against_time else "round"
+    fig, ax = _figure(title or f"{ylabel} against {xlabel.split()[0]}", xlabel, ylabel)
+    for run in runs:
+        y = run.accuracy if chosen == "accuracy" else run.loss
+        x = run.eval_t if against_time else run.eval_rounds
+        keep = np.isfinite(y) & np.isfinite(x)
+        ax.plot(x[keep], y[keep], marker=".", label=run.label)
+    return _save(fig, ax, path)
+
+
 def plot_runs(runs: Sequence[RunSeries], out_dir: str | Path, *, metric: str = "auto") -> PlotResult:
     """Draw the four figures for already loaded runs into ``out_dir``.
 
@@ -260,20 +281,9 @@ def plot_runs(runs: Sequence[RunSeries], out_dir: str | Path, *, metric: str = "
         raise ValueError(f"--out {str(out)!r}: cannot create the directory ({exc.strerror or exc})") from None
     chosen = choose_metric(runs, metric)
     result = PlotResult(metric=chosen)
-    ylabel = "test accuracy" if chosen == "accuracy" else "test loss"
-
-    for name, xlabel, use_time in (
-        ("metric_vs_time", "time (s)", True),
-        ("metric_vs_round", "round", False),
-    ):
-        fig, ax = _figure(f"{ylabel} against {xlabel.split()[0]}", xlabel, ylabel)
-        for run in runs:
-            y = run.accuracy if chosen == "accuracy" else run.loss
-            x = run.eval_t if use_time else run.eval_rounds
-            keep = np.isfinite(y) & np.isfinite(x)
-            ax.plot(x[keep], y[keep], marker=".", label=run.label)
+    for name, use_time in (("metric_vs_time", True), ("metric_vs_round", False)):
         result.files[name] = out / f"{name}.png"
-        result.data[name] = _save(fig, ax, result.files[name])
+        result.data[name] = plot_metric(runs, result.files[name], metric=chosen, against_time=use_time)
 
     fig, ax = _figure("block size b_v by round", "round", "b_v (coordinates)")
     for run in runs:

@@ -313,24 +313,12 @@ def mean_prefix_by_profile(records: Sequence[dict[str, Any]]) -> dict[str, float
 
 def plot_metric(records: Sequence[dict[str, Any]], path: Path, title: str) -> Path | None:
     """PNG of the test metric against wall time (None when no round was evaluated)."""
-    points = [(float(r["t"]), m) for r in records if (m := _metric_of(r)) is not None]
-    if not points:
+    if not any(_metric_of(r) is not None for r in records):
         return None
-    import matplotlib
+    from hgo_common import plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    name = points[0][1][0]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([p[0] for p in points], [p[1][1] for p in points], marker=".")
-    ax.set_xlabel("wall time (s)")
-    ax.set_ylabel(f"test {name}")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    run = plots.series_from_records(records, label="hgo-run")
+    plots.plot_metric([run], path, title=title)
     return path
 
 

@@ -22,7 +22,7 @@ import grpc.aio
 import numpy as np
 
 from hgo_common import roundlog, wire
-from hgo_common.proto import hgo_pb2, hgo_pb2_grpc
+from hgo_common.net.proto import hgo_pb2, hgo_pb2_grpc
 from hgo_server import config
 from hgo_server.servicer import start_server
 

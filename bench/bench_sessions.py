@@ -50,7 +50,7 @@ def _rss_kib(pid: int) -> int:
 def _status(port: int) -> Any:
     import grpc
 
-    from hgo_common.proto import hgo_pb2, hgo_pb2_grpc
+    from hgo_common.net.proto import hgo_pb2, hgo_pb2_grpc
 
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
@@ -65,7 +65,7 @@ def _status(port: int) -> Any:
 async def _clients(server: str, n: int, per_channel: int, join_batch: int) -> int:
     import grpc.aio
 
-    from hgo_common.proto import hgo_pb2_grpc
+    from hgo_common.net.proto import hgo_pb2_grpc
     from tests.wireclient import WireClient, channel_options
 
     # one TCP connection per `per_channel` streams (a local subchannel pool stops channels

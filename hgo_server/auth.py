@@ -13,7 +13,7 @@ Two independent layers:
   ``--tokens-file`` (one ``worker-id token`` pair per line; the worker id becomes the
   identity). Comparison uses :func:`hmac.compare_digest` against every configured token, so
   the time taken does not reveal how much of a guess was right nor which entry matched.
-* **TLS** (:func:`server_credentials`, :func:`channel_credentials`): server-authenticated
+* **TLS** (:func:`server_credentials`; the client side is ``hgo_common.net.credentials``): server-authenticated
   TLS, or mutual TLS when the server is given a CA to check client certificates against.
   Tokens travel in metadata, so without TLS they cross the network in clear text: use both
   outside a trusted network.
@@ -49,13 +49,13 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from hgo_common.net.credentials import read_pem
+
 __all__ = [
     "SHARED_IDENTITY",
     "AuthInterceptor",
     "TokenFileError",
     "TokenStore",
-    "bearer_metadata",
-    "channel_credentials",
     "current_identity",
     "server_credentials",
 ]
@@ -71,11 +71,6 @@ _identity: contextvars.ContextVar[str | None] = contextvars.ContextVar("hgo_auth
 def current_identity() -> str | None:
     """The authenticated identity of the call being handled (None: auth disabled)."""
     return _identity.get()
-
-
-def bearer_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
-    """Call metadata carrying ``token`` (empty when ``token`` is None), for clients."""
-    return () if token is None else (("authorization", f"Bearer {token}"),)
 
 
 class TokenFileError(ValueError):
@@ -261,17 +256,6 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return handler
 
 
-def _read_pem(path: Path | str, what: str) -> bytes:
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except OSError as exc:
-        raise ValueError(f"cannot read {what} {p}: {exc.strerror or exc}") from exc
-    if b"-----BEGIN" not in data:
-        raise ValueError(f"{what} {p} is not PEM (no '-----BEGIN' line)")
-    return data
-
-
 def server_credentials(
     cert: Path | str, key: Path | str, ca: Path | str | None = None
 ) -> grpc.ServerCredentials:
@@ -285,28 +269,7 @@ def server_credentials(
         PEM CA bundle that client certificates must chain to. When given, a client without
         a certificate signed by it cannot complete the handshake.
     """
-    pair = (_read_pem(key, "TLS key"), _read_pem(cert, "TLS certificate"))
-    root = _read_pem(ca, "TLS CA") if ca is not None else None
+    pair = (read_pem(key, "TLS key"), read_pem(cert, "TLS certificate"))
+    root = read_pem(ca, "TLS CA") if ca is not None else None
     return grpc.ssl_server_credentials([pair], root_certificates=root, require_client_auth=root is not None)
 
-
-def channel_credentials(
-    ca: Path | str | None = None, cert: Path | str | None = None, key: Path | str | None = None
-) -> grpc.ChannelCredentials:
-    """TLS credentials for a worker's channel.
-
-    Parameters
-    ----------
-    ca : Path, optional
-        PEM CA bundle to verify the server with (None: the system roots).
-    cert, key : Path, optional
-        The worker's client certificate and key, for servers that require mutual TLS.
-        Both or neither.
-    """
-    if (cert is None) != (key is None):
-        raise ValueError(f"client certificate and key go together; got cert={cert!r}, key={key!r}")
-    return grpc.ssl_channel_credentials(
-        root_certificates=_read_pem(ca, "TLS CA") if ca is not None else None,
-        private_key=_read_pem(key, "TLS key") if key is not None else None,
-        certificate_chain=_read_pem(cert, "TLS certificate") if cert is not None else None,
-    )

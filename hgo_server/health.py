@@ -32,9 +32,9 @@ from pathlib import Path
 
 import grpc
 
-from hgo_common.proto import hgo_pb2, hgo_pb2_grpc
+from hgo_common.net import credentials
+from hgo_common.net.proto import hgo_pb2, hgo_pb2_grpc
 
-from . import auth
 
 DEFAULT_PORT = 50051
 
@@ -53,9 +53,9 @@ def check_grpc(
 
     ``tls_ca`` switches to TLS; ``tls_cert``/``tls_key`` add a client certificate (mutual TLS).
     """
-    metadata = auth.bearer_metadata(token or None)
+    metadata = credentials.bearer_metadata(token or None)
     if tls_ca is not None:
-        creds = auth.channel_credentials(tls_ca, tls_cert, tls_key)
+        creds = credentials.channel_credentials(tls_ca, tls_cert, tls_key)
         options = [("grpc.ssl_target_name_override", tls_name)] if tls_name else []
         channel = grpc.secure_channel(target, creds, options=options)
     else:

@@ -1,39 +1,28 @@
 """The HGO parameter server: sessions and the round loop (paper §3, Algorithm 1), transport-free.
 
-This module knows nothing about gRPC or protobuf. Workers are :class:`Session` objects
-with a bounded, coalescing :class:`Outbox` of plain message dataclasses (:class:`Welcome`,
-:class:`Task`, ...); ``hgo_server.servicer`` turns those into protobuf on the wire and
-turns wire messages into calls of :meth:`Server.join`, :meth:`Server.on_chunk`,
-:meth:`Server.on_heartbeat` and :meth:`Server.leave`. Protocol violations raise the
-exceptions below; the servicer maps each class to one gRPC status code, in one place.
+This module knows nothing about gRPC or protobuf. Each connected worker is a
+:class:`~hgo_server.sessions.SessionRecord` with a bounded, coalescing outbox of plain
+message dataclasses (``hgo_server.messages``); ``hgo_server.servicer`` turns those into
+protobuf on the wire and turns wire messages into calls of :meth:`Server.join`,
+:meth:`Server.on_chunk`, :meth:`Server.on_heartbeat` and :meth:`Server.leave`. Protocol
+violations raise ``hgo_server.errors``; the servicer maps each to one gRPC status code.
 
-Exception tree::
+The round itself — sample, C_k, close, update, record, the quorum and the evaluation
+schedule — is ``hgo_common.driver.RoundDriver``, the same code the simulator drives on
+a virtual clock. This module adds the wall clock and the network:
 
-    ProtocolError(reason)          a worker message the protocol forbids; ends that session
-     ├── InvalidArgument           bad Join, gap/overlap offset, values past d, bad length
-     ├── FailedPrecondition        chunk for a round the worker was not sampled into
-     ├── PermissionDenied          chunk naming another session's id
-     ├── ResourceExhausted         chunk with more than max_chunk_values values
-     └── DeadlineExceeded          session silent for 3 heartbeat intervals
-
-Round k (one iteration of :meth:`Server.run`):
-
-1. C_k from ``order.round_seed(seed, k)`` (the seed travels, not the permutation; the
-   server expands it in its aggregation thread while the round runs);
-2. sample min(q, active) sessions uniformly with the server's seeded Generator;
-3. encode w_k to float32 bytes once; the same :class:`Task` object goes to every
-   sampled session's queue (the servicer also serializes it once);
-4. chunks go into the preallocated (q x d) buffer of ``hgo_common.collector``;
-5. the round closes at the deadline tau, counted from the moment the task is queued on
-   every sampled stream (the timer's callback closes the collector itself), or earlier when every
-   sampled worker is finished (sent d values, hit a non-finite value, or left) and
-   early close is on (the default: it changes nothing in the update, it only removes
-   idle waiting). With tau = inf the round waits for every sampled worker, bounded by
-   ``--sgd-timeout`` so that a dead worker cannot hang the server;
-6. ``RoundClosed`` to the sampled workers; ``hgo_common.rounds.close_round`` (given
-   ``rounds.aggregation_rng(seed, k)``, as in the simulator, for randomized rules) in a
-   single worker thread (the event loop keeps serving heartbeats and chunks of late
-   workers meanwhile); w_{k+1} = w_k - gamma_k AG; a JSON record in the round log.
+1. the driver samples the round's sessions and derives C_k's seed (the seed travels;
+   the permutation is expanded in the aggregation thread while the round runs);
+2. w_k is encoded to float32 bytes once; the same :class:`~hgo_server.messages.Task`
+   goes to every sampled session's outbox (the servicer also serializes it once);
+3. chunks go into the preallocated (q x d) buffer of ``hgo_common.collector``;
+4. the round closes at the deadline tau, counted from the moment the task is queued on
+   every sampled stream (the timer's callback closes the collector itself), or earlier
+   when every sampled worker is finished and early close is on. With tau = inf the
+   round waits for every sampled worker, bounded by ``--sgd-timeout``;
+5. ``RoundClosed`` to the sampled workers; the driver closes the round (Algorithm 1
+   steps 4-6) in a single worker thread, so the event loop keeps serving heartbeats and
+   late chunks meanwhile, and builds the round-log record.
 """
 
 from __future__ import annotations
@@ -44,375 +33,27 @@ import logging
 import math
 import secrets
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hgo_common import collector, order, rounds, wire
+from hgo_common import collector, order, profiles, rounds, wire
+from hgo_common.net.protocol import PROTOCOL_VERSION
 from hgo_common.roundlog import RoundLog
 
+from . import checkpoint
 from .config import ConfigError, ServerConfig
+from .errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, PermissionDenied, ProtocolError, ResourceExhausted
+from .messages import Beat, Closed, End, JoinRequest, Outgoing, ShardSlice, StatusInfo, Stop, Summary, Task, Welcome
 from .metrics import ServerMetrics
+from .sessions import SessionRecord
+from .setup import Setup, load_setup, shard_slices
 
 log = logging.getLogger("hgo.server")
 
-PROTOCOL_VERSION = 1
-SHARD_PART_BYTES = 1 << 20  # ShardPart payload target (CONTRACTS.md: <= ~1 MiB each)
-KNOWN_PROFILES_FALLBACK = ("weak", "average", "powerful")
-SAMPLED_HISTORY = 64  # sampled rounds a session remembers exactly (late vs not-sampled)
-
-
-# ---------------------------------------------------------------------------- errors
-
-
-class ProtocolError(Exception):
-    """A worker message the protocol forbids; ``reason`` is the metric label."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-class InvalidArgument(ProtocolError):
-    pass
-
-
-class FailedPrecondition(ProtocolError):
-    pass
-
-
-class PermissionDenied(ProtocolError):
-    pass
-
-
-class ResourceExhausted(ProtocolError):
-    pass
-
-
-class DeadlineExceeded(ProtocolError):
-    pass
-
-
-# ---------------------------------------------------------------------------- messages (server -> worker)
-
-
-@dataclass(frozen=True)
-class Spec:
-    """TrainingSpec: what a worker needs to compute gradients for this run."""
-
-    model: str
-    layer_sizes: tuple[int, ...]
-    dim: int
-    order: str
-    blocks: tuple[int, ...]
-    dataset: str
-    n_features: int
-    n_classes: int
-    algorithm: str
-    max_chunk_values: int
-    seed: int
-    partition: str
-    num_shards: int
-    l2: float
-
-
-@dataclass(frozen=True)
-class Welcome:
-    session_id: str
-    worker_id: int
-    spec: Spec
-    shard_index: int
-    heartbeat_ms: int
-
-
-@dataclass(frozen=True)
-class ShardSlice:
-    row_offset: int
-    rows: int
-    cols: int
-    features: bytes  # float32 LE, row-major (rows x cols)
-    labels: bytes  # float32 LE (rows,)
-    last: bool
-    total_rows: int
-
-
-@dataclass(eq=False)
-class Task:
-    """RoundTask; one object per round shared by all sampled sessions.
-
-    ``encoded`` is a cache slot for the transport: it serializes the task once and
-    every session writes the same bytes.
-    """
-
-    round: int
-    order_seed: int
-    weights: bytes
-    tau_ms: float
-    encoded: Any = None
-
-
-@dataclass(frozen=True)
-class Closed:
-    round: int
-
-
-@dataclass(frozen=True)
-class Beat:
-    unix_ns: int
-
-
-@dataclass(frozen=True)
-class Stop:
-    reason: str
-
-
-@dataclass(frozen=True)
-class End:
-    """Not a wire message: tells the transport to end the stream (with ``error`` if set)."""
-
-    error: ProtocolError | None = None
-
-
-Outgoing = Welcome | ShardSlice | Task | Closed | Beat | Stop | End
-
-
-@dataclass(frozen=True)
-class JoinRequest:
-    """The fields of a Join message."""
-
-    protocol_version: int
-    name: str = ""
-    profile: str = "average"
-    rate: float = 0.0
-    batch_size: int = 1
-    wants_shard: bool = False
-    byzantine: bool = False
-
-
-# ---------------------------------------------------------------------------- sessions
-
-
-class Outbox:
-    """A session's outbound messages, bounded however slowly its stream is written out.
-
-    A worker that reads slower than the rounds go (a slow link, a stalled process that
-    still sends heartbeats) must not make the server hold one :class:`Task` (w_k, 4d
-    bytes, plus its serialized copy) per round forever. Messages that a newer one makes
-    useless are therefore coalesced when queued:
-
-    * a :class:`Task` removes any queued Task: only the newest round can still be served;
-    * a :class:`Closed` removes any queued Closed: ``RoundClosed{k}`` tells the worker
-      that every round up to k is over (hgo_worker stops any round <= k on it);
-    * a :class:`Beat` is dropped when one is already queued.
-
-    The replaced entry is removed and the new one appended, so the relative order of the
-    surviving messages is the order they were sent in (Task k before Closed k before
-    Task k+1). Welcome, ShardSlices, Stop and End are appended: a bounded number per
-    session. One consumer (the transport's writer) awaits :meth:`get`.
-    """
-
-    def __init__(self) -> None:
-        self._items: deque[Outgoing] = deque()
-        self._ready = asyncio.Event()
-
-    def put_nowait(self, msg: Outgoing) -> None:
-        if isinstance(msg, Task | Closed | Beat):
-            kind = type(msg)
-            stale = [m for m in self._items if type(m) is kind]
-            if isinstance(msg, Beat) and stale:
-                return
-            for m in stale:
-                self._items.remove(m)
-        self._items.append(msg)
-        self._ready.set()
-
-    async def get(self) -> Outgoing:
-        while not self._items:
-            self._ready.clear()
-            await self._ready.wait()
-        return self._items.popleft()
-
-    def get_nowait(self) -> Outgoing:
-        if not self._items:
-            raise asyncio.QueueEmpty
-        return self._items.popleft()
-
-    def qsize(self) -> int:
-        return len(self._items)
-
-    def empty(self) -> bool:
-        return not self._items
-
-
-@dataclass(eq=False)
-class Session:
-    """One worker's stream. ``slot`` is its row in the current round (None: not sampled)."""
-
-    session_id: str
-    worker_id: int
-    name: str
-    profile: str
-    rate: float
-    batch_size: int
-    byzantine: bool
-    shard_index: int
-    identity: str | None
-    last_seen: float
-    outbox: Outbox = field(default_factory=Outbox)
-    slot: int | None = None
-    sampled_rounds: deque[int] = field(default_factory=lambda: deque(maxlen=SAMPLED_HISTORY))
-    active: bool = True
-    first_round: int = 0  # no round before this one can have sampled the session
-
-    def was_sampled(self, round_index: int) -> bool:
-        """Whether the session may have been sampled into ``round_index`` (a past round).
-
-        The last SAMPLED_HISTORY sampled rounds are remembered exactly; a round older than
-        that window (the worker is far behind) but not older than the session is given the
-        benefit of the doubt: its chunk can only be late and ignored.
-        """
-        rounds = self.sampled_rounds
-        if round_index in rounds:
-            return True
-        full = len(rounds) == rounds.maxlen
-        return full and self.first_round <= round_index < rounds[0]
-
-    def send(self, msg: Outgoing) -> None:
-        if self.active or isinstance(msg, End):
-            self.outbox.put_nowait(msg)
-
-
-@dataclass(frozen=True)
-class StatusInfo:
-    state: str
-    round: int
-    active_sessions: int
-    dim: int
-    rule: str
-    algorithm: str
-    last_metric: float
-    metric_name: str
-    last_block: int
-    rounds_without_quorum: int
-
-
-@dataclass
-class Summary:
-    """What a finished (or stopped) run reports."""
-
-    rounds: int
-    completed: bool
-    wall_s: float
-    metric_name: str
-    metric: float
-    evaluation: dict[str, float]
-
-
-# ---------------------------------------------------------------------------- data set-up
-
-
-@dataclass
-class Setup:
-    """Dataset, model, shards and initial weights: everything loaded before serving."""
-
-    dataset: Any
-    model: Any
-    shards: list[np.ndarray]
-    spec: Spec
-    w0: np.ndarray
-
-
-def load_setup(cfg: ServerConfig) -> Setup:
-    """Load the dataset and build the model and the shards.
-
-    Reproducible from ``cfg.seed`` alone, and documented so a worker given
-    ``--shard i/n`` can rebuild its shard without the server:
-    ``datasets.load(dataset, data_dir=..., seed=seed, max_train=...)`` then
-    ``rounds.shard_split(ds.y_train, num_shards, partition, seed)``.
-    The initial weights are ``rounds.initial_weights(model, seed)``.
-    """
-    from hgo_common import datasets, models
-
-    try:
-        ds = datasets.load(cfg.dataset, data_dir=cfg.data_dir, seed=cfg.seed, max_train=cfg.max_train)
-    except ValueError as exc:
-        raise ConfigError(f"--dataset {cfg.dataset!r}: {exc}") from None
-    name = cfg.model or ds.default_model
-    try:
-        model = models.create(
-            name, n_features=ds.n_features, n_classes=ds.n_classes or 2, hidden=cfg.hidden, l2=cfg.l2
-        )
-    except ValueError as exc:
-        raise ConfigError(f"--model {name!r} on --dataset {cfg.dataset!r}: {exc}") from None
-    if model.task != ds.task:
-        raise ConfigError(
-            f"--model {name!r} is a {model.task} model but --dataset {cfg.dataset!r} is {ds.task}"
-        )
-    num_shards = int(cfg.num_shards or 1)
-    try:
-        shards = rounds.shard_split(ds.y_train, num_shards, cfg.partition, cfg.seed)
-    except ValueError as exc:
-        raise ConfigError(f"--num-shards {num_shards} / --partition {cfg.partition!r}: {exc}") from None
-    max_bytes = cfg.max_message_mb * 2**20
-    if 4 * model.dim + 1024 > max_bytes:
-        raise ConfigError(
-            f"model {name!r} has d={model.dim}: its weights ({4 * model.dim} bytes) do not fit "
-            f"--max-message-mb {cfg.max_message_mb}; raise it to >= {(4 * model.dim) // 2**20 + 1}"
-        )
-    stratified = name == "mlp" and len(model.groups) > 1
-    spec = Spec(
-        model=name,
-        layer_sizes=tuple(int(s) for s in model.layer_sizes),
-        dim=int(model.dim),
-        order="stratified" if stratified else "flat",
-        blocks=tuple(int(g) for g in model.groups) if stratified else (),
-        dataset=cfg.dataset,
-        n_features=int(ds.n_features),
-        n_classes=int(ds.n_classes),
-        algorithm=cfg.algorithm,
-        max_chunk_values=cfg.max_chunk_values,
-        seed=cfg.seed,
-        partition=cfg.partition,
-        num_shards=num_shards,
-        l2=float(model.l2),
-    )
-    w0 = rounds.initial_weights(model, cfg.seed)
-    return Setup(ds, model, shards, spec, w0)
-
-
-def shard_slices(X: np.ndarray, y: np.ndarray, part_bytes: int = SHARD_PART_BYTES) -> list[ShardSlice]:
-    """A shard as ShardSlices of at most ``part_bytes`` payload each (at least one row each).
-
-    Parameters
-    ----------
-    X : ndarray of shape (n, p)
-    y : ndarray of shape (n,)
-    """
-    n, p = X.shape
-    rows_per = max(1, part_bytes // (4 * (p + 1)))
-    out = []
-    starts = list(range(0, n, rows_per)) or [0]
-    for i, lo in enumerate(starts):
-        hi = min(n, lo + rows_per)
-        out.append(
-            ShardSlice(
-                row_offset=lo,
-                rows=hi - lo,
-                cols=p,
-                features=wire.encode(X[lo:hi]),
-                labels=wire.encode(y[lo:hi]),
-                last=i == len(starts) - 1,
-                total_rows=n,
-            )
-        )
-    return out
-
-
-# ---------------------------------------------------------------------------- the server
+KNOWN_PROFILES = frozenset({*profiles.PROFILES, "custom"})
 
 
 class Server:
@@ -447,7 +88,7 @@ class Server:
         )
         self.w = self.setup.w0.copy()
         self.collector = collector.RoundCollector(self.d, cfg.max_chunk_values)
-        self.sessions: dict[str, Session] = {}
+        self.sessions: dict[str, SessionRecord] = {}
         self.state = "waiting"
         self.round = 0
         self.start_round = 0
@@ -470,10 +111,9 @@ class Server:
         self._t_deadline = 0.0
         self._evaluated_round = -1
         self._checkpointed = -1
-        self._known_profiles = _known_profiles()
         self.roundlog = RoundLog(cfg.log)
         self.metrics.tau.set(cfg.tau / 1000.0)
-        self._checkpoint = _checkpoint_module() if cfg.checkpoint_dir else None
+        self._checkpoint = checkpoint if cfg.checkpoint_dir else None
         if cfg.resume:
             self._resume()
 
@@ -513,7 +153,7 @@ class Server:
 
     # ------------------------------------------------------------------ sessions
 
-    def join(self, req: JoinRequest, identity: str | None = None) -> Session:
+    def join(self, req: JoinRequest, identity: str | None = None) -> SessionRecord:
         """Validate a Join and open a session; its outbox already holds Welcome (+ shard).
 
         Raises InvalidArgument naming the bad field.
@@ -523,10 +163,10 @@ class Server:
             raise InvalidArgument(
                 "bad-join", f"protocol_version must be {PROTOCOL_VERSION}, got {req.protocol_version}"
             )
-        if req.profile not in self._known_profiles:
+        if req.profile not in KNOWN_PROFILES:
             self.reject("bad-join")
             raise InvalidArgument(
-                "bad-join", f"profile must be one of {sorted(self._known_profiles)}, got {req.profile!r}"
+                "bad-join", f"profile must be one of {sorted(KNOWN_PROFILES)}, got {req.profile!r}"
             )
         if not (math.isfinite(req.rate) and req.rate >= 0):
             self.reject("bad-join")
@@ -537,7 +177,7 @@ class Server:
         worker_id = self._next_worker_id
         self._next_worker_id += 1
         shard = self._pick_shard()
-        sess = Session(
+        sess = SessionRecord(
             session_id=secrets.token_hex(16),
             worker_id=worker_id,
             name=req.name[:128],
@@ -584,7 +224,7 @@ class Server:
             self._shard_cache[shard] = shard_slices(ds.X_train[idx], ds.y_train[idx])
         return self._shard_cache[shard]
 
-    def leave(self, sess: Session, reason: str = "left", error: ProtocolError | None = None) -> None:
+    def leave(self, sess: SessionRecord, reason: str = "left", error: ProtocolError | None = None) -> None:
         """End a session (stream ended, Leave, heartbeat timeout, fatal rejection); idempotent.
 
         A sampled worker's prefix stays what it delivered before it left.
@@ -602,10 +242,10 @@ class Server:
         self._changed.set()
         log.info("leave worker=%d reason=%s", sess.worker_id, reason)
 
-    def on_heartbeat(self, sess: Session) -> None:
+    def on_heartbeat(self, sess: SessionRecord) -> None:
         sess.last_seen = time.monotonic()
 
-    def on_chunk(self, sess: Session, round_index: int, offset: int, values: bytes, session_id: str) -> None:
+    def on_chunk(self, sess: SessionRecord, round_index: int, offset: int, values: bytes, session_id: str) -> None:
         """Validate and store one gradient chunk of ``sess``.
 
         Non-fatal outcomes (late, non-finite tail) are counted and return normally;
@@ -780,7 +420,7 @@ class Server:
             self.metrics.test_loss.set(self.last_eval["loss"])
         return self.last_eval
 
-    def _sample(self) -> list[Session]:
+    def _sample(self) -> list[SessionRecord]:
         """q of the active sessions, uniformly without replacement, in worker-id order."""
         active = sorted(self.sessions.values(), key=lambda s: s.worker_id)
         idx = rounds.sample_workers(self._sample_rng, len(active), self.cfg.q)
@@ -924,23 +564,3 @@ class Server:
             self._sample_rng.bit_generator.state = extra["sample_rng"]
         self.rounds_without_quorum = int(extra.get("rounds_without_quorum", 0))
         log.info("resumed from round %d", self.start_round)
-
-
-def _known_profiles() -> frozenset[str]:
-    try:
-        from hgo_common import profiles
-
-        names = set(profiles.PROFILES)
-    except ImportError:  # the profiles module is optional for the server
-        names = set(KNOWN_PROFILES_FALLBACK)
-    return frozenset(names | {"custom"})
-
-
-def _checkpoint_module() -> Any:
-    try:
-        from hgo_server import checkpoint
-    except ImportError as exc:
-        raise ConfigError(
-            f"--checkpoint-dir: checkpoint support is not available yet (hgo_server.checkpoint: {exc})"
-        ) from None
-    return checkpoint

@@ -29,28 +29,31 @@ import grpc
 import grpc.aio
 from google.protobuf.message import DecodeError
 
-from hgo_common.proto import hgo_pb2
+from hgo_common.net.proto import hgo_pb2
+from hgo_common.net.protocol import SERVICE
 
-from . import server as srv
+from . import auth, errors, messages
+from .server import Server
+from .sessions import SessionRecord
+from .setup import Setup
 from .config import ConfigError, ServerConfig
 from .metrics import ServerMetrics
 
 log = logging.getLogger("hgo.servicer")
 
-SERVICE = "hgo.v1.HGO"
 JOIN_TIMEOUT_S = 30.0
 STOP_GRACE_S = 3.0
 
-STATUS_CODES: dict[type[srv.ProtocolError], grpc.StatusCode] = {
-    srv.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    srv.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    srv.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
-    srv.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    srv.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+STATUS_CODES: dict[type[errors.ProtocolError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
 
-def status_code(exc: srv.ProtocolError) -> grpc.StatusCode:
+def status_code(exc: errors.ProtocolError) -> grpc.StatusCode:
     """The gRPC status for a protocol error (the one mapping of the transport)."""
     for cls in type(exc).__mro__:
         if cls in STATUS_CODES:
@@ -93,7 +96,7 @@ def channel_options(cfg: ServerConfig) -> list[tuple[str, Any]]:
 # ---------------------------------------------------------------------------- encoding
 
 
-def _spec(spec: srv.Spec) -> hgo_pb2.TrainingSpec:
+def _spec(spec: messages.Spec) -> hgo_pb2.TrainingSpec:
     return hgo_pb2.TrainingSpec(
         model=spec.model,
         layer_sizes=list(spec.layer_sizes),
@@ -112,9 +115,9 @@ def _spec(spec: srv.Spec) -> hgo_pb2.TrainingSpec:
     )
 
 
-def encode(msg: srv.Outgoing) -> bytes:
+def encode(msg: messages.Outgoing) -> bytes:
     """The serialized ``ServerMessage`` for one outbox entry (a Task is serialized once)."""
-    if isinstance(msg, srv.Task):
+    if isinstance(msg, messages.Task):
         if msg.encoded is None:
             msg.encoded = hgo_pb2.ServerMessage(
                 task=hgo_pb2.RoundTask(
@@ -122,11 +125,11 @@ def encode(msg: srv.Outgoing) -> bytes:
                 )
             ).SerializeToString()
         return bytes(msg.encoded)
-    if isinstance(msg, srv.Beat):
+    if isinstance(msg, messages.Beat):
         out = hgo_pb2.ServerMessage(heartbeat=hgo_pb2.Heartbeat(unix_ns=msg.unix_ns))
-    elif isinstance(msg, srv.Closed):
+    elif isinstance(msg, messages.Closed):
         out = hgo_pb2.ServerMessage(closed=hgo_pb2.RoundClosed(round=msg.round))
-    elif isinstance(msg, srv.ShardSlice):
+    elif isinstance(msg, messages.ShardSlice):
         out = hgo_pb2.ServerMessage(
             shard=hgo_pb2.ShardPart(
                 row_offset=msg.row_offset,
@@ -138,7 +141,7 @@ def encode(msg: srv.Outgoing) -> bytes:
                 total_rows=msg.total_rows,
             )
         )
-    elif isinstance(msg, srv.Welcome):
+    elif isinstance(msg, messages.Welcome):
         out = hgo_pb2.ServerMessage(
             welcome=hgo_pb2.Welcome(
                 session_id=msg.session_id,
@@ -148,7 +151,7 @@ def encode(msg: srv.Outgoing) -> bytes:
                 heartbeat_ms=msg.heartbeat_ms,
             )
         )
-    elif isinstance(msg, srv.Stop):
+    elif isinstance(msg, messages.Stop):
         out = hgo_pb2.ServerMessage(stop=hgo_pb2.Stop(reason=msg.reason))
     else:
         raise TypeError(f"cannot encode {type(msg).__name__}")
@@ -159,11 +162,11 @@ def encode(msg: srv.Outgoing) -> bytes:
 class BadMessage:
     """Stands in for a worker message that could not be accepted as bytes (too big, not protobuf)."""
 
-    error: srv.ProtocolError
+    error: errors.ProtocolError
 
 
-def _join_request(join: hgo_pb2.Join) -> srv.JoinRequest:
-    return srv.JoinRequest(
+def _join_request(join: hgo_pb2.Join) -> messages.JoinRequest:
+    return messages.JoinRequest(
         protocol_version=join.protocol_version,
         name=join.name,
         profile=join.profile,
@@ -174,12 +177,6 @@ def _join_request(join: hgo_pb2.Join) -> srv.JoinRequest:
     )
 
 
-def _identity() -> str | None:
-    try:
-        from . import auth
-    except ImportError:
-        return None
-    return auth.current_identity()
 
 
 # ---------------------------------------------------------------------------- servicer
@@ -188,7 +185,7 @@ def _identity() -> str | None:
 class HGOServicer:
     """``hgo.v1.HGO``: the Session stream and the Status call."""
 
-    def __init__(self, core: srv.Server) -> None:
+    def __init__(self, core: Server) -> None:
         self.core = core
 
     async def Session(
@@ -214,21 +211,21 @@ class HGOServicer:
                 f"the first message of a session must be a Join, got {first.WhichOneof('kind')!r}",
             )
         try:
-            sess = core.join(_join_request(first.join), _identity())
-        except srv.ProtocolError as exc:
+            sess = core.join(_join_request(first.join), auth.current_identity())
+        except errors.ProtocolError as exc:
             await context.abort(status_code(exc), str(exc))
         reader = asyncio.create_task(self._read(requests, sess))
-        error: srv.ProtocolError | None = None
+        error: errors.ProtocolError | None = None
         try:
             while True:
                 msg = await sess.outbox.get()
-                if isinstance(msg, srv.End):
+                if isinstance(msg, messages.End):
                     error = msg.error
                     break
                 if core.outdated(msg):
                     continue
                 await context.write(encode(msg))  # bytes: the response serializer passes them through
-                if isinstance(msg, srv.Stop):
+                if isinstance(msg, messages.Stop):
                     break
         finally:
             reader.cancel()
@@ -237,7 +234,7 @@ class HGOServicer:
             await context.abort(status_code(error), str(error))
 
     async def _read(
-        self, requests: AsyncIterator[hgo_pb2.WorkerMessage | BadMessage], sess: srv.Session
+        self, requests: AsyncIterator[hgo_pb2.WorkerMessage | BadMessage], sess: SessionRecord
     ) -> None:
         core = self.core
         try:
@@ -256,12 +253,12 @@ class HGOServicer:
                     return
                 elif kind == "join":
                     core.reject("duplicate-join")
-                    raise srv.InvalidArgument("duplicate-join", "a session sends exactly one Join, first")
+                    raise errors.InvalidArgument("duplicate-join", "a session sends exactly one Join, first")
                 else:
                     core.reject("empty-message")
-                    raise srv.InvalidArgument("empty-message", "WorkerMessage with no kind set")
+                    raise errors.InvalidArgument("empty-message", "WorkerMessage with no kind set")
             core.leave(sess, "stream closed by worker")
-        except srv.ProtocolError as exc:
+        except errors.ProtocolError as exc:
             log.info("worker %d rejected (%s): %s", sess.worker_id, exc.reason, exc)
             core.leave(sess, exc.reason, exc)
         except asyncio.CancelledError:
@@ -296,14 +293,14 @@ def _handlers(servicer: HGOServicer, metrics: ServerMetrics, limit: int) -> grpc
         metrics.received_bytes.inc(len(data))
         if len(data) > limit:
             return BadMessage(
-                srv.ResourceExhausted(
+                errors.ResourceExhausted(
                     "oversized-message", f"message larger than max ({len(data)} vs. {limit} bytes)"
                 )
             )
         try:
             return hgo_pb2.WorkerMessage.FromString(data)
         except DecodeError as exc:
-            return BadMessage(srv.InvalidArgument("undecodable", f"not a hgo.v1.WorkerMessage: {exc}"))
+            return BadMessage(errors.InvalidArgument("undecodable", f"not a hgo.v1.WorkerMessage: {exc}"))
 
     def serialize(msg: bytes | hgo_pb2.ServerMessage) -> bytes:
         data = msg if isinstance(msg, bytes) else msg.SerializeToString()
@@ -331,13 +328,13 @@ def _handlers(servicer: HGOServicer, metrics: ServerMetrics, limit: int) -> grpc
 class RunningServer:
     """A bound, serving gRPC server around a :class:`~hgo_server.server.Server`."""
 
-    def __init__(self, core: srv.Server, grpc_server: grpc.aio.Server, port: int) -> None:
+    def __init__(self, core: Server, grpc_server: grpc.aio.Server, port: int) -> None:
         self.core = core
         self.grpc_server = grpc_server
         self.port = port
         self._beats = asyncio.create_task(core.heartbeats())
 
-    async def run(self) -> srv.Summary:
+    async def run(self) -> messages.Summary:
         """Train to the end (or until :meth:`request_stop`); Stop messages are queued."""
         return await self.core.run()
 
@@ -360,7 +357,7 @@ def _address(bind: str, port: int) -> str:
 
 
 async def start_server(
-    cfg: ServerConfig, *, metrics: ServerMetrics | None = None, setup: srv.Setup | None = None
+    cfg: ServerConfig, *, metrics: ServerMetrics | None = None, setup: Setup | None = None
 ) -> tuple[RunningServer, int]:
     """Build the server, bind ``cfg.bind:cfg.port`` (0: a free port) and start serving.
 
@@ -372,16 +369,10 @@ async def start_server(
     port : int
         The bound port (the chosen one when ``cfg.port`` is 0).
     """
-    core = srv.Server(cfg, metrics=metrics, setup=setup)
+    core = Server(cfg, metrics=metrics, setup=setup)
     interceptors: list[grpc.aio.ServerInterceptor] = []  # type: ignore[type-arg]
     creds = None
     if cfg.token is not None or cfg.tokens_file is not None or cfg.tls_cert is not None:
-        try:
-            from . import auth
-        except ImportError as exc:
-            raise ConfigError(
-                f"--token/--tokens-file/--tls-*: auth support is not available yet ({exc})"
-            ) from None
         try:
             store = auth.TokenStore.from_options(cfg.token, cfg.tokens_file)
             if cfg.tls_cert is not None and cfg.tls_key is not None:

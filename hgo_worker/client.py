@@ -45,8 +45,8 @@ import grpc
 import numpy as np
 
 from hgo_common import profiles, rounds, wire
-from hgo_common.proto import hgo_pb2, hgo_pb2_grpc
-from hgo_server import auth
+from hgo_common.net import credentials, protocol
+from hgo_common.net.proto import hgo_pb2, hgo_pb2_grpc
 
 from .byzantine import Behaviour
 from .compute import RoundGradient, cached_order, draw_batch, model_from_spec, round_rng
@@ -55,11 +55,9 @@ from .pacing import Schedule
 
 log = logging.getLogger("hgo_worker")
 
-PROTOCOL_VERSION = 1
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # matches the server's limits (DESIGN.md §8)
 CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", protocol.MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", protocol.MAX_MESSAGE_BYTES),
     # Transport keepalive under the application heartbeats: catches half-open TCP
     # connections while no round is running. Pings are spaced well above gRPC's
     # default server ping policy, and our heartbeats keep data flowing in between.
@@ -139,8 +137,6 @@ class WorkerConfig:
         if not self.reconnect_timeout >= 0:
             raise ValueError(f"--reconnect-timeout must be >= 0 seconds, got {self.reconnect_timeout}")
         parse_shard(self.shard)
-        if self.shard != "auto" and self.data_dir is None and not _bundled_ok():
-            raise ValueError(f"--shard {self.shard} loads the data itself and needs --data-dir")
         if self.metrics_port is not None and not 0 <= self.metrics_port < 65536:
             raise ValueError(f"--metrics-port must be in 0..65535, got {self.metrics_port}")
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -160,12 +156,6 @@ class WorkerConfig:
                 )
         if self.byzantine is not None:
             Behaviour.from_options(self.byzantine, self.attack_params)
-
-
-def _bundled_ok() -> bool:
-    # Bundled datasets (inside scikit-learn) need no --data-dir; we cannot know which
-    # dataset the server trains until the Welcome, so accept and fail there if needed.
-    return True
 
 
 def parse_shard(text: str) -> tuple[int, int] | None:
@@ -265,7 +255,7 @@ class Worker:
         cfg = self.cfg
         if cfg.tls_ca is None and cfg.tls_cert is None:
             return grpc.aio.insecure_channel(cfg.server, options=CHANNEL_OPTIONS)
-        creds = auth.channel_credentials(cfg.tls_ca, cfg.tls_cert, cfg.tls_key)
+        creds = credentials.channel_credentials(cfg.tls_ca, cfg.tls_cert, cfg.tls_key)
         options = list(CHANNEL_OPTIONS)
         if cfg.tls_server_name:
             # Dialling an address (127.0.0.1:PORT, a container IP) that the certificate does
@@ -281,7 +271,7 @@ class Worker:
 
     async def _session(self) -> None:
         """One session; returns on Stop{done}, raises SessionLost / Rejected otherwise."""
-        metadata = auth.bearer_metadata(self.cfg.token or None)
+        metadata = credentials.bearer_metadata(self.cfg.token or None)
         channel = self._channel()
         call: Any = None
         try:
@@ -307,7 +297,7 @@ class Worker:
         cfg = self.cfg
         own_shard = parse_shard(cfg.shard)
         join = hgo_pb2.Join(
-            protocol_version=PROTOCOL_VERSION,
+            protocol_version=protocol.PROTOCOL_VERSION,
             name=self.name,
             profile=cfg.profile,
             rate=self.rate,

@@ -339,7 +339,7 @@ def status(address: str, port: int, token: str | None, timeout: float = 3.0) -> 
     """The server's StatusReply, or None when it does not answer."""
     import grpc
 
-    from hgo_common.proto import hgo_pb2, hgo_pb2_grpc
+    from hgo_common.net.proto import hgo_pb2, hgo_pb2_grpc
 
     with grpc.insecure_channel(f"{address}:{port}") as channel:
         try:

@@ -37,9 +37,9 @@ def console(name: str) -> list[str]:
     module = {
         "hgo-server": "hgo_server.cli",
         "hgo-worker": "hgo_worker.cli",
-        "hgo-run": "hgo_server.cluster",
-        "hgo-plot": "hgo_common.plots",
-        "hgo-experiment": "hgo_server.experiment",
+        "hgo-run": "hgo_lab.cluster",
+        "hgo-plot": "hgo_lab.plots",
+        "hgo-experiment": "hgo_lab.experiment",
     }[name]
     return [sys.executable, "-m", module]
 

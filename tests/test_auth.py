@@ -16,7 +16,8 @@ import grpc.aio
 import numpy as np
 import pytest
 
-from hgo_common.proto import hgo_pb2, hgo_pb2_grpc
+from hgo_common.net.proto import hgo_pb2, hgo_pb2_grpc
+from hgo_common.net import credentials
 from hgo_server import auth
 from hgo_server.auth import AuthInterceptor, TokenFileError, TokenStore
 from tests.tlsgen import PKI, make_pki
@@ -179,7 +180,7 @@ async def test_missing_or_wrong_token_is_unauthenticated_without_side_effects() 
             assert servicer.calls == []  # the handler never ran
             assert rejected == ["unauthenticated"] * 2 * len(bad_metadata)
             # and the right token works, with the identity visible to the handler
-            ok = auth.bearer_metadata("right")
+            ok = credentials.bearer_metadata("right")
             reply = await stub.Status(hgo_pb2.StatusRequest(), metadata=ok)
             assert reply.state == "identity=shared"
             assert await _session(stub, ok) == "shared:w"
@@ -214,11 +215,11 @@ async def test_per_worker_identities_and_exempt_methods(tmp_path: Path) -> None:
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = hgo_pb2_grpc.HGOStub(channel)
-            assert await _session(stub, auth.bearer_metadata("tok-a")) == "alice:w"
-            assert await _session(stub, auth.bearer_metadata("tok-b")) == "bob:w"
+            assert await _session(stub, credentials.bearer_metadata("tok-a")) == "alice:w"
+            assert await _session(stub, credentials.bearer_metadata("tok-b")) == "bob:w"
             # concurrent calls keep their own identity
             names = await asyncio.gather(
-                *(_session(stub, auth.bearer_metadata(t)) for t in ["tok-a", "tok-b"] * 5)
+                *(_session(stub, credentials.bearer_metadata(t)) for t in ["tok-a", "tok-b"] * 5)
             )
             assert names == ["alice:w", "bob:w"] * 5
             reply = await stub.Status(hgo_pb2.StatusRequest())  # exempt: no token needed
@@ -266,10 +267,10 @@ async def _status_over(
 async def test_tls_server_authentication(pki: PKI) -> None:
     server, port, servicer = await _serve(creds=auth.server_credentials(pki.server_cert, pki.server_key))
     try:
-        assert await _status_over(port, auth.channel_credentials(pki.ca_cert)) == "identity=None"
+        assert await _status_over(port, credentials.channel_credentials(pki.ca_cert)) == "identity=None"
         # a client trusting another CA refuses the server's certificate
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await _status_over(port, auth.channel_credentials(pki.rogue_ca_cert))
+            await _status_over(port, credentials.channel_credentials(pki.rogue_ca_cert))
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
         # plaintext to a TLS port fails too
         async with grpc.aio.insecure_channel(f"localhost:{port}") as channel:
@@ -285,15 +286,15 @@ async def test_mutual_tls_refuses_clients_without_a_good_certificate(pki: PKI) -
     assert store is not None
     creds = auth.server_credentials(pki.server_cert, pki.server_key, pki.ca_cert)
     server, port, servicer = await _serve([AuthInterceptor(store)], creds=creds)
-    token = auth.bearer_metadata("right")
+    token = credentials.bearer_metadata("right")
     try:
-        good = auth.channel_credentials(pki.ca_cert, pki.client_cert, pki.client_key)
+        good = credentials.channel_credentials(pki.ca_cert, pki.client_cert, pki.client_key)
         assert await _status_over(port, good, token) == "identity=shared"
         for name, client in [
-            ("no client certificate", auth.channel_credentials(pki.ca_cert)),
+            ("no client certificate", credentials.channel_credentials(pki.ca_cert)),
             (
                 "certificate of another CA",
-                auth.channel_credentials(pki.ca_cert, pki.rogue_cert, pki.rogue_key),
+                credentials.channel_credentials(pki.ca_cert, pki.rogue_cert, pki.rogue_key),
             ),
         ]:
             with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -314,9 +315,9 @@ def test_credential_file_errors(tmp_path: Path, pki: PKI) -> None:
     junk = tmp_path / "junk.pem"
     junk.write_text("hello")
     with pytest.raises(ValueError, match=r"TLS CA .*junk\.pem is not PEM"):
-        auth.channel_credentials(junk)
+        credentials.channel_credentials(junk)
     with pytest.raises(ValueError, match="go together"):
-        auth.channel_credentials(pki.ca_cert, pki.client_cert, None)
+        credentials.channel_credentials(pki.ca_cert, pki.client_cert, None)
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -326,8 +327,8 @@ async def test_server_with_token_refuses_without_side_effects() -> None:
     from tests.wireclient import serving
 
     async with serving(q=2, v=1, tau=50.0, token="s3cret", heartbeat_ms=500) as s:
-        ok = auth.bearer_metadata("s3cret")
-        for md in [(), auth.bearer_metadata("wrong"), (("authorization", "s3cret"),)]:
+        ok = credentials.bearer_metadata("s3cret")
+        for md in [(), credentials.bearer_metadata("wrong"), (("authorization", "s3cret"),)]:
             c = s.client(md)
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await c.join()
@@ -352,10 +353,10 @@ async def test_worker_cannot_act_for_another_workers_session(tmp_path: Path) -> 
     f.write_text("alice tok-alice\nbob tok-bob\n")
     f.chmod(0o600)
     async with serving(q=2, v=1, tau=50.0, early_close=False, tokens_file=str(f), heartbeat_ms=500) as s:
-        alice = s.client(auth.bearer_metadata("tok-alice"))
+        alice = s.client(credentials.bearer_metadata("tok-alice"))
         await alice.join(name="alice")
         alice.respond()
-        bob = s.client(auth.bearer_metadata("tok-bob"))
+        bob = s.client(credentials.bearer_metadata("tok-bob"))
         await bob.join(name="bob")
         identities = sorted(str(x.identity) for x in s.core.sessions.values())
         assert identities == ["alice", "bob"]
@@ -373,7 +374,7 @@ async def test_worker_cannot_act_for_another_workers_session(tmp_path: Path) -> 
 def _status_secure(port: int, creds: grpc.ChannelCredentials, token: str) -> hgo_pb2.StatusReply:
     with grpc.secure_channel(f"127.0.0.1:{port}", creds) as ch:
         return hgo_pb2_grpc.HGOStub(ch).Status(  # type: ignore[no-any-return]
-            hgo_pb2.StatusRequest(), metadata=auth.bearer_metadata(token), timeout=10
+            hgo_pb2.StatusRequest(), metadata=credentials.bearer_metadata(token), timeout=10
         )
 
 
@@ -427,7 +428,7 @@ def test_cli_mutual_tls_and_tokens_end_to_end(procs: Any, pki: PKI, tmp_path: Pa
     assert procs.wait(wrong, 60) == 3, procs.log(wrong)
     assert procs.wait(no_cert, 60) != 0
     assert procs.wait(rogue, 60) != 0
-    good_creds = auth.channel_credentials(pki.ca_cert, pki.client_cert, pki.client_key)
+    good_creds = credentials.channel_credentials(pki.ca_cert, pki.client_cert, pki.client_key)
     st = _status_secure(port, good_creds, "tok-a")
     assert (st.state, st.active_sessions, st.round) == ("waiting", 0, 0)
     # accepted: both workers with their own token and a good certificate train to the end

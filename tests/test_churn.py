@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 
 from hgo_common import roundlog, wire
-from hgo_common.proto import hgo_pb2, hgo_pb2_grpc
+from hgo_common.net.proto import hgo_pb2, hgo_pb2_grpc
 from hgo_server import checkpoint
 from tests.procs import ProcessGroup, console, free_port
 from tests.wireclient import WireClient, serving, wait_for

@@ -146,7 +146,7 @@ def test_cli_prints_config_errors_and_exits_2(capsys: pytest.CaptureFixture[str]
 
 
 def test_l2_defaults_to_the_models_own() -> None:
-    from hgo_server.server import load_setup
+    from hgo_server.setup import load_setup
 
     svm = load_setup(parse_args(["--dataset", "breast-cancer", "--model", "svm", "--q", "2"]))
     assert svm.spec.l2 == pytest.approx(1e-4)  # the SVM's documented default regularization

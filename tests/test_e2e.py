@@ -1,6 +1,6 @@
 """The networked system end to end: a real hgo-server and real hgo-worker processes on loopback.
 
-Every run goes through ``hgo_server.cluster.run_cluster`` (what ``hgo-run`` does) with the
+Every run goes through ``hgo_lab.cluster.run_cluster`` (what ``hgo-run`` does) with the
 ``procs`` fixture as launcher, so every process lives in its own process group and dies
 with the test. Assertions read the server's round log (hgo_common.roundlog) and compare
 against independent references: scikit-learn's LogisticRegression trained centrally on
@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from hgo_common import datasets, throttle
-from hgo_server.cluster import ClusterConfig, ClusterResult, run_cluster
+from hgo_lab.cluster import ClusterConfig, ClusterResult, run_cluster
 from tests.procs import ProcessGroup
 
 D_LOGISTIC = 65  # digits-binary: 64 pixels + bias

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from hgo_common import roundlog, simulator
-from hgo_server import experiment
+from hgo_common import roundlog
+from hgo_lab import simulator
+from hgo_lab import experiment
 
 FIGS = ("fig3", "fig4", "fig5", "fig6", "fig7", "fig8", "fig8-v4", "fig8-lr")
 

@@ -352,7 +352,7 @@ FIRST = st.one_of(
 
 
 def _encode_msg(m: tuple[Any, ...], ctx: dict[str, Any], d: int) -> bytes:
-    from hgo_common.proto import hgo_pb2
+    from hgo_common.net.proto import hgo_pb2
 
     kind = m[0]
     if kind == "heartbeat":
@@ -397,7 +397,7 @@ def _encode_msg(m: tuple[Any, ...], ctx: dict[str, Any], d: int) -> bytes:
 def test_servicer_survives_random_and_mutated_messages(
     fuzz_server: ThreadServer, first: tuple[str, Any], rest: list[tuple[Any, ...]]
 ) -> None:
-    from hgo_common.proto import hgo_pb2
+    from hgo_common.net.proto import hgo_pb2
 
     srv = fuzz_server
     s = srv.s

@@ -64,7 +64,7 @@ async def test_bad_first_messages_and_joins_change_nothing() -> None:
             ("rate < 0", {"rate": -1.0}, grpc.StatusCode.INVALID_ARGUMENT, "bad-join", "rate"),
             ("batch 0", {"batch_size": 0}, grpc.StatusCode.INVALID_ARGUMENT, "bad-join", "batch_size"),
         ]
-        from hgo_common.proto import hgo_pb2
+        from hgo_common.net.proto import hgo_pb2
 
         firsts = {
             "chunk": hgo_pb2.WorkerMessage(chunk=hgo_pb2.GradientChunk(round=0, offset=0, values=_vals(3))),

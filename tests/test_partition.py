@@ -29,7 +29,7 @@ import grpc
 import pytest
 
 from hgo_common import roundlog
-from hgo_common.proto import hgo_pb2, hgo_pb2_grpc
+from hgo_common.net.proto import hgo_pb2, hgo_pb2_grpc
 from tests.procs import ProcessGroup, console, free_port
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(300)]

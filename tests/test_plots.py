@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hgo_common import plots
+from hgo_lab import plots
 from hgo_common.roundlog import RoundLog
 from tests.procs import console
 

@@ -19,7 +19,7 @@ def test_committed_stubs_are_fresh(tmp_path: Path) -> None:
     finally:
         sys.path.pop(0)
     for fresh in gen_proto.generate(tmp_path):
-        committed = ROOT / "hgo_common" / "proto" / fresh.name
+        committed = ROOT / "hgo_common" / "net" / "proto" / fresh.name
         assert committed.read_text() == fresh.read_text(), (
             f"{committed} is stale: run `make proto` and commit the result"
         )
@@ -29,7 +29,7 @@ def test_stubs_round_trip_a_chunk() -> None:
     import numpy as np
 
     from hgo_common import wire
-    from hgo_common.proto import hgo_pb2
+    from hgo_common.net.proto import hgo_pb2
 
     vec = np.arange(10, dtype=np.float32) / 3
     msg = hgo_pb2.WorkerMessage(chunk=hgo_pb2.GradientChunk(round=7, offset=3, values=wire.encode(vec)))

@@ -24,10 +24,10 @@ import numpy as np
 import pytest
 
 from hgo_common import datasets, order, rounds, wire
-from hgo_common.proto import hgo_pb2, hgo_pb2_grpc
+from hgo_common.net.proto import hgo_pb2, hgo_pb2_grpc
 from hgo_common.roundlog import read as read_log
 from hgo_server import config as server_config
-from hgo_server.server import Setup, load_setup
+from hgo_server.setup import Setup, load_setup
 from hgo_server.servicer import RunningServer, start_server
 from tests.procs import ProcessGroup, console, free_port
 
@@ -494,7 +494,7 @@ async def test_shards_are_sent_in_parts_and_match_the_partition(serve: Any) -> N
 
 
 async def test_small_shard_parts_stay_under_the_limit() -> None:
-    from hgo_server.server import shard_slices
+    from hgo_server.setup import shard_slices
 
     X = np.arange(1000 * 7, dtype=np.float32).reshape(1000, 7)
     y = np.arange(1000, dtype=np.float32)
@@ -624,7 +624,7 @@ async def test_token_required_when_configured(serve: Any) -> None:
 
 async def test_mutual_tls_and_token_through_start_server(serve: Any, tmp_path: Path) -> None:
     pytest.importorskip("cryptography")
-    from hgo_server import auth
+    from hgo_common.net import credentials
     from tests.tlsgen import make_pki
 
     pki = make_pki(tmp_path / "pki")
@@ -632,7 +632,7 @@ async def test_mutual_tls_and_token_through_start_server(serve: Any, tmp_path: P
         q=1, rounds=1, token="tls-token", tls_cert=str(pki.server_cert), tls_key=str(pki.server_key),
         tls_ca=str(pki.ca_cert),
     )  # fmt: skip
-    creds = auth.channel_credentials(pki.ca_cert, pki.client_cert, pki.client_key)
+    creds = credentials.channel_credentials(pki.ca_cert, pki.client_cert, pki.client_key)
     async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds) as ch:
         reply = await hgo_pb2_grpc.HGOStub(ch).Status(
             hgo_pb2.StatusRequest(), metadata=(("authorization", "Bearer tls-token"),)
@@ -661,7 +661,8 @@ async def test_a_reader_that_never_drains_keeps_a_bounded_outbox() -> None:
     """A session whose stream is never written out (a slow or stalled reader that still
     sends heartbeats) must not make the server hold one RoundTask (4d bytes of w_k, plus
     its serialized copy) per round, nor one RoundClosed/heartbeat per round, forever."""
-    from hgo_server.server import Closed, JoinRequest, Server, Task
+    from hgo_server.messages import Closed, JoinRequest, Task
+    from hgo_server.server import Server
 
     cfg = make_config(q=1, tau="1ms", rounds=150, min_workers=1, heartbeat_ms=10)
     core = Server(cfg, setup=setup_for(cfg))
@@ -772,7 +773,9 @@ async def test_a_chunk_for_a_round_sampled_long_ago_is_late_not_fatal() -> None:
     """The session remembers its last 64 sampled rounds; a chunk for an older round it
     *was* sampled into (a worker far behind) is late and ignored, as the contract says,
     not a FAILED_PRECONDITION that ends the session. A round before it joined stays fatal."""
-    from hgo_server.server import FailedPrecondition, JoinRequest, Server
+    from hgo_server.errors import FailedPrecondition
+    from hgo_server.messages import JoinRequest
+    from hgo_server.server import Server
 
     cfg = make_config(q=1, tau="1ms", rounds=70, min_workers=1)
     core = Server(cfg, setup=setup_for(cfg))
@@ -789,7 +792,8 @@ async def test_a_chunk_for_a_round_sampled_long_ago_is_late_not_fatal() -> None:
 
 
 async def test_sampling_is_uniform_and_reproducible_from_the_seed() -> None:
-    from hgo_server.server import JoinRequest, Server
+    from hgo_server.messages import JoinRequest
+    from hgo_server.server import Server
 
     def picks(seed: int) -> np.ndarray:
         cfg = make_config(q=2, min_workers=6, seed=seed)
@@ -814,7 +818,8 @@ async def test_prefixes_are_those_held_when_the_deadline_fires(tmp_path: Path) -
     the server held when its deadline timer fired: no chunk handled after that instant
     may count (asyncio.wait_for resumed the round several loop iterations later, and the
     chunks of every stream handled meanwhile used to count)."""
-    from hgo_server.server import JoinRequest, Server, Task
+    from hgo_server.messages import JoinRequest, Task
+    from hgo_server.server import Server
 
     n, tau_s, n_rounds = 12, 0.02, 8
     cfg = make_config(q=n, v=1, tau="20ms", rounds=n_rounds, min_workers=n, max_chunk_values=1,

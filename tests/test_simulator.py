@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hgo_common import order, roundlog, rounds, simulator, throttle
-from hgo_common.simulator import SimConfig, Simulation
+from hgo_common import order, roundlog, rounds, throttle
+from hgo_lab import simulator
+from hgo_lab.simulator import SimConfig, Simulation
 
 # Breast cancer + logistic: d = 31. Explicit rates with tau = 10 ms and s = 32 give the
 # prefixes floor(rate * 10 / 32): 6, 15, 31 (capped), 31, 31 (unthrottled), 31 (rate 0).

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from hgo_common import models, order, throttle, wire
-from hgo_common.proto import hgo_pb2, hgo_pb2_grpc
+from hgo_common.net.proto import hgo_pb2, hgo_pb2_grpc
 from hgo_worker import pacing
 from hgo_worker.client import Worker, WorkerConfig, parse_shard
 from hgo_worker.compute import draw_batch, round_rng

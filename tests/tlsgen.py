@@ -7,7 +7,7 @@ Usage::
 
     pki = make_pki(tmp_path, server_ips=["127.0.0.1"])
     auth.server_credentials(pki.server_cert, pki.server_key, pki.ca_cert)   # mutual TLS
-    auth.channel_credentials(pki.ca_cert, pki.client_cert, pki.client_key)
+    credentials.channel_credentials(pki.ca_cert, pki.client_cert, pki.client_key)
 
 ``rogue_cert``/``rogue_key`` are a client pair signed by a *different* CA, which a mutual-TLS
 server must refuse.

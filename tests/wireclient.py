@@ -19,7 +19,7 @@ import grpc.aio
 import numpy as np
 
 from hgo_common import wire
-from hgo_common.proto import hgo_pb2, hgo_pb2_grpc
+from hgo_common.net.proto import hgo_pb2, hgo_pb2_grpc
 
 
 def channel_options(max_mb: int = 64) -> list[tuple[str, int]]:
@@ -61,7 +61,7 @@ class WireClient:
     ----------
     stub : HGOStub
     metadata : sequence of (key, value)
-        Call metadata (e.g. ``auth.bearer_metadata(token)``).
+        Call metadata (e.g. ``credentials.bearer_metadata(token)``).
     """
 
     def __init__(self, stub: hgo_pb2_grpc.HGOStub, metadata: Sequence[tuple[str, str]] = ()) -> None:

@@ -1,6 +1,6 @@
-"""Regenerate the protobuf and gRPC stubs in hgo_common/proto from proto/.
+"""Regenerate the protobuf and gRPC stubs in hgo_common/net/proto from proto/.
 
-Usage: python tools/gen_proto.py [OUT_DIR]   (default: hgo_common/proto)
+Usage: python tools/gen_proto.py [OUT_DIR]   (default: hgo_common/net/proto)
 
 The stubs are committed; tests/test_proto_stubs.py regenerates them into a
 temporary folder and fails when the committed copies are stale.
@@ -39,7 +39,7 @@ def generate(out_dir: Path) -> list[Path]:
     for name in GENERATED:
         text = (tmp / "hgo" / "v1" / name).read_text()
         # protoc writes absolute imports (`from hgo.v1 import hgo_pb2`); the stubs live
-        # inside hgo_common.proto, so make the import relative.
+        # inside hgo_common.net.proto, so make the import relative.
         text = re.sub(r"^from hgo\.v1 import hgo_pb2", "from . import hgo_pb2", text, flags=re.M)
         target = out_dir / name
         target.write_text(text)
@@ -51,6 +51,6 @@ def generate(out_dir: Path) -> list[Path]:
 
 
 if __name__ == "__main__":
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "hgo_common" / "proto"
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "hgo_common" / "net" / "proto"
     for p in generate(out):
         print(p)

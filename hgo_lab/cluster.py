@@ -20,7 +20,7 @@ See docs/worker-and-cluster.md for measured figures.
 
 Python API (used by the experiment runner, ``--mode net``)::
 
-    from hgo_server.cluster import ClusterConfig, run_cluster
+    from hgo_lab.cluster import ClusterConfig, run_cluster
     result = run_cluster(ClusterConfig(workers=10, rounds=200, out=Path("runs/x")))
     result.metric, result.rounds_per_s, result.mean_prefix
 """
@@ -43,7 +43,7 @@ from typing import IO, Any
 
 from hgo_common import profiles, roundlog
 
-from .config import ConfigError
+from hgo_server.config import ConfigError
 
 Launcher = Callable[..., "subprocess.Popen[bytes]"]
 
@@ -315,7 +315,7 @@ def plot_metric(records: Sequence[dict[str, Any]], path: Path, title: str) -> Pa
     """PNG of the test metric against wall time (None when no round was evaluated)."""
     if not any(_metric_of(r) is not None for r in records):
         return None
-    from hgo_common import plots
+    from hgo_lab import plots
 
     run = plots.series_from_records(records, label="hgo-run")
     plots.plot_metric([run], path, title=title)
@@ -537,7 +537,7 @@ def check_server_settings(cfg: ClusterConfig) -> None:
     A typo (``--rule mediam``, ``--tau 5h``) then fails before any process starts, with
     the server's own message; raises :class:`hgo_server.config.ConfigError`.
     """
-    from .config import parse_args
+    from hgo_server.config import parse_args
 
     argv = server_argv(cfg, Path(cfg.out) / "server.port", Path(cfg.out) / "round_log.jsonl")
     parse_args(argv[len(_module_argv("hgo-server", "hgo_server.cli")) :])

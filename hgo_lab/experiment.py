@@ -1,7 +1,7 @@
 """``hgo-experiment``: reproduce the paper's figures 3–8 (Boubouh et al., SRDS 2022, §6).
 
 A *scenario* is a TOML file (``experiments/fig3.toml`` .. ``fig8.toml``) with a shared
-``[base]`` configuration (the fields of :class:`hgo_common.simulator.SimConfig`), one
+``[base]`` configuration (the fields of :class:`hgo_lab.simulator.SimConfig`), one
 ``[[variant]]`` table per curve (its ``label`` plus the fields it changes), a number of
 ``seeds``, and optional ``[quick]`` overrides (a CI-sized version of the same claim)::
 
@@ -16,7 +16,7 @@ number of seeds — and PNG plots of the metric against the round and against (v
 wall) time, mean with a 95 % band.
 
 ``--mode net`` runs each variant x seed through the cluster launcher
-(:mod:`hgo_server.cluster`), i.e. real processes talking gRPC; the number of workers is
+(:mod:`hgo_lab.cluster`), i.e. real processes talking gRPC; the number of workers is
 reduced to the scenario's ``[net] max_workers`` (default 12) when larger, with a printed
 note, because a laptop cannot host 100 worker processes.
 """
@@ -39,11 +39,14 @@ from typing import Any
 
 import numpy as np
 
-from hgo_common import simulator
+from hgo_lab import simulator
 from hgo_server.config import parse_duration_ms
 
-ROOT = Path(__file__).resolve().parent.parent
-EXPERIMENTS = ROOT / "experiments"
+# The scenario files ship inside the package (package data), so `hgo-experiment list` and
+# `run fig5` work from any directory after a plain `pip install`.
+SCENARIOS = Path(__file__).resolve().parent / "scenarios"
+# In a source checkout, the directory that holds the package (where ../shared sits beside it).
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
 METRICS = ("accuracy", "loss")
 DEFAULT_NET_WORKERS = 12
 
@@ -154,20 +157,20 @@ def resolve_scenario_path(scenario: str) -> Path:
         return p
     if p.exists():
         raise ScenarioError(f"scenario {scenario!r}: not a regular file")
-    cand = EXPERIMENTS / (scenario if scenario.endswith(".toml") else f"{scenario}.toml")
+    cand = SCENARIOS / (scenario if scenario.endswith(".toml") else f"{scenario}.toml")
     if cand.is_file():
         return cand
     raise FileNotFoundError(f"scenario {scenario!r}: no such file, nor {cand}")
 
 
 def _resolve_data_dir(data_dir: str | None, scenario_path: Path) -> str | None:
-    """Relative data dirs are tried from the current directory, then from the repository root."""
+    """Relative data dirs are tried from the current directory, then from the source checkout's root."""
     if not data_dir:
         return None
     p = Path(data_dir)
     if p.is_absolute() or p.exists():
         return str(p)
-    alt = scenario_path.resolve().parent.parent / p
+    alt = SOURCE_ROOT / p
     return str(alt.resolve()) if alt.exists() else str(p)
 
 
@@ -179,7 +182,7 @@ def load_scenario(
     Raises
     ------
     FileNotFoundError
-        No such file, nor ``experiments/NAME.toml``.
+        No such file, nor ``the packaged scenario NAME.toml``.
     ScenarioError
         (a ValueError) The file is unreadable, not UTF-8, not TOML, or holds an unknown
         key, a value of the wrong type or an invalid setting; the message starts with the
@@ -286,14 +289,14 @@ def summarize(
 ) -> list[dict[str, Any]]:
     """Per variant, metric and evaluation round: mean over seeds, 95 % CI half-width, n seeds.
 
-    The band is :func:`hgo_common.plots.mean_ci`'s (Student t with K-1 degrees of
+    The band is :func:`hgo_lab.plots.mean_ci`'s (Student t with K-1 degrees of
     freedom); with one seed the half-width is reported as NaN (empty in the CSV).
 
     Parameters
     ----------
     runs : mapping label -> list (one per seed) of round-log records
     """
-    from hgo_common import plots
+    from hgo_lab import plots
 
     rows: list[dict[str, Any]] = []
     for label, seed_logs in runs.items():
@@ -364,10 +367,10 @@ def plot_runs(
 ) -> list[Path]:
     """Two PNGs: ``metric`` vs round and vs time; mean over seeds with a 95 % band per variant.
 
-    Drawn by :func:`hgo_common.plots.plot_bands`; against time, seeds whose clocks differ
+    Drawn by :func:`hgo_lab.plots.plot_bands`; against time, seeds whose clocks differ
     (sgd with tau = inf) are interpolated on the time range all of them cover.
     """
-    from hgo_common import plots
+    from hgo_lab import plots
 
     written: list[Path] = []
     for xkey, xlabel, suffix in (("round", "round", "round"), ("t", "time (s, virtual in sim)", "time")):
@@ -392,12 +395,12 @@ def plot_runs(
 
 
 def cluster_config(cfg: simulator.SimConfig, out: Path) -> tuple[Any, list[str]]:
-    """The ``hgo_server.cluster.ClusterConfig`` that runs ``cfg`` on real processes.
+    """The ``hgo_lab.cluster.ClusterConfig`` that runs ``cfg`` on real processes.
 
     Returns the config and the notes on what the wire cannot reproduce exactly
     (omniscient attackers, the choice of Byzantine workers).
     """
-    from hgo_server import cluster
+    from hgo_lab import cluster
 
     notes: list[str] = []
     attack_params = [f"{k}={v}" for k, v in cfg.attack_params.items()]
@@ -458,10 +461,10 @@ def run_net(
 ) -> list[dict[str, Any]]:
     """Run ``cfg`` as a real local cluster (``hgo-run``'s launcher); copy its round log to ``log_path``.
 
-    ``start`` is passed to :func:`hgo_server.cluster.run_cluster` (tests give their
+    ``start`` is passed to :func:`hgo_lab.cluster.run_cluster` (tests give their
     process-group launcher).
     """
-    from hgo_server import cluster
+    from hgo_lab import cluster
 
     if cfg.dataset in simulator.FALLBACKS and not (cfg.data_dir and Path(cfg.data_dir).is_dir()):
         alt = simulator.FALLBACKS[cfg.dataset]
@@ -598,20 +601,20 @@ def report(rows: list[dict[str, Any]], metric: str = "accuracy") -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="hgo-experiment", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run", help="run a scenario (experiments/figN.toml or a path)")
+    r = sub.add_parser("run", help="run a scenario (a packaged name such as fig5, or a path to a TOML file)")
     r.add_argument("scenario", help="scenario name (fig3..fig8) or path to a TOML file")
     r.add_argument("--mode", choices=("sim", "net"), default="sim")
     r.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the scenario's)")
     r.add_argument("--out", type=Path, default=None, help="output directory (default results/NAME[-quick])")
     r.add_argument("--rounds", type=int, default=None, help="override the number of rounds")
     r.add_argument("--quick", action="store_true", help="use the scenario's reduced [quick] setting")
-    sub.add_parser("list", help="list the scenarios in experiments/")
+    sub.add_parser("list", help="list the packaged scenarios")
     rep = sub.add_parser("report", help="markdown table of the final values in a run's summary.csv")
     rep.add_argument("out", type=Path, help="an output directory of 'run'")
     rep.add_argument("--metric", default="accuracy")
     args = ap.parse_args(argv)
     if args.cmd == "list":
-        for p in sorted(EXPERIMENTS.glob("*.toml")):
+        for p in sorted(SCENARIOS.glob("*.toml")):
             doc = tomllib.loads(p.read_text(encoding="utf-8"))
             print(f"{p.stem:8s} {doc.get('title', '')}")
         return 0

@@ -67,9 +67,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from . import order as order_mod
-from . import rounds
-from .roundlog import RoundLog
+from hgo_common import order as order_mod
+from hgo_common import rounds
+from hgo_common.roundlog import RoundLog
 
 __all__ = [
     "FALLBACKS",
@@ -216,7 +216,7 @@ def load_dataset(
         The fallback note (it names the missing path) when the fallback was used; it is
         also passed to ``warn`` (default: ``warnings.warn``).
     """
-    from . import datasets
+    from hgo_common import datasets
 
     key = (name, str(data_dir) if data_dir else None, seed, max_train, test_fraction)
     if key in _DATA_CACHE:
@@ -258,7 +258,7 @@ class RoundBuffer:
     """
 
     def __init__(self, q: int, d: int, round_index: int = 0) -> None:
-        from .collector import NON_FINITE, RoundCollector
+        from hgo_common.collector import NON_FINITE, RoundCollector
 
         self._non_finite = NON_FINITE
         self.collector = RoundCollector(d, max_chunk_values=d)
@@ -299,7 +299,7 @@ class Simulation:
     """A prepared run: data, shards, rates, model and generators for one ``SimConfig``."""
 
     def __init__(self, cfg: SimConfig, *, warn: Callable[[str], None] | None = None) -> None:
-        from . import attacks, models, profiles
+        from hgo_common import attacks, models, profiles
 
         self.cfg = cfg
         self.ds, self.data_warning = load_dataset(
@@ -363,11 +363,11 @@ class Simulation:
 
     def _plan(self, i: int) -> tuple[int, int]:
         """(batch size, prefix length) worker i uses every round (rates are fixed per run)."""
-        from . import throttle
+        from hgo_common import throttle
 
         cfg = self.cfg
         if cfg.budget_policy != "fixed":
-            from . import budget
+            from hgo_common import budget
 
             plan = budget.plan(
                 cfg.budget_policy,
@@ -439,7 +439,7 @@ class Simulation:
 
     def round_time_ms(self, sampled: np.ndarray, prefixes: np.ndarray, nonfinite: np.ndarray) -> float:
         """Virtual duration of the round (see the module docstring)."""
-        from . import throttle
+        from hgo_common import throttle
 
         def full_time(i: int) -> float:
             if self.byzantine[i] and self.attack is not None and self.attack.kind == "gradient":

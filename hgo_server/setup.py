@@ -1,0 +1,115 @@
+"""What the server loads before serving: dataset, model, shards, the run's Spec, w_0.
+
+Everything here is reproducible from the run seed (``hgo_common.rounds`` run-seed
+conventions), so a worker given ``--shard i/n`` rebuilds its own shard without the server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from hgo_common import rounds, wire
+from hgo_common.net.protocol import SHARD_PART_BYTES
+
+from .config import ConfigError, ServerConfig
+from .messages import ShardSlice, Spec
+
+
+@dataclass
+class Setup:
+    """Dataset, model, shards and initial weights: everything loaded before serving."""
+
+    dataset: Any
+    model: Any
+    shards: list[np.ndarray]
+    spec: Spec
+    w0: np.ndarray
+
+
+def load_setup(cfg: ServerConfig) -> Setup:
+    """Load the dataset and build the model and the shards.
+
+    Reproducible from ``cfg.seed`` alone, and documented so a worker given
+    ``--shard i/n`` can rebuild its shard without the server:
+    ``datasets.load(dataset, data_dir=..., seed=seed, max_train=...)`` then
+    ``rounds.shard_split(ds.y_train, num_shards, partition, seed)``.
+    The initial weights are ``rounds.initial_weights(model, seed)``.
+    """
+    from hgo_common import datasets, models
+
+    try:
+        ds = datasets.load(cfg.dataset, data_dir=cfg.data_dir, seed=cfg.seed, max_train=cfg.max_train)
+    except ValueError as exc:
+        raise ConfigError(f"--dataset {cfg.dataset!r}: {exc}") from None
+    name = cfg.model or ds.default_model
+    try:
+        model = models.create(
+            name, n_features=ds.n_features, n_classes=ds.n_classes or 2, hidden=cfg.hidden, l2=cfg.l2
+        )
+    except ValueError as exc:
+        raise ConfigError(f"--model {name!r} on --dataset {cfg.dataset!r}: {exc}") from None
+    if model.task != ds.task:
+        raise ConfigError(
+            f"--model {name!r} is a {model.task} model but --dataset {cfg.dataset!r} is {ds.task}"
+        )
+    num_shards = int(cfg.num_shards or 1)
+    try:
+        shards = rounds.shard_split(ds.y_train, num_shards, cfg.partition, cfg.seed)
+    except ValueError as exc:
+        raise ConfigError(f"--num-shards {num_shards} / --partition {cfg.partition!r}: {exc}") from None
+    max_bytes = cfg.max_message_mb * 2**20
+    if 4 * model.dim + 1024 > max_bytes:
+        raise ConfigError(
+            f"model {name!r} has d={model.dim}: its weights ({4 * model.dim} bytes) do not fit "
+            f"--max-message-mb {cfg.max_message_mb}; raise it to >= {(4 * model.dim) // 2**20 + 1}"
+        )
+    stratified = name == "mlp" and len(model.groups) > 1
+    spec = Spec(
+        model=name,
+        layer_sizes=tuple(int(s) for s in model.layer_sizes),
+        dim=int(model.dim),
+        order="stratified" if stratified else "flat",
+        blocks=tuple(int(g) for g in model.groups) if stratified else (),
+        dataset=cfg.dataset,
+        n_features=int(ds.n_features),
+        n_classes=int(ds.n_classes),
+        algorithm=cfg.algorithm,
+        max_chunk_values=cfg.max_chunk_values,
+        seed=cfg.seed,
+        partition=cfg.partition,
+        num_shards=num_shards,
+        l2=float(model.l2),
+    )
+    w0 = rounds.initial_weights(model, cfg.seed)
+    return Setup(ds, model, shards, spec, w0)
+
+
+def shard_slices(X: np.ndarray, y: np.ndarray, part_bytes: int = SHARD_PART_BYTES) -> list[ShardSlice]:
+    """A shard as ShardSlices of at most ``part_bytes`` payload each (at least one row each).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, p)
+    y : ndarray of shape (n,)
+    """
+    n, p = X.shape
+    rows_per = max(1, part_bytes // (4 * (p + 1)))
+    out = []
+    starts = list(range(0, n, rows_per)) or [0]
+    for i, lo in enumerate(starts):
+        hi = min(n, lo + rows_per)
+        out.append(
+            ShardSlice(
+                row_offset=lo,
+                rows=hi - lo,
+                cols=p,
+                features=wire.encode(X[lo:hi]),
+                labels=wire.encode(y[lo:hi]),
+                last=i == len(starts) - 1,
+                total_rows=n,
+            )
+        )
+    return out

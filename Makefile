@@ -24,8 +24,8 @@ test: $(STAMP)  ## the whole test suite, the long runs marked slow included (wha
 test-fast: $(STAMP)  ## the suite without the long runs marked slow (~4-5 min)
 	$(BIN)/pytest -q -m "not slow"
 
-lint: $(STAMP)  ## ruff on everything, mypy strict on the core
-	$(BIN)/ruff check hgo_common hgo_server hgo_worker tests tools bench
+lint: $(STAMP)  ## ruff on everything, mypy strict on every package
+	$(BIN)/ruff check hgo_common hgo_server hgo_worker hgo_lab tests tools bench
 	$(BIN)/mypy
 
 proto: $(STAMP)  ## regenerate the committed gRPC stubs from proto/

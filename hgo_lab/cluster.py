@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import IO, Any
 
 from hgo_common import profiles, roundlog
-
 from hgo_server.config import ConfigError
 
 Launcher = Callable[..., "subprocess.Popen[bytes]"]

@@ -13,8 +13,8 @@ Two independent layers:
   ``--tokens-file`` (one ``worker-id token`` pair per line; the worker id becomes the
   identity). Comparison uses :func:`hmac.compare_digest` against every configured token, so
   the time taken does not reveal how much of a guess was right nor which entry matched.
-* **TLS** (:func:`server_credentials`; the client side is ``hgo_common.net.credentials``): server-authenticated
-  TLS, or mutual TLS when the server is given a CA to check client certificates against.
+* **TLS** (:func:`server_credentials`; the client side is ``hgo_common.net.credentials``):
+  server-authenticated TLS, or mutual TLS when the server is given a CA to check client certificates against.
   Tokens travel in metadata, so without TLS they cross the network in clear text: use both
   outside a trusted network.
 

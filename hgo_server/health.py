@@ -35,7 +35,6 @@ import grpc
 from hgo_common.net import credentials
 from hgo_common.net.proto import hgo_pb2, hgo_pb2_grpc
 
-
 DEFAULT_PORT = 50051
 
 

@@ -10,7 +10,6 @@ servicer (``hgo_server.servicer``) converts between these and ``hgo.v1`` protobu
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 

@@ -45,8 +45,27 @@ from hgo_common.roundlog import RoundLog
 
 from . import checkpoint
 from .config import ConfigError, ServerConfig
-from .errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, PermissionDenied, ProtocolError, ResourceExhausted
-from .messages import Beat, Closed, End, JoinRequest, Outgoing, ShardSlice, StatusInfo, Stop, Summary, Task, Welcome
+from .errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+    ProtocolError,
+    ResourceExhausted,
+)
+from .messages import (
+    Beat,
+    Closed,
+    End,
+    JoinRequest,
+    Outgoing,
+    ShardSlice,
+    StatusInfo,
+    Stop,
+    Summary,
+    Task,
+    Welcome,
+)
 from .metrics import ServerMetrics
 from .sessions import SessionRecord
 from .setup import Setup, load_setup, shard_slices
@@ -245,7 +264,9 @@ class Server:
     def on_heartbeat(self, sess: SessionRecord) -> None:
         sess.last_seen = time.monotonic()
 
-    def on_chunk(self, sess: SessionRecord, round_index: int, offset: int, values: bytes, session_id: str) -> None:
+    def on_chunk(
+        self, sess: SessionRecord, round_index: int, offset: int, values: bytes, session_id: str
+    ) -> None:
         """Validate and store one gradient chunk of ``sess``.
 
         Non-fatal outcomes (late, non-finite tail) are counted and return normally;

@@ -33,11 +33,11 @@ from hgo_common.net.proto import hgo_pb2
 from hgo_common.net.protocol import SERVICE
 
 from . import auth, errors, messages
+from .config import ConfigError, ServerConfig
+from .metrics import ServerMetrics
 from .server import Server
 from .sessions import SessionRecord
 from .setup import Setup
-from .config import ConfigError, ServerConfig
-from .metrics import ServerMetrics
 
 log = logging.getLogger("hgo.servicer")
 

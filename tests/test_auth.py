@@ -16,8 +16,8 @@ import grpc.aio
 import numpy as np
 import pytest
 
-from hgo_common.net.proto import hgo_pb2, hgo_pb2_grpc
 from hgo_common.net import credentials
+from hgo_common.net.proto import hgo_pb2, hgo_pb2_grpc
 from hgo_server import auth
 from hgo_server.auth import AuthInterceptor, TokenFileError, TokenStore
 from tests.tlsgen import PKI, make_pki

@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 
 from hgo_common import roundlog
-from hgo_lab import simulator
-from hgo_lab import experiment
+from hgo_lab import experiment, simulator
 
 FIGS = ("fig3", "fig4", "fig5", "fig6", "fig7", "fig8", "fig8-v4", "fig8-lr")
 

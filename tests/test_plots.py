@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hgo_lab import plots
 from hgo_common.roundlog import RoundLog
+from hgo_lab import plots
 from tests.procs import console
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -27,8 +27,8 @@ from hgo_common import datasets, order, rounds, wire
 from hgo_common.net.proto import hgo_pb2, hgo_pb2_grpc
 from hgo_common.roundlog import read as read_log
 from hgo_server import config as server_config
-from hgo_server.setup import Setup, load_setup
 from hgo_server.servicer import RunningServer, start_server
+from hgo_server.setup import Setup, load_setup
 from tests.procs import ProcessGroup, console, free_port
 
 D = 31  # logistic regression on breast-cancer: 30 weights + 1 bias

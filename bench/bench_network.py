@@ -164,7 +164,7 @@ async def raw_clients(port: int, n: int, out: Path) -> None:
 
 
 async def hgo_clients(port: int, n: int, base: int, out: Path, compute: str) -> None:
-    from hgo_worker import compute as compute_mod
+    from hgo_common import local as compute_mod
     from hgo_worker.client import Worker, WorkerConfig
 
     if compute == "stub":

@@ -151,6 +151,10 @@ class RoundCollector:
         """A copy of the q prefix lengths, shape (q,), int64."""
         return self._prefix[: self.q].copy()
 
+    def truncated(self) -> np.ndarray:
+        """Boolean (q,): the slot's prefix was cut by the non-finite policy (a copy)."""
+        return self._truncated[: self.q].copy()
+
     def finished(self) -> np.ndarray:
         """Boolean (q,): the slot delivered d values, hit a non-finite value, or left."""
         q = self.q

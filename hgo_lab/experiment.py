@@ -419,7 +419,7 @@ def cluster_config(cfg: simulator.SimConfig, out: Path) -> tuple[Any, list[str]]
     server_args = ["--lr-schedule", cfg.lr_schedule, "--l2", str(cfg.l2)]
     if cfg.max_train is not None:
         server_args += ["--max-train", str(cfg.max_train)]
-    worker_args = [] if cfg.budget_policy == "fixed" else ["--budget-policy", cfg.budget_policy]
+    worker_args = ["--budget-policy", cfg.budget_policy, "--rho", str(cfg.rho)]
     mix = cfg.mix if isinstance(cfg.mix, str) else ",".join(str(x) for x in cfg.mix)
     cc = cluster.ClusterConfig(
         workers=cfg.n,

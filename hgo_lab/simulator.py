@@ -67,8 +67,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from hgo_common import order as order_mod
-from hgo_common import rounds
+from hgo_common import rounds, throttle
+from hgo_common.driver import RoundDriver, RunSettings, Timing, WorkerEntry, evaluate
 from hgo_common.roundlog import RoundLog
 
 __all__ = [
@@ -258,13 +258,11 @@ class RoundBuffer:
     """
 
     def __init__(self, q: int, d: int, round_index: int = 0) -> None:
-        from hgo_common.collector import NON_FINITE, RoundCollector
+        from hgo_common.collector import RoundCollector
 
-        self._non_finite = NON_FINITE
         self.collector = RoundCollector(d, max_chunk_values=d)
         self.collector.start(round_index, q)
         self.round_index = round_index
-        self.nonfinite = np.zeros(q, dtype=bool)
 
     @property
     def values(self) -> np.ndarray:
@@ -283,8 +281,12 @@ class RoundBuffer:
         if v32.size == 0:
             return 0
         res = self.collector.add(row, self.round_index, 0, v32)
-        self.nonfinite[row] = res.reason == self._non_finite
         return int(res.prefix)
+
+    @property
+    def nonfinite(self) -> np.ndarray:
+        """(q,) bool: rows whose prefix the non-finite policy cut."""
+        return self.collector.truncated()
 
     def close(self) -> np.ndarray:
         """Close the round in the collector; return the prefixes, shape (q,)."""
@@ -296,10 +298,15 @@ class RoundBuffer:
 
 
 class Simulation:
-    """A prepared run: data, shards, rates, model and generators for one ``SimConfig``."""
+    """A prepared run: data, shards, rates, model and the round driver for one ``SimConfig``.
+
+    Each :meth:`step` is ``hgo_common.driver.RoundDriver``'s round with the virtual clock:
+    the collection is ``hgo_common.local.local_step`` of every sampled worker (the step
+    ``hgo-worker`` runs), delivered through the server's collector.
+    """
 
     def __init__(self, cfg: SimConfig, *, warn: Callable[[str], None] | None = None) -> None:
-        from hgo_common import attacks, models, profiles
+        from hgo_common import attacks, local, models, profiles
 
         self.cfg = cfg
         self.ds, self.data_warning = load_dataset(
@@ -321,7 +328,6 @@ class Simulation:
         seed = int(cfg.seed)
         ss = np.random.SeedSequence([seed % 2**32, 0x48474F])  # "HGO": the simulator's own streams
         (s_byz, s_rate, s_attack, s_workers) = ss.spawn(4)
-        self.sample_rng = rounds.sampling_rng(seed)
         self.attack_rng = np.random.default_rng(s_attack)
         self.shards = rounds.shard_split(ds.y_train, cfg.n, cfg.partition, seed)
         self.byzantine = np.zeros(cfg.n, dtype=bool)
@@ -334,19 +340,29 @@ class Simulation:
             if cfg.rates is not None
             else [profiles.draw_rate(p, rate_rng) for p in self.profiles]
         )
-        self.worker_rngs = [np.random.default_rng(s) for s in s_workers.spawn(cfg.n)]
-        self.w = rounds.initial_weights(self.model, seed)
+        # Worker i's seed: its mini-batches are local.round_rng(seed_i, k, salt=i), as an
+        # hgo-worker started with --seed seed_i and welcomed as worker i draws them.
+        self.worker_seeds = [int(x) for x in s_workers.generate_state(cfg.n)]
+        self.local_cfgs = [
+            local.LocalConfig(rate=r, batch_size=cfg.batch_size, budget_policy=cfg.budget_policy, rho=cfg.rho)
+            for r in self.rates
+        ]
         self.attack = attacks.get(cfg.attack) if cfg.attack else None
+        self.behaviour: local.Byzantine | None = None
+        if cfg.attack:
+            self.behaviour = local.Byzantine(
+                cfg.attack, dict(cfg.attack_params), full=cfg.byzantine_full,
+                estimates=cfg.estimate_batches, n=cfg.n, f=cfg.f,
+            )  # fmt: skip
         # Labels seen by each worker: data attacks poison the Byzantine workers' shards once.
         self.y_train = np.asarray(ds.y_train)
         self.y_poison: np.ndarray | None = None
-        if self.attack is not None and self.attack.kind == "data" and cfg.f:
-            self.y_poison = np.asarray(
-                self.attack.transform_labels(self.y_train, n_classes, np.random.default_rng(s_attack))
-            )
+        if self.behaviour is not None and self.behaviour.kind == "data" and cfg.f:
+            poison_rng = np.random.default_rng(s_attack)
+            self.y_poison = self.behaviour.transform_labels(self.y_train, n_classes, poison_rng)
         q = cfg.q_eff
         v = cfg.v if cfg.v is not None else rounds.default_quorum(q, cfg.rule, cfg.f_rule)
-        self.round_cfg = rounds.RoundConfig(
+        round_cfg = rounds.RoundConfig(
             d=self.d,
             v=v,
             rule=cfg.rule,
@@ -355,151 +371,114 @@ class Simulation:
             lr_schedule=cfg.lr_schedule,
             algorithm=cfg.algorithm,
         )
-        self.plans = [self._plan(i) for i in range(cfg.n)]
+        settings = RunSettings(
+            seed=seed, rounds=cfg.rounds, eval_every=cfg.eval_every, q=q, tau_ms=cfg.tau_ms,
+            order_kind=cfg.order, groups=tuple(self.model.groups), round_cfg=round_cfg,
+        )  # fmt: skip
+        self.driver = RoundDriver(settings, rounds.initial_weights(self.model, seed))
+        self.round_cfg = round_cfg
         self.t_ms = 0.0
         self.k = 0
 
+    @property
+    def w(self) -> np.ndarray:
+        """w_k, shape (d,), float64."""
+        return self.driver.w
+
     # -- per-worker work ------------------------------------------------------------------
 
-    def _plan(self, i: int) -> tuple[int, int]:
-        """(batch size, prefix length) worker i uses every round (rates are fixed per run)."""
-        from hgo_common import throttle
+    def work(self, i: int, c_k: np.ndarray, honest: np.ndarray | None = None) -> Any:
+        """Worker i's ``local.local_step`` for round k at w_k (``honest``: omniscient attack)."""
+        from hgo_common import local
 
-        cfg = self.cfg
-        if cfg.budget_policy != "fixed":
-            from hgo_common import budget
-
-            plan = budget.plan(
-                cfg.budget_policy,
-                rate=self.rates[i],
-                tau_ms=cfg.tau_ms,
-                d=self.d,
-                batch_size=cfg.batch_size,
-                rho=cfg.rho,
-            )
-            return int(plan.batch_size), int(plan.coords)
-        return cfg.batch_size, throttle.expected_prefix(self.rates[i], cfg.tau_ms, cfg.batch_size, self.d)
-
-    def _batch_gradient(self, i: int, s: int, poisoned: bool = False) -> np.ndarray:
-        shard = self.shards[i]
-        rng = self.worker_rngs[i]
-        if shard.size == 0:
-            return np.zeros(self.d)
-        # Like hgo-worker (hgo_worker.compute.draw_batch): min(s, |shard|) distinct rows.
-        idx = shard[rng.choice(shard.size, size=min(s, shard.size), replace=False)]
+        poisoned = self.byzantine[i] and self.y_poison is not None
         y = self.y_poison if poisoned and self.y_poison is not None else self.y_train
-        with np.errstate(all="ignore"):
-            return np.asarray(self.model.gradient(self.w, self.ds.X_train[idx], y[idx]), dtype=np.float64)
+        rng = local.round_rng(self.worker_seeds[i], self.k, salt=i)
+        byz = self.behaviour if self.byzantine[i] else None
+        return local.local_step(
+            self.model, self.driver.w, self.ds.X_train, y, c_k, self.cfg.tau_ms, self.local_cfgs[i], rng,
+            byzantine=byz, honest=honest, rows=self.shards[i],
+        )  # fmt: skip
 
     # -- one round ------------------------------------------------------------------------
 
-    def fill_round(self, sampled: np.ndarray, order: np.ndarray) -> RoundBuffer:
-        """Compute every sampled worker's delivery for w_k and put it in a round buffer.
+    def fill_round(self, sampled: np.ndarray, c_k: np.ndarray) -> tuple[RoundBuffer, list[float]]:
+        """Every sampled worker's delivery for w_k, in a round buffer; and each one's finish time.
 
         Parameters
         ----------
         sampled : ndarray of shape (q,)
             Worker ids, row i of the buffer belongs to ``sampled[i]``.
-        order : ndarray of shape (d,)
-            C_k.
+        c_k : ndarray of shape (d,)
+
+        Returns
+        -------
+        buffer : RoundBuffer
+        done_ms : list of float
+            Virtual time at which each row has released everything it planned.
         """
-        cfg = self.cfg
         buf = RoundBuffer(sampled.size, self.d, self.k)
+        done_ms = [0.0] * sampled.size
         honest_rows = [r for r, i in enumerate(sampled) if not self.byzantine[i]]
         byz_rows = [r for r, i in enumerate(sampled) if self.byzantine[i]]
-        grads = np.empty((len(honest_rows), self.d))
-        for j, r in enumerate(honest_rows):
-            i = int(sampled[r])
-            grads[j] = self._batch_gradient(i, self.plans[i][0])
-            buf.put(r, grads[j][order[: self.plans[i][1]]])
-        if not byz_rows:
-            return buf
-        assert self.attack is not None
-        honest_ordered = grads[:, order]  # (m, d) in C_k order, for the omniscient attacker
+        needs_honest = (
+            bool(byz_rows) and self.cfg.omniscient and self.behaviour is not None
+            and self.behaviour.kind == "gradient"
+        )  # fmt: skip
+        full: list[np.ndarray] = []
+        for r in honest_rows:
+            work = self.work(int(sampled[r]), c_k)
+            buf.put(r, work.source.ensure_all(work.limit))
+            done_ms[r] = self._full_time(int(sampled[r]), work)
+            if needs_honest:
+                full.append(work.source.full())
+        honest = np.stack(full) if full else None
         for r in byz_rows:
-            i = int(sampled[r])
-            kind = self.attack.kind
-            if kind == "silent":
-                buf.put(r, np.empty(0))
-            elif kind == "data":
-                s, p = self.plans[i]
-                buf.put(r, self._batch_gradient(i, s, poisoned=True)[order[:p]])
-            else:
-                if cfg.omniscient and honest_ordered.shape[0] > 0:
-                    base = honest_ordered
-                else:
-                    base = np.stack(
-                        [self._batch_gradient(i, cfg.batch_size) for _ in range(cfg.estimate_batches)]
-                    )[:, order]
-                p = self.d if cfg.byzantine_full else self.plans[i][1]
-                with np.errstate(all="ignore"):
-                    vec = self.attack(base[:, :p], n=cfg.n, f=cfg.f, rng=self.attack_rng, **cfg.attack_params)
-                buf.put(r, np.asarray(vec, dtype=np.float64))
-        return buf
+            work = self.work(int(sampled[r]), c_k, honest=honest)
+            buf.put(r, work.source.ensure_all(work.limit))
+            done_ms[r] = self._full_time(int(sampled[r]), work)
+        return buf, done_ms
 
-    def round_time_ms(self, sampled: np.ndarray, prefixes: np.ndarray, nonfinite: np.ndarray) -> float:
+    def _full_time(self, i: int, work: Any) -> float:
+        """When worker i has delivered everything it can: an honest worker's full gradient
+        (d coordinates at its rate), a Byzantine sender's planned prefix."""
+        if self.byzantine[i] and self.behaviour is not None and self.behaviour.kind == "gradient":
+            if work.rate <= 0:
+                return 0.0
+            return throttle.release_time_ms(int(work.limit), work.rate, work.batch_size)
+        return throttle.release_time_ms(self.d, self.rates[i], work.batch_size)
+
+    def round_time_ms(self, done_ms: Sequence[float], prefixes: np.ndarray, nonfinite: np.ndarray) -> float:
         """Virtual duration of the round (see the module docstring)."""
-        from hgo_common import throttle
-
-        def full_time(i: int) -> float:
-            if self.byzantine[i] and self.attack is not None and self.attack.kind == "gradient":
-                return (
-                    0.0
-                    if self.cfg.byzantine_full
-                    else throttle.release_time_ms(int(self.plans[i][1]), self.rates[i], self.plans[i][0])
-                )
-            return throttle.release_time_ms(self.d, self.rates[i], self.plans[i][0])
-
         tau = float(self.cfg.tau_ms)
         if math.isfinite(tau) and not self.cfg.early_close:
             return tau
         if math.isfinite(tau) and not bool(np.all((prefixes >= self.d) | nonfinite)):
             return tau  # someone is still sending at the deadline
-        return min(tau, max((full_time(int(i)) for i in sampled), default=0.0))
+        return min(tau, max(done_ms, default=0.0))
 
     def step(self) -> dict[str, Any]:
-        """Run round k; return its log record (without evaluation)."""
-        cfg = self.cfg
-        k = self.k
-        sampled = rounds.sample_workers(self.sample_rng, cfg.n, cfg.q_eff)
-        order = order_mod.make_order(order_mod.round_seed(cfg.seed, k), self.d, cfg.order, self.model.groups)
-        buf = self.fill_round(sampled, order)
+        """Run round k through the driver; return its log record (without evaluation)."""
+        drv, k = self.driver, self.k
+        plan = drv.begin(k, self.cfg.n)
+        c_k = drv.order(plan)
+        buf, done_ms = self.fill_round(plan.sampled, c_k)
         prefixes = buf.close()
-        outcome = rounds.close_round(
-            buf.values, prefixes, order, self.round_cfg, rounds.aggregation_rng(cfg.seed, k)
-        )
-        self.w = rounds.apply_update(self.w, outcome)
-        dt = self.round_time_ms(sampled, prefixes, buf.nonfinite)
+        outcome = drv.close(plan, buf.values, prefixes, c_k)
+        dt = self.round_time_ms(done_ms, prefixes, buf.nonfinite)
         self.t_ms += dt
         self.k += 1
-        return {
-            "round": k,
-            "t": self.t_ms / 1000.0,
-            "tau_ms": cfg.tau_ms if math.isfinite(cfg.tau_ms) else None,
-            "algorithm": cfg.algorithm,
-            "sampled": int(sampled.size),
-            "responded": int(np.count_nonzero(prefixes)),
-            "block": int(outcome.block),
-            "quorum": bool(outcome.quorum),
-            "step_size": float(outcome.step_size),
-            "round_ms": dt,
-            "workers": [
-                {
-                    "id": int(i),
-                    "profile": self.profiles[i],
-                    "prefix": int(p),
-                    "byzantine": bool(self.byzantine[i]),
-                }
-                for i, p in zip(sampled, prefixes, strict=True)
-            ],
-            "used": [int(sampled[r]) for r in outcome.used],
-            "nonfinite": [int(sampled[r]) for r in np.flatnonzero(buf.nonfinite)],
-        }
+        workers = [
+            WorkerEntry(int(i), self.profiles[i], bool(self.byzantine[i])) for i in plan.sampled
+        ]
+        timing = Timing(
+            t_s=self.t_ms / 1000.0, round_ms=dt, close_ms=dt,
+            early_close=math.isfinite(self.cfg.tau_ms) and dt < self.cfg.tau_ms,
+        )  # fmt: skip
+        return drv.record(plan, outcome, prefixes, workers, timing, nonfinite=buf.nonfinite)
 
     def evaluate(self) -> dict[str, float]:
-        with np.errstate(all="ignore"):
-            out = self.model.evaluate(self.w, self.ds.X_test, self.ds.y_test)
-        return {k: float(v) for k, v in out.items()}
+        return evaluate(self.model, self.driver.w, self.ds.X_test, self.ds.y_test)
 
 
 def run(
@@ -515,7 +494,7 @@ def run(
     with _one_blas_thread(), RoundLog(log_path) as log:
         for k in range(cfg.rounds):
             rec = sim.step()
-            if (k + 1) % cfg.eval_every == 0 or k == cfg.rounds - 1:
+            if sim.driver.evaluates(k):
                 rec.update(sim.evaluate())
             if k == 0:
                 rec["data"] = sim.ds.name

@@ -39,7 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from hgo_common import collector, order, profiles, rounds, wire
+from hgo_common import collector, driver, profiles, rounds, wire
+from hgo_common.driver import RoundDriver, RoundPlan, RunSettings, Timing, WorkerEntry
 from hgo_common.net.protocol import PROTOCOL_VERSION
 from hgo_common.roundlog import RoundLog
 
@@ -96,7 +97,7 @@ class Server:
         self.setup = setup or load_setup(cfg)
         self.spec = self.setup.spec
         self.d = self.spec.dim
-        self.round_cfg = rounds.RoundConfig(
+        round_cfg = rounds.RoundConfig(
             d=self.d,
             v=int(cfg.v or 1),
             rule=cfg.rule,
@@ -105,17 +106,18 @@ class Server:
             lr_schedule=cfg.lr_schedule,
             algorithm=cfg.algorithm,
         )
-        self.w = self.setup.w0.copy()
+        settings = RunSettings(
+            seed=cfg.seed, rounds=cfg.rounds, eval_every=cfg.eval_every, q=cfg.q, tau_ms=cfg.tau,
+            order_kind=self.spec.order, groups=self.spec.blocks, round_cfg=round_cfg,
+        )  # fmt: skip
+        self.driver = RoundDriver(settings, self.setup.w0)
         self.collector = collector.RoundCollector(self.d, cfg.max_chunk_values)
         self.sessions: dict[str, SessionRecord] = {}
         self.state = "waiting"
         self.round = 0
         self.start_round = 0
-        self.last_block = 0
-        self.rounds_without_quorum = 0
         self.last_eval: dict[str, float] = {}
-        self.metric_name = "accuracy" if self.setup.model.task == "classification" else "loss"
-        self._sample_rng = rounds.sampling_rng(cfg.seed)
+        self.metric_name = driver.metric_name(self.setup.model)
         self._next_worker_id = 0
         self._shard_cache: dict[int, list[ShardSlice]] = {}
         # Active sessions per shard, kept up to date on join/leave (O(1) per join).
@@ -141,7 +143,15 @@ class Server:
     @property
     def weights(self) -> np.ndarray:
         """The current model w_k, shape (d,), float64 (a copy)."""
-        return self.w.copy()
+        return self.driver.w.copy()
+
+    @property
+    def last_block(self) -> int:
+        return self.driver.last_block
+
+    @property
+    def rounds_without_quorum(self) -> int:
+        return self.driver.rounds_without_quorum
 
     @property
     def stopping(self) -> bool:
@@ -362,14 +372,7 @@ class Server:
 
     def _needed_workers(self) -> int:
         """Sessions a round needs to be worth running: min(--min-workers, the quorum)."""
-        cfg = self.cfg
-        if cfg.algorithm == "sgd":
-            from hgo_common import aggregators
-
-            need = max(1, aggregators.get(cfg.rule).min_rows(cfg.f))
-        else:
-            need = int(cfg.v or 1)
-        return max(1, min(int(cfg.min_workers or 1), need))
+        return max(1, min(int(self.cfg.min_workers or 1), self.driver.quorum))
 
     async def run(self) -> Summary:
         """Wait for --min-workers sessions, train --rounds rounds, evaluate, send Stop."""
@@ -393,7 +396,7 @@ class Server:
                     await self._save_checkpoint(k)
                     self._checkpointed = k
         completed = k >= cfg.rounds
-        if self._evaluated_round != k - 1 or not self.last_eval:
+        if self._evaluated_round != k - 1 or not self.last_eval:  # the last round was not evaluated
             await self._evaluate()
         if self._checkpoint is not None and self._checkpointed != k and k > self.start_round:
             await self._save_checkpoint(k)
@@ -417,63 +420,96 @@ class Server:
         self._executor.shutdown(wait=False, cancel_futures=True)
         self.roundlog.close()
 
-    def _evaluates(self, k: int) -> bool:
-        e = self.cfg.eval_every
-        return k == self.cfg.rounds - 1 or (e > 0 and (k + 1) % e == 0)
-
     async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         # One worker thread: numpy releases the GIL in sorts and matrix products, so
         # the event loop keeps answering heartbeats while a round aggregates.
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def _evaluate(self) -> dict[str, float]:
+        """Evaluate w_k on the test split (in the aggregation thread); update the gauges."""
         ds, model = self.setup.dataset, self.setup.model
-        w = self.w.copy()
-        try:
-            res = await self._in_thread(model.evaluate, w, ds.X_test, ds.y_test)
-        except Exception as exc:  # weights an attack drove to inf/NaN must not stop training
-            log.warning("evaluation failed at round %d: %r", self.round, exc)
-            res = {self.metric_name: math.nan}
-        self.last_eval = {str(key): float(val) for key, val in res.items()}
-        if "accuracy" in self.last_eval:
-            self.metrics.test_accuracy.set(self.last_eval["accuracy"])
-        if "loss" in self.last_eval:
-            self.metrics.test_loss.set(self.last_eval["loss"])
-        return self.last_eval
-
-    def _sample(self) -> list[SessionRecord]:
-        """q of the active sessions, uniformly without replacement, in worker-id order."""
-        active = sorted(self.sessions.values(), key=lambda s: s.worker_id)
-        idx = rounds.sample_workers(self._sample_rng, len(active), self.cfg.q)
-        return [active[int(i)] for i in idx]
+        res: dict[str, float] = await self._in_thread(
+            driver.evaluate, model, self.driver.w.copy(), ds.X_test, ds.y_test
+        )
+        if not all(math.isfinite(v) for v in res.values()):
+            log.warning("evaluation at round %d is not finite: %s", self.round, res)
+        self.last_eval = res
+        if "accuracy" in res:
+            self.metrics.test_accuracy.set(res["accuracy"])
+        if "loss" in res:
+            self.metrics.test_loss.set(res["loss"])
+        return res
 
     async def _run_round(self, k: int) -> None:
-        cfg = self.cfg
+        """Round k of Algorithm 1 on the wall clock: broadcast, collect until τ, close, record."""
         t0 = time.monotonic()
-        seed_k = order.round_seed(cfg.seed, k)
+        plan, sampled = self._broadcast(k)
         # C_k is needed only at the close (the seed travels): expand it in the aggregation
         # thread while the round runs, not on the loop before the broadcast (a stratified
         # order of d = 38,410 takes ~4 ms).
-        c_k_future = asyncio.get_running_loop().run_in_executor(
-            self._executor, order.make_order, seed_k, self.d, self.spec.order, self.spec.blocks
+        c_k_future = asyncio.get_running_loop().run_in_executor(self._executor, self.driver.order, plan)
+        # The deadline counts from here: the task is queued on every sampled stream and the
+        # transport writes it as soon as this coroutine yields. A worker's own clock starts
+        # when it reads the task, later by the broadcast and network latency.
+        t_sent = time.monotonic()
+        await self._collect()
+        prefixes = self.collector.close()
+        t_close = self._t_deadline if self._deadline_hit else time.monotonic()
+        for sess in sampled:
+            sess.send(Closed(k))
+        c_k = await c_k_future
+        t_agg = time.perf_counter()
+        outcome = await self._in_thread(self.driver.close, plan, self.collector.values, prefixes, c_k)
+        self.metrics.aggregation.observe(time.perf_counter() - t_agg)
+        if not outcome.quorum:
+            self.metrics.rounds_without_quorum.inc()
+        t_done = time.monotonic()
+        timing = Timing(
+            t_s=t_close - self._t_start, round_ms=(t_done - t_sent) * 1000.0,
+            close_ms=(t_close - t_sent) * 1000.0, prepare_ms=(t_sent - t0) * 1000.0,
+            early_close=not self._deadline_hit and not self._stopping,
+        )  # fmt: skip
+        workers = [WorkerEntry(s.worker_id, s.profile, s.byzantine) for s in sampled]
+        record = self.driver.record(
+            plan, outcome, prefixes, workers, timing, nonfinite=self.collector.truncated()
         )
-        sampled = self._sample()
+        if self.driver.evaluates(k):
+            record.update(await self._evaluate())
+            self._evaluated_round = k
+            log.info(
+                "round %d/%d: block=%d responded=%d/%d %s=%.4f (%.1f s)", k + 1, self.cfg.rounds,
+                outcome.block, record["responded"], len(sampled), self.metric_name,
+                record.get(self.metric_name, math.nan), record["t"],
+            )  # fmt: skip
+        self.roundlog.write(record)
+        self._observe_round(record, sampled, prefixes, t_done - t0)
+
+    def _broadcast(self, k: int) -> tuple[RoundPlan, list[SessionRecord]]:
+        """Steps 1-2: the driver samples the active sessions (in worker-id order); the same
+        Task (w_k encoded once, C_k's seed) goes to every sampled session's outbox."""
+        active = sorted(self.sessions.values(), key=lambda s: s.worker_id)
+        plan = self.driver.begin(k, len(active))
+        sampled = [active[int(i)] for i in plan.sampled]
         self.round = k
         self.metrics.round.set(k)
         self.collector.start(k, len(sampled))
         for sess in self.sessions.values():
             sess.slot = None
-        task = Task(k, seed_k, wire.encode(self.w), cfg.tau)
+        task = Task(k, plan.order_seed, wire.encode(self.driver.w), self.cfg.tau)
         self._wake.clear()
         self._round_open = True
         for slot, sess in enumerate(sampled):
             sess.slot = slot
             sess.sampled_rounds.append(k)
             sess.send(task)
-        # The deadline counts from here: the task is queued on every sampled stream and the
-        # transport writes it as soon as this coroutine yields. A worker's own clock starts
-        # when it reads the task, later by the broadcast and network latency.
-        t_sent = time.monotonic()
+        return plan, sampled
+
+    async def _collect(self) -> None:
+        """Step 3: let chunks flow into the collector until the deadline τ (or early close).
+
+        With τ = inf the round waits for every sampled worker, bounded by --sgd-timeout.
+        """
+        cfg = self.cfg
         timeout = cfg.tau if math.isfinite(cfg.tau) else cfg.sgd_timeout
         self._deadline_hit = False
         deadline = None
@@ -490,64 +526,21 @@ class Server:
                 if deadline is not None:
                     deadline.cancel()
         self._round_open = False
-        prefixes = self.collector.close()
-        t_close = self._t_deadline if self._deadline_hit else time.monotonic()
-        for sess in sampled:
-            sess.send(Closed(k))
-        c_k = await c_k_future
-        t_agg = time.perf_counter()
-        outcome = await self._in_thread(
-            rounds.close_round, self.collector.values, prefixes, c_k, self.round_cfg,
-            rounds.aggregation_rng(cfg.seed, k),  # same derivation as the simulator
-        )
-        self.metrics.aggregation.observe(time.perf_counter() - t_agg)
-        self.w = rounds.apply_update(self.w, outcome)
-        self.last_block = outcome.block
-        if not outcome.quorum:
-            self.rounds_without_quorum += 1
-            self.metrics.rounds_without_quorum.inc()
-        t_done = time.monotonic()
-        round_ms = (t_done - t_sent) * 1000.0
-        record: dict[str, Any] = {
-            "round": k,
-            "t": t_close - self._t_start,
-            "tau_ms": cfg.tau if math.isfinite(cfg.tau) else None,
-            "algorithm": cfg.algorithm,
-            "rule": cfg.rule,
-            "v": cfg.v,
-            "sampled": len(sampled),
-            "responded": int(np.count_nonzero(prefixes)),
-            "block": outcome.block,
-            "quorum": outcome.quorum,
-            "step_size": outcome.step_size,
-            "round_ms": round_ms,
-            "close_ms": (t_close - t_sent) * 1000.0,
-            "prepare_ms": (t_sent - t0) * 1000.0,
-            "early_close": not self._deadline_hit and not self._stopping,
-            "workers": [
-                {"id": s.worker_id, "profile": s.profile, "prefix": int(p), "byzantine": s.byzantine}
-                for s, p in zip(sampled, prefixes, strict=True)
-            ],
-        }
-        if self._evaluates(k):
-            record.update(await self._evaluate())
-            self._evaluated_round = k
-            log.info(
-                "round %d/%d: block=%d responded=%d/%d %s=%.4f (%.1f s)", k + 1, cfg.rounds, outcome.block,
-                record["responded"], len(sampled), self.metric_name, record.get(self.metric_name, math.nan),
-                record["t"],
-            )  # fmt: skip
-        self.roundlog.write(record)
+
+    def _observe_round(
+        self, record: dict[str, Any], sampled: list[SessionRecord], prefixes: np.ndarray, seconds: float
+    ) -> None:
+        """The round's Prometheus metrics."""
         m = self.metrics
         m.rounds.inc()
-        m.round_duration.observe(t_done - t0)  # the whole round, set-up included
-        m.block.set(outcome.block)
+        m.round_duration.observe(seconds)  # the whole round, set-up included
+        m.block.set(record["block"])
         m.sampled.set(len(sampled))
         m.responded.set(record["responded"])
         for s, p in zip(sampled, prefixes, strict=True):
             m.prefix.labels(profile=s.profile).observe(int(p))
-        log.debug("round %d block=%d responded=%d/%d %.1f ms", k, outcome.block, record["responded"],
-                  len(sampled), round_ms)  # fmt: skip
+        log.debug("round %d block=%d responded=%d/%d %.1f ms", record["round"], record["block"],
+                  record["responded"], len(sampled), record["round_ms"])  # fmt: skip
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -556,12 +549,12 @@ class Server:
         assert ck is not None and self.cfg.checkpoint_dir is not None
         state = ck.State(
             round=next_round,
-            weights=self.w.copy(),
+            weights=self.driver.w.copy(),
             model=self.spec.model,
             dim=self.d,
             config=self.cfg.as_dict(),
             extra={
-                "sample_rng": self._sample_rng.bit_generator.state,
+                "sample_rng": self.driver.sample_rng.bit_generator.state,
                 "rounds_without_quorum": self.rounds_without_quorum,
             },
         )
@@ -578,10 +571,10 @@ class Server:
         if state is None:
             log.info("resume: no checkpoint in %s, starting fresh", self.cfg.checkpoint_dir)
             return
-        self.w = np.asarray(state.weights, dtype=np.float64).copy()
+        self.driver.w = np.asarray(state.weights, dtype=np.float64).copy()
         self.start_round = self.round = int(state.round)
         extra = dict(state.extra or {})
         if "sample_rng" in extra:
-            self._sample_rng.bit_generator.state = extra["sample_rng"]
-        self.rounds_without_quorum = int(extra.get("rounds_without_quorum", 0))
+            self.driver.sample_rng.bit_generator.state = extra["sample_rng"]
+        self.driver.rounds_without_quorum = int(extra.get("rounds_without_quorum", 0))
         log.info("resumed from round %d", self.start_round)

@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--budget-policy", default="fixed",
         help="how to spend the round budget: fixed, data-first, coordinates-first, hybrid (default fixed)",
     )
+    p.add_argument(
+        "--rho", type=float, default=0.5,
+        help="the hybrid budget policy's mix: 0 = coordinates-first .. 1 = data-first (default 0.5)",
+    )
     p.add_argument("--name", default="", help="a label for the server's logs (default host-pid)")
     p.add_argument(
         "--reconnect-timeout", type=float, default=60.0,
@@ -158,6 +162,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         data_dir=args.data_dir,
         metrics_port=args.metrics_port,
         budget_policy=args.budget_policy,
+        rho=args.rho,
         name=args.name,
         reconnect_timeout=args.reconnect_timeout,
         tls_ca=args.tls_ca,

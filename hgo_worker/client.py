@@ -4,7 +4,7 @@ Protocol (proto/hgo/v1/hgo.proto, CONTRACTS.md "Wire protocol semantics"): one
 long-lived bidirectional ``Session`` stream. The worker sends ``Join``; the server answers
 ``Welcome`` (session id, worker id, TrainingSpec) and, when asked, the shard as
 ``ShardPart``s; then it pushes a ``RoundTask`` per round the worker is sampled into. The
-worker streams its gradient prefix back as ``GradientChunk``s (hgo_worker.compute for the
+worker streams its gradient prefix back as ``GradientChunk``s (``hgo_common.local`` for the
 values, hgo_worker.pacing for when they may go out) until ``RoundClosed`` arrives, which
 cancels the round's work at once. Heartbeats flow both ways every ``heartbeat_ms``; a
 server silent for 3 intervals is taken for dead.
@@ -44,18 +44,18 @@ from typing import Any
 import grpc
 import numpy as np
 
-from hgo_common import profiles, rounds, wire
+from hgo_common import local, profiles, rounds, wire
 from hgo_common.net import credentials, protocol
 from hgo_common.net.proto import hgo_pb2, hgo_pb2_grpc
 
-from .byzantine import Behaviour
-from .compute import RoundGradient, cached_order, draw_batch, model_from_spec, round_rng
+from .byzantine import parse_behaviour
+from .compute import cached_order, model_from_spec
 from .metrics import WorkerMetrics
 from .pacing import Schedule
 
 log = logging.getLogger("hgo_worker")
 
-CHANNEL_OPTIONS = [
+CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.max_send_message_length", protocol.MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", protocol.MAX_MESSAGE_BYTES),
     # Transport keepalive under the application heartbeats: catches half-open TCP
@@ -112,6 +112,7 @@ class WorkerConfig:
     data_dir: Path | None = None
     metrics_port: int | None = None
     budget_policy: str = "fixed"
+    rho: float = 0.5  # the hybrid budget policy's interpolation (0 = coordinates-first, 1 = data-first)
     name: str = ""
     reconnect_timeout: float = 60.0
     tls_ca: Path | None = None
@@ -154,8 +155,10 @@ class WorkerConfig:
                 raise ValueError(
                     f"--budget-policy must be one of {list(budget.POLICIES)}, got {self.budget_policy!r}"
                 )
+        if not 0.0 <= self.rho <= 1.0:
+            raise ValueError(f"--rho must be in [0, 1], got {self.rho}")
         if self.byzantine is not None:
-            Behaviour.from_options(self.byzantine, self.attack_params)
+            parse_behaviour(self.byzantine, self.attack_params)
 
 
 def parse_shard(text: str) -> tuple[int, int] | None:
@@ -175,17 +178,6 @@ def resolve_rate(cfg: WorkerConfig, rng: np.random.Generator) -> float:
     return float(profiles.draw_rate(cfg.profile, rng))
 
 
-class _Precomputed:
-    """Values fixed at the start of the round (a Byzantine vector): same face as RoundGradient."""
-
-    def __init__(self, values: np.ndarray) -> None:
-        self.values = values
-        self.computed = len(values)
-
-    def ensure(self, n: int) -> int:
-        return self.computed
-
-
 class Worker:
     """One worker identity: reconnects as many times as needed, one session at a time.
 
@@ -200,7 +192,8 @@ class Worker:
         self.seed = seed
         self._rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EED]))
         self.rate = resolve_rate(cfg, self._rng)
-        self.behaviour = Behaviour.from_options(cfg.byzantine, cfg.attack_params) if cfg.byzantine else None
+        self.behaviour = parse_behaviour(cfg.byzantine, cfg.attack_params) if cfg.byzantine else None
+        self.local_cfg = local.LocalConfig(self.rate, cfg.batch_size, cfg.budget_policy, cfg.rho)
         self.metrics = metrics or WorkerMetrics(cfg.profile)
         self.metrics.rate(self.rate)
         self.name = cfg.name or f"{socket.gethostname()}-{os.getpid()}"
@@ -256,7 +249,7 @@ class Worker:
         if cfg.tls_ca is None and cfg.tls_cert is None:
             return grpc.aio.insecure_channel(cfg.server, options=CHANNEL_OPTIONS)
         creds = credentials.channel_credentials(cfg.tls_ca, cfg.tls_cert, cfg.tls_key)
-        options = list(CHANNEL_OPTIONS)
+        options: list[tuple[str, int | str]] = list(CHANNEL_OPTIONS)
         if cfg.tls_server_name:
             # Dialling an address (127.0.0.1:PORT, a container IP) that the certificate does
             # not name: check the certificate against this name instead, and send it as the
@@ -501,7 +494,7 @@ class _Session:
             self.w.trace.append(("task", int(task.round), time.time()))
         self.last_served = task.round
         self._cancel_round()  # a new round means the previous one is closed on the server
-        if self.w.behaviour is not None and self.w.behaviour.silent:
+        if self.w.behaviour is not None and self.w.behaviour.kind == "silent":
             return
         t = asyncio.create_task(self._serve_round(task, received), name=f"round-{task.round}")
         t.add_done_callback(self._round_done)
@@ -512,48 +505,28 @@ class _Session:
             # A bug or bad data, not a network problem: say it loudly, keep serving.
             log.error("%s: %s failed", self.w.name, t.get_name(), exc_info=t.exception())
 
-    def _schedule(self, tau_ms: float) -> tuple[int, Schedule]:
-        """The round's mini-batch size and release schedule (budget policy applied)."""
-        cfg, spec = self.w.cfg, self.spec
-        s, cap = cfg.batch_size, None
-        if cfg.budget_policy != "fixed" and math.isfinite(tau_ms):
-            from hgo_common import budget
-
-            plan = budget.plan(
-                cfg.budget_policy, rate=self.w.rate, tau_ms=tau_ms, d=spec.dim, batch_size=s,
-                max_batch=len(self.y),
-            )  # fmt: skip
-            s, cap = int(plan.batch_size), min(int(spec.dim), int(plan.coords))
-        sched = Schedule(self.w.rate, s, spec.dim, tau_ms, max(1, spec.max_chunk_values or 16384), cap)
-        return s, sched
-
     async def _serve_round(self, task: Any, t0: float) -> None:
+        """Round ``task.round``: the core's local step, released no faster than the throttle."""
         spec, w = self.spec, self.w
         try:
             tau = task.tau_ms if task.tau_ms > 0 else math.inf
-            s, sched = self._schedule(tau)
             d = int(spec.dim)
             c_k = cached_order(task.order_seed, d, spec.order or "flat", tuple(spec.blocks))
             weights = wire.decode(task.weights, d).astype(np.float64)
-            rng = round_rng(w.seed, task.round, salt=self.welcome.worker_id)
-            source: RoundGradient | _Precomputed
-            if w.behaviour is not None and w.behaviour.kind == "gradient":
-                if w.behaviour.full:
-                    sched = Schedule(0.0, s, d, tau, sched.max_chunk)
-                k = sched.expected()
-                vec = w.behaviour.vector(self.model, weights, self.X, self.y, c_k[:k], s, rng)
-                source = _Precomputed(vec)
-                sched = Schedule(sched.rate, s, d, tau, sched.max_chunk, k)
-            else:
-                idx = draw_batch(len(self.y), s, rng)
-                source = RoundGradient(self.model, weights, self.X[idx], self.y[idx], c_k, sched.limit)
-            await self._release(task.round, sched, source, t0)
+            rng = local.round_rng(w.seed, task.round, salt=self.welcome.worker_id)
+            work = local.local_step(
+                self.model, weights, self.X, self.y, c_k, tau, w.local_cfg, rng, byzantine=w.behaviour
+            )
+            sched = Schedule(
+                work.rate, work.batch_size, d, tau, max(1, spec.max_chunk_values or 16384), work.limit
+            )
+            await self._release(task.round, sched, work.source, t0)
         finally:
             w.rounds_served += 1
             w.metrics.round_served()
 
     async def _release(
-        self, rnd: int, sched: Schedule, source: RoundGradient | _Precomputed, t0: float
+        self, rnd: int, sched: Schedule, source: local.RoundGradient | local.Precomputed, t0: float
     ) -> None:
         """Compute in pieces and emit no more than the schedule allows, until done or cancelled."""
         metrics = self.w.metrics

@@ -699,15 +699,15 @@ async def test_round_timings_count_from_the_broadcast(
     """close_ms is the deadline interval (tasks queued -> close), round_ms broadcast -> update,
     and the round's set-up before the broadcast (sampling, encoding w_k) is reported apart
     as prepare_ms instead of silently lengthening them."""
-    from hgo_server.server import Server
+    from hgo_common.driver import RoundDriver
 
-    real = Server._sample
+    real = RoundDriver.begin
 
-    def slow_sample(self: Server) -> Any:
+    def slow_sample(self: RoundDriver, k: int, n: int) -> Any:
         time.sleep(0.8)  # a stand-in for an expensive round set-up
-        return real(self)
+        return real(self, k, n)
 
-    monkeypatch.setattr(Server, "_sample", slow_sample)
+    monkeypatch.setattr(RoundDriver, "begin", slow_sample)
     running, port = await serve(q=1, tau="400ms", rounds=1, min_workers=1)
     (w,) = await connect(serve, port, 1)
     run = asyncio.create_task(running.run())
@@ -728,7 +728,7 @@ async def test_the_coordinate_order_is_expanded_off_the_event_loop(
     its aggregation thread, never on the event loop before the broadcast."""
     import threading
 
-    from hgo_server import server as server_mod
+    from hgo_common import driver as driver_mod
 
     threads: list[str] = []
     real = order.make_order
@@ -737,7 +737,7 @@ async def test_the_coordinate_order_is_expanded_off_the_event_loop(
         threads.append(threading.current_thread().name)
         return real(*args, **kw)
 
-    monkeypatch.setattr(server_mod.order, "make_order", spy)
+    monkeypatch.setattr(driver_mod.order, "make_order", spy)
     running, port = await serve(q=1, tau="100ms", rounds=2, min_workers=1)
     (w,) = await connect(serve, port, 1)
     run = asyncio.create_task(running.run())
@@ -800,7 +800,7 @@ async def test_sampling_is_uniform_and_reproducible_from_the_seed() -> None:
         core = Server(cfg, setup=setup_for(make_config(q=2, min_workers=6)))
         for _ in range(6):
             core.join(JoinRequest(protocol_version=1))
-        out = np.array([[s.worker_id for s in core._sample()] for _ in range(3000)])
+        out = np.array([[s.worker_id for s in core._broadcast(k)[1]] for k in range(3000)])
         core.close()
         return out
 

@@ -49,13 +49,14 @@ def test_round_equals_close_round_by_hand(rule: str) -> None:
     rec = sim.step()
 
     d = ref.d
-    sampled = np.sort(ref.sample_rng.choice(cfg.n, size=cfg.q_eff, replace=False))
+    sampled = np.sort(rounds.sampling_rng(cfg.seed).choice(cfg.n, size=cfg.q_eff, replace=False))
     c_k = order.make_order(order.round_seed(cfg.seed, 0), d, cfg.order, ref.model.groups)
     values = np.zeros((sampled.size, d), dtype=np.float32)
     prefixes = np.zeros(sampled.size, dtype=np.int64)
     for row, i in enumerate(sampled):
         shard = ref.shards[i]
-        idx = shard[ref.worker_rngs[i].choice(shard.size, size=min(32, shard.size), replace=False)]
+        rng = np.random.default_rng(np.random.SeedSequence([ref.worker_seeds[i], int(i), 0]))
+        idx = shard[rng.choice(shard.size, size=min(32, shard.size), replace=False)]
         X, y = ref.ds.X_train[idx], ref.ds.y_train[idx]
         p = throttle.expected_prefix(RATES[i], cfg.tau_ms, 32, d)
         g = ref.model.gradient(w0, X, y, coords=c_k[:p])  # the worker's coordinate path
@@ -251,12 +252,29 @@ def test_early_close_clock_follows_the_slowest_full_sender() -> None:
 
 def test_budget_policy_sets_batch_and_prefix() -> None:
     """coordinates-first: a slow worker shrinks its mini-batch to send the whole gradient."""
-    from hgo_common import budget
+    from hgo_common import budget, local
 
     sim = Simulation(small(budget_policy="coordinates-first"))
     for i, rate in enumerate(RATES):
-        plan = budget.plan("coordinates-first", rate=rate, tau_ms=10.0, d=31, batch_size=32)
-        assert sim.plans[i] == (plan.batch_size, plan.coords)
-    assert sim.plans[0] == (6, 31)  # rate 20: 20 * 10 / 31 -> 6 points, all 31 coordinates
+        size = sim.shards[i].size
+        plan = budget.plan("coordinates-first", rate=rate, tau_ms=10.0, d=31, batch_size=32, max_batch=size)
+        assert local.plan_round(sim.local_cfgs[i], 10.0, 31, max_batch=size) == plan
+    # rate 20: 20 * 10 / 31 -> 6 points, all 31 coordinates
+    assert local.plan_round(sim.local_cfgs[0], 10.0, 31, max_batch=sim.shards[0].size) == budget.Plan(6, 31)
     rec = sim.step()
     assert all(w["prefix"] == 31 for w in rec["workers"])
+
+
+def test_hybrid_budget_uses_the_scenario_rho() -> None:
+    """rho reaches every worker's plan (it once reached the simulator's and not hgo-worker's)."""
+    from hgo_common import budget, local
+
+    plans = {}
+    for rho in (0.0, 1.0):
+        sim = Simulation(small(budget_policy="hybrid", rho=rho, rates=(20.0,) * 6))
+        plans[rho] = local.plan_round(sim.local_cfgs[0], 10.0, 31, max_batch=sim.shards[0].size)
+        assert plans[rho] == budget.plan(
+            "hybrid", rate=20.0, tau_ms=10.0, d=31, batch_size=32, rho=rho, max_batch=sim.shards[0].size
+        )
+    assert plans[0.0].batch_size < plans[1.0].batch_size
+

@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 
 from hgo_common import models, order, throttle, wire
+from hgo_common.local import draw_batch, round_rng
 from hgo_common.net.proto import hgo_pb2, hgo_pb2_grpc
 from hgo_worker import pacing
 from hgo_worker.client import Worker, WorkerConfig, parse_shard
-from hgo_worker.compute import draw_batch, round_rng
 from tests.procs import ProcessGroup, console
 
 P = 2000  # features: d = 2001 for logistic regression
@@ -678,8 +678,8 @@ async def test_release_by_the_workers_own_clock_never_exceeds_the_throttle() -> 
     throttle.released(t, rate, s, d); and by the deadline the whole expected prefix is out."""
     from types import SimpleNamespace
 
+    from hgo_common.local import RoundGradient
     from hgo_worker.client import _Session
-    from hgo_worker.compute import RoundGradient
     from hgo_worker.metrics import WorkerMetrics
 
     loop = asyncio.get_running_loop()

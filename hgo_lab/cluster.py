@@ -311,11 +311,12 @@ def mean_prefix_by_profile(records: Sequence[dict[str, Any]]) -> dict[str, float
 
 
 def plot_metric(records: Sequence[dict[str, Any]], path: Path, title: str) -> Path | None:
-    """PNG of the test metric against wall time (None when no round was evaluated)."""
-    if not any(_metric_of(r) is not None for r in records):
-        return None
+    """PNG of the test metric against wall time (None when no round was evaluated, or
+    matplotlib, the ``lab`` extra, is not installed)."""
     from hgo_lab import plots
 
+    if not any(_metric_of(r) is not None for r in records) or not plots.available():
+        return None
     run = plots.series_from_records(records, label="hgo-run")
     plots.plot_metric([run], path, title=title)
     return path

@@ -373,6 +373,8 @@ def plot_runs(
     from hgo_lab import plots
 
     written: list[Path] = []
+    if not plots.available():
+        return written  # no matplotlib (the lab extra): summary.csv and the logs only
     for xkey, xlabel, suffix in (("round", "round", "round"), ("t", "time (s, virtual in sim)", "time")):
         curves = {label: _seed_curves(logs, metric, xkey) for label, logs in runs.items()}
         curves = {k: v for k, v in curves.items() if v}

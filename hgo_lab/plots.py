@@ -211,9 +211,25 @@ def choose_metric(runs: Sequence[RunSeries], metric: str = "auto") -> str:
     return "accuracy" if has_acc else "loss"
 
 
+class PlottingUnavailable(RuntimeError):
+    """matplotlib is not installed (it comes with the ``lab`` extra)."""
+
+
+def available() -> bool:
+    """Whether PNG plots can be drawn here (matplotlib importable)."""
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 def _figure(title: str, xlabel: str, ylabel: str) -> tuple[Any, Any]:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise PlottingUnavailable(
+            f"PNG plots need matplotlib ({exc}): install the lab extra, pip install 'hgo[lab]'"
+        ) from None
 
     fig = Figure(figsize=(7.0, 4.2), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
@@ -439,7 +455,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = plot_logs(args.logs, args.out, labels=args.label, metric=args.metric)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, PlottingUnavailable) as exc:
         print(f"hgo-plot: error: {exc}", file=sys.stderr)
         return 2
     for path in result.files.values():

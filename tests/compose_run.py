@@ -160,6 +160,22 @@ def _cleanup_stale() -> None:
             _ip("link", "del", m.group(1), check=False)
 
 
+def _allow_bridge_forwarding(bridge: str) -> list[str] | None:
+    """Let frames between the namespaces on ``bridge`` through iptables' FORWARD chain.
+
+    With br_netfilter loaded (Docker loads it and sets the FORWARD policy to DROP), bridged
+    traffic between two of our namespaces goes through FORWARD and would be dropped. The
+    rule names our bridge only; ``close`` removes it. Returns the rule, or None when
+    iptables is not there (then nothing filters bridged frames either).
+    """
+    rule = ["FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT"]
+    try:
+        res = subprocess.run(["iptables", "-I", *rule], capture_output=True, check=False)
+    except FileNotFoundError:
+        return None
+    return rule if res.returncode == 0 else None
+
+
 def _free_subnet() -> ipaddress.IPv4Network:
     """A /24 under 10.231.0.0/16 that no interface or route on this machine uses yet."""
     used = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True, check=False).stdout
@@ -225,6 +241,7 @@ class ComposeTopology:
             self._links.append(self.bridge)
             _ip("addr", "add", f"{self.bridge_ip}/{self._net.prefixlen}", "dev", self.bridge)
             _ip("link", "set", self.bridge, "up")
+            self._forward_rule = _allow_bridge_forwarding(self.bridge)
 
     # ------------------------------------------------------------------ network
     def _new_namespace(self) -> tuple[str, str]:
@@ -311,6 +328,9 @@ class ComposeTopology:
             _ip("netns", "del", ns, check=False)
         for link in reversed(self._links):
             _ip("link", "del", link, check=False)
+        if getattr(self, "_forward_rule", None):
+            subprocess.run(["iptables", "-D", *self._forward_rule], capture_output=True, check=False)
+            self._forward_rule = None
         self._namespaces.clear()
         self._links.clear()
 

@@ -42,7 +42,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from hgo_common import profiles, roundlog
-from hgo_server.config import ConfigError
+from hgo_server import config
+from hgo_server.config import ConfigError, ServerConfig
 
 Launcher = Callable[..., "subprocess.Popen[bytes]"]
 
@@ -81,8 +82,11 @@ class ClusterConfig:
     profiles: list[str] | None = None  # explicit profile per worker (overrides --mix)
     late: int = 0  # extra workers that join once the server reached ``late_round``
     late_round: int = 0
-    server_args: list[str] = field(default_factory=list)
+    server_args: list[str] = field(default_factory=list)  # extra hgo-server flags, over the config
     worker_args: list[str] = field(default_factory=list)
+    # The server's settings as one ServerConfig (net mode builds it from the scenario);
+    # None: built from the fields above by :func:`server_config`.
+    server: ServerConfig | None = None
     timeout_s: float = 900.0
     progress: bool = True
 
@@ -218,24 +222,40 @@ def _tail(path: Path, n: int = 3000) -> str:
 # ---------------------------------------------------------------------- the run
 
 
-def server_argv(cfg: ClusterConfig, port_file: Path, log_file: Path) -> list[str]:
+def server_config(cfg: ClusterConfig) -> ServerConfig:
+    """The hgo-server settings of the run: ``cfg.server``, or built from the cluster's fields.
+
+    Port, port file and round log are the launcher's (set on the command line).
+    """
+    if cfg.server is not None:
+        return cfg.server
     q = cfg.q if cfg.q is not None else cfg.workers
-    argv = [
-        *_module_argv("hgo-server", "hgo_server.cli"),
-        "--port", "0", "--port-file", str(port_file), "--log", str(log_file),
-        "--q", str(q), "--tau", str(cfg.tau), "--rule", cfg.rule,
-        "--f", str(cfg.f if cfg.f is not None else cfg.byzantine),
-        "--rounds", str(cfg.rounds), "--dataset", cfg.dataset, "--partition", cfg.partition,
-        "--algorithm", cfg.algorithm, "--seed", str(cfg.seed), "--eval-every", str(cfg.eval_every),
-        "--min-workers", str(min(q, cfg.workers)), "--num-shards", str(cfg.workers + cfg.late),
-    ]  # fmt: skip
-    optional = (("--v", cfg.v), ("--model", cfg.model), ("--lr", cfg.lr), ("--data-dir", cfg.data_dir))
-    for flag, value in optional:
-        if value is not None:
-            argv += [flag, str(value)]
+    settings: dict[str, Any] = {
+        "q": q, "tau": cfg.tau, "rule": cfg.rule, "f": cfg.f if cfg.f is not None else cfg.byzantine,
+        "rounds": cfg.rounds, "dataset": cfg.dataset, "partition": cfg.partition, "algorithm": cfg.algorithm,
+        "seed": cfg.seed, "eval_every": cfg.eval_every, "min_workers": min(q, cfg.workers),
+        "num_shards": cfg.workers + cfg.late,
+    }  # fmt: skip
+    optional = {"v": cfg.v, "model": cfg.model, "lr": cfg.lr, "data_dir": cfg.data_dir}
+    settings.update({k: (str(v) if isinstance(v, Path) else v) for k, v in optional.items() if v is not None})
     if cfg.hidden is not None and cfg.model in (None, "mlp"):
-        argv += ["--hidden", cfg.hidden]
-    return argv + list(cfg.server_args)
+        settings["hidden"] = cfg.hidden
+    return config.from_mapping(settings)
+
+
+def server_argv(cfg: ClusterConfig, config_file: Path, port_file: Path, log_file: Path) -> list[str]:
+    """hgo-server's command line: the run's settings in ``config_file`` (written by
+    :func:`write_server_config`), the launcher's port and log, then ``cfg.server_args``."""
+    return [
+        *_module_argv("hgo-server", "hgo_server.cli"), "--config", str(config_file),
+        "--port", "0", "--port-file", str(port_file), "--log", str(log_file), *cfg.server_args,
+    ]  # fmt: skip
+
+
+def write_server_config(cfg: ClusterConfig, path: Path) -> Path:
+    """Write the run's :func:`server_config` as an hgo-server ``--config`` TOML file."""
+    path.write_text(config.to_toml(server_config(cfg)), encoding="utf-8")
+    return path
 
 
 def worker_argv(cfg: ClusterConfig, i: int, port: int, profile: str) -> list[str]:
@@ -322,6 +342,21 @@ def plot_metric(records: Sequence[dict[str, Any]], path: Path, title: str) -> Pa
     return path
 
 
+def server_dim(port: int, timeout_s: float = 10.0) -> int | None:
+    """d of the model the server at 127.0.0.1:``port`` trains, from its ``Status`` reply
+    (None when it does not answer, e.g. it requires a token)."""
+    import grpc
+
+    from hgo_common.net.proto import hgo_pb2, hgo_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            reply = hgo_pb2_grpc.HGOStub(channel).Status(hgo_pb2.StatusRequest(), timeout=timeout_s)
+        except grpc.RpcError:
+            return None
+    return int(reply.dim) or None
+
+
 def _wait_port(port_file: Path, server: subprocess.Popen[bytes], log_path: Path, timeout_s: float) -> int:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -394,6 +429,7 @@ def run_cluster(
     stream = stream or sys.stderr
     launch = start or default_launcher(out)
     port_file, log_file = out / "server.port", out / "round_log.jsonl"
+    config_file = write_server_config(cfg, out / "server.toml")
     for stale in (port_file, log_file):
         stale.unlink(missing_ok=True)
     started: list[subprocess.Popen[bytes]] = []
@@ -412,9 +448,10 @@ def run_cluster(
     progress = _Progress(cfg.rounds, stream, cfg.progress)
     t0 = time.monotonic()
     try:
-        server = launch_one(server_argv(cfg, port_file, log_file), "server")
+        server = launch_one(server_argv(cfg, config_file, port_file, log_file), "server")
         server_log = out / "server.log"
         port = _wait_port(port_file, server, server_log, 120.0)
+        dim = server_dim(port)
         for i in range(cfg.workers):
             workers.append(launch_one(worker_argv(cfg, i, port, profs[i]), f"worker-{i}"))
         records: list[dict[str, Any]] = []
@@ -455,8 +492,6 @@ def run_cluster(
     evals = [m for r in records if (m := _metric_of(r)) is not None]
     metric_name, metric = evals[-1] if evals else ("accuracy", math.nan)
     t_last = float(records[-1]["t"]) if records else 0.0
-    found = re.search(r"\bd=(\d+)", _tail(out / "server.log", 1_000_000))
-    dim = int(found.group(1)) if found else None
     title = f"{cfg.algorithm} {cfg.rule} on {cfg.dataset}: {cfg.workers} workers, tau={cfg.tau}"
     result = ClusterResult(
         out=out,
@@ -537,10 +572,10 @@ def check_server_settings(cfg: ClusterConfig) -> None:
     A typo (``--rule mediam``, ``--tau 5h``) then fails before any process starts, with
     the server's own message; raises :class:`hgo_server.config.ConfigError`.
     """
-    from hgo_server.config import parse_args
-
-    argv = server_argv(cfg, Path(cfg.out) / "server.port", Path(cfg.out) / "round_log.jsonl")
-    parse_args(argv[len(_module_argv("hgo-server", "hgo_server.cli")) :])
+    out = Path(cfg.out)
+    config_file = write_server_config(cfg, out / "server.toml")
+    argv = server_argv(cfg, config_file, out / "server.port", out / "round_log.jsonl")
+    config.parse_args(argv[len(_module_argv("hgo-server", "hgo_server.cli")) :])
 
 
 def _tau_text(tau: str) -> str:

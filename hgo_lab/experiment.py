@@ -40,7 +40,8 @@ from typing import Any
 import numpy as np
 
 from hgo_lab import simulator
-from hgo_server.config import parse_duration_ms
+from hgo_server.config import ServerConfig, parse_duration_ms
+from hgo_server.config import from_mapping as server_config_from
 
 # The scenario files ship inside the package (package data), so `hgo-experiment list` and
 # `run fig5` work from any directory after a plain `pip install`.
@@ -418,9 +419,6 @@ def cluster_config(cfg: simulator.SimConfig, out: Path) -> tuple[Any, list[str]]
                 "NOTE: --mode net: Byzantine workers estimate honest gradients from their own shards "
                 "(not omniscient as in the simulator)"
             )
-    server_args = ["--lr-schedule", cfg.lr_schedule, "--l2", str(cfg.l2)]
-    if cfg.max_train is not None:
-        server_args += ["--max-train", str(cfg.max_train)]
     worker_args = ["--budget-policy", cfg.budget_policy, "--rho", str(cfg.rho)]
     mix = cfg.mix if isinstance(cfg.mix, str) else ",".join(str(x) for x in cfg.mix)
     cc = cluster.ClusterConfig(
@@ -429,29 +427,29 @@ def cluster_config(cfg: simulator.SimConfig, out: Path) -> tuple[Any, list[str]]
         byzantine=cfg.f,
         attack=cfg.attack or "foe",
         attack_params=attack_params,
-        rule=cfg.rule,
-        f=cfg.f_rule,
-        q=cfg.q_eff,
-        v=cfg.v,
-        tau="inf" if math.isinf(cfg.tau_ms) else f"{cfg.tau_ms:g}",
-        rounds=cfg.rounds,
-        model=cfg.model,
-        hidden=",".join(str(h) for h in cfg.hidden),
-        dataset=cfg.dataset,
-        data_dir=Path(cfg.data_dir) if cfg.data_dir else None,
-        partition=cfg.partition,
-        algorithm=cfg.algorithm,
-        lr=cfg.lr,
         seed=cfg.seed,
         batch_size=cfg.batch_size,
-        eval_every=cfg.eval_every,
+        rounds=cfg.rounds,
+        dataset=cfg.dataset,
         out=out,
         rates=list(cfg.rates) if cfg.rates is not None else None,
-        server_args=server_args,
         worker_args=worker_args,
         progress=False,
+        server=server_config(cfg),
     )
     return cc, notes
+
+
+def server_config(cfg: simulator.SimConfig) -> ServerConfig:
+    """The hgo-server settings that run the scenario ``cfg`` over the wire (no argv round trip)."""
+    settings: dict[str, Any] = {
+        "q": cfg.q_eff, "v": cfg.v, "tau": cfg.tau_ms, "rule": cfg.rule, "f": cfg.f_rule,
+        "rounds": cfg.rounds, "model": cfg.model, "hidden": list(cfg.hidden), "dataset": cfg.dataset,
+        "data_dir": cfg.data_dir, "max_train": cfg.max_train, "partition": cfg.partition,
+        "algorithm": cfg.algorithm, "lr": cfg.lr, "lr_schedule": cfg.lr_schedule, "l2": cfg.l2,
+        "seed": cfg.seed, "eval_every": cfg.eval_every, "min_workers": cfg.q_eff, "num_shards": cfg.n,
+    }  # fmt: skip
+    return server_config_from({k: v for k, v in settings.items() if v is not None})
 
 
 def run_net(

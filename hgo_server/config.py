@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import re
@@ -296,6 +297,38 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
     for name, value in ns.items():
         settings[name] = _coerce(name, value)
     return resolve(ServerConfig(**settings))
+
+
+def to_toml(cfg: ServerConfig) -> str:
+    """``cfg`` as a TOML ``--config`` file: every setting that differs from the default.
+
+    ``load_toml`` reads it back to the same config (durations as milliseconds). The
+    token is never written: pass it in ``$HGO_TOKEN`` or a token file.
+    """
+    defaults = ServerConfig()
+    lines = ["# hgo-server --config file (hgo_server.config.to_toml)"]
+    for f in dataclasses.fields(ServerConfig):
+        value = getattr(cfg, f.name)
+        if f.name == "token" or value is None or value == getattr(defaults, f.name):
+            continue
+        lines.append(f"{f.name.replace('_', '-')} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            raise ConfigError("a NaN setting cannot be written to TOML")
+        return ("inf" if value > 0 else "-inf") if math.isinf(value) else repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a TOML basic string: JSON's escapes are TOML's
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise ConfigError(f"cannot write {value!r} ({type(value).__name__}) to TOML")
 
 
 def _readable_file(flag: str, path: str | None) -> None:

@@ -2,11 +2,11 @@
 
 Paper §3, Algorithm 1 step 3: worker i returns V_i, its gradient at the first b_i
 coordinates of C_k. On the wire V_i arrives as a stream of chunks
-``(round, offset, values)`` (DESIGN.md §2); this module is the one place that decides
+``(round, offset, values)`` (docs/design.md §2); this module is the one place that decides
 whether a chunk is legal and copies it straight into row i of a float32 buffer, so the
 networked server, the in-process simulator and the fuzz tests share the same rules.
 
-Rules (hgo.proto, CONTRACTS.md "Wire protocol semantics"):
+Rules (hgo.proto, docs/protocol.md "Wire protocol semantics"):
 
 * a chunk must extend the slot's prefix contiguously: ``offset == prefix``
   (``offset < prefix`` is an *overlap*, ``offset > prefix`` a *gap*);

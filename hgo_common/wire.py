@@ -1,4 +1,4 @@
-"""Vector encoding on the wire: raw little-endian float32 bytes (DESIGN.md §2).
+"""Vector encoding on the wire: raw little-endian float32 bytes (docs/design.md §2).
 
 Encoding is one memcpy (``tobytes``), decoding one ``np.frombuffer`` view. The view is
 read-only; callers that must write copy it into their own buffer.

@@ -2,7 +2,7 @@
 
 It starts ``hgo-server`` (``--port 0 --port-file``) and N ``hgo-worker`` processes, each in
 its own process group (``subprocess`` spawns fresh interpreters: no fork of a process with
-live gRPC state, DESIGN.md §8). Hardware profiles come from ``profiles.assign(n, mix)``
+live gRPC state, docs/design.md §8). Hardware profiles come from ``profiles.assign(n, mix)``
 (weak, average, powerful; paper §6), ``--byzantine F`` of the workers (spread evenly over
 the profiles) run ``--attack``. It shows progress from the server's round log, then
 prints a summary (final accuracy or loss, rounds per second, mean prefix per profile) and
@@ -15,7 +15,7 @@ The default run (``make demo`` = ``hgo-run --out runs/demo``) trains a 64-512-10
 τ = 100 ms, s = 32, lr = 1, 300 rounds: by the throttle a weak worker (λ ≈ 500) releases
 ≈ 1,560 coordinates per round (4 % of d), an average one (λ ≈ 10,000) ≈ 31,000 (81 %), a
 powerful one (λ ≈ 50,000) all of them after ≈ 25 ms; the block is the 5th longest
-prefix. On a loaded machine the real prefixes are lower (workers wake late, DESIGN.md §3).
+prefix. On a loaded machine the real prefixes are lower (workers wake late, docs/design.md §3).
 See docs/worker-and-cluster.md for measured figures.
 
 Python API (used by the experiment runner, ``--mode net``)::

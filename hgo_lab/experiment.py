@@ -1,11 +1,11 @@
 """``hgo-experiment``: reproduce the paper's figures 3–8 (Boubouh et al., SRDS 2022, §6).
 
-A *scenario* is a TOML file (``experiments/fig3.toml`` .. ``fig8.toml``) with a shared
+A *scenario* is a TOML file (``hgo_lab/scenarios/fig3.toml`` .. ``fig8.toml``, package data) with a shared
 ``[base]`` configuration (the fields of :class:`hgo_lab.simulator.SimConfig`), one
 ``[[variant]]`` table per curve (its ``label`` plus the fields it changes), a number of
 ``seeds``, and optional ``[quick]`` overrides (a CI-sized version of the same claim)::
 
-    hgo-experiment run fig5                     # experiments/fig5.toml, simulator, all seeds
+    hgo-experiment run fig5                     # the packaged fig5.toml, simulator, all seeds
     hgo-experiment run fig5 --quick --seeds 2   # reduced setting
     hgo-experiment run fig3 --mode net          # real hgo-server + hgo-worker processes
 

@@ -1,4 +1,4 @@
-"""Worker authentication and transport security for the HGO server (DESIGN.md §4).
+"""Worker authentication and transport security for the HGO server (docs/design.md §4).
 
 Threat model: the server is trusted; workers authenticate to join, and an unauthenticated
 client gets nothing and changes nothing. An authenticated worker may still be Byzantine

@@ -1,4 +1,4 @@
-"""Durable, atomic checkpoints of the parameter server's state (DESIGN.md §7).
+"""Durable, atomic checkpoints of the parameter server's state (docs/design.md §7).
 
 A restarted server resumes from the newest checkpoint with the identical model and round
 counter, so a crash costs at most ``--checkpoint-every`` rounds. The paper assumes a

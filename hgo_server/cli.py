@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-# Two OpenBLAS threads collapse when another process is busy (DESIGN.md §8); must be
+# Two OpenBLAS threads collapse when another process is busy (docs/design.md §8); must be
 # set before numpy is imported anywhere in this process.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 

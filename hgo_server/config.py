@@ -6,7 +6,7 @@ file, the file overrides the defaults. Every error names the offending value and
 the allowed range, and is raised as :class:`ConfigError` (a ValueError).
 
 Durations (``--tau``, ``--sgd-timeout``, ``--heartbeat-ms``) share one unit with the
-compute rates, the millisecond (DESIGN.md §3): a bare number is milliseconds
+compute rates, the millisecond (docs/design.md §3): a bare number is milliseconds
 (``60``), and ``250ms``, ``2s``, ``1.5s``, ``2min`` and ``inf`` are accepted too. In
 TOML a duration may be a number (milliseconds) or such a string.
 

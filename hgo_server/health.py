@@ -1,6 +1,6 @@
 """Container health check: ``python -m hgo_server.health``.
 
-Used by the Docker image's ``HEALTHCHECK`` and by Kubernetes probes (DESIGN.md §7).
+Used by the Docker image's ``HEALTHCHECK`` and by Kubernetes probes (docs/design.md §7).
 Two checks, either or both:
 
 * ``--grpc HOST:PORT`` (the default, ``127.0.0.1:$HGO_PORT`` or ``:50051``): call the

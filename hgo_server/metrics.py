@@ -1,4 +1,4 @@
-"""Prometheus metrics of the parameter server (names fixed by CONTRACTS.md).
+"""Prometheus metrics of the parameter server (names fixed by docs/protocol.md).
 
 One :class:`ServerMetrics` per server object, each on its own registry unless told
 otherwise, so several in-process servers (the tests) never share counters. The CLI

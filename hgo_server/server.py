@@ -147,17 +147,21 @@ class Server:
 
     @property
     def last_block(self) -> int:
+        """b_v of the last closed round (0 without quorum)."""
         return self.driver.last_block
 
     @property
     def rounds_without_quorum(self) -> int:
+        """Rounds so far that did not update the model (too few rows for the quorum)."""
         return self.driver.rounds_without_quorum
 
     @property
     def stopping(self) -> bool:
+        """Whether a stop was requested (no new round starts)."""
         return self._stopping
 
     def status(self) -> StatusInfo:
+        """What the ``Status`` call reports about the run."""
         return StatusInfo(
             state=self.state,
             round=self.round,
@@ -247,6 +251,7 @@ class Server:
         return int(np.argmin(self._shard_holders))
 
     def _shard_parts(self, shard: int) -> list[ShardSlice]:
+        """Shard ``shard`` as ShardSlices, encoded once and cached."""
         if shard not in self._shard_cache:
             ds = self.setup.dataset
             idx = self.setup.shards[shard]
@@ -272,6 +277,7 @@ class Server:
         log.info("leave worker=%d reason=%s", sess.worker_id, reason)
 
     def on_heartbeat(self, sess: SessionRecord) -> None:
+        """A Heartbeat from ``sess``: it is alive."""
         sess.last_seen = time.monotonic()
 
     def on_chunk(
@@ -310,6 +316,7 @@ class Server:
             self._maybe_wake()
 
     def _late(self) -> None:
+        """Count a chunk that arrived after its round closed (never fatal)."""
         self.metrics.late_chunks.inc()
         self.reject(collector.LATE)
 
@@ -323,6 +330,7 @@ class Server:
         self._wake.set()
 
     def _maybe_wake(self) -> None:
+        """Early close (Algorithm 1, step 3): end collection once every sampled worker is done."""
         early = self.cfg.early_close or math.isinf(self.cfg.tau)
         if self._round_open and early and self.collector.all_finished():
             self._wake.set()
@@ -421,8 +429,11 @@ class Server:
         self.roundlog.close()
 
     async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
-        # One worker thread: numpy releases the GIL in sorts and matrix products, so
-        # the event loop keeps answering heartbeats while a round aggregates.
+        """Run ``fn`` in the aggregation thread.
+
+        One worker thread: numpy releases the GIL in sorts and matrix products, so the
+        event loop keeps answering heartbeats while a round aggregates.
+        """
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def _evaluate(self) -> dict[str, float]:
@@ -545,6 +556,7 @@ class Server:
     # ------------------------------------------------------------------ checkpoints
 
     async def _save_checkpoint(self, next_round: int) -> None:
+        """Write w_k, the sampling stream and the counters atomically (hgo_server.checkpoint)."""
         ck = self._checkpoint
         assert ck is not None and self.cfg.checkpoint_dir is not None
         state = ck.State(
@@ -562,6 +574,7 @@ class Server:
         log.info("checkpoint round=%d %s", next_round, path)
 
     def _resume(self) -> None:
+        """--resume: continue from the newest valid checkpoint in --checkpoint-dir, if any."""
         ck = self._checkpoint
         assert ck is not None and self.cfg.checkpoint_dir is not None
         try:

@@ -7,7 +7,7 @@ table, :data:`STATUS_CODES`; nothing here knows what a round is.
 
 Also here: :func:`start_server`, the factory that binds (port 0 when asked: tests never
 guess ports) and returns the running server and its port, with the channel options
-that let big models and thousands of streams through (DESIGN.md §8).
+that let big models and thousands of streams through (docs/design.md §8).
 
 Serialize once: the ``Session`` method handler uses a response serializer that passes
 ``bytes`` through, and a round's :class:`~hgo_server.server.Task` caches its
@@ -82,7 +82,7 @@ def channel_options(cfg: ServerConfig) -> list[tuple[str, Any]]:
         ("grpc.max_receive_message_length", receive_limits(cfg)[1]),
         ("grpc.max_send_message_length", max_bytes),
         # Thousands of streams opening at once overflow the default pending-call queue
-        # and come back CANCELLED (DESIGN.md §8); the dotted spelling is the one that works.
+        # and come back CANCELLED (docs/design.md §8); the dotted spelling is the one that works.
         ("grpc.server.max_pending_requests", 65536),
         ("grpc.server.max_pending_requests_hard_limit", 131072),
         # Workers may send keepalive pings on idle streams (between rounds).

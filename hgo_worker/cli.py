@@ -1,4 +1,4 @@
-"""``hgo-worker``: a throttled, streaming HGO worker process (CONTRACTS.md "Worker CLI").
+"""``hgo-worker``: a throttled, streaming HGO worker process (docs/protocol.md "Worker CLI").
 
 Example::
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 
 # One BLAS thread per worker: several workers share the cores, and two OpenBLAS threads
-# collapse as soon as another process is busy (DESIGN.md §8). Must precede numpy's import.
+# collapse as soon as another process is busy (docs/design.md §8). Must precede numpy's import.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse

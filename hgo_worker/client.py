@@ -1,6 +1,6 @@
 """The worker session: connect, join, receive the spec and shard, serve rounds, reconnect.
 
-Protocol (proto/hgo/v1/hgo.proto, CONTRACTS.md "Wire protocol semantics"): one
+Protocol (proto/hgo/v1/hgo.proto, docs/protocol.md "Wire protocol semantics"): one
 long-lived bidirectional ``Session`` stream. The worker sends ``Join``; the server answers
 ``Welcome`` (session id, worker id, TrainingSpec) and, when asked, the shard as
 ``ShardPart``s; then it pushes a ``RoundTask`` per round the worker is sampled into. The
@@ -276,7 +276,7 @@ class Worker:
                 raise Rejected(f"cannot train what the server asks: {exc}") from exc
             self.sessions += 1
             self.metrics.connected(True)
-            await _Session(self, call, *state).run()
+            await WorkerSession(self, call, *state).run()
         except grpc.aio.AioRpcError as exc:
             if exc.code() in FATAL_CODES:
                 raise Rejected(_describe(exc)) from exc
@@ -384,7 +384,7 @@ async def _receive_shard(call: Any, spec: Any) -> tuple[np.ndarray, np.ndarray]:
     return X, labels
 
 
-class _Session:
+class WorkerSession:
     """The three tasks of a welcomed session (reader, writer, heartbeat)."""
 
     def __init__(self, worker: Worker, call: Any, welcome: Any, model: Any, X: np.ndarray, y: np.ndarray):

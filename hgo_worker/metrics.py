@@ -1,8 +1,8 @@
-"""Prometheus metrics of one worker process (names fixed in CONTRACTS.md).
+"""Prometheus metrics of one worker process (names fixed in docs/protocol.md).
 
 Every metric carries a ``profile`` label. prometheus_client is imported only when a
 metrics port is asked for, so a worker without ``--metrics-port`` starts faster
-(DESIGN.md §8), and each ``WorkerMetrics`` owns its registry, so many sessions hosted
+(docs/design.md §8), and each ``WorkerMetrics`` owns its registry, so many sessions hosted
 in one process (bench/bench_network.py) do not collide.
 """
 

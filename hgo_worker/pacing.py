@@ -2,11 +2,11 @@
 
 HGO (Boubouh et al., SRDS 2022, §3 and §4.2) gives worker i a prefix of
 ``b_i = min(λ_i·τ / s_i, d)`` coordinates per round. On the wire that is a *release*
-limit (DESIGN.md §3): by time t into the round the worker never has more than
+limit (docs/design.md §3): by time t into the round the worker never has more than
 ``throttle.released(t, λ_i, s_i, d)`` coordinates out. It may compute faster; a worker
 whose real CPU is slower than λ_i emits less, which is real heterogeneity.
 
-Chunking trades deadline granularity against throughput (DESIGN.md §8: grpc.aio moves
+Chunking trades deadline granularity against throughput (docs/design.md §8: grpc.aio moves
 50–80 MB/s in 4 KiB messages but 0.5–0.8 GB/s in 64 KiB–1 MiB ones). The schedule
 therefore wakes
 

@@ -1,7 +1,7 @@
 """Hostile and malformed worker input against a real in-process server over a real channel.
 
 Every illegal message must end the offending session with its specific gRPC status
-(CONTRACTS.md "Rejections"), be counted in ``hgo_rejected_messages_total{reason}``, and
+(docs/protocol.md "Rejections"), be counted in ``hgo_rejected_messages_total{reason}``, and
 leave the model and the round counter exactly as they were. The honest workers here send
 all-zero gradients, so the model must stay bit-for-bit at w_0 whatever the hostile client
 sends: any hostile value that leaked into an aggregate would move it.

@@ -31,7 +31,7 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "hgo.json"
 DATASOURCES = ROOT / "deploy" / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
 DASH_PROVIDER = ROOT / "deploy" / "grafana" / "provisioning" / "dashboards" / "hgo.yml"
 
-# CONTRACTS.md "Prometheus metric names"
+# docs/protocol.md "Prometheus metric names"
 SERVER_METRICS = {
     "hgo_rounds_total", "hgo_rounds_without_quorum_total", "hgo_round_duration_seconds", "hgo_round",
     "hgo_tau_seconds", "hgo_block_coordinates", "hgo_prefix_coordinates", "hgo_sampled_workers",
@@ -145,7 +145,7 @@ def test_dashboard_is_provisioned_and_covers_every_metric() -> None:
             assert target["datasource"]["uid"] == uid
             used |= _metric_names(target["expr"])
     unknown = used - SERVER_METRICS - WORKER_METRICS
-    assert not unknown, f"dashboard uses metrics outside CONTRACTS.md: {unknown}"
+    assert not unknown, f"dashboard uses metrics outside docs/protocol.md: {unknown}"
     missing = (SERVER_METRICS | WORKER_METRICS) - used
     assert not missing, f"no panel shows {missing}"
     titles = {p["title"] for p in dash["panels"]}

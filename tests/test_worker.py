@@ -679,7 +679,7 @@ async def test_release_by_the_workers_own_clock_never_exceeds_the_throttle() -> 
     from types import SimpleNamespace
 
     from hgo_common.local import RoundGradient
-    from hgo_worker.client import _Session
+    from hgo_worker.client import WorkerSession
     from hgo_worker.metrics import WorkerMetrics
 
     loop = asyncio.get_running_loop()
@@ -696,7 +696,7 @@ async def test_release_by_the_workers_own_clock_never_exceeds_the_throttle() -> 
             t = (loop.time() - t0) * 1000.0
             sent.append((t, msg.chunk.offset, msg.chunk.offset + len(msg.chunk.values) // 4))
 
-    sess = object.__new__(_Session)
+    sess = object.__new__(WorkerSession)
     sess.w = SimpleNamespace(metrics=WorkerMetrics("custom"), trace=None)  # type: ignore[assignment]
     sess.welcome = SimpleNamespace(session_id="s" * 32)
     sess.loop = loop  # type: ignore[misc]

@@ -1,6 +1,6 @@
 """Vectorized building blocks shared by the rules (private).
 
-Layout notes (measured, DESIGN.md §8 and docs/benchmarks.md): sorting short columns
+Layout notes (measured, docs/design.md §8 and docs/benchmarks.md): sorting short columns
 of an (m x k) row-major array is dominated by strided gathers, so
 ``sorted_columns`` transposes cache-sized column tiles into a (k x m) buffer and
 sorts its contiguous rows. Pairwise squared distances come from ONE Gram product

@@ -29,5 +29,5 @@ def median(x: np.ndarray, *, f: int = 0) -> np.ndarray:
     ndarray of shape (k,), float64
     """
     # Sorting cache-sized transposed tiles beats np.median's partition on the
-    # (workers x coordinates) layout by 2-4x (DESIGN.md §8, docs/benchmarks.md).
+    # (workers x coordinates) layout by 2-4x (docs/design.md §8, docs/benchmarks.md).
     return median_of_sorted(sorted_columns(x))

@@ -1,4 +1,4 @@
-"""Byzantine attacks shipped for evaluation, by name (DESIGN.md §4).
+"""Byzantine attacks shipped for evaluation, by name (docs/design.md §4).
 
 Three kinds:
 

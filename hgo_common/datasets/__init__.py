@@ -21,7 +21,7 @@ Pipeline of ``load``:
    ``True``/``False`` force it either way.
 
 Features come out float32 C-contiguous; labels int64 class ids (classification) or
-float64 targets (regression). scikit-learn is imported lazily (DESIGN.md §8).
+float64 targets (regression). scikit-learn is imported lazily (docs/design.md §8).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Datasets that ship inside scikit-learn: zero set-up, no files, no network.
 
 scikit-learn is imported lazily inside each loader (workers must start fast without
-paying for it; DESIGN.md §8). Every loader returns the *full* table ``(X, y)`` with
+paying for it; docs/design.md §8). Every loader returns the *full* table ``(X, y)`` with
 X float64 (n, p) and y int64 class ids or float64 targets; splitting and scaling
 happen in ``hgo_common.datasets.load``.
 

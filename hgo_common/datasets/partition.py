@@ -1,6 +1,6 @@
 """Splitting a training set into worker shards: IID and the usual non-IID schemes.
 
-Paper §6 (Fig. 4) trains on a non-IID split; DESIGN.md §5 asks for both "a few
+Paper §6 (Fig. 4) trains on a non-IID split; docs/design.md §5 asks for both "a few
 classes per worker" and Dirichlet splits. Every scheme is seeded by the ``rng`` it is
 given, puts every index in exactly one shard, and never returns an empty shard: when
 that is impossible (fewer examples than shards, or fewer class pieces than classes)

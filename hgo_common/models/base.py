@@ -1,4 +1,4 @@
-"""The model interface every HGO model implements (CONTRACTS.md, ``hgo_common.models``).
+"""The model interface every HGO model implements (docs/protocol.md, ``hgo_common.models``).
 
 A model is a pure object: it holds no weights, only its shape. The flat parameter
 vector ``w`` of length ``dim`` is what the server updates and what travels on the

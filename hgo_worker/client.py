@@ -45,6 +45,7 @@ import grpc
 import numpy as np
 
 from hgo_common import local, profiles, rounds, wire
+from hgo_common.models import Model
 from hgo_common.net import credentials, protocol
 from hgo_common.net.proto import hgo_pb2, hgo_pb2_grpc
 
@@ -54,6 +55,9 @@ from .metrics import WorkerMetrics
 from .pacing import Schedule
 
 log = logging.getLogger("hgo_worker")
+
+# The Session stream as the worker sees it (typed by grpc-stubs and the generated .pyi).
+SessionCall = grpc.aio.StreamStreamCall[hgo_pb2.WorkerMessage, hgo_pb2.ServerMessage]
 
 CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.max_send_message_length", protocol.MAX_MESSAGE_BYTES),
@@ -266,7 +270,7 @@ class Worker:
         """One session; returns on Stop{done}, raises SessionLost / Rejected otherwise."""
         metadata = credentials.bearer_metadata(self.cfg.token or None)
         channel = self._channel()
-        call: Any = None
+        call: SessionCall | None = None
         try:
             stub = hgo_pb2_grpc.HGOStub(channel)
             call = stub.Session(metadata=metadata)
@@ -286,7 +290,9 @@ class Worker:
                 call.cancel()
             await channel.close(grace=None)
 
-    async def _handshake(self, call: Any) -> tuple[Any, Any, np.ndarray, np.ndarray]:
+    async def _handshake(
+        self, call: SessionCall
+    ) -> tuple[hgo_pb2.Welcome, Model, np.ndarray, np.ndarray]:
         cfg = self.cfg
         own_shard = parse_shard(cfg.shard)
         join = hgo_pb2.Join(
@@ -322,7 +328,7 @@ class Worker:
         )
         return welcome, model, X, y
 
-    def _load_own_shard(self, spec: Any, i: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    def _load_own_shard(self, spec: hgo_pb2.TrainingSpec, i: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         if self._own_data is not None and self._own_data[0] == spec.dataset:
             return self._own_data[1], self._own_data[2]
         from hgo_common import datasets  # imports scikit-learn: only when loading data ourselves
@@ -349,14 +355,14 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-async def _read(call: Any) -> Any:
+async def _read(call: SessionCall) -> hgo_pb2.ServerMessage:
     msg = await call.read()
-    if msg is grpc.aio.EOF:  # type: ignore[attr-defined]
+    if not isinstance(msg, hgo_pb2.ServerMessage):  # grpc.aio.EOF: the stream ended
         raise SessionLost("the server closed the stream")
     return msg
 
 
-async def _receive_shard(call: Any, spec: Any) -> tuple[np.ndarray, np.ndarray]:
+async def _receive_shard(call: SessionCall, spec: hgo_pb2.TrainingSpec) -> tuple[np.ndarray, np.ndarray]:
     """Assemble the ``ShardPart``s (in order, last one flagged) into (X, y)."""
     X: np.ndarray | None = None
     y: np.ndarray | None = None
@@ -387,7 +393,10 @@ async def _receive_shard(call: Any, spec: Any) -> tuple[np.ndarray, np.ndarray]:
 class WorkerSession:
     """The three tasks of a welcomed session (reader, writer, heartbeat)."""
 
-    def __init__(self, worker: Worker, call: Any, welcome: Any, model: Any, X: np.ndarray, y: np.ndarray):
+    def __init__(
+        self, worker: Worker, call: SessionCall, welcome: hgo_pb2.Welcome, model: Model, X: np.ndarray,
+        y: np.ndarray,
+    ) -> None:
         self.w = worker
         self.call = call
         self.welcome = welcome
@@ -398,7 +407,7 @@ class WorkerSession:
         self.heartbeat_s = welcome.heartbeat_ms / 1000.0
         self.loop = asyncio.get_running_loop()
         self.last_recv = self.loop.time()
-        self.out: asyncio.Queue[Any] = asyncio.Queue(maxsize=8)
+        self.out: asyncio.Queue[hgo_pb2.WorkerMessage] = asyncio.Queue(maxsize=8)
         # Rounds only grow within a session (a restarted server means a new session), so
         # two counters replace ever-growing sets of served and closed rounds.
         self.last_served = -1
@@ -487,7 +496,7 @@ class WorkerSession:
             self.current[1].cancel()
             self.current = None
 
-    def _on_task(self, task: Any, received: float) -> None:
+    def _on_task(self, task: hgo_pb2.RoundTask, received: float) -> None:
         if task.round <= self.last_served or task.round <= self.last_closed:
             return  # a duplicate of a round this session already served, or one already closed
         if self.w.trace is not None:
@@ -505,7 +514,7 @@ class WorkerSession:
             # A bug or bad data, not a network problem: say it loudly, keep serving.
             log.error("%s: %s failed", self.w.name, t.get_name(), exc_info=t.exception())
 
-    async def _serve_round(self, task: Any, t0: float) -> None:
+    async def _serve_round(self, task: hgo_pb2.RoundTask, t0: float) -> None:
         """Round ``task.round``: the core's local step, released no faster than the throttle."""
         spec, w = self.spec, self.w
         try:

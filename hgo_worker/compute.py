@@ -13,9 +13,11 @@ from typing import Any
 import numpy as np
 
 from hgo_common import models, order
+from hgo_common.models import Model
+from hgo_common.net.proto import hgo_pb2
 
 
-def model_from_spec(spec: Any) -> Any:
+def model_from_spec(spec: hgo_pb2.TrainingSpec) -> Model:
     """The model a ``TrainingSpec`` describes (checks that its dimension matches ``spec.dim``)."""
     sizes = tuple(int(x) for x in spec.layer_sizes)
     kwargs: dict[str, Any] = {"n_features": int(spec.n_features), "l2": float(spec.l2)}

@@ -225,7 +225,9 @@ def _tail(path: Path, n: int = 3000) -> str:
 def server_config(cfg: ClusterConfig) -> ServerConfig:
     """The hgo-server settings of the run: ``cfg.server``, or built from the cluster's fields.
 
-    Port, port file and round log are the launcher's (set on the command line).
+    Training starts once every initial worker has joined (``--min-workers`` = workers),
+    so the first rounds sample from the whole fleet, not from the fastest starters. Port,
+    port file and round log are the launcher's (set on the command line).
     """
     if cfg.server is not None:
         return cfg.server
@@ -233,7 +235,7 @@ def server_config(cfg: ClusterConfig) -> ServerConfig:
     settings: dict[str, Any] = {
         "q": q, "tau": cfg.tau, "rule": cfg.rule, "f": cfg.f if cfg.f is not None else cfg.byzantine,
         "rounds": cfg.rounds, "dataset": cfg.dataset, "partition": cfg.partition, "algorithm": cfg.algorithm,
-        "seed": cfg.seed, "eval_every": cfg.eval_every, "min_workers": min(q, cfg.workers),
+        "seed": cfg.seed, "eval_every": cfg.eval_every, "min_workers": cfg.workers,
         "num_shards": cfg.workers + cfg.late,
     }  # fmt: skip
     optional = {"v": cfg.v, "model": cfg.model, "lr": cfg.lr, "data_dir": cfg.data_dir}

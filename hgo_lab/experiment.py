@@ -35,7 +35,7 @@ import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -447,7 +447,7 @@ def server_config(cfg: simulator.SimConfig) -> ServerConfig:
         "rounds": cfg.rounds, "model": cfg.model, "hidden": list(cfg.hidden), "dataset": cfg.dataset,
         "data_dir": cfg.data_dir, "max_train": cfg.max_train, "partition": cfg.partition,
         "algorithm": cfg.algorithm, "lr": cfg.lr, "lr_schedule": cfg.lr_schedule, "l2": cfg.l2,
-        "seed": cfg.seed, "eval_every": cfg.eval_every, "min_workers": cfg.q_eff, "num_shards": cfg.n,
+        "seed": cfg.seed, "eval_every": cfg.eval_every, "min_workers": cfg.n, "num_shards": cfg.n,
     }  # fmt: skip
     return server_config_from({k: v for k, v in settings.items() if v is not None})
 
@@ -497,6 +497,71 @@ def reduce_for_net(cfg: simulator.SimConfig, max_workers: int) -> tuple[simulato
     return new, note
 
 
+class Progress:
+    """Progress of a scenario run over its variants x seeds, with an ETA.
+
+    The ETA scales the elapsed time by the rounds still to run (runs of one scenario may
+    have different round counts). On a terminal one line is redrawn every round (``\\r``);
+    otherwise one line per finished run.
+    """
+
+    def __init__(self, name: str, total_runs: int, total_rounds: int, echo: Callable[[str], None],
+                 stream: IO[str] | None = None) -> None:  # fmt: skip
+        self.name, self.total_runs, self.echo = name, total_runs, echo
+        self.total_rounds = max(1, total_rounds)
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.t0 = time.monotonic()
+        self.runs_done = 0
+        self.rounds_done = 0
+        self._in_run = 0
+        self._label = ""
+
+    def start_run(self, label: str) -> None:
+        self._label, self._in_run = label, 0
+
+    def round_done(self, rec: dict[str, Any]) -> None:
+        self._in_run += 1
+        if self.tty:
+            self.stream.write("\r" + self.line() + " ")
+            self.stream.flush()
+
+    def end_run(self, rounds: int, summary: str) -> None:
+        self.runs_done += 1
+        self.rounds_done += rounds
+        self._in_run = 0
+        if self.tty:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+        self.echo(f"[{self.name}] {summary} | {self.line()}")
+
+    def eta_s(self) -> float | None:
+        done = self.rounds_done + self._in_run
+        if done == 0:
+            return None
+        elapsed = time.monotonic() - self.t0
+        return elapsed * (self.total_rounds - done) / done
+
+    def line(self) -> str:
+        done = self.rounds_done + self._in_run
+        eta = self.eta_s()
+        run = min(self.runs_done + (1 if self._in_run else 0), self.total_runs)
+        return (
+            f"run {run}/{self.total_runs} {self._label} | {100.0 * done / self.total_rounds:.0f}% | "
+            f"elapsed {_clock(time.monotonic() - self.t0)} | ETA {'?' if eta is None else _clock(eta)}"
+        )
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _clock(seconds: float) -> str:
+    m, sec = divmod(round(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
+
+
 def run_scenario(
     sc: Scenario,
     out: Path,
@@ -514,15 +579,20 @@ def run_scenario(
     notes: list[str] = []
     max_workers = int(sc.net.get("max_workers", DEFAULT_NET_WORKERS))
     used_data: set[str] = set()
-    t0 = time.monotonic()
+    progress = Progress(
+        sc.name, len(sc.variants) * sc.seeds, sum(v.config.rounds for v in sc.variants) * sc.seeds, echo
+    )
     for var in sc.variants:
         runs[var.label] = []
         for s in range(sc.seeds):
             cfg = simulator.with_overrides(var.config, seed=var.config.seed + s)
             log_path = logs / f"{_slug(var.label)}_seed{s}.jsonl"
             log_path.unlink(missing_ok=True)
+            progress.start_run(f"{var.label} seed {s}")
             if mode == "sim":
-                res = simulator.run(cfg, log_path, warn=lambda m: _note(notes, m, echo))
+                res = simulator.run(
+                    cfg, log_path, warn=lambda m: _note(notes, m, echo), progress=progress.round_done
+                )
                 recs = res.records
                 if res.dataset != cfg.dataset:
                     used_data.add(res.dataset)
@@ -533,10 +603,10 @@ def run_scenario(
                 recs = run_net(cfg, log_path, echo=lambda m: _note(notes, m, echo))
             runs[var.label].append(recs)
             last: dict[str, Any] = next((r for r in reversed(recs) if sc.metric in r), {})
-            echo(
-                f"[{sc.name}] {var.label} seed {s}: {len(recs)} rounds, "
-                f"{sc.metric}={last.get(sc.metric)} t={last.get('t', 0.0):.2f}s "
-                f"({time.monotonic() - t0:.0f}s elapsed)"
+            progress.end_run(
+                cfg.rounds,
+                f"{var.label} seed {s}: {len(recs)} rounds, {sc.metric}={_fmt(last.get(sc.metric))} "
+                f"t={last.get('t', 0.0):.2f}s",
             )
     rows = summarize(runs)
     write_summary(rows, out / "summary.csv")

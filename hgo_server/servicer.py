@@ -227,6 +227,10 @@ class HGOServicer:
                 await context.write(encode(msg))  # bytes: the response serializer passes them through
                 if isinstance(msg, messages.Stop):
                     break
+        except asyncio.CancelledError:
+            if core.stopping:
+                return  # the server is stopping and gRPC cancels the streams still open: not an error
+            raise
         finally:
             reader.cancel()
             core.leave(sess, "stream ended")

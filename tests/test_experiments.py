@@ -342,6 +342,23 @@ def test_net_mode_builds_the_server_config_from_the_scenario(tmp_path: Path) -> 
     assert (srv.q, srv.f, srv.rule, srv.tau, srv.rounds, srv.lr, srv.lr_schedule, srv.l2, srv.max_train) == (
         cfg.q_eff, cfg.f_rule, cfg.rule, cfg.tau_ms, cfg.rounds, cfg.lr, "inv-sqrt-block", 0.01, 500
     )
-    assert (srv.num_shards, srv.min_workers, srv.seed, srv.partition) == (cfg.n, cfg.q_eff, cfg.seed, cfg.partition)
+    assert (srv.num_shards, srv.min_workers, srv.seed, srv.partition) == (cfg.n, cfg.n, cfg.seed, cfg.partition)
     path = cluster.write_server_config(cc, tmp_path / "server.toml")
     assert server_config.resolve(server_config.ServerConfig(**server_config.load_toml(path))) == srv
+
+
+def test_progress_reports_runs_share_and_eta(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    lines: list[str] = []
+    clock = iter([0.0, 10.0, 10.0, 20.0, 20.0])
+    monkeypatch.setattr(experiment.time, "monotonic", lambda: next(clock))
+    prog = experiment.Progress("figX", total_runs=2, total_rounds=40, echo=lines.append, stream=io.StringIO())
+    prog.start_run("a seed 0")
+    for _ in range(10):
+        prog.round_done({})
+    prog.end_run(10, "a seed 0: done")  # 10 of 40 rounds in 10 s: 30 s to go
+    assert lines[-1].startswith("[figX] a seed 0: done | run 1/2 a seed 0 | 25% | elapsed 0:10 | ETA 0:30")
+    prog.start_run("b seed 0")
+    prog.end_run(30, "b seed 0: done")
+    assert "run 2/2" in lines[-1] and "100%" in lines[-1] and "ETA 0:00" in lines[-1]

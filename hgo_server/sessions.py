@@ -57,16 +57,14 @@ class Outbox:
             await self._ready.wait()
         return self._items.popleft()
 
+    def empty(self) -> bool:
+        return not self._items
+
     def get_nowait(self) -> Outgoing:
         if not self._items:
             raise asyncio.QueueEmpty
         return self._items.popleft()
 
-    def qsize(self) -> int:
-        return len(self._items)
-
-    def empty(self) -> bool:
-        return not self._items
 
 
 @dataclass(eq=False)

@@ -89,6 +89,9 @@ class ClusterConfig:
     server: ServerConfig | None = None
     timeout_s: float = 900.0
     progress: bool = True
+    # Device sessions per worker process (hgo-worker --fleet): 1 is one device per process,
+    # as on real hardware; a lab emulating n = 100 devices on one machine packs them.
+    per_process: int = 1
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad value."""
@@ -108,6 +111,8 @@ class ClusterConfig:
             if self.attack not in attacks.names():
                 raise ValueError(f"--attack {self.attack!r}: expected one of {attacks.names()}")
             attacks.parse_params(self.attack_params)  # KEY=VALUE shape; the worker checks the keys
+        if self.per_process < 1:
+            raise ValueError(f"--sessions-per-process must be >= 1, got {self.per_process}")
         if self.late < 0 or self.late_round < 0:
             raise ValueError(f"--late and --late-round must be >= 0, got {self.late}, {self.late_round}")
         for name, lst in (("rates", self.rates), ("profiles", self.profiles)):
@@ -260,22 +265,67 @@ def write_server_config(cfg: ClusterConfig, path: Path) -> Path:
     return path
 
 
-def worker_argv(cfg: ClusterConfig, i: int, port: int, profile: str) -> list[str]:
-    argv = [
-        *_module_argv("hgo-worker", "hgo_worker.cli"),
-        "--server", f"127.0.0.1:{port}", "--profile", profile, "--batch-size", str(cfg.batch_size),
-        "--seed", str(cfg.seed * 1000 + i), "--name", f"w{i}-{profile}", "--reconnect-timeout", "30",
-    ]  # fmt: skip
+def worker_session(cfg: ClusterConfig, i: int, profile: str) -> dict[str, Any]:
+    """Worker i's own settings (an ``hgo-worker --fleet`` entry): name, profile, seed, rate, attack."""
+    sess: dict[str, Any] = {"name": f"w{i}-{profile}", "profile": profile, "seed": cfg.seed * 1000 + i}
     if cfg.rates is not None:
-        argv += ["--rate", str(cfg.rates[i])]
+        sess["rate"] = float(cfg.rates[i])
     if i in cfg.byzantine_indices():
-        argv += ["--byzantine", cfg.attack]
+        from hgo_common import attacks
+
+        items = list(cfg.attack_params)
         if cfg.attack not in ("label-flip", "silent"):
-            n = cfg.workers + cfg.late
-            argv += ["--attack-param", f"n={n}", "--attack-param", f"f={cfg.byzantine}"]
-        for item in cfg.attack_params:
-            argv += ["--attack-param", item]
+            items = [f"n={cfg.workers + cfg.late}", f"f={cfg.byzantine}", *items]
+        sess["byzantine"] = cfg.attack
+        sess["attack_params"] = attacks.parse_params(items)
+    return sess
+
+
+def _common_worker_argv(cfg: ClusterConfig, port: int) -> list[str]:
+    return [
+        *_module_argv("hgo-worker", "hgo_worker.cli"),
+        "--server", f"127.0.0.1:{port}", "--batch-size", str(cfg.batch_size), "--reconnect-timeout", "30",
+    ]  # fmt: skip
+
+
+def worker_argv(cfg: ClusterConfig, i: int, port: int, profile: str) -> list[str]:
+    """One worker process for worker i (the default: one device per process)."""
+    sess = worker_session(cfg, i, profile)
+    argv = [*_common_worker_argv(cfg, port), "--profile", sess["profile"], "--seed", str(sess["seed"]),
+            "--name", sess["name"]]  # fmt: skip
+    if "rate" in sess:
+        argv += ["--rate", str(sess["rate"])]
+    if "byzantine" in sess:
+        argv += ["--byzantine", sess["byzantine"]]
+        for key, value in sess["attack_params"].items():
+            argv += ["--attack-param", f"{key}={value}"]
     return argv + list(cfg.worker_args)
+
+
+def worker_groups(cfg: ClusterConfig, ids: Sequence[int]) -> list[list[int]]:
+    """Workers ``ids`` split into processes of at most ``cfg.per_process`` sessions each."""
+    k = max(1, cfg.per_process)
+    return [list(ids[a : a + k]) for a in range(0, len(ids), k)]
+
+
+def launch_workers(
+    cfg: ClusterConfig, ids: Sequence[int], port: int, profs: Sequence[str], out: Path,
+    launch_one: Callable[[list[str], str], subprocess.Popen[bytes]],
+) -> list[tuple[str, subprocess.Popen[bytes]]]:  # fmt: skip
+    """Start workers ``ids``: one process each, or ``--fleet`` processes of ``per_process``."""
+    started = []
+    for group in worker_groups(cfg, ids):
+        if cfg.per_process <= 1:
+            name = f"worker-{group[0]}"
+            started.append((name, launch_one(worker_argv(cfg, group[0], port, profs[group[0]]), name)))
+            continue
+        from hgo_worker.fleet import write_fleet
+
+        name = f"workers-{group[0]}-{group[-1]}"
+        fleet = write_fleet(out / f"{name}.fleet.json", [worker_session(cfg, i, profs[i]) for i in group])
+        argv = [*_common_worker_argv(cfg, port), "--fleet", str(fleet), *cfg.worker_args]
+        started.append((name, launch_one(argv, name)))
+    return started
 
 
 class _Progress:
@@ -382,7 +432,7 @@ _FATAL_WORKER_CODES = {2: "bad command line", 3: "rejected by the server"}
 
 
 def _check_workers(
-    workers: Sequence[subprocess.Popen[bytes]], out: Path, *, late_pending: bool
+    workers: Sequence[tuple[str, subprocess.Popen[bytes]]], out: Path, *, late_pending: bool
 ) -> None:
     """Fail fast while the server still runs but the workers cannot train.
 
@@ -390,17 +440,17 @@ def _check_workers(
     would leave the server waiting for ``--min-workers`` until ``--timeout``; so would
     every worker having exited without the server's "done".
     """
-    for i, w in enumerate(workers):
+    for name, w in workers:
         code = w.poll()
         if code in _FATAL_WORKER_CODES:
-            log = out / f"worker-{i}.log"
+            log = out / f"{name}.log"
             raise ClusterError(
-                f"worker-{i} exited with code {code} ({_FATAL_WORKER_CODES[code]}); {log}:\n{_tail(log)}"
+                f"{name} exited with code {code} ({_FATAL_WORKER_CODES[code]}); {log}:\n{_tail(log)}"
             )
-    codes = [w.poll() for w in workers]
+    codes = [w.poll() for _, w in workers]
     # Exit 0 means the server said done: it is about to exit too, no error.
     if workers and not late_pending and None not in codes and 0 not in codes:
-        log = out / "worker-0.log"
+        log = out / f"{workers[0][0]}.log"
         raise ClusterError(
             f"every worker exited (codes {codes}) while the server still waits; {log}:\n{_tail(log)}"
         )
@@ -435,7 +485,7 @@ def run_cluster(
     for stale in (port_file, log_file):
         stale.unlink(missing_ok=True)
     started: list[subprocess.Popen[bytes]] = []
-    workers: list[subprocess.Popen[bytes]] = []
+    workers: list[tuple[str, subprocess.Popen[bytes]]] = []
     pids: dict[str, int] = {}
     pid_file = out / "processes.json"
 
@@ -454,8 +504,7 @@ def run_cluster(
         server_log = out / "server.log"
         port = _wait_port(port_file, server, server_log, 120.0)
         dim = server_dim(port)
-        for i in range(cfg.workers):
-            workers.append(launch_one(worker_argv(cfg, i, port, profs[i]), f"worker-{i}"))
+        workers += launch_workers(cfg, range(cfg.workers), port, profs, out, launch_one)
         records: list[dict[str, Any]] = []
         late_started = cfg.late == 0
         while True:
@@ -465,8 +514,8 @@ def run_cluster(
                     progress.update(rec)
                 records = new
             if not late_started and records and int(records[-1]["round"]) + 1 >= cfg.late_round:
-                for j in range(cfg.workers, cfg.workers + cfg.late):
-                    workers.append(launch_one(worker_argv(cfg, j, port, profs[j]), f"worker-{j}"))
+                late_ids = range(cfg.workers, cfg.workers + cfg.late)
+                workers += launch_workers(cfg, late_ids, port, profs, out, launch_one)
                 late_started = True
             if server.poll() is not None:
                 break
@@ -482,12 +531,12 @@ def run_cluster(
         records = roundlog.read(log_file) if log_file.exists() else []
         # Workers leave on Stop{done}; give them a moment, the finally kills stragglers.
         deadline = time.monotonic() + 10.0
-        for w in workers:
+        for _, w in workers:
             try:
                 w.wait(timeout=max(0.05, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 pass
-        codes = [w.poll() for w in workers]
+        codes = [w.poll() for _, w in workers]
     finally:
         _kill_all(started)
     wall = time.monotonic() - t0
@@ -548,6 +597,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"workers' mini-batch size s (default {d.batch_size})")  # fmt: skip
     p.add_argument("--eval-every", type=int, default=d.eval_every,
                    help=f"evaluate every N rounds; 0 = at the end only (default {d.eval_every})")  # fmt: skip
+    p.add_argument("--sessions-per-process", type=int, default=d.per_process, metavar="K",
+                   help="host K worker sessions per hgo-worker process (--fleet), to emulate a large "
+                   "fleet on few cores (default 1: one process per worker)")  # fmt: skip
     p.add_argument("--late", type=int, default=0, help="extra workers joining during training (default 0)")
     p.add_argument("--late-round", type=int, default=0,
                    help="round after which the late workers start (default 0)")  # fmt: skip
@@ -598,6 +650,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=a.seed, batch_size=a.batch_size, eval_every=a.eval_every, out=a.out, late=a.late,
         late_round=a.late_round, server_args=[*a.server_arg, *a.extra_server_args.split()],
         worker_args=a.worker_arg, timeout_s=a.timeout, progress=not a.no_progress,
+        per_process=a.sessions_per_process,
     )  # fmt: skip
     try:
         cfg.validate()

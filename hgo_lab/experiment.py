@@ -16,9 +16,11 @@ number of seeds — and PNG plots of the metric against the round and against (v
 wall) time, mean with a 95 % band.
 
 ``--mode net`` runs each variant x seed through the cluster launcher
-(:mod:`hgo_lab.cluster`), i.e. real processes talking gRPC; the number of workers is
-reduced to the scenario's ``[net] max_workers`` (default 12) when larger, with a printed
-note, because a laptop cannot host 100 worker processes.
+(:mod:`hgo_lab.cluster`), i.e. a real hgo-server and real hgo-worker processes talking
+gRPC, at the scenario's full n and q: the n device sessions are packed into
+``[net] processes`` worker processes (default 4, so n = 100 costs four interpreters, not
+100). A scenario may still cap n with ``[net] max_workers`` (q, f and v are then scaled
+in proportion, with a printed note).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 # In a source checkout, the directory that holds the package (where ../shared sits beside it).
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
 METRICS = ("accuracy", "loss")
-DEFAULT_NET_WORKERS = 12
+DEFAULT_NET_PROCESSES = 4  # worker processes hosting a net-mode run's n sessions
 
 
 # ---------------------------------------------------------------------------------------
@@ -87,7 +89,7 @@ _TOP_KEYS: dict[str, type | tuple[type, ...]] = {
     "base": dict, "quick": dict, "variant": list, "net": dict,
 }  # fmt: skip
 _QUICK_KEYS: dict[str, type | tuple[type, ...]] = {"base": dict, "seeds": int}
-_NET_KEYS: dict[str, type | tuple[type, ...]] = {"max_workers": int}
+_NET_KEYS: dict[str, type | tuple[type, ...]] = {"max_workers": int, "processes": int}
 _TOML_TYPE = {str: "a string", int: "an integer", list: "an array", dict: "a table"}
 
 
@@ -397,7 +399,9 @@ def plot_runs(
 # Running
 
 
-def cluster_config(cfg: simulator.SimConfig, out: Path) -> tuple[Any, list[str]]:
+def cluster_config(
+    cfg: simulator.SimConfig, out: Path, processes: int = DEFAULT_NET_PROCESSES
+) -> tuple[Any, list[str]]:
     """The ``hgo_lab.cluster.ClusterConfig`` that runs ``cfg`` on real processes.
 
     Returns the config and the notes on what the wire cannot reproduce exactly
@@ -436,6 +440,7 @@ def cluster_config(cfg: simulator.SimConfig, out: Path) -> tuple[Any, list[str]]
         worker_args=worker_args,
         progress=False,
         server=server_config(cfg),
+        per_process=max(1, math.ceil(cfg.n / max(1, processes))),
     )
     return cc, notes
 
@@ -458,6 +463,7 @@ def run_net(
     *,
     echo: Callable[[str], None] = print,
     start: Callable[..., Any] | None = None,
+    processes: int = DEFAULT_NET_PROCESSES,
 ) -> list[dict[str, Any]]:
     """Run ``cfg`` as a real local cluster (``hgo-run``'s launcher); copy its round log to ``log_path``.
 
@@ -471,7 +477,7 @@ def run_net(
         echo(f"WARNING: dataset {cfg.dataset!r} not found at {cfg.data_dir}; using the bundled {alt!r}")
         cfg = simulator.with_overrides(cfg, dataset=alt, data_dir=None)
     work = log_path.with_suffix("")
-    cc, notes = cluster_config(cfg, work)
+    cc, notes = cluster_config(cfg, work, processes)
     for note in notes:
         echo(note)
     result = cluster.run_cluster(cc, start=start)
@@ -577,7 +583,8 @@ def run_scenario(
     logs.mkdir(exist_ok=True)
     runs: dict[str, list[list[dict[str, Any]]]] = {}
     notes: list[str] = []
-    max_workers = int(sc.net.get("max_workers", DEFAULT_NET_WORKERS))
+    max_workers = int(sc.net.get("max_workers", 0))
+    processes = int(sc.net.get("processes", DEFAULT_NET_PROCESSES))
     used_data: set[str] = set()
     progress = Progress(
         sc.name, len(sc.variants) * sc.seeds, sum(v.config.rounds for v in sc.variants) * sc.seeds, echo
@@ -597,10 +604,11 @@ def run_scenario(
                 if res.dataset != cfg.dataset:
                     used_data.add(res.dataset)
             else:
-                cfg, note = reduce_for_net(cfg, max_workers)
-                if note:
-                    _note(notes, note, echo)
-                recs = run_net(cfg, log_path, echo=lambda m: _note(notes, m, echo))
+                if max_workers:
+                    cfg, note = reduce_for_net(cfg, max_workers)
+                    if note:
+                        _note(notes, note, echo)
+                recs = run_net(cfg, log_path, echo=lambda m: _note(notes, m, echo), processes=processes)
             runs[var.label].append(recs)
             last: dict[str, Any] = next((r for r in reversed(recs) if sc.metric in r), {})
             progress.end_run(

@@ -30,8 +30,8 @@ from pathlib import Path
 
 from hgo_common import attacks
 
+from . import fleet
 from .client import Worker, WorkerConfig
-from .metrics import WorkerMetrics
 
 
 def _rate(text: str) -> float:
@@ -115,6 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
         "certificate does not name (e.g. --server 127.0.0.1:50051 --tls-server-name hgo-server); "
         "also sent as the :authority (default: the host of --server)",
     )
+    p.add_argument(
+        "--sessions", type=int, default=1, metavar="K",
+        help="host K independent device sessions in this process (a lab emulating a fleet): seeds "
+        "seed+j, names NAME-j, each its own rate draw, shard and throttle (default 1)",
+    )
+    p.add_argument(
+        "--fleet", type=Path, default=None, metavar="FILE",
+        help='JSON {"sessions": [{...}, ...]}: one device session per entry, each overriding this '
+        "command line's settings (keys: " + ", ".join(fleet.FLEET_KEYS) + ")",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log every round")
     return p
 
@@ -172,16 +182,26 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
     )
 
 
-async def _main(worker: Worker) -> int:
+async def _main(workers: Sequence[Worker]) -> int:
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, task.cancel)
     try:
-        return await worker.run()
+        return await fleet.run(workers)
     except asyncio.CancelledError:
         return 130
+
+
+def configs_from_args(args: argparse.Namespace) -> list[WorkerConfig]:
+    """The sessions this process hosts: one, ``--sessions K`` copies, or a ``--fleet`` file's."""
+    base = config_from_args(args)
+    if args.fleet is not None and args.sessions != 1:
+        raise ValueError("--fleet and --sessions are exclusive (a fleet file lists its sessions)")
+    if args.fleet is not None:
+        return fleet.load_fleet(args.fleet, base)
+    return fleet.replicate(base, args.sessions)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -193,17 +213,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        cfg = config_from_args(args)
+        cfgs = configs_from_args(args)
         _check_files(args)
-        metrics = WorkerMetrics(cfg.profile, enabled=cfg.metrics_port is not None)
-        worker = Worker(cfg, metrics=metrics)
+        metrics_port = cfgs[0].metrics_port
+        workers = fleet.build(cfgs, metrics=metrics_port is not None)
     except ValueError as exc:
         parser.error(str(exc))
-    if cfg.metrics_port is not None:
+    if metrics_port is not None:
         try:
-            port = metrics.serve(cfg.metrics_port)
+            if len(workers) == 1:
+                port = workers[0].metrics.serve(metrics_port)
+            else:
+                port = fleet.serve_metrics(workers, metrics_port)
         except OSError as exc:
-            parser.error(f"--metrics-port {cfg.metrics_port}: cannot serve metrics ({exc.strerror or exc})")
+            parser.error(f"--metrics-port {metrics_port}: cannot serve metrics ({exc.strerror or exc})")
         logging.getLogger("hgo_worker").info("metrics on :%d/metrics", port)
     try:
         import uvloop
@@ -212,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError:  # uvloop is optional on platforms without it
         runner = asyncio.Runner()
     with runner:
-        return runner.run(_main(worker))
+        return runner.run(_main(workers))
 
 
 if __name__ == "__main__":

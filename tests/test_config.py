@@ -195,10 +195,8 @@ def test_toml_type_error_names_file_and_key(tmp_path: Path) -> None:
 def test_to_toml_reads_back_to_the_same_config(tmp_path: Path) -> None:
     from hgo_server import config as cfgmod
 
-    cfg = cfgmod.from_mapping(
-        dict(q=7, tau="inf", algorithm="sgd", hidden=[5, 6], data_dir='dir "quoted"\\x', lr=0.25,
-             early_close=False, token="not-written")  # fmt: skip
-    )
+    settings = dict(q=7, tau="inf", algorithm="sgd", hidden=[5, 6], data_dir='dir "quoted"\\x', lr=0.25)
+    cfg = cfgmod.from_mapping({**settings, "early_close": False, "token": "not-written"})
     text = cfgmod.to_toml(cfg)
     assert "not-written" not in text and "tau = inf" in text
     path = tmp_path / "c.toml"

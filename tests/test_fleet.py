@@ -38,7 +38,8 @@ def _wait_exit(proc: subprocess.Popen[bytes], procs: ProcessGroup, timeout: floa
     try:
         return proc.wait(timeout)
     except subprocess.TimeoutExpired:
-        raise AssertionError(f"{proc.args[:3]} still running after {timeout}s:\n{procs.log(proc)[-3000:]}") from None
+        tail = procs.log(proc)[-3000:]
+        raise AssertionError(f"{proc.args[:3]} still running after {timeout}s:\n{tail}") from None
 
 
 def test_fleet_file_hosts_independent_devices(procs: ProcessGroup, tmp_path: Path) -> None:
@@ -65,7 +66,8 @@ def test_fleet_file_hosts_independent_devices(procs: ProcessGroup, tmp_path: Pat
     body = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
     devices = set(re.findall(r'hgo_worker_rate\{[^}]*device="([^"]+)"', body))
     assert devices == {f"dev{i}" for i in range(5)}, body[:2000]
-    rate_of = {d: float(v) for d, v in re.findall(r'hgo_worker_rate\{[^}]*device="([^"]+)"[^}]*\} (\S+)', body)}
+    pattern = r'hgo_worker_rate\{[^}]*device="([^"]+)"[^}]*\} (\S+)'
+    rate_of = {d: float(v) for d, v in re.findall(pattern, body)}
     assert rate_of["dev2"] == 2.0 and rate_of["dev0"] == 0.5
     assert _wait_exit(server, procs, 120) == 0
     assert _wait_exit(worker, procs, 30) == 0

@@ -41,6 +41,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from . import aggregators, order, rounds
+from .deadline import AutoTau, Choice, DeadlinePolicy
 from .rounds import RoundConfig, RoundOutcome
 
 __all__ = [
@@ -115,6 +116,9 @@ class RunSettings:
         Parameter-group sizes for the stratified order.
     round_cfg : RoundConfig
         d, v, rule, f, step size, algorithm.
+    auto_tau : AutoTau, optional
+        ``--tau auto``: τ_k is chosen every round by ``hgo_common.deadline`` (``tau_ms``
+        is then its upper bound).
     """
 
     seed: int
@@ -125,6 +129,7 @@ class RunSettings:
     order_kind: str
     groups: tuple[int, ...]
     round_cfg: RoundConfig
+    auto_tau: AutoTau | None = None
 
 
 @dataclass(frozen=True)
@@ -132,12 +137,17 @@ class RoundPlan:
     """Round k as decided before any work is sent (Algorithm 1, steps 1-2).
 
     ``sampled`` indexes the caller's candidate list (the server: active sessions in
-    worker-id order; the simulator: worker ids 0..n-1), increasing.
+    worker-id order; the simulator: worker ids 0..n-1), increasing; ``ids`` are the sampled
+    workers' ids. ``tau_ms`` is the round's deadline (chosen by the adaptive policy when
+    ``choice`` is set).
     """
 
     k: int
     order_seed: int
     sampled: np.ndarray
+    ids: tuple[int, ...] = ()
+    tau_ms: float = math.inf
+    choice: Choice | None = None
 
 
 @dataclass(frozen=True)
@@ -201,6 +211,11 @@ class RoundDriver:
         self.sample_rng = rounds.sampling_rng(settings.seed)
         self.rounds_without_quorum = 0
         self.last_block = 0
+        self.deadline = (
+            DeadlinePolicy(settings.auto_tau, d, round_quorum(self.round_cfg))
+            if settings.auto_tau is not None
+            else None
+        )
 
     # ------------------------------------------------------------------ schedule
 
@@ -215,16 +230,31 @@ class RoundDriver:
 
     # ------------------------------------------------------------------ steps 1-2
 
-    def begin(self, k: int, n_candidates: int) -> RoundPlan:
-        """Step 2: sample min(q, n_candidates) of the candidates; C_k's seed for round k."""
+    def begin(self, k: int, n_candidates: int, ids: Sequence[int] | None = None) -> RoundPlan:
+        """Step 2: sample min(q, n_candidates) of the candidates; C_k's seed; the deadline τ_k.
+
+        ``ids`` are the candidates' worker ids (default 0..n-1): the adaptive deadline
+        keeps its estimates per worker id.
+        """
         if n_candidates < 0:
             raise ValueError(f"n_candidates must be >= 0, got {n_candidates}")
+        if ids is not None and len(ids) != n_candidates:
+            raise ValueError(f"{len(ids)} ids for {n_candidates} candidates")
         sampled = (
             rounds.sample_workers(self.sample_rng, n_candidates, self.settings.q)
             if n_candidates
             else np.zeros(0, dtype=np.int64)
         )
-        return RoundPlan(k=int(k), order_seed=order.round_seed(self.settings.seed, k), sampled=sampled)
+        chosen = tuple(int(i) if ids is None else int(ids[int(i)]) for i in sampled)
+        choice = self.deadline.choose(chosen) if self.deadline is not None else None
+        return RoundPlan(
+            k=int(k), order_seed=order.round_seed(self.settings.seed, k), sampled=sampled, ids=chosen,
+            tau_ms=choice.tau_ms if choice is not None else self.settings.tau_ms, choice=choice,
+        )  # fmt: skip
+
+    def target_met(self, prefixes: np.ndarray) -> bool:
+        """Adaptive deadline only: the prefixes held now already meet the block target."""
+        return self.deadline is not None and self.deadline.met(prefixes)
 
     def order(self, plan: RoundPlan) -> np.ndarray:
         """Step 1: C_k, the permutation the workers expand from ``plan.order_seed``."""
@@ -234,7 +264,12 @@ class RoundDriver:
     # ------------------------------------------------------------------ steps 4-6
 
     def close(
-        self, plan: RoundPlan, values: np.ndarray, prefixes: np.ndarray, c_k: np.ndarray
+        self,
+        plan: RoundPlan,
+        values: np.ndarray,
+        prefixes: np.ndarray,
+        c_k: np.ndarray,
+        delivered_ms: np.ndarray | None = None,
     ) -> RoundOutcome:
         """Steps 4-6: block, robust aggregation, w_{k+1} = w_k - γ_k AG.
 
@@ -244,7 +279,12 @@ class RoundDriver:
             The round buffer in C_k order (row i valid up to ``prefixes[i]``).
         prefixes : ndarray of shape (q,)
         c_k : ndarray of shape (d,)
+        delivered_ms : ndarray of shape (q,), optional
+            When each row's last value arrived, in ms after the broadcast (the close time
+            for rows that sent nothing): what the adaptive deadline learns from.
         """
+        if self.deadline is not None and delivered_ms is not None:
+            self.deadline.observe(plan.ids, prefixes, delivered_ms)
         outcome = rounds.close_round(
             values, prefixes, c_k, self.round_cfg, rounds.aggregation_rng(self.settings.seed, plan.k)
         )
@@ -277,11 +317,11 @@ class RoundDriver:
         """
         if len(workers) != len(prefixes):
             raise ValueError(f"{len(workers)} worker entries for {len(prefixes)} prefixes")
-        cfg, s = self.round_cfg, self.settings
-        return {
+        cfg = self.round_cfg
+        record: dict[str, Any] = {
             "round": plan.k,
             "t": timing.t_s,
-            "tau_ms": s.tau_ms if math.isfinite(s.tau_ms) else None,
+            "tau_ms": plan.tau_ms if math.isfinite(plan.tau_ms) else None,
             "algorithm": cfg.algorithm,
             "rule": cfg.rule,
             "v": cfg.v,
@@ -298,3 +338,6 @@ class RoundDriver:
             "used": [workers[r].id for r in outcome.used],
             "nonfinite": [] if nonfinite is None else [workers[int(r)].id for r in np.flatnonzero(nonfinite)],
         }
+        if plan.choice is not None and self.settings.auto_tau is not None:
+            record["tau_auto"] = plan.choice.as_record(self.settings.auto_tau.target)
+        return record

@@ -43,6 +43,10 @@ class ServerConfig:
     q: int = 10
     v: int | None = None
     tau: float = 60.0
+    tau_auto: bool = False  # --tau auto: tau_k chosen each round (hgo_common.deadline); tau = --tau-max
+    tau_target: float = 0.5  # --tau auto: target block fraction b_v / d
+    tau_min: float = 10.0
+    tau_max: float = 1000.0
     rule: str = "average"
     f: int = 0
     lr: float = 0.1
@@ -94,9 +98,9 @@ _INT = {
     "port", "q", "v", "f", "rounds", "seed", "min_workers", "eval_every", "metrics_port",
     "max_chunk_values", "num_shards", "checkpoint_every", "max_message_mb", "max_train",
 }  # fmt: skip
-_FLOAT = {"lr", "l2"}
-_DURATION = {"tau", "sgd_timeout", "heartbeat_ms"}
-_BOOL = {"early_close", "resume"}
+_FLOAT = {"lr", "l2", "tau_target"}
+_DURATION = {"tau", "sgd_timeout", "heartbeat_ms", "tau_min", "tau_max"}
+_BOOL = {"early_close", "resume", "tau_auto"}
 _STR = FIELDS - _INT - _FLOAT - _DURATION - _BOOL - {"hidden"}
 
 _DURATION_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|s|sec|min)?\s*$")
@@ -135,8 +139,16 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+TAU_AUTO = math.nan
+"""What ``--tau auto`` is read as until :func:`resolve` sets ``tau_auto`` and ``tau = --tau-max``.
+
+NaN cannot come from any duration a user types (:func:`parse_duration_ms` refuses it)."""
+
+
 def _coerce(name: str, value: object) -> Any:
     """One setting from a flag string or a TOML value to its Python type."""
+    if name == "tau" and isinstance(value, str) and value.strip().lower() == "auto":
+        return TAU_AUTO
     if name in _DURATION:
         return parse_duration_ms(value, name)
     if name in _BOOL:
@@ -237,7 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--port-file", metavar="FILE", help="write the bound port to FILE once serving (default: none)")
     add("--q", help=f"workers sampled per round (default {d.q})")
     add("--v", help="quorum: the block is the v-th longest prefix (default: rounds.default_quorum)")
-    add("--tau", help=f"round deadline tau in ms (a bare number), or 250ms, 2s, inf (default {d.tau:g} ms)")
+    add("--tau", help=f"round deadline tau in ms (a bare number), or 250ms, 2s, inf, or auto: chosen each "
+        f"round to meet --tau-target (default {d.tau:g} ms)")
+    add("--tau-target", help=f"--tau auto: the block fraction b_v/d to reach, in (0, 1] "
+        f"(default {d.tau_target})")
+    add("--tau-min", help=f"--tau auto: the shortest deadline (default {d.tau_min:g} ms)")
+    add("--tau-max", help=f"--tau auto: the longest deadline (default {d.tau_max:g} ms)")
     add("--rule", help=f"aggregation rule, e.g. average, median, nnm+krum (default {d.rule})")
     add("--f", help=f"Byzantine workers the rule must tolerate (default {d.f})")
     add("--lr", help=f"learning rate gamma (default {d.lr})")
@@ -423,6 +440,8 @@ def resolve(cfg: ServerConfig) -> ServerConfig:
     _range(bool(cfg.bind.strip()), f"--bind must be a host or address, got {cfg.bind!r}")
     _range(cfg.q >= 1, f"--q must be >= 1 (workers sampled per round), got {cfg.q}")
     _range(cfg.f >= 0, f"--f must be >= 0, got {cfg.f}")
+    if cfg.tau_auto or math.isnan(cfg.tau):
+        cfg = _resolve_auto_tau(cfg)
     _range(cfg.tau > 0, f"--tau must be > 0 ms (or inf), got {cfg.tau:g}")
     try:
         rule = aggregators.get(cfg.rule)
@@ -494,6 +513,24 @@ def resolve(cfg: ServerConfig) -> ServerConfig:
         raise ConfigError("--token must not be empty")
     _check_data_names(cfg)
     return cfg.replace(v=v, min_workers=min_workers, num_shards=num_shards)
+
+
+def _resolve_auto_tau(cfg: ServerConfig) -> ServerConfig:
+    """``--tau auto``: check the target and bounds; the fixed ``tau`` becomes ``--tau-max``."""
+    _range(
+        0.0 < cfg.tau_target <= 1.0,
+        f"--tau-target is the block fraction b_v/d to reach, in (0, 1]; got {cfg.tau_target}",
+    )
+    _range(
+        0.0 < cfg.tau_min <= cfg.tau_max < math.inf,
+        f"--tau auto needs 0 < --tau-min <= --tau-max < inf (ms), got --tau-min {cfg.tau_min:g} "
+        f"--tau-max {cfg.tau_max:g}",
+    )
+    if cfg.algorithm != "hgo":
+        raise ConfigError(
+            f"--tau auto adapts HGO's deadline; --algorithm {cfg.algorithm} takes a fixed --tau (or inf)"
+        )
+    return cfg.replace(tau=cfg.tau_max, tau_auto=True)
 
 
 def _check_data_names(cfg: ServerConfig) -> None:

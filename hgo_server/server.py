@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from hgo_common import collector, driver, profiles, rounds, wire
+from hgo_common.deadline import AutoTau
 from hgo_common.driver import RoundDriver, RoundPlan, RunSettings, Timing, WorkerEntry
 from hgo_common.net.protocol import PROTOCOL_VERSION
 from hgo_common.roundlog import RoundLog
@@ -106,9 +107,10 @@ class Server:
             lr_schedule=cfg.lr_schedule,
             algorithm=cfg.algorithm,
         )
+        auto = AutoTau(cfg.tau_target, cfg.tau_min, cfg.tau_max) if cfg.tau_auto else None
         settings = RunSettings(
             seed=cfg.seed, rounds=cfg.rounds, eval_every=cfg.eval_every, q=cfg.q, tau_ms=cfg.tau,
-            order_kind=self.spec.order, groups=self.spec.blocks, round_cfg=round_cfg,
+            order_kind=self.spec.order, groups=self.spec.blocks, round_cfg=round_cfg, auto_tau=auto,
         )  # fmt: skip
         self.driver = RoundDriver(settings, self.setup.w0)
         self.collector = collector.RoundCollector(self.d, cfg.max_chunk_values)
@@ -128,8 +130,10 @@ class Server:
         self._t_start = time.monotonic()
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="hgo-agg")
         self._round_open = False
-        self._deadline_hit = False
+        self._deadline_hit = False  # the round's collection was closed by its timer (or target)
         self._t_deadline = 0.0
+        self._closed_by = ""  # "deadline" | "target" | "" (early close or stop)
+        self._last_chunk = np.zeros(0)  # per slot: monotonic time of its last accepted chunk
         self._evaluated_round = -1
         self._checkpointed = -1
         self.roundlog = RoundLog(cfg.log)
@@ -308,24 +312,40 @@ class Server:
             if exc.reason == collector.OVERSIZED:
                 raise ResourceExhausted(exc.reason, str(exc)) from exc
             raise InvalidArgument(exc.reason, str(exc)) from exc
+        if res.accepted:
+            self._last_chunk[sess.slot] = time.monotonic()
         if res.reason == collector.LATE:
             self._late()
         elif res.reason == collector.NON_FINITE:
             self.reject(collector.NON_FINITE)
         if res.finished:
             self._maybe_wake()
+        elif self._target_met_now(res.accepted):
+            self._close_collection("target")
 
     def _late(self) -> None:
         """Count a chunk that arrived after its round closed (never fatal)."""
         self.metrics.late_chunks.inc()
         self.reject(collector.LATE)
 
+    def _target_met_now(self, accepted: int) -> bool:
+        """--tau auto: whether the chunk just stored made the prefixes meet the block target."""
+        if not accepted or not self._round_open or self.driver.deadline is None:
+            return False  # the fixed-τ hot path pays one test
+        return self.driver.target_met(self.collector.prefixes)
+
     def _on_deadline(self) -> None:
         """The round's deadline timer: chunks handled from now on are late."""
+        self._close_collection("deadline")
+
+    def _close_collection(self, why: str) -> None:
+        """Close the collection now (the deadline fired, or ``--tau auto``'s target is met):
+        the block is built from the prefixes held at this instant; later chunks are late."""
         if self._round_open:
             self._round_open = False
             self.collector.close()
             self._deadline_hit = True
+            self._closed_by = why
             self._t_deadline = time.monotonic()
         self._wake.set()
 
@@ -463,14 +483,18 @@ class Server:
         # transport writes it as soon as this coroutine yields. A worker's own clock starts
         # when it reads the task, later by the broadcast and network latency.
         t_sent = time.monotonic()
-        await self._collect()
+        await self._collect(plan.tau_ms)
         prefixes = self.collector.close()
         t_close = self._t_deadline if self._deadline_hit else time.monotonic()
         for sess in sampled:
             sess.send(Closed(k))
         c_k = await c_k_future
         t_agg = time.perf_counter()
-        outcome = await self._in_thread(self.driver.close, plan, self.collector.values, prefixes, c_k)
+        close_ms = (t_close - t_sent) * 1000.0
+        delivered = np.where(prefixes > 0, (self._last_chunk[: len(sampled)] - t_sent) * 1000.0, close_ms)
+        outcome = await self._in_thread(
+            self.driver.close, plan, self.collector.values, prefixes, c_k, delivered
+        )
         self.metrics.aggregation.observe(time.perf_counter() - t_agg)
         if not outcome.quorum:
             self.metrics.rounds_without_quorum.inc()
@@ -478,7 +502,7 @@ class Server:
         timing = Timing(
             t_s=t_close - self._t_start, round_ms=(t_done - t_sent) * 1000.0,
             close_ms=(t_close - t_sent) * 1000.0, prepare_ms=(t_sent - t0) * 1000.0,
-            early_close=not self._deadline_hit and not self._stopping,
+            early_close=(not self._deadline_hit or self._closed_by == "target") and not self._stopping,
         )  # fmt: skip
         workers = [WorkerEntry(s.worker_id, s.profile, s.byzantine) for s in sampled]
         record = self.driver.record(
@@ -499,14 +523,16 @@ class Server:
         """Steps 1-2: the driver samples the active sessions (in worker-id order); the same
         Task (w_k encoded once, C_k's seed) goes to every sampled session's outbox."""
         active = sorted(self.sessions.values(), key=lambda s: s.worker_id)
-        plan = self.driver.begin(k, len(active))
+        plan = self.driver.begin(k, len(active), ids=[s.worker_id for s in active])
         sampled = [active[int(i)] for i in plan.sampled]
         self.round = k
         self.metrics.round.set(k)
+        self.metrics.tau.set(plan.tau_ms / 1000.0)
         self.collector.start(k, len(sampled))
+        self._last_chunk = np.zeros(len(sampled))
         for sess in self.sessions.values():
             sess.slot = None
-        task = Task(k, plan.order_seed, wire.encode(self.driver.w), self.cfg.tau)
+        task = Task(k, plan.order_seed, wire.encode(self.driver.w), plan.tau_ms)
         self._wake.clear()
         self._round_open = True
         for slot, sess in enumerate(sampled):
@@ -515,14 +541,15 @@ class Server:
             sess.send(task)
         return plan, sampled
 
-    async def _collect(self) -> None:
-        """Step 3: let chunks flow into the collector until the deadline τ (or early close).
+    async def _collect(self, tau_ms: float) -> None:
+        """Step 3: let chunks flow into the collector until the deadline τ_k (or early close).
 
         With τ = inf the round waits for every sampled worker, bounded by --sgd-timeout.
         """
         cfg = self.cfg
-        timeout = cfg.tau if math.isfinite(cfg.tau) else cfg.sgd_timeout
+        timeout = tau_ms if math.isfinite(tau_ms) else cfg.sgd_timeout
         self._deadline_hit = False
+        self._closed_by = ""
         deadline = None
         if not self._stopping:
             if math.isfinite(timeout):

@@ -703,9 +703,9 @@ async def test_round_timings_count_from_the_broadcast(
 
     real = RoundDriver.begin
 
-    def slow_sample(self: RoundDriver, k: int, n: int) -> Any:
+    def slow_sample(self: RoundDriver, k: int, n: int, ids: Any = None) -> Any:
         time.sleep(0.8)  # a stand-in for an expensive round set-up
-        return real(self, k, n)
+        return real(self, k, n, ids)
 
     monkeypatch.setattr(RoundDriver, "begin", slow_sample)
     running, port = await serve(q=1, tau="400ms", rounds=1, min_workers=1)

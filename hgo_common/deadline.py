@@ -15,12 +15,15 @@ smoothed over the rounds it was sampled in (an exponential moving average with w
 ``memory`` on the newest round). Round k's deadline, for the sampled workers S_k:
 
     r_(v) = the v-th largest r_i over S_k        (unknown workers: the median of the known)
-    τ_k   = clamp(ceil(target · d) / r_(v), tau_min, tau_max)
+    τ_k   = clamp((1 + headroom) · ceil(target · d) / r_(v), tau_min, tau_max)
 
 since a worker delivering r_i positions per ms holds min(d, r_i·τ) by τ, and b_v(τ) is
 the v-th largest of those. The round also closes as soon as the target is met (the v-th
 longest prefix reaches ``ceil(target · d)``): the block is built from the prefixes held
-then, exactly as at a fixed deadline (:meth:`DeadlinePolicy.met`).
+then, exactly as at a fixed deadline (:meth:`DeadlinePolicy.met`). That early close is why
+the deadline carries ``headroom`` (default 25 %) past the estimate: when the estimate is
+right the round ends at the estimate anyway, and when the v-th worker is a little slower
+this round the target is still met instead of missed by a few coordinates.
 
 Robustness: r_i is computed from worker i's own row only, and τ_k from an order statistic
 of the sampled rows, so a Byzantine worker (any prefix, any timing) moves r_(v) by at most
@@ -38,6 +41,8 @@ import numpy as np
 
 __all__ = ["AutoTau", "Choice", "DeadlinePolicy"]
 
+MIN_DELIVERY_MS = 1e-3  # a delivery timed at 0 ms (the simulator's unthrottled worker) counts as 1 µs
+
 
 @dataclass(frozen=True)
 class AutoTau:
@@ -47,6 +52,7 @@ class AutoTau:
     tau_min: float = 10.0
     tau_max: float = 1000.0
     memory: float = 0.5
+    headroom: float = 0.25
 
     def __post_init__(self) -> None:
         if not 0.0 < self.target <= 1.0:
@@ -58,6 +64,8 @@ class AutoTau:
             )
         if not 0.0 < self.memory <= 1.0:
             raise ValueError(f"tau memory must be in (0, 1], got {self.memory}")
+        if not 0.0 <= self.headroom < math.inf:
+            raise ValueError(f"tau headroom must be a finite fraction >= 0, got {self.headroom}")
 
 
 @dataclass(frozen=True)
@@ -65,7 +73,7 @@ class Choice:
     """Round k's deadline and why: the record's ``tau_ms`` and ``tau_auto`` fields."""
 
     tau_ms: float
-    estimate_ms: float  # target / r_(v) before clamping (inf: no worker known to deliver)
+    estimate_ms: float  # (1 + headroom) target / r_(v) before clamping (inf: none known to deliver)
     reason: str  # "estimate" | "tau-min" | "tau-max" | "no-estimate"
     known: int  # sampled workers with a rate estimate
 
@@ -108,7 +116,7 @@ class DeadlinePolicy:
         rates = np.array([self.rates.get(int(w), prior) for w in workers], dtype=np.float64)
         v = min(self.v, rates.size)
         r_v = float(np.sort(rates)[::-1][v - 1])
-        estimate = self.target_coords / r_v if r_v > 0 else math.inf
+        estimate = (1.0 + self.spec.headroom) * self.target_coords / r_v if r_v > 0 else math.inf
         tau = min(max(estimate, self.spec.tau_min), self.spec.tau_max)
         reason = "estimate"
         if estimate < self.spec.tau_min:
@@ -130,8 +138,8 @@ class DeadlinePolicy:
         came: its rate is then measured as 0)."""
         m = self.spec.memory
         for w, p, t in zip(map(int, workers), np.asarray(prefixes), np.asarray(delivered_ms), strict=True):
-            if not math.isfinite(float(t)) or t <= 0:
+            if not math.isfinite(float(t)) or (t <= 0 and p == 0):
                 continue
-            r = float(p) / float(t)
+            r = float(p) / max(float(t), MIN_DELIVERY_MS)  # all at once (unthrottled): very fast
             old = self.rates.get(w)
             self.rates[w] = r if old is None else (1.0 - m) * old + m * r

@@ -454,6 +454,8 @@ def server_config(cfg: simulator.SimConfig) -> ServerConfig:
         "algorithm": cfg.algorithm, "lr": cfg.lr, "lr_schedule": cfg.lr_schedule, "l2": cfg.l2,
         "seed": cfg.seed, "eval_every": cfg.eval_every, "min_workers": cfg.n, "num_shards": cfg.n,
     }  # fmt: skip
+    if cfg.tau_auto:
+        settings.update(tau="auto", tau_target=cfg.tau_target, tau_min=cfg.tau_min, tau_max=cfg.tau_ms)
     return server_config_from({k: v for k, v in settings.items() if v is not None})
 
 

@@ -68,7 +68,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from hgo_common import rounds, throttle
-from hgo_common.driver import RoundDriver, RunSettings, Timing, WorkerEntry, evaluate
+from hgo_common.deadline import AutoTau
+from hgo_common.driver import RoundDriver, RoundPlan, RunSettings, Timing, WorkerEntry, evaluate
 from hgo_common.roundlog import RoundLog
 
 __all__ = [
@@ -141,6 +142,9 @@ class SimConfig:
     max_train: int | None = None
     test_fraction: float = 0.2
     early_close: bool = False
+    tau_auto: bool = False  # --tau auto: tau_k chosen each round (hgo_common.deadline); tau_ms = its max
+    tau_target: float = 0.5
+    tau_min: float = 10.0
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -164,6 +168,12 @@ class SimConfig:
             raise ValueError(f"tau_ms must be > 0 (or inf), got {self.tau_ms}")
         if math.isinf(self.tau_ms) and self.algorithm == "hgo":
             raise ValueError("hgo needs a finite deadline tau_ms; tau = inf is the sgd baseline")
+        if self.tau_auto:
+            from hgo_common.deadline import AutoTau
+
+            if self.algorithm != "hgo":
+                raise ValueError(f"tau_auto adapts HGO's deadline; {self.algorithm!r} takes a fixed tau")
+            AutoTau(self.tau_target, self.tau_min, self.tau_ms)  # ValueError naming a bad bound
         if self.rates is not None and len(self.rates) != self.n:
             raise ValueError(f"rates must give one rate per worker (n={self.n}), got {len(self.rates)}")
         if self.algorithm not in rounds.ALGORITHMS:
@@ -371,14 +381,17 @@ class Simulation:
             lr_schedule=cfg.lr_schedule,
             algorithm=cfg.algorithm,
         )
+        auto = AutoTau(cfg.tau_target, cfg.tau_min, cfg.tau_ms) if cfg.tau_auto else None
         settings = RunSettings(
             seed=seed, rounds=cfg.rounds, eval_every=cfg.eval_every, q=q, tau_ms=cfg.tau_ms,
-            order_kind=cfg.order, groups=tuple(self.model.groups), round_cfg=round_cfg,
+            order_kind=cfg.order, groups=tuple(self.model.groups), round_cfg=round_cfg, auto_tau=auto,
         )  # fmt: skip
         self.driver = RoundDriver(settings, rounds.initial_weights(self.model, seed))
         self.round_cfg = round_cfg
         self.t_ms = 0.0
         self.k = 0
+        self.close_ms = float(cfg.tau_ms)  # when the current round's collection closed (virtual ms)
+        self.delivered_ms = np.zeros(0)  # per row: when its last value was released
 
     @property
     def w(self) -> np.ndarray:
@@ -387,7 +400,9 @@ class Simulation:
 
     # -- per-worker work ------------------------------------------------------------------
 
-    def work(self, i: int, c_k: np.ndarray, honest: np.ndarray | None = None) -> Any:
+    def work(
+        self, i: int, c_k: np.ndarray, honest: np.ndarray | None = None, tau_ms: float | None = None
+    ) -> Any:
         """Worker i's ``local.local_step`` for round k at w_k (``honest``: omniscient attack)."""
         from hgo_common import local
 
@@ -396,13 +411,16 @@ class Simulation:
         rng = local.round_rng(self.worker_seeds[i], self.k, salt=i)
         byz = self.behaviour if self.byzantine[i] else None
         return local.local_step(
-            self.model, self.driver.w, self.ds.X_train, y, c_k, self.cfg.tau_ms, self.local_cfgs[i], rng,
+            self.model, self.driver.w, self.ds.X_train, y, c_k, self.cfg.tau_ms if tau_ms is None else tau_ms,
+            self.local_cfgs[i], rng,
             byzantine=byz, honest=honest, rows=self.shards[i],
         )  # fmt: skip
 
     # -- one round ------------------------------------------------------------------------
 
-    def fill_round(self, sampled: np.ndarray, c_k: np.ndarray) -> tuple[RoundBuffer, list[float]]:
+    def fill_round(
+        self, sampled: np.ndarray, c_k: np.ndarray, plan: RoundPlan | None = None
+    ) -> tuple[RoundBuffer, list[float]]:
         """Every sampled worker's delivery for w_k, in a round buffer; and each one's finish time.
 
         Parameters
@@ -410,6 +428,9 @@ class Simulation:
         sampled : ndarray of shape (q,)
             Worker ids, row i of the buffer belongs to ``sampled[i]``.
         c_k : ndarray of shape (d,)
+        plan : RoundPlan, optional
+            The round's plan; with ``--tau auto`` its τ_k, and the round closes as soon as
+            the block target is met (the prefixes are those released by then).
 
         Returns
         -------
@@ -417,8 +438,8 @@ class Simulation:
         done_ms : list of float
             Virtual time at which each row has released everything it planned.
         """
-        buf = RoundBuffer(sampled.size, self.d, self.k)
-        done_ms = [0.0] * sampled.size
+        tau = self.cfg.tau_ms if plan is None else plan.tau_ms
+        works: list[Any] = [None] * sampled.size
         honest_rows = [r for r, i in enumerate(sampled) if not self.byzantine[i]]
         byz_rows = [r for r, i in enumerate(sampled) if self.byzantine[i]]
         needs_honest = (
@@ -427,17 +448,39 @@ class Simulation:
         )  # fmt: skip
         full: list[np.ndarray] = []
         for r in honest_rows:
-            work = self.work(int(sampled[r]), c_k)
-            buf.put(r, work.source.ensure_all(work.limit))
-            done_ms[r] = self._full_time(int(sampled[r]), work)
+            works[r] = self.work(int(sampled[r]), c_k, tau_ms=tau)
             if needs_honest:
-                full.append(work.source.full())
+                full.append(works[r].source.full())
         honest = np.stack(full) if full else None
         for r in byz_rows:
-            work = self.work(int(sampled[r]), c_k, honest=honest)
-            buf.put(r, work.source.ensure_all(work.limit))
-            done_ms[r] = self._full_time(int(sampled[r]), work)
-        return buf, done_ms
+            works[r] = self.work(int(sampled[r]), c_k, honest=honest, tau_ms=tau)
+        self.close_ms = self._target_close_ms(works, tau)
+        buf = RoundBuffer(sampled.size, self.d, self.k)
+        self.delivered_ms = np.zeros(sampled.size)
+        for r, work in enumerate(works):
+            p = self._released_by(work, self.close_ms)
+            buf.put(r, work.source.ensure_all(p))
+            self.delivered_ms[r] = self._release_ms(work, p) if p else self.close_ms
+        return buf, [self._full_time(int(i), w) for i, w in zip(sampled, works, strict=True)]
+
+    def _released_by(self, work: Any, t_ms: float) -> int:
+        """What ``work`` has released ``t_ms`` into the round (all it plans, at or after τ)."""
+        if work.rate <= 0 or (t_ms >= self.cfg.tau_ms and self.driver.deadline is None):
+            return int(work.limit)
+        return min(int(work.limit), throttle.released(t_ms, work.rate, work.batch_size, self.d))
+
+    def _release_ms(self, work: Any, n: int) -> float:
+        return 0.0 if work.rate <= 0 else throttle.release_time_ms(n, work.rate, work.batch_size)
+
+    def _target_close_ms(self, works: Sequence[Any], tau: float) -> float:
+        """--tau auto: the instant the v-th fastest row reaches the block target (τ_k at the latest)."""
+        policy = self.driver.deadline
+        if policy is None or not works:
+            return tau
+        need = policy.target_coords
+        times = sorted(self._release_ms(w, need) if w.limit >= need else math.inf for w in works)
+        v = min(policy.v, len(times))
+        return min(tau, times[v - 1])
 
     def _full_time(self, i: int, work: Any) -> float:
         """When worker i has delivered everything it can: an honest worker's full gradient
@@ -450,7 +493,7 @@ class Simulation:
 
     def round_time_ms(self, done_ms: Sequence[float], prefixes: np.ndarray, nonfinite: np.ndarray) -> float:
         """Virtual duration of the round (see the module docstring)."""
-        tau = float(self.cfg.tau_ms)
+        tau = float(self.close_ms)
         if math.isfinite(tau) and not self.cfg.early_close:
             return tau
         if math.isfinite(tau) and not bool(np.all((prefixes >= self.d) | nonfinite)):
@@ -462,9 +505,9 @@ class Simulation:
         drv, k = self.driver, self.k
         plan = drv.begin(k, self.cfg.n)
         c_k = drv.order(plan)
-        buf, done_ms = self.fill_round(plan.sampled, c_k)
+        buf, done_ms = self.fill_round(plan.sampled, c_k, plan)
         prefixes = buf.close()
-        outcome = drv.close(plan, buf.values, prefixes, c_k)
+        outcome = drv.close(plan, buf.values, prefixes, c_k, self.delivered_ms)
         dt = self.round_time_ms(done_ms, prefixes, buf.nonfinite)
         self.t_ms += dt
         self.k += 1
@@ -473,7 +516,7 @@ class Simulation:
         ]
         timing = Timing(
             t_s=self.t_ms / 1000.0, round_ms=dt, close_ms=dt,
-            early_close=math.isfinite(self.cfg.tau_ms) and dt < self.cfg.tau_ms,
+            early_close=math.isfinite(plan.tau_ms) and dt < plan.tau_ms,
         )  # fmt: skip
         return drv.record(plan, outcome, prefixes, workers, timing, nonfinite=buf.nonfinite)
 

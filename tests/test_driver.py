@@ -42,7 +42,10 @@ def scripted(k: int, worker: int, w32: np.ndarray, c_k: np.ndarray) -> np.ndarra
 class ScriptedSimulation(Simulation):
     """The simulator with the scripted deliveries in place of ``local.local_step``."""
 
-    def fill_round(self, sampled: np.ndarray, c_k: np.ndarray) -> tuple[RoundBuffer, list[float]]:
+    def fill_round(
+        self, sampled: np.ndarray, c_k: np.ndarray, plan: Any = None
+    ) -> tuple[RoundBuffer, list[float]]:
+        self.close_ms, self.delivered_ms = self.cfg.tau_ms, np.full(sampled.size, self.cfg.tau_ms)
         buf = RoundBuffer(sampled.size, self.d, self.k)
         w32 = self.driver.w.astype(np.float32)
         for row, i in enumerate(sampled):

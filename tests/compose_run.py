@@ -5,8 +5,8 @@ engine would do, done by hand:
 
 * interpolate ``${VAR}``, ``${VAR:-default}``, ``${VAR-default}``, ``${VAR:?message}`` and
   ``$$`` with the given environment (Compose interpolation rules), then parse the YAML;
-* take each service's argv as the image's ENTRYPOINT (read from the Dockerfile stage the
-  service builds) followed by the service's ``command``, and its ``environment``;
+* take each service's argv as its ``entrypoint`` (else the ENTRYPOINT of the Dockerfile
+  stage it builds) followed by its ``command``, and its ``environment``;
 * start ``deploy.replicas`` instances of each service, each in its own network namespace
   (``ip netns`` + a veth pair into one bridge, like Compose's default network) when the
   machine allows it (root and ``ip``), else on loopback;
@@ -116,9 +116,13 @@ def dockerfile_stages(path: Path = DOCKERFILE) -> dict[str, dict[str, Any]]:
 
 
 def service_argv(service: Mapping[str, Any], stages: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """ENTRYPOINT of the service's build target followed by its ``command`` (or the image CMD)."""
-    target = service["build"]["target"]
-    stage = stages[target]
+    """The service's ``entrypoint`` (else its build target's ENTRYPOINT) and ``command`` (else CMD).
+
+    docker-compose.yml builds one image (the server service's build target) and every HGO
+    service names its own entrypoint; a service without ``build`` runs that image.
+    """
+    target = (service.get("build") or {}).get("target")
+    stage = stages[target] if target else {}
     entry = list(service.get("entrypoint") or stage.get("ENTRYPOINT") or [])
     command = service.get("command")
     if command is None:

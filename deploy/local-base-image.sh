@@ -93,6 +93,6 @@ echo "imported $tag ($(docker image inspect --format '{{.Size}}' "$tag" | awk '{
 docker run --rm "$tag" python -c 'import ssl, sys, venv; print("python", sys.version.split()[0])'
 
 if [ -n "$prometheus" ]; then
-    docker build --quiet -f "$here/prometheus.Dockerfile" --build-arg "BASE_IMAGE=$tag" -t "$prometheus" "$here" >/dev/null
+    docker build --quiet --force-rm -f "$here/prometheus.Dockerfile" --build-arg "BASE_IMAGE=$tag" -t "$prometheus" "$here" >/dev/null
     echo "built $prometheus ($(docker image inspect --format '{{.Size}}' "$prometheus" | awk '{printf "%.0f MB", $1/1e6}'))"
 fi

@@ -8,18 +8,18 @@
 # is the one docker-compose.yml gives prom/prometheus (same flags).
 ARG BASE_IMAGE=hgo-python:bookworm-local
 FROM ${BASE_IMAGE}
-# The prometheus user is made first with a fixed id (the package's postinst keeps an
-# existing system user), so USER can be numeric.
+# The prometheus user is made first with a fixed system id (the postinst keeps an existing
+# system user, uid 100-999), so USER can be numeric.
 # hadolint ignore=DL3008
-RUN groupadd --system --gid 10090 prometheus \
-    && useradd --system --uid 10090 --gid prometheus --home-dir /var/lib/prometheus --no-create-home \
+RUN groupadd --system --gid 990 prometheus \
+    && useradd --system --uid 990 --gid prometheus --home-dir /var/lib/prometheus --no-create-home \
         --shell /usr/sbin/nologin prometheus \
     && apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus \
     && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb \
     && mkdir -p /prometheus \
     && chown prometheus:prometheus /prometheus
-USER 10090:10090
+USER 990:990
 WORKDIR /prometheus
 EXPOSE 9090
 ENTRYPOINT ["/usr/bin/prometheus"]

@@ -167,7 +167,7 @@ def images() -> Iterator[Images]:
         tagged.append(imgs.hgo)
         t0 = time.monotonic()
         with Compose(imgs, "build") as c:
-            c.run("build", "server", timeout=900)
+            c.run("build", "--force-rm", "server", timeout=900)  # no container left by a failed step
         imgs.build_seconds = time.monotonic() - t0
         print(
             f"built {imgs.hgo}: {_size_mb(imgs.hgo):.0f} MB in {imgs.build_seconds:.0f} s "
@@ -306,8 +306,9 @@ def test_images_build_and_hold_only_the_runtime(images: Images) -> None:
                     "docker",
                     "build",
                     "--quiet",
+                    "--force-rm",
                     "-f",
-                    "deploy/Dockerfile",
+                    str(ROOT / "deploy" / "Dockerfile"),
                     "--target",
                     target,
                     "-t",

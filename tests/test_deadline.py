@@ -119,12 +119,14 @@ def test_server_tau_auto_over_the_wire(procs: ProcessGroup, tmp_path: Path) -> N
     log = tmp_path / "rounds.jsonl"
     server = procs.start([
         *console("hgo-server"), "--port", str(port), "--dataset", "breast-cancer", "--model", "logistic",
-        "--q", "8", "--v", "4", "--tau", "auto", "--tau-target", "0.5", "--tau-min", "20ms", "--tau-max", "2s",
+        "--q", "8", "--v", "4", "--tau", "auto", "--tau-target", "0.5", "--tau-min", "20ms",
+        "--tau-max", "2s",
         "--rounds", "25", "--eval-every", "0", "--min-workers", "8", "--num-shards", "8", "--log", str(log),
         "--no-early-close",
     ], name="server")  # fmt: skip
     fleet = tmp_path / "fleet.json"
-    fleet.write_text(json.dumps({"sessions": [{"rate": r, "seed": i, "name": f"d{i}"} for i, r in enumerate(rates)]}))
+    sessions = [{"rate": r, "seed": i, "name": f"d{i}"} for i, r in enumerate(rates)]
+    fleet.write_text(json.dumps({"sessions": sessions}))
     worker = procs.start([*console("hgo-worker"), "--server", f"127.0.0.1:{port}", "--fleet", str(fleet)],
                          name="fleet")  # fmt: skip
     try:

@@ -15,6 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from hgo_common import roundlog, throttle
@@ -45,7 +46,7 @@ def _wait_exit(proc: subprocess.Popen[bytes], procs: ProcessGroup, timeout: floa
 def test_fleet_file_hosts_independent_devices(procs: ProcessGroup, tmp_path: Path) -> None:
     rates = [0.5, 1.0, 2.0, 4.0, 0.0]  # prefixes by tau: 3, 6, 12, 25 of 31, and all
     port = free_port()
-    server = _server(procs, port, tmp_path, len(rates), rounds=12)
+    server = _server(procs, port, tmp_path, len(rates), rounds=40)
     fleet = tmp_path / "fleet.json"
     fleet.write_text(json.dumps({"sessions": [
         {"name": f"dev{i}", "rate": r, "seed": 100 + i, "profile": "weak" if r and r < 2 else "powerful"}
@@ -62,7 +63,9 @@ def test_fleet_file_hosts_independent_devices(procs: ProcessGroup, tmp_path: Pat
         text = procs.log(worker)
     assert m is not None, text
     metrics_url = f"http://127.0.0.1:{m.group(1)}/metrics"
-    time.sleep(3)  # a few rounds
+    log = tmp_path / "rounds.jsonl"
+    while len(roundlog.read(log) if log.exists() else []) < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)  # a few rounds in, mid-run
     body = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
     devices = set(re.findall(r'hgo_worker_rate\{[^}]*device="([^"]+)"', body))
     assert devices == {f"dev{i}" for i in range(5)}, body[:2000]
@@ -72,16 +75,18 @@ def test_fleet_file_hosts_independent_devices(procs: ProcessGroup, tmp_path: Pat
     assert _wait_exit(server, procs, 120) == 0
     assert _wait_exit(worker, procs, 30) == 0
     records = roundlog.read(tmp_path / "rounds.jsonl")
-    assert len(records) == 12 and all(len(r["workers"]) == 5 for r in records)
+    assert len(records) == 40 and all(len(r["workers"]) == 5 for r in records)
     ids = {w["id"] for r in records for w in r["workers"]}
     assert len(ids) == 5  # five sessions, five workers to the server
     mean = {}
     for wid in ids:
-        mean[wid] = sum(w["prefix"] for r in records[2:] for w in r["workers"] if w["id"] == wid) / 10
+        mean[wid] = float(np.median([w["prefix"] for r in records[2:] for w in r["workers"] if w["id"] == wid]))
     expected = sorted(throttle.expected_prefix(r, TAU, 32, D) for r in rates)
     got = sorted(mean.values())
+    assert len(set(got)) == 5, got  # five distinct rates, five distinct prefixes
     for e, g in zip(expected, got, strict=True):
-        assert abs(g - e) <= max(2.0, 0.25 * e), (expected, got)
+        # never more than the throttle allows; less only by what a busy machine delays a wake-up
+        assert e - max(2.0, 0.5 * e) <= g <= e + 1, (expected, got)
 
 
 def test_sessions_k_each_draws_its_own_rate(procs: ProcessGroup, tmp_path: Path) -> None:

@@ -80,7 +80,8 @@ def test_fleet_file_hosts_independent_devices(procs: ProcessGroup, tmp_path: Pat
     assert len(ids) == 5  # five sessions, five workers to the server
     mean = {}
     for wid in ids:
-        mean[wid] = float(np.median([w["prefix"] for r in records[2:] for w in r["workers"] if w["id"] == wid]))
+        prefixes = [w["prefix"] for r in records[2:] for w in r["workers"] if w["id"] == wid]
+        mean[wid] = float(np.median(prefixes))
     expected = sorted(throttle.expected_prefix(r, TAU, 32, D) for r in rates)
     got = sorted(mean.values())
     assert len(set(got)) == 5, got  # five distinct rates, five distinct prefixes

@@ -23,7 +23,7 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, ServerConfig, check_paths, parse_args
+from .config import ConfigError, ServerConfig, check_paths, load_token, parse_args
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:
@@ -40,13 +40,15 @@ async def amain(cfg: ServerConfig) -> int:
     from .metrics import ServerMetrics
     from .servicer import start_server
 
-    metrics = ServerMetrics.default()
+    metrics = ServerMetrics.default(cfg.tau)
     if cfg.metrics_port is not None:
+        addr = cfg.metrics_bind or cfg.bind
         try:
-            metrics.serve(cfg.metrics_port)
+            metrics.serve(cfg.metrics_port, addr)
         except OSError as exc:
             raise ConfigError(
-                f"--metrics-port {cfg.metrics_port}: cannot serve metrics ({exc.strerror or exc})"
+                f"--metrics-bind {addr} --metrics-port {cfg.metrics_port}: cannot serve metrics "
+                f"({exc.strerror or exc})"
             ) from None
     running, port = await start_server(cfg, metrics=metrics)
     loop = asyncio.get_running_loop()
@@ -83,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = parse_args(argv)
         check_paths(cfg)
+        cfg = load_token(cfg)
         return _run(amain(cfg))
     except ConfigError as exc:
         print(f"hgo-server: error: {exc}", file=sys.stderr, flush=True)

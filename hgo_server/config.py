@@ -64,6 +64,7 @@ class ServerConfig:
     eval_every: int = 10
     log: str | None = None
     metrics_port: int | None = None
+    metrics_bind: str | None = None  # None: the same address as --bind
     hidden: tuple[int, ...] = (30,)
     l2: float | None = None  # None: the model's own default (svm 1e-4, others 0)
     max_chunk_values: int = 16384
@@ -75,6 +76,7 @@ class ServerConfig:
     checkpoint_every: int = 10
     resume: bool = False
     token: str | None = field(default=None, repr=False)
+    token_file: str | None = None
     tokens_file: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -278,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--log", metavar="FILE", help="per-round JSON-lines log; an existing file is appended to, "
         "never truncated (default: none)")  # fmt: skip
     add("--metrics-port", help="serve Prometheus metrics on this port (default: off)")
+    add("--metrics-bind", metavar="ADDR", help="address of the metrics endpoint (default: --bind's)")
     add("--max-chunk-values", help=f"most float32 values per gradient chunk (default {d.max_chunk_values})")
     add("--sgd-timeout", help="hard round timeout for sgd with tau=inf: ms, or 2s, 2min (default 60s)")
     add("--early-close", action=argparse.BooleanOptionalAction,
@@ -292,7 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--checkpoint-dir", metavar="DIR", help="write checkpoints here (default: no checkpoints)")
     add("--checkpoint-every", help=f"checkpoint every N rounds (default {d.checkpoint_every})")
     add("--resume", action="store_true", help="resume from the latest checkpoint in --checkpoint-dir")
-    add("--token", help="require this bearer token from workers")
+    add("--token", help="require this bearer token from workers (visible in ps: prefer --token-file "
+        "or $HGO_TOKEN)")  # fmt: skip
+    add("--token-file", metavar="FILE",
+        help="require the bearer token in FILE (one line; default: $HGO_TOKEN when set, else no token)")
     add("--tokens-file", metavar="FILE", help="require one of the tokens in FILE")
     add("--tls-cert", metavar="FILE", help="server certificate (PEM)")
     add("--tls-key", metavar="FILE", help="server private key (PEM)")
@@ -384,6 +390,7 @@ def check_paths(cfg: ServerConfig) -> None:
     """
     for flag, value in (
         ("--tokens-file", cfg.tokens_file),
+        ("--token-file", cfg.token_file),
         ("--tls-cert", cfg.tls_cert),
         ("--tls-key", cfg.tls_key),
         ("--tls-ca", cfg.tls_ca),
@@ -408,6 +415,30 @@ def check_paths(cfg: ServerConfig) -> None:
         if ck.exists() and not ck.is_dir():
             raise ConfigError(f"--checkpoint-dir: {cfg.checkpoint_dir!r} exists and is not a directory")
         _writable_dir("--checkpoint-dir", ck, cfg.checkpoint_dir)
+
+
+def load_token(cfg: ServerConfig, env: Mapping[str, str] | None = None) -> ServerConfig:
+    """The config with its shared token read from ``--token``, ``--token-file`` or ``$HGO_TOKEN``.
+
+    Called by the CLI after :func:`check_paths`. The token must not be a placeholder
+    committed to the repository nor shorter than 16 bytes (ConfigError saying how to make
+    one). Without any of the three the server runs without a shared token (``--tokens-file``
+    and TLS still apply).
+    """
+    from hgo_common.net import credentials
+
+    source = (
+        "--token" if cfg.token is not None
+        else f"--token-file {cfg.token_file!r}" if cfg.token_file is not None
+        else f"${credentials.TOKEN_ENV}"
+    )  # fmt: skip
+    try:
+        token = credentials.resolve_token(cfg.token, cfg.token_file, env)
+        if token is not None:
+            credentials.check_token(token, source)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return cfg.replace(token=token)
 
 
 def from_mapping(settings: Mapping[str, Any]) -> ServerConfig:
@@ -479,6 +510,8 @@ def resolve(cfg: ServerConfig) -> ServerConfig:
         _range(
             0 <= cfg.metrics_port <= 65535, f"--metrics-port must be in [0, 65535], got {cfg.metrics_port}"
         )
+    if cfg.metrics_bind is not None:
+        _range(bool(cfg.metrics_bind.strip()), f"--metrics-bind must be a host or address, got {cfg.metrics_bind!r}")
     _range(
         bool(cfg.hidden) and all(h >= 1 for h in cfg.hidden),
         f"--hidden must be positive layer widths, got {list(cfg.hidden)}",
@@ -511,6 +544,8 @@ def resolve(cfg: ServerConfig) -> ServerConfig:
         raise ConfigError(f"--tls-ca {cfg.tls_ca!r} (mutual TLS) needs --tls-cert and --tls-key")
     if cfg.token is not None and not cfg.token.strip():
         raise ConfigError("--token must not be empty")
+    if cfg.token is not None and cfg.token_file is not None:
+        raise ConfigError("--token and --token-file are two sources of one token; give one of them")
     _check_data_names(cfg)
     return cfg.replace(v=v, min_workers=min_workers, num_shards=num_shards)
 

@@ -1,17 +1,22 @@
 """Container health check: ``python -m hgo_server.health``.
 
-Used by the Docker image's ``HEALTHCHECK`` and by Kubernetes probes (docs/design.md §7).
+Used by the Docker image's ``HEALTHCHECK`` and by the Kubernetes TLS overlay's exec probes
+(the kubelet's native gRPC probe speaks plaintext only; the base manifests use that one;
+docs/design.md §7).
 Two checks, either or both:
 
-* ``--grpc HOST:PORT`` (the default, ``127.0.0.1:$HGO_PORT`` or ``:50051``): call the
-  server's ``Status`` rpc. The server is healthy when it answers, with a reply or with
-  ``UNAUTHENTICATED`` (a live server that has tokens configured and was not given one:
-  it still answered, which is what liveness means). Anything else — refused
-  connection, deadline, internal error — is unhealthy.
+* ``--grpc HOST:PORT`` (the default, ``127.0.0.1:$HGO_PORT`` or ``:50051``): the standard
+  ``grpc.health.v1.Health/Check`` of ``--service`` (default ``""``, the whole server;
+  ``hgo.v1.HGO`` is SERVING only while the server accepts workers, see
+  ``hgo_server.health_service``). Healthy when the answer is SERVING. With ``--status``
+  the server's own ``Status`` rpc is called instead (it needs the token; ``UNAUTHENTICATED``
+  still counts as alive: the server answered) and its state and round are printed.
+  Anything else — refused connection, deadline, NOT_SERVING, internal error — is unhealthy.
 * ``--http URL``: GET a Prometheus endpoint (a worker's ``/metrics``); healthy on HTTP
   200 with at least one ``hgo_`` sample in the body.
 
-The token comes from ``--token`` or ``$HGO_TOKEN`` (sent as ``authorization: Bearer``);
+The token comes from ``--token``, ``--token-file`` or ``$HGO_TOKEN`` (sent as
+``authorization: Bearer``; the health service itself needs none);
 with ``--tls-ca`` (or ``$HGO_TLS_CA``) the call uses TLS, verifying the server name given
 by ``--tls-name`` (default ``server``; the Kubernetes TLS overlay passes ``hgo-server``), and
 ``--tls-cert``/``--tls-key`` present a client certificate to a mutual-TLS server.
@@ -34,6 +39,7 @@ import grpc
 
 from hgo_common.net import credentials
 from hgo_common.net.proto import hgo_pb2, hgo_pb2_grpc
+from hgo_common.net.protocol import SERVICE
 
 DEFAULT_PORT = 50051
 
@@ -47,8 +53,10 @@ def check_grpc(
     tls_name: str | None = None,
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
+    service: str = "",
+    status: bool = False,
 ) -> tuple[bool, str]:
-    """Call ``Status`` on ``target``; return (healthy, one-line explanation).
+    """Health/Check ``service`` on ``target`` (or ``Status`` when ``status``); (healthy, why).
 
     ``tls_ca`` switches to TLS; ``tls_cert``/``tls_key`` add a client certificate (mutual TLS).
     """
@@ -60,6 +68,8 @@ def check_grpc(
     else:
         channel = grpc.insecure_channel(target)
     try:
+        if not status:
+            return _check_health(channel, target, service, timeout, metadata)
         stub = hgo_pb2_grpc.HGOStub(channel)
         reply = stub.Status(hgo_pb2.StatusRequest(), timeout=timeout, metadata=metadata)
     except grpc.RpcError as exc:
@@ -73,6 +83,18 @@ def check_grpc(
     return True, (
         f"{target}: state={reply.state} round={reply.round} active_sessions={reply.active_sessions}"
     )
+
+
+def _check_health(
+    channel: grpc.Channel, target: str, service: str, timeout: float, metadata: Sequence[tuple[str, str]]
+) -> tuple[bool, str]:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    reply = health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(service=service), timeout=timeout, metadata=metadata
+    )
+    name = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    return reply.status == health_pb2.HealthCheckResponse.SERVING, f"{target}: {service or '(server)'} {name}"
 
 
 def check_http(url: str, *, timeout: float = 3.0) -> tuple[bool, str]:
@@ -102,7 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--http", metavar="URL", help="metrics URL to GET (e.g. http://127.0.0.1:9101/metrics)")
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds per check (default 3)")
+    parser.add_argument(
+        "--service", default="",
+        help=f"grpc.health.v1 service to check: '' = the server (default), {SERVICE} = accepting workers",
+    )
+    parser.add_argument(
+        "--status", action="store_true",
+        help="call the server's Status rpc instead of grpc.health.v1 (prints state and round; needs the token)",
+    )
     parser.add_argument("--token", default=None, help="bearer token (default: $HGO_TOKEN)")
+    parser.add_argument("--token-file", type=Path, default=None, help="read the bearer token from this file")
     parser.add_argument(
         "--tls-ca", type=Path, default=None,
         help="CA certificate (PEM); enables TLS (default: $HGO_TLS_CA, else plaintext)",
@@ -147,7 +178,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         bad = _check_target(target)
         if bad is not None:
             parser.error(bad if args.grpc else f"$HGO_PORT: {bad}")
-        token = args.token if args.token is not None else os.environ.get("HGO_TOKEN") or None
+        try:
+            token = credentials.resolve_token(args.token, args.token_file)
+        except ValueError as exc:
+            parser.error(str(exc))
         ca_env = os.environ.get("HGO_TLS_CA")
         tls_ca = args.tls_ca if args.tls_ca is not None else (Path(ca_env) if ca_env else None)
         if (args.tls_cert is None) != (args.tls_key is None):
@@ -162,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 tls_name=args.tls_name,
                 tls_cert=args.tls_cert,
                 tls_key=args.tls_key,
+                service=args.service,
+                status=args.status,
             )
         )
     for ok, why in checks:

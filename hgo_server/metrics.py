@@ -1,33 +1,76 @@
-"""Prometheus metrics of the parameter server (names fixed by docs/protocol.md).
+"""Prometheus metrics of the parameter server (names in docs/operations.md, "Metrics").
 
 One :class:`ServerMetrics` per server object, each on its own registry unless told
 otherwise, so several in-process servers (the tests) never share counters. The CLI
 registers on prometheus_client's default registry and serves it with
-``start_http_server`` on ``--metrics-port``.
+``start_http_server`` on ``--metrics-bind`` (default ``--bind``) : ``--metrics-port``.
+
+The round-duration buckets are cut around the deadline τ (:func:`round_buckets`): a
+round lasts about τ (a little more: the broadcast, the last chunks, the update) or less
+(closed early when every sampled worker finished), so fixed decade buckets put every
+round into one wide bucket and the dashboard's quantiles fall between its edges (at
+τ = 100 ms the old 0.1 s / 0.25 s edges read p50 ≈ 175 ms for rounds of 102 ms).
 """
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-# Round and aggregation durations: from sub-millisecond rounds in tests to minute-long
-# sgd rounds with tau = inf.
+# Aggregation durations, and rounds when τ is infinite: from sub-millisecond rounds in
+# tests to minute-long sgd rounds with tau = inf.
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Multiples of τ: coarse below (early closes), fine just above τ, where rounds that ran to
+# the deadline end (τ plus the round's own overhead), coarse again for lagging rounds.
+TAU_FACTORS = (
+    0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.98, 1.0, 1.01, 1.02, 1.03, 1.05, 1.075, 1.1, 1.15,
+    1.2, 1.3, 1.5, 2.0, 3.0, 5.0, 10.0,
+)  # fmt: skip
+
+
+def round_buckets(tau_ms: float | None) -> tuple[float, ...]:
+    """Upper bounds (seconds) of the round-duration histogram for the deadline ``tau_ms``.
+
+    ``TAU_FACTORS`` x τ, plus 1, 2.5 and 5 ms below them for sub-τ rounds of fast tests;
+    :data:`_SECONDS` when τ is infinite or unknown.
+    """
+    if tau_ms is None or not math.isfinite(tau_ms) or tau_ms <= 0:
+        return _SECONDS
+    tau = tau_ms / 1000.0
+    edges = {round(f * tau, 9) for f in TAU_FACTORS}
+    edges |= {e for e in (0.001, 0.0025, 0.005) if e < TAU_FACTORS[0] * tau}
+    return tuple(sorted(edges))
 _COORDS = (0, 1, 10, 100, 1_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000)
+
+
+RUN_LABELS = ("rule", "f", "q", "tau", "dataset", "algorithm", "model", "seed", "rounds")
+
+
+def run_labels(cfg: Any, model: str) -> dict[str, str]:
+    """The ``hgo_run_info`` labels of a ServerConfig (τ in ms, ``inf`` when infinite)."""
+    tau = "inf" if math.isinf(cfg.tau) else f"{cfg.tau:g}ms"
+    return {
+        "rule": str(cfg.rule), "f": str(cfg.f), "q": str(cfg.q), "tau": tau, "dataset": str(cfg.dataset),
+        "algorithm": str(cfg.algorithm), "model": model, "seed": str(cfg.seed), "rounds": str(cfg.rounds),
+    }  # fmt: skip
 
 
 class ServerMetrics:
     """The server's metric objects, registered on ``registry``."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, tau_ms: float | None = None) -> None:
         r = CollectorRegistry() if registry is None else registry
         self.registry = r
+        self.round_buckets = round_buckets(tau_ms)
         self.rounds = Counter("hgo_rounds", "Rounds closed", registry=r)
         self.rounds_without_quorum = Counter(
             "hgo_rounds_without_quorum", "Rounds closed without a quorum (model unchanged)", registry=r
         )
         self.round_duration = Histogram(
-            "hgo_round_duration_seconds", "Wall time from task broadcast to model update", buckets=_SECONDS,
+            "hgo_round_duration_seconds", "Wall time of a round, set-up to model update (buckets around tau)",
+            buckets=self.round_buckets,
             registry=r,
         )  # fmt: skip
         self.round = Gauge("hgo_round", "Current round k", registry=r)
@@ -55,11 +98,19 @@ class ServerMetrics:
         )
         self.received_bytes = Counter("hgo_received_bytes", "Bytes of worker messages received", registry=r)
         self.sent_bytes = Counter("hgo_sent_bytes", "Bytes of server messages sent", registry=r)
+        self.run = Gauge(
+            "hgo_run_info", "The run's settings as labels (value 1)", list(RUN_LABELS), registry=r
+        )
+
+    def set_run_info(self, cfg: Any, *, model: str) -> None:
+        """Export ``hgo_run_info{rule, f, q, tau, dataset, algorithm, model, ...} 1`` for ``cfg``."""
+        self.run.clear()
+        self.run.labels(**run_labels(cfg, model)).set(1)
 
     @classmethod
-    def default(cls) -> ServerMetrics:
+    def default(cls, tau_ms: float | None = None) -> ServerMetrics:
         """Metrics on prometheus_client's global registry (one per process: the CLI)."""
-        return cls(REGISTRY)
+        return cls(REGISTRY, tau_ms=tau_ms)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         """Expose /metrics on ``port`` (a daemon thread of prometheus_client)."""

@@ -32,7 +32,7 @@ from google.protobuf.message import DecodeError
 from hgo_common.net.proto import hgo_pb2
 from hgo_common.net.protocol import SERVICE
 
-from . import auth, errors, messages
+from . import auth, errors, health_service, messages
 from .config import ConfigError, ServerConfig
 from .metrics import ServerMetrics
 from .server import Server
@@ -332,10 +332,14 @@ def _handlers(servicer: HGOServicer, metrics: ServerMetrics, limit: int) -> grpc
 class RunningServer:
     """A bound, serving gRPC server around a :class:`~hgo_server.server.Server`."""
 
-    def __init__(self, core: Server, grpc_server: grpc.aio.Server, port: int) -> None:
+    def __init__(
+        self, core: Server, grpc_server: grpc.aio.Server, port: int, health: health_service.HealthService
+    ) -> None:
         self.core = core
         self.grpc_server = grpc_server
         self.port = port
+        self.health = health
+        health.start()
         self._beats = asyncio.create_task(core.heartbeats())
 
     async def run(self) -> messages.Summary:
@@ -348,6 +352,7 @@ class RunningServer:
     async def stop(self, grace: float = STOP_GRACE_S) -> None:
         """Stop serving: open streams get ``grace`` seconds to flush (their Stop message)."""
         self.core.request_stop()
+        await self.health.shutdown()
         self._beats.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._beats
@@ -373,7 +378,10 @@ async def start_server(
     port : int
         The bound port (the chosen one when ``cfg.port`` is 0).
     """
+    if metrics is None:
+        metrics = ServerMetrics(tau_ms=cfg.tau)  # round-duration buckets around this run's tau
     core = Server(cfg, metrics=metrics, setup=setup)
+    core.metrics.set_run_info(cfg, model=core.spec.model)
     interceptors: list[grpc.aio.ServerInterceptor] = []  # type: ignore[type-arg]
     creds = None
     if cfg.token is not None or cfg.tokens_file is not None or cfg.tls_cert is not None:
@@ -384,9 +392,12 @@ async def start_server(
         except (ValueError, OSError) as exc:
             raise ConfigError(str(exc)) from None
         if store is not None:
-            interceptors.append(auth.AuthInterceptor(store, on_reject=core.reject))
+            interceptors.append(
+                auth.AuthInterceptor(store, on_reject=core.reject, exempt=health_service.METHODS)
+            )
     gs = grpc.aio.server(interceptors=interceptors, options=channel_options(cfg))
     gs.add_generic_rpc_handlers((_handlers(HGOServicer(core), core.metrics, receive_limits(cfg)[0]),))
+    health = health_service.add_to_server(core, gs)
     addr = _address(cfg.bind, cfg.port)
     try:
         port = gs.add_secure_port(addr, creds) if creds is not None else gs.add_insecure_port(addr)
@@ -401,4 +412,4 @@ async def start_server(
         "serving on %s: d=%d model=%s dataset=%s tau=%s", _address(cfg.bind, port), core.d, core.spec.model,
         cfg.dataset, "inf" if math.isinf(cfg.tau) else f"{cfg.tau:g} ms",
     )  # fmt: skip
-    return RunningServer(core, gs, port), port
+    return RunningServer(core, gs, port, health), port

@@ -21,6 +21,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import math
 import signal
@@ -29,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hgo_common import attacks
+from hgo_common.net import credentials
 
 from . import fleet
 from .client import Worker, WorkerConfig
@@ -77,7 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=None,
         help="seed of the rate draw and mini-batches, in [0, 2**32) (default: random)",
     )
-    p.add_argument("--token", default=None, help="bearer token (default: $HGO_TOKEN, else none)")
+    p.add_argument(
+        "--token", default=None,
+        help="bearer token (visible in ps; prefer --token-file or $HGO_TOKEN) (default: $HGO_TOKEN, else none)",
+    )
+    p.add_argument(
+        "--token-file", type=Path, default=None, metavar="FILE",
+        help="read the bearer token from FILE (one line) instead of --token / $HGO_TOKEN",
+    )
     p.add_argument(
         "--shard", default="auto", metavar="auto|i/n",
         help="auto (the server sends the shard) or i/n (load it here) (default auto)",
@@ -87,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port (default: off)"
+    )
+    p.add_argument(
+        "--metrics-bind", default="0.0.0.0", metavar="ADDR",
+        help="address of the metrics endpoint (default 0.0.0.0: scraped from other hosts; 127.0.0.1 keeps "
+        "it local)",
     )
     p.add_argument(
         "--budget-policy", default="fixed",
@@ -159,6 +173,10 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
     if args.seed is not None and not 0 <= args.seed < 2**32:
         raise ValueError(f"--seed must be in [0, 2**32), got {args.seed}")
     profile = args.profile or ("custom" if args.rate is not None else "average")
+    if args.token is not None and args.token_file is not None:
+        raise ValueError("--token and --token-file are two sources of one token; give one of them")
+    if not args.metrics_bind.strip():
+        raise ValueError(f"--metrics-bind must be a host or address, got {args.metrics_bind!r}")
     return WorkerConfig(
         server=args.server,
         profile=profile,
@@ -167,7 +185,8 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         byzantine=args.byzantine,
         attack_params=attacks.parse_params(args.attack_param),
         seed=args.seed,
-        token=args.token or os.environ.get("HGO_TOKEN") or None,
+        # --token-file is read by main (no file access here)
+        token=args.token or (None if args.token_file else os.environ.get(credentials.TOKEN_ENV) or None),
         shard=args.shard,
         data_dir=args.data_dir,
         metrics_port=args.metrics_port,
@@ -215,6 +234,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfgs = configs_from_args(args)
         _check_files(args)
+        if args.token_file is not None:
+            token = credentials.read_token(args.token_file)
+            cfgs = [dataclasses.replace(c, token=token) for c in cfgs]
         metrics_port = cfgs[0].metrics_port
         workers = fleet.build(cfgs, metrics=metrics_port is not None)
     except ValueError as exc:
@@ -222,9 +244,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if metrics_port is not None:
         try:
             if len(workers) == 1:
-                port = workers[0].metrics.serve(metrics_port)
+                port = workers[0].metrics.serve(metrics_port, addr=args.metrics_bind)
             else:
-                port = fleet.serve_metrics(workers, metrics_port)
+                port = fleet.serve_metrics(workers, metrics_port, addr=args.metrics_bind)
         except OSError as exc:
             parser.error(f"--metrics-port {metrics_port}: cannot serve metrics ({exc.strerror or exc})")
         logging.getLogger("hgo_worker").info("metrics on :%d/metrics", port)

@@ -245,7 +245,6 @@ class Worker:
             delay = float(self._rng.uniform(0.0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2.0**attempt)))
             delay = min(delay, self.cfg.reconnect_timeout - down)
             attempt += 1
-            self.metrics.reconnect()
             await asyncio.sleep(max(0.0, delay))
 
     def _channel(self) -> grpc.aio.Channel:
@@ -279,6 +278,8 @@ class Worker:
             except ValueError as exc:  # a spec this worker cannot train, data it cannot load
                 raise Rejected(f"cannot train what the server asks: {exc}") from exc
             self.sessions += 1
+            if self.sessions > 1:
+                self.metrics.reconnect()  # a success, not an attempt
             self.metrics.connected(True)
             await WorkerSession(self, call, *state).run()
         except grpc.aio.AioRpcError as exc:

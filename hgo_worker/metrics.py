@@ -1,9 +1,15 @@
-"""Prometheus metrics of one worker process (names fixed in docs/protocol.md).
+"""Prometheus metrics of one worker process (names in docs/operations.md, "Metrics").
 
-Every metric carries a ``profile`` label. prometheus_client is imported only when a
-metrics port is asked for, so a worker without ``--metrics-port`` starts faster
-(docs/design.md §8), and each ``WorkerMetrics`` owns its registry, so many sessions hosted
-in one process (bench/bench_network.py) do not collide.
+Every ``hgo_worker_*`` metric carries a ``profile`` label; the served endpoint also holds
+prometheus_client's process collector (``process_cpu_seconds_total``,
+``process_resident_memory_bytes``, ...), because what a worker's hardware gives is the
+point of HGO. Rates are in base units: ``hgo_worker_rate_per_second`` is λ_i in partial
+derivatives per second per data point (the CLI's ``--rate`` is per millisecond,
+docs/design.md §3).
+
+prometheus_client is imported only when a metrics port is asked for, so a worker
+without ``--metrics-port`` starts faster (docs/design.md §8), and each ``WorkerMetrics`` owns
+its registry, so many sessions hosted in one process (bench/bench_network.py) do not collide.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ class WorkerMetrics:
         self.profile = profile
         self.registry: Any = None
         self._m: dict[str, Any] = {}
+        self._process = False
         if not enabled:
             return
         from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -32,9 +39,13 @@ class WorkerMetrics:
             ),
             "sent": Counter("hgo_worker_coordinates_sent", "Gradient coordinates sent", lab, registry=reg),
             "rate": Gauge(
-                "hgo_worker_rate", "lambda_i: partial derivatives per ms per point", lab, registry=reg
+                "hgo_worker_rate_per_second", "lambda_i: partial derivatives per second per data point", lab,
+                registry=reg,
             ),
-            "reconnects": Counter("hgo_worker_reconnects", "Reconnections to the server", lab, registry=reg),
+            "reconnects": Counter(
+                "hgo_worker_reconnects", "Sessions re-established after a lost one (successes, not attempts)",
+                lab, registry=reg,
+            ),
             "connected": Gauge("hgo_worker_connected", "1 while a session is open", lab, registry=reg),
         }
         for m in self._m.values():
@@ -44,8 +55,13 @@ class WorkerMetrics:
         """Expose /metrics on ``port`` (0 picks a free one); returns the bound port."""
         if self.registry is None:
             raise ValueError("metrics are disabled; create WorkerMetrics(enabled=True) to serve them")
-        from prometheus_client import start_http_server
+        from prometheus_client import ProcessCollector, start_http_server
 
+        if not self._process:
+            # CPU seconds, resident memory, open fds: once per served endpoint (a fleet's
+            # combined /metrics adds its own), not once per session
+            ProcessCollector(registry=self.registry)
+            self._process = True
         server, _thread = start_http_server(port, addr=addr, registry=self.registry)
         return int(server.server_port)
 
@@ -68,10 +84,12 @@ class WorkerMetrics:
     def sent(self, n: int) -> None:
         self._inc("sent", n)
 
-    def rate(self, value: float) -> None:
-        self._set("rate", value)
+    def rate(self, per_ms: float) -> None:
+        """λ_i given per millisecond (the worker's unit); exported per second."""
+        self._set("rate", per_ms * 1000.0)
 
     def reconnect(self) -> None:
+        """A session was welcomed after an earlier one was lost."""
         self._inc("reconnects")
 
     def connected(self, up: bool) -> None:

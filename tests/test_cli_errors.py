@@ -60,6 +60,15 @@ CASES = [
     C("server-config-key", "hgo-server --config {tmp}/key.toml", "unknown keys", "quorom"),
     C("server-tokens-file", "hgo-server --tokens-file {tmp}/tokens.txt", "--tokens-file", "tokens.txt",
       "does not exist"),
+    C("server-token-short", "hgo-server --token abc", "--token", "3 bytes", "16 bytes", "secrets.token_urlsafe"),
+    C("server-token-placeholder", "hgo-server --token-file {tmp}/placeholder-token", "--token-file",
+      "placeholder", "secrets.token_urlsafe"),
+    C("server-token-file-missing", "hgo-server --token-file {tmp}/no-token", "--token-file", "no-token",
+      "does not exist"),
+    C("server-token-file-empty", "hgo-server --token-file {tmp}/empty.jsonl", "--token-file", "empty",
+      "secrets.token_urlsafe"),
+    C("server-token-two-sources", "hgo-server --token abcdefghijklmnopq --token-file {tmp}/placeholder-token",
+      "--token", "--token-file", "one of them"),
     C("server-tls-pair", "hgo-server --tls-cert {tmp}/a.pem", "--tls-cert", "--tls-key"),
     C("server-tls-missing", "hgo-server --tls-cert {tmp}/c.pem --tls-key {tmp}/k.pem", "--tls-cert", "c.pem",
       "does not exist"),
@@ -122,6 +131,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[st
     tmp = tmp_path_factory.mktemp("cli_errors")
     (tmp / "type.toml").write_text('q = "ten"\n')
     (tmp / "key.toml").write_text("quorom = 3\n")
+    (tmp / "placeholder-token").write_text("change-me-before-use\n")
     (tmp / "keep.txt").write_text(KEEP_TEXT)
     (tmp / "empty.jsonl").write_text("")
     (tmp / "garbage.jsonl").write_text("not json\nstill not json\n{}\n")

@@ -202,3 +202,27 @@ def test_to_toml_reads_back_to_the_same_config(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text(text)
     assert cfgmod.resolve(cfgmod.ServerConfig(**cfgmod.load_toml(path))) == cfg.replace(token=None)
+def test_token_sources_and_refusals(tmp_path: Path) -> None:
+    from hgo_server.config import load_token
+
+    good = "a-real-token-of-32-bytes-0123456"
+    # $HGO_TOKEN when no flag gives one; an empty variable is no token
+    assert load_token(parse_args([]), env={"HGO_TOKEN": good}).token == good
+    assert load_token(parse_args([]), env={"HGO_TOKEN": ""}).token is None
+    assert load_token(parse_args([]), env={}).token is None
+    # --token-file: one line, the newline stripped; the flag wins over the environment
+    path = tmp_path / "token"
+    path.write_text(good + "\n")
+    cfg = load_token(parse_args(["--token-file", str(path)]), env={"HGO_TOKEN": "other-token-0123456789"})
+    assert cfg.token == good and good not in repr(cfg)
+    assert cfg.as_dict()["token"] == "***"
+    path.write_text("two words\n")
+    with pytest.raises(ConfigError, match="more than one word"):
+        load_token(parse_args(["--token-file", str(path)]), env={})
+    # the committed placeholders and short tokens are refused, saying how to make one
+    for bad, why in (("change-me-before-use", "placeholder"), ("hgo-dev-token", "placeholder"),
+                     ("fifteen-bytes!!", "15 bytes")):  # fmt: skip
+        with pytest.raises(ConfigError, match=why) as err:
+            load_token(parse_args([]), env={"HGO_TOKEN": bad})
+        assert "$HGO_TOKEN" in str(err.value) and "secrets.token_urlsafe(32)" in str(err.value)
+    assert load_token(parse_args(["--token", "x" * 16]), env={}).token == "x" * 16

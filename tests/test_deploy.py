@@ -107,32 +107,49 @@ def _health(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
                           env=full, timeout=60, check=False)  # fmt: skip
 
 
-def _start_server(procs: ProcessGroup, tmp_path: Path, *extra: str) -> tuple[int, int]:
+def _start_server(
+    procs: ProcessGroup, tmp_path: Path, *extra: str, env: dict[str, str] | None = None
+) -> tuple[int, int]:
     port_file = tmp_path / "port"
     metrics = free_port()
     procs.start(
         [*console("hgo-server"), "--port", "0", "--port-file", str(port_file), "--metrics-port", str(metrics),
          "--min-workers", "2", "--q", "2", *extra],
-        name="server",
+        name="server", env=env,
     )  # fmt: skip
     wait_for(lambda: port_file.exists() and port_file.read_text().strip(), 60, 0.2, "the server's port file")
     return int(port_file.read_text()), metrics
 
 
+TOKEN = "deploy-test-token-0123456789"
+
+
 def test_health_check_on_a_live_server(procs: ProcessGroup, tmp_path: Path) -> None:
-    port, metrics = _start_server(procs, tmp_path, "--token", "s3cret")
+    port, metrics = _start_server(procs, tmp_path, env={"HGO_TOKEN": TOKEN})
     target = f"127.0.0.1:{port}"
 
-    ok = _health("--grpc", target, env={"HGO_TOKEN": "s3cret"})
-    assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert "state=waiting" in ok.stdout and "round=0" in ok.stdout
+    # grpc.health.v1 needs no token (a kubelet cannot send one)
+    ok = _health("--grpc", target)
+    assert ok.returncode == 0 and "(server) SERVING" in ok.stdout, ok.stdout + ok.stderr
+    accepting = _health("--grpc", target, "--service", "hgo.v1.HGO")
+    assert accepting.returncode == 0 and "hgo.v1.HGO SERVING" in accepting.stdout
+    unknown = _health("--grpc", target, "--service", "nope")
+    assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stdout
 
+    # --status calls the HGO Status rpc with the token from $HGO_TOKEN or --token-file
+    status = _health("--grpc", target, "--status", env={"HGO_TOKEN": TOKEN})
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "state=waiting" in status.stdout and "round=0" in status.stdout
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    by_file = _health("--grpc", target, "--status", "--token-file", str(token_file))
+    assert by_file.returncode == 0 and "state=waiting" in by_file.stdout
     # no token: the server still answered (UNAUTHENTICATED), so it is alive
-    anon = _health("--grpc", target)
+    anon = _health("--grpc", target, "--status")
     assert anon.returncode == 0 and "UNAUTHENTICATED" in anon.stdout
 
     # HGO_PORT picks the default target, as inside the container
-    assert _health(env={"HGO_TOKEN": "s3cret", "HGO_PORT": str(port)}).returncode == 0
+    assert _health(env={"HGO_PORT": str(port)}).returncode == 0
 
     web = _health("--http", f"http://127.0.0.1:{metrics}/metrics")
     assert web.returncode == 0 and "hgo_ samples" in web.stdout
@@ -142,10 +159,10 @@ def test_health_check_on_a_live_server(procs: ProcessGroup, tmp_path: Path) -> N
     assert down.returncode == 1 and "UNAVAILABLE" in down.stdout
     assert _health("--http", f"http://127.0.0.1:{closed}/metrics").returncode == 1
     # both checks at once: unhealthy when one fails
-    both = _health("--grpc", target, "--http", f"http://127.0.0.1:{closed}/metrics",
-                   env={"HGO_TOKEN": "s3cret"})  # fmt: skip
+    both = _health("--grpc", target, "--http", f"http://127.0.0.1:{closed}/metrics")
     assert both.returncode == 1
     assert _health("--timeout", "0").returncode == 2
+    assert _health("--token", "a", "--token-file", str(token_file)).returncode == 2
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from hgo_common.local import draw_batch, round_rng
 from hgo_common.net.proto import hgo_pb2, hgo_pb2_grpc
 from hgo_worker import pacing
 from hgo_worker.client import Worker, WorkerConfig, parse_shard
+from hgo_worker.metrics import WorkerMetrics
 from tests.procs import ProcessGroup, console
 
 P = 2000  # features: d = 2001 for logistic regression
@@ -229,9 +230,11 @@ async def fake() -> Any:
     await server.stop(None)
 
 
-async def _start_worker(port: int, **kw: Any) -> tuple[Worker, asyncio.Task[int]]:
+async def _start_worker(
+    port: int, metrics: WorkerMetrics | None = None, **kw: Any
+) -> tuple[Worker, asyncio.Task[int]]:
     cfg = WorkerConfig(server=f"127.0.0.1:{port}", batch_size=10, seed=3, reconnect_timeout=10.0, **kw)
-    worker = Worker(cfg)
+    worker = Worker(cfg, metrics=metrics)
     return worker, asyncio.create_task(worker.run())
 
 
@@ -306,12 +309,19 @@ async def test_reconnects_after_server_restart() -> None:
     X, y = make_data()
     fake = FakeHGO(X, y, make_spec())
     server, port = await start_fake(fake)
-    worker, run = await _start_worker(port, rate=0.0, profile="custom")
+    metrics = WorkerMetrics("custom", enabled=True)
+    worker, run = await _start_worker(port, metrics=metrics, rate=0.0, profile="custom")
+
+    def reconnects() -> float | None:
+        return metrics.registry.get_sample_value("hgo_worker_reconnects_total", {"profile": "custom"})
+
     first = await asyncio.wait_for(fake.joined.get(), 10)
+    assert reconnects() == 0
     await first.stop("server shutting down")  # not "done": the worker must come back
     await server.stop(None)
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(1.5)  # several failed attempts (backoff from 0.1 s): none is a reconnect
     assert not run.done()
+    assert reconnects() == 0
     fake2 = FakeHGO(X, y, make_spec())
     server2, port2 = await start_fake(fake2, port)
     try:
@@ -322,6 +332,7 @@ async def test_reconnects_after_server_restart() -> None:
                 break
             await asyncio.sleep(0.05)
         assert worker.sessions == 2
+        assert reconnects() == 1  # one session re-established, however many attempts it took
         await second.task(0, np.zeros(P + 1), 100.0)
         assert check_contiguous(await settle(second, 0), 64) == P + 1
         await second.stop("done")
@@ -464,14 +475,17 @@ async def test_metrics_follow_the_contract(fake: Any) -> None:
         lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     )
     values = {
-        line.split(" ")[0]: float(line.split(" ")[1]) for line in body.splitlines() if line.startswith("hgo_")
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in body.splitlines()
+        if line.startswith(("hgo_", "process_"))
     }
     lab = '{profile="custom"}'
     assert values[f"hgo_worker_coordinates_sent_total{lab}"] == P + 1
     assert values[f"hgo_worker_coordinates_computed_total{lab}"] >= P + 1
     assert values[f"hgo_worker_rounds_total{lab}"] == 1
     assert values[f"hgo_worker_connected{lab}"] == 1
-    assert values[f"hgo_worker_rate{lab}"] == 0
+    assert values[f"hgo_worker_rate_per_second{lab}"] == 0
+    assert values["process_resident_memory_bytes"] > 0 and "process_cpu_seconds_total" in values
     assert f"hgo_worker_reconnects_total{lab}" in values
     await sess.stop("done")
     assert await asyncio.wait_for(run, 10) == 0

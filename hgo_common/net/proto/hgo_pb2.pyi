@@ -1,8 +1,7 @@
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable, Mapping as _Mapping
-from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -34,7 +33,7 @@ class Join(_message.Message):
     batch_size: int
     wants_shard: bool
     byzantine: bool
-    def __init__(self, protocol_version: _Optional[int] = ..., name: _Optional[str] = ..., profile: _Optional[str] = ..., rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., wants_shard: _Optional[bool] = ..., byzantine: _Optional[bool] = ...) -> None: ...
+    def __init__(self, protocol_version: _Optional[int] = ..., name: _Optional[str] = ..., profile: _Optional[str] = ..., rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., wants_shard: bool = ..., byzantine: bool = ...) -> None: ...
 
 class GradientChunk(_message.Message):
     __slots__ = ("round", "offset", "values", "session_id")
@@ -138,7 +137,7 @@ class ShardPart(_message.Message):
     labels: bytes
     last: bool
     total_rows: int
-    def __init__(self, row_offset: _Optional[int] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ..., features: _Optional[bytes] = ..., labels: _Optional[bytes] = ..., last: _Optional[bool] = ..., total_rows: _Optional[int] = ...) -> None: ...
+    def __init__(self, row_offset: _Optional[int] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ..., features: _Optional[bytes] = ..., labels: _Optional[bytes] = ..., last: bool = ..., total_rows: _Optional[int] = ...) -> None: ...
 
 class RoundTask(_message.Message):
     __slots__ = ("round", "order_seed", "weights", "tau_ms")

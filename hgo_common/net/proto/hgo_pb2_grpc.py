@@ -5,7 +5,7 @@ import warnings
 
 from . import hgo_pb2 as hgo_dot_v1_dot_hgo__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.66.2'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in hgo/v1/hgo_pb2_grpc.py depends on'
+        + f' but the generated code in hgo/v1/hgo_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class HGOStub:
+class HGOStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -46,7 +46,7 @@ class HGOStub:
                 _registered_method=True)
 
 
-class HGOServicer:
+class HGOServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def Session(self, request_iterator, context):
@@ -84,7 +84,7 @@ def add_HGOServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class HGO:
+class HGO(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod

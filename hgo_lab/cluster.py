@@ -87,6 +87,7 @@ class ClusterConfig:
     # The server's settings as one ServerConfig (net mode builds it from the scenario);
     # None: built from the fields above by :func:`server_config`.
     server: ServerConfig | None = None
+    export: Path | None = None  # the trained model file (hgo-server --export); None: not written
     timeout_s: float = 900.0
     progress: bool = True
     # Device sessions per worker process (hgo-worker --fleet): 1 is one device per process,
@@ -160,12 +161,14 @@ class ClusterResult:
     records: list[dict[str, Any]]
     worker_exit_codes: list[int | None]
     plot: Path | None
+    model: Path | None = None  # the exported model (--export), loadable with hgo_common.models.load
 
     def summary(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("records")
         d["out"] = str(self.out)
         d["plot"] = str(self.plot) if self.plot else None
+        d["model"] = str(self.model) if self.model else None
         return d
 
 
@@ -255,7 +258,8 @@ def server_argv(cfg: ClusterConfig, config_file: Path, port_file: Path, log_file
     :func:`write_server_config`), the launcher's port and log, then ``cfg.server_args``."""
     return [
         *_module_argv("hgo-server", "hgo_server.cli"), "--config", str(config_file),
-        "--port", "0", "--port-file", str(port_file), "--log", str(log_file), *cfg.server_args,
+        "--port", "0", "--port-file", str(port_file), "--log", str(log_file),
+        *(["--export", str(cfg.export)] if cfg.export is not None else []), *cfg.server_args,
     ]  # fmt: skip
 
 
@@ -482,7 +486,7 @@ def run_cluster(
     launch = start or default_launcher(out)
     port_file, log_file = out / "server.port", out / "round_log.jsonl"
     config_file = write_server_config(cfg, out / "server.toml")
-    for stale in (port_file, log_file):
+    for stale in (port_file, log_file, *([cfg.export] if cfg.export is not None else [])):
         stale.unlink(missing_ok=True)
     started: list[subprocess.Popen[bytes]] = []
     workers: list[tuple[str, subprocess.Popen[bytes]]] = []
@@ -556,6 +560,7 @@ def run_cluster(
         records=records,
         worker_exit_codes=codes,
         plot=plot_metric(records, out / f"{metric_name}.png", title),
+        model=cfg.export if cfg.export is not None and Path(cfg.export).is_file() else None,
     )
     (out / "summary.json").write_text(json.dumps(result.summary(), indent=2, default=str) + "\n")
     return result
@@ -606,6 +611,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=d.out, metavar="DIR",
                    help="output directory, created if missing; a previous run's round_log.jsonl, "
                    "summary.json, plot and logs in it are replaced (default runs/demo)")  # fmt: skip
+    p.add_argument("--export", nargs="?", const="", default=None, metavar="FILE",
+                   help="write the trained model (.npz; hgo_common.models.load reads it) to FILE, "
+                   "or to OUT/model.npz when FILE is omitted (default: not written)")  # fmt: skip
     p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                    help="pass ARG to hgo-server (repeatable, e.g. --server-arg=--rounds=5)")  # fmt: skip
     p.add_argument("--extra-server-args", default="", metavar="ARGS",
@@ -651,6 +659,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         late_round=a.late_round, server_args=[*a.server_arg, *a.extra_server_args.split()],
         worker_args=a.worker_arg, timeout_s=a.timeout, progress=not a.no_progress,
         per_process=a.sessions_per_process,
+        export=None if a.export is None else (Path(a.export) if a.export else a.out / "model.npz"),
     )  # fmt: skip
     try:
         cfg.validate()
@@ -693,6 +702,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"hgo-run: mean prefix by profile (d={res.dim}): {prefix}")
     plot = f", {res.plot.name}" if res.plot else ""
     print(f"hgo-run: wrote {res.out}/round_log.jsonl, summary.json{plot}")
+    if res.model is not None:
+        print(f"hgo-run: wrote the trained model {res.model} (hgo_common.models.load reads it)")
     bad = [i for i, c in enumerate(res.worker_exit_codes) if c not in (0, None)]
     if bad:
         print(f"hgo-run: warning: workers {bad} exited with codes {[res.worker_exit_codes[i] for i in bad]}")

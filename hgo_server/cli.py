@@ -86,6 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = parse_args(argv)
         check_paths(cfg)
         cfg = load_token(cfg)
+        if cfg.export is None and cfg.checkpoint_dir is None:
+            logging.getLogger("hgo.server").warning(
+                "the trained model will not be saved: pass --export FILE (or --checkpoint-dir DIR)"
+            )
         return _run(amain(cfg))
     except ConfigError as exc:
         print(f"hgo-server: error: {exc}", file=sys.stderr, flush=True)

@@ -75,6 +75,8 @@ class ServerConfig:
     checkpoint_dir: str | None = None
     checkpoint_every: int = 10
     resume: bool = False
+    export: str | None = None
+    export_every: int = 0
     token: str | None = field(default=None, repr=False)
     token_file: str | None = None
     tokens_file: str | None = None
@@ -98,7 +100,7 @@ class ServerConfig:
 FIELDS = {f.name for f in dataclasses.fields(ServerConfig)}
 _INT = {
     "port", "q", "v", "f", "rounds", "seed", "min_workers", "eval_every", "metrics_port",
-    "max_chunk_values", "num_shards", "checkpoint_every", "max_message_mb", "max_train",
+    "max_chunk_values", "num_shards", "checkpoint_every", "max_message_mb", "max_train", "export_every",
 }  # fmt: skip
 _FLOAT = {"lr", "l2", "tau_target"}
 _DURATION = {"tau", "sgd_timeout", "heartbeat_ms", "tau_min", "tau_max"}
@@ -295,6 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--checkpoint-dir", metavar="DIR", help="write checkpoints here (default: no checkpoints)")
     add("--checkpoint-every", help=f"checkpoint every N rounds (default {d.checkpoint_every})")
     add("--resume", action="store_true", help="resume from the latest checkpoint in --checkpoint-dir")
+    add("--export", metavar="FILE",
+        help="write the trained model to FILE (.npz, hgo_common.models.load reads it) when training "
+        "ends (default: not written)")  # fmt: skip
+    add("--export-every", help="also write --export every N rounds (default 0: only at the end)")
     add("--token", help="require this bearer token from workers (visible in ps: prefer --token-file "
         "or $HGO_TOKEN)")  # fmt: skip
     add("--token-file", metavar="FILE",
@@ -405,6 +411,11 @@ def check_paths(cfg: ServerConfig) -> None:
                 raise ConfigError(f"--log: {cfg.log!r} is not writable")
         else:
             _writable_dir("--log", log.parent, cfg.log)
+    if cfg.export is not None:
+        export = Path(cfg.export)
+        if export.is_dir():
+            raise ConfigError(f"--export: {cfg.export!r} is a directory; expected a file name like model.npz")
+        _writable_dir("--export", export.parent, cfg.export)
     if cfg.port_file is not None:
         parent = Path(cfg.port_file).parent
         if not parent.is_dir():
@@ -511,7 +522,10 @@ def resolve(cfg: ServerConfig) -> ServerConfig:
             0 <= cfg.metrics_port <= 65535, f"--metrics-port must be in [0, 65535], got {cfg.metrics_port}"
         )
     if cfg.metrics_bind is not None:
-        _range(bool(cfg.metrics_bind.strip()), f"--metrics-bind must be a host or address, got {cfg.metrics_bind!r}")
+        _range(
+            bool(cfg.metrics_bind.strip()),
+            f"--metrics-bind must be a host or address, got {cfg.metrics_bind!r}",
+        )
     _range(
         bool(cfg.hidden) and all(h >= 1 for h in cfg.hidden),
         f"--hidden must be positive layer widths, got {list(cfg.hidden)}",
@@ -531,6 +545,9 @@ def resolve(cfg: ServerConfig) -> ServerConfig:
         10 <= cfg.heartbeat_ms < math.inf,
         f"--heartbeat-ms must be in [10 ms, inf), got {cfg.heartbeat_ms:g}",
     )
+    _range(cfg.export_every >= 0, f"--export-every must be >= 0 (0: only at the end), got {cfg.export_every}")
+    if cfg.export_every and cfg.export is None:
+        raise ConfigError(f"--export-every {cfg.export_every} needs --export FILE to write to")
     _range(cfg.checkpoint_every >= 1, f"--checkpoint-every must be >= 1, got {cfg.checkpoint_every}")
     if cfg.resume and not cfg.checkpoint_dir:
         raise ConfigError("--resume needs --checkpoint-dir DIR to resume from")

@@ -130,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--status", action="store_true",
-        help="call the server's Status rpc instead of grpc.health.v1 (prints state and round; needs the token)",
+        help="call the server's Status rpc instead of grpc.health.v1 (prints state and round; needs "
+        "the token)",
     )
     parser.add_argument("--token", default=None, help="bearer token (default: $HGO_TOKEN)")
     parser.add_argument("--token-file", type=Path, default=None, help="read the bearer token from this file")

@@ -423,6 +423,8 @@ class Server:
                 if self._checkpoint is not None and (k % cfg.checkpoint_every == 0 or k == cfg.rounds):
                     await self._save_checkpoint(k)
                     self._checkpointed = k
+                if cfg.export_every and k % cfg.export_every == 0 and k < cfg.rounds:
+                    await self.export_model(k, completed=False)
         completed = k >= cfg.rounds
         if self._evaluated_round != k - 1 or not self.last_eval:  # the last round was not evaluated
             await self._evaluate()
@@ -442,6 +444,27 @@ class Server:
             metric=self.last_eval.get(self.metric_name, math.nan),
             evaluation=dict(self.last_eval),
         )
+
+    async def export_model(self, k: int, *, completed: bool) -> Path | None:
+        """Write w after ``k`` rounds to ``--export`` (hgo_common.models.save); None without it."""
+        if self.cfg.export is None:
+            return None
+        from hgo_common.models import save
+
+        ds = self.setup.dataset
+        meta = {
+            "dataset": self.cfg.dataset, "round": k, "completed": completed,
+            "evaluation": dict(self.last_eval), "settings": self.cfg.as_dict(),
+        }  # fmt: skip
+        w = self.w.copy()
+        path: Path = await self._in_thread(
+            lambda: save(
+                self.cfg.export, self.setup.model, w, meta=meta,
+                feature_mean=ds.feature_mean, feature_std=ds.feature_std,
+            )
+        )  # fmt: skip
+        log.info("model after %d rounds written to %s", k, path)
+        return path
 
     def close(self) -> None:
         """Release the aggregation thread and the log (after :meth:`run`)."""

@@ -343,8 +343,14 @@ class RunningServer:
         self._beats = asyncio.create_task(core.heartbeats())
 
     async def run(self) -> messages.Summary:
-        """Train to the end (or until :meth:`request_stop`); Stop messages are queued."""
-        return await self.core.run()
+        """Train to the end (or until :meth:`request_stop`); Stop messages are queued.
+
+        The final model goes to ``--export`` (also after a stop: the file says
+        ``completed: false`` then).
+        """
+        summary = await self.core.run()
+        await self.core.export_model(summary.rounds, completed=summary.completed)
+        return summary
 
     def request_stop(self) -> None:
         self.core.request_stop()

@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--token", default=None,
-        help="bearer token (visible in ps; prefer --token-file or $HGO_TOKEN) (default: $HGO_TOKEN, else none)",
+        help="bearer token (visible in ps; prefer --token-file or $HGO_TOKEN) (default: $HGO_TOKEN, "
+        "else none)",
     )
     p.add_argument(
         "--token-file", type=Path, default=None, metavar="FILE",

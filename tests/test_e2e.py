@@ -162,3 +162,25 @@ def test_hgo_run_kills_every_process_on_ctrl_c(procs: ProcessGroup) -> None:
         except ProcessLookupError:
             continue
         raise AssertionError(f"{name} (pid {pid}) survived hgo-run")
+
+
+def test_export_writes_a_model_that_loads_and_scores_as_the_server_said(procs: ProcessGroup) -> None:
+    """hgo-run --export: the file loads with one call and predicts raw rows as the server scored them."""
+    from hgo_common import models
+
+    out = procs.workdir / "export"
+    path = out / "model.npz"
+    res = run(procs, out, workers=3, tau="100", rounds=12, lr=0.5, eval_every=0, export=path,
+              server_args=["--export-every", "5"])  # fmt: skip
+    assert res.model == path and path.is_file()
+    m = models.load(path)
+    assert m.meta["round"] == 12 and m.meta["completed"] is True and m.meta["dataset"] == "digits-binary"
+    assert m.model.name == "logistic" and m.weights.shape == (D_LOGISTIC,)
+    scaled = datasets.load("digits-binary", seed=0)
+    raw = datasets.load("digits-binary", seed=0, standardize=False)
+    # the same test rows, raw or standardized: the stored mean/std bridge the two
+    got = m.evaluate(raw.X_test, raw.y_test)
+    assert got["accuracy"] == pytest.approx(res.metric, abs=1e-12)
+    assert m.evaluate(scaled.X_test, scaled.y_test, scaled=True)["accuracy"] == pytest.approx(res.metric)
+    assert m.meta["evaluation"]["accuracy"] == pytest.approx(res.metric)
+    np.testing.assert_array_equal(m.predict(raw.X_test), m.model.predict(m.weights, scaled.X_test))

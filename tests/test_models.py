@@ -3,6 +3,8 @@ learning on real (bundled) data, layouts and argument validation."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -238,3 +240,51 @@ def test_invalid_arguments_are_rejected_with_the_value() -> None:
         m.loss(w, np.zeros((2, 4)), np.array([0, 1]))
     with pytest.raises(ValueError, match=r"\(17,\)"):
         m.loss(np.zeros(5), X, np.array([0, 1]))
+
+
+@pytest.mark.parametrize("name", ["linear", "logistic", "svm", "mlp"])
+def test_export_round_trip(name: str, tmp_path: Path) -> None:
+    from hgo_common import models
+
+    rng = np.random.default_rng(0)
+    n_classes = 3 if name == "mlp" else 2
+    model = models.create(name, n_features=5, n_classes=n_classes, hidden=(4, 3), l2=0.01)
+    w = model.init(rng)
+    mean, std = rng.normal(size=5), rng.uniform(0.5, 2.0, size=5)
+    path = models.save(tmp_path / "sub" / "m.npz", model, w, meta={"round": 7}, feature_mean=mean,
+                       feature_std=std)  # fmt: skip
+    back = models.load(path)
+    assert back.model.dim == model.dim and back.model.layer_sizes == model.layer_sizes
+    assert back.model.l2 == model.l2 and back.meta["round"] == 7
+    np.testing.assert_array_equal(back.weights, w)
+    X = rng.normal(size=(20, 5))
+    y = rng.integers(0, n_classes, size=20) if model.task == "classification" else rng.normal(size=20)
+    scaled = (X - mean) / std
+    np.testing.assert_array_equal(back.predict(X), model.predict(w, scaled))
+    assert back.evaluate(X, y) == model.evaluate(w, scaled, y)
+    assert back.evaluate(scaled, y, scaled=True) == model.evaluate(w, scaled, y)
+    # plain numpy reads it without pickle
+    with np.load(path, allow_pickle=False) as z:
+        assert str(z["format"]) == "hgo-model" and int(z["version"]) == 1
+
+
+def test_export_refuses_bad_files_and_weights(tmp_path: Path) -> None:
+    from hgo_common import models
+
+    model = models.create("logistic", n_features=3)
+    with pytest.raises(ValueError, match="shape"):
+        models.save(tmp_path / "m.npz", model, np.zeros(3))
+    with pytest.raises(ValueError, match="NaN"):
+        models.save(tmp_path / "m.npz", model, np.full(model.dim, np.nan))
+    with pytest.raises(ValueError, match="does not exist"):
+        models.load(tmp_path / "none.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not an HGO model file"):
+        models.load(tmp_path / "junk.npz")
+    np.savez(tmp_path / "other.npz", a=np.zeros(2))
+    with pytest.raises(ValueError, match="not an HGO model file"):
+        models.load(tmp_path / "other.npz")
+    path = models.save(tmp_path / "m.npz", model, np.zeros(model.dim))
+    with pytest.raises(ValueError, match=r"shape \(n, 3\)"):
+        models.load(path).predict(np.zeros((2, 4)))
+    assert not list(tmp_path.glob(".*tmp*"))  # no temporary file left behind

@@ -64,6 +64,9 @@ class Dataset:
     X_test, y_test : the same for the test rows
     default_model : str
         The model the paper trains on it (a name of ``hgo_common.models``).
+    feature_mean, feature_std : ndarray (n_features,) float64 or None
+        The standardization applied to both splits (fitted on the training rows), None when
+        the features are used as read. Exported models carry it (``hgo_common.models.save``).
     """
 
     name: str
@@ -75,6 +78,8 @@ class Dataset:
     X_test: np.ndarray
     y_test: np.ndarray
     default_model: str
+    feature_mean: np.ndarray | None = None
+    feature_std: np.ndarray | None = None
 
     @property
     def n_train(self) -> int:
@@ -272,6 +277,8 @@ def load(
 
     X_tr = np.asarray(X_tr, dtype=np.float32)
     X_te = np.asarray(X_te, dtype=np.float32)
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
     if spec.standardize if standardize is None else standardize:
         # Fitted on the training rows only, so no test information leaks into training.
         mean = X_tr.mean(axis=0, dtype=np.float64)
@@ -290,4 +297,6 @@ def load(
         X_test=np.ascontiguousarray(X_te),
         y_test=np.ascontiguousarray(y_te, dtype=label_dtype),
         default_model=spec.default_model,
+        feature_mean=mean,
+        feature_std=std,
     )

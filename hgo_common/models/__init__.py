@@ -2,7 +2,9 @@
 
 Each model is a pure object (shape only, no weights) with analytic numpy gradients;
 see ``base.Model`` for the interface and ``docs/models-and-data.md`` for the losses,
-parameter layouts and defaults. Paper §6: linear regression (Boston), logistic
+parameter layouts and defaults. A trained model is written by ``save`` and read back by
+``load(path)`` (an :class:`ExportedModel` with ``predict``/``evaluate``; format in
+``export.py``). Paper §6: linear regression (Boston), logistic
 regression (MNIST binary), regularized SVM (phishing), 784-30-10 network (MNIST).
 """
 
@@ -11,13 +13,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .base import LinearModel, Model
+from .export import ExportedModel, load, save
 from .linear import LinearRegression
 from .logistic import LogisticRegression
 from .mlp import ACTIVATIONS, MLP
 from .svm import DEFAULT_L2 as SVM_DEFAULT_L2
 from .svm import LinearSVM
 
-__all__ = ["ACTIVATIONS", "MLP", "LinearModel", "Model", "create", "default_l2", "names"]
+__all__ = [
+    "ACTIVATIONS", "MLP", "ExportedModel", "LinearModel", "Model", "create", "default_l2", "load", "names",
+    "save",
+]  # fmt: skip
 
 _NAMES = ("linear", "logistic", "svm", "mlp")
 

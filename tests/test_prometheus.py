@@ -37,11 +37,11 @@ SERVER_METRICS = {
     "hgo_tau_seconds", "hgo_block_coordinates", "hgo_prefix_coordinates", "hgo_sampled_workers",
     "hgo_responded_workers", "hgo_late_chunks_total", "hgo_rejected_messages_total", "hgo_active_sessions",
     "hgo_test_accuracy", "hgo_test_loss", "hgo_aggregation_seconds", "hgo_received_bytes_total",
-    "hgo_sent_bytes_total",
+    "hgo_sent_bytes_total", "hgo_run_info",
 }  # fmt: skip
 WORKER_METRICS = {
     "hgo_worker_rounds_total", "hgo_worker_coordinates_computed_total", "hgo_worker_coordinates_sent_total",
-    "hgo_worker_rate", "hgo_worker_reconnects_total", "hgo_worker_connected",
+    "hgo_worker_rate_per_second", "hgo_worker_reconnects_total", "hgo_worker_connected",
 }  # fmt: skip
 HISTOGRAMS = {"hgo_round_duration_seconds", "hgo_prefix_coordinates", "hgo_aggregation_seconds"}
 
@@ -63,6 +63,11 @@ def _prometheus() -> str:
     if exe is None:
         pytest.skip("prometheus not installed (Debian package `prometheus`; .ci/run installs it)")
     return exe
+
+
+def render(expr: str, rate_interval: str = RATE_INTERVAL) -> str:
+    """A dashboard expression as Grafana sends it: every run selected, $__rate_interval filled in."""
+    return expr.replace("$__rate_interval", rate_interval).replace("$run", ".+")
 
 
 def dashboard_exprs() -> list[tuple[str, str]]:
@@ -131,26 +136,47 @@ def test_dashboard_is_provisioned_and_covers_every_metric() -> None:
     provider = yaml.safe_load(DASH_PROVIDER.read_text())["providers"][0]
     assert provider["type"] == "file" and provider["options"]["path"] == "/var/lib/grafana/dashboards"
 
+    assert uid == "hgo-prometheus"  # provisioned for Compose; the dashboard does not depend on it
+    # importable anywhere: the datasource is an import input and a datasource variable
+    (inp,) = dash["__inputs"]
+    assert (inp["name"], inp["type"], inp["pluginId"]) == ("DS_PROMETHEUS", "datasource", "prometheus")
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert variables["DS_PROMETHEUS"]["type"] == "datasource"
+    assert variables["DS_PROMETHEUS"]["query"] == "prometheus"
+    run = variables["run"]
+    assert run["type"] == "query" and run["includeAll"] and run["multi"]
+    assert "hgo_run_info" in run["query"]["query"] and run["datasource"]["uid"] == "${DS_PROMETHEUS}"
+    assert "hgo-prometheus" not in DASHBOARD.read_text()
+
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
     used: set[str] = set()
     for panel in dash["panels"]:
         if panel["type"] == "row":
             continue
-        assert panel["datasource"]["uid"] == uid, panel["title"]
+        assert panel["datasource"]["uid"] == "${DS_PROMETHEUS}", panel["title"]
         assert panel["targets"], panel["title"]
         g = panel["gridPos"]
         assert g["x"] >= 0 and g["x"] + g["w"] <= 24, panel["title"]
         for target in panel["targets"]:
-            assert target["datasource"]["uid"] == uid
-            used |= _metric_names(target["expr"])
+            assert target["datasource"]["uid"] == "${DS_PROMETHEUS}"
+            names = _metric_names(target["expr"])
+            used |= names
+            # server series follow the run selector (worker series carry no server label)
+            for name in names - WORKER_METRICS:
+                assert re.search(rf"\b{name}(_bucket|_sum|_count)?\{{instance=~\"\$run\"", target["expr"]), (
+                    panel["title"], target["expr"],
+                )
+            # rates in base units: per second, never "per interval"
+            assert "increase(" not in target["expr"], target["expr"]
     unknown = used - SERVER_METRICS - WORKER_METRICS
     assert not unknown, f"dashboard uses metrics outside docs/protocol.md: {unknown}"
     missing = (SERVER_METRICS | WORKER_METRICS) - used
     assert not missing, f"no panel shows {missing}"
     titles = {p["title"] for p in dash["panels"]}
     for wanted in ("Test accuracy", "Test loss", "Round duration vs tau", "Block size b_v",
-                   "Prefix length by profile", "Rejected messages by reason", "Bytes in / out"):
+                   "Prefix length by profile", "Rejected messages by reason", "Bytes in / out",
+                   "Worker CPU", "Worker memory", "Run settings"):
         assert wanted in titles  # fmt: skip
 
 
@@ -186,6 +212,51 @@ def _live_config(topo: Any) -> dict[str, Any]:
         job.pop("relabel_configs", None)
         job["static_configs"] = statics
     return config
+
+
+def _round_quantiles_agree_with_the_round_log(base: str, log_path: Path) -> None:
+    """The dashboard's round-duration quantiles against the same rounds' durations in the log.
+
+    The panel's own expressions are evaluated at the last scrape of ``hgo_rounds_total``
+    with ``$__rate_interval`` widened to every scrape so far; the rounds they cover are
+    those the counter counted between its first and last sample. Each quantile must fall
+    in the bucket of the log's exact quantile or a neighbouring one.
+    """
+    import bisect
+
+    import numpy as np
+
+    from hgo_common import roundlog
+
+    def scraped() -> tuple[float, int, float, int] | None:
+        (series,) = _query(base, "hgo_rounds_total[10m]")
+        (t0, first), (t1, last) = series["values"][0], series["values"][-1]
+        span = (float(t0), int(float(first)), float(t1), int(float(last)))
+        return span if span[3] - span[1] >= 60 else None
+
+    t0, r0, t1, r1 = wait_for(scraped, 120, 1.0, "60 rounds between the first and the last scrape")
+    window = f"{int((t1 - t0) * 1000) + 500}ms"
+    records = roundlog.read(log_path)[r0:r1]
+    # the histogram observes the whole round: set-up (prepare_ms) plus broadcast to update (round_ms)
+    seconds = np.array([(r["round_ms"] + r["prepare_ms"]) / 1000.0 for r in records])
+    buckets = sorted(float(b["metric"]["le"]) for b in _query(base, "hgo_round_duration_seconds_bucket"))
+    (panel,) = [p for p in json.loads(DASHBOARD.read_text())["panels"] if p["title"] == "Round duration vs tau"]
+    quantile_exprs = [t["expr"] for t in panel["targets"] if t["expr"].startswith("histogram_quantile")]
+    figures = []
+    for expr in quantile_exprs:
+        q = float(re.match(r"histogram_quantile\(([0-9.]+),", expr).group(1))  # type: ignore[union-attr]
+        url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": render(expr, window), "time": t1})
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            (row,) = json.load(resp)["data"]["result"]
+        prom = float(row["value"][1])
+        exact = float(np.quantile(seconds, q, method="inverted_cdf"))
+        i_prom, i_log = bisect.bisect_left(buckets, prom), bisect.bisect_left(buckets, exact)
+        figures.append(f"p{q * 100:g}: dashboard {prom * 1000:.1f} ms, round log {exact * 1000:.1f} ms")
+        assert abs(i_prom - i_log) <= 1, (
+            f"p{q * 100:g}: Prometheus {prom:.4f} s (bucket {i_prom}) vs round log {exact:.4f} s "
+            f"(bucket {i_log}); buckets {buckets}"
+        )
+    print(f"round duration over {len(seconds)} rounds at tau = 100 ms: " + "; ".join(figures))
 
 
 def test_dashboard_queries_return_data_from_live_prometheus(procs: ProcessGroup, tmp_path: Path) -> None:
@@ -231,7 +302,7 @@ def test_dashboard_queries_return_data_from_live_prometheus(procs: ProcessGroup,
         deadline = time.monotonic() + 90
         while pending and time.monotonic() < deadline:
             for expr in list(pending):
-                res = _query(base, expr.replace("$__rate_interval", RATE_INTERVAL))
+                res = _query(base, render(expr))
                 if res:
                     results[expr] = res
                     del pending[expr]
@@ -249,7 +320,7 @@ def test_dashboard_queries_return_data_from_live_prometheus(procs: ProcessGroup,
         assert one("sum(hgo_active_sessions)") == 3
         assert one("hgo_round") > 5
         assert 0.0 <= one("hgo_test_accuracy") <= 1.0
-        rates = _query(base, "hgo_worker_rate")
+        rates = _query(base, "hgo_worker_rate_per_second")
         assert {r["metric"]["profile"] for r in rates} == {"weak", "average", "powerful"}
         assert {r["metric"]["service"] for r in rates} == {"worker-weak", "worker-average", "worker-powerful"}
         weak = next(float(r["value"][1]) for r in rates if r["metric"]["profile"] == "weak")
@@ -257,5 +328,12 @@ def test_dashboard_queries_return_data_from_live_prometheus(procs: ProcessGroup,
         assert weak < powerful  # the profiles' rate distributions are far apart (profiles.PROFILES)
         reasons = {r["metric"]["reason"] for r in _query(base, "hgo_rejected_messages_total")}
         assert "unauthenticated" in reasons
+        (info,) = _query(base, "hgo_run_info")
+        assert {k: info["metric"][k] for k in ("rule", "f", "q", "tau", "dataset", "algorithm", "model")} == {
+            "rule": "average", "f": "0", "q": "3", "tau": "100ms", "dataset": "digits", "algorithm": "hgo",
+            "model": "mlp",
+        }  # fmt: skip
+        assert {r["metric"]["job"] for r in _query(base, "process_resident_memory_bytes")} >= {"hgo-worker"}
+        _round_quantiles_agree_with_the_round_log(base, topo.volume_dir("hgo-data") / "rounds.jsonl")
     finally:
         topo.close()

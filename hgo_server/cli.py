@@ -1,8 +1,9 @@
 """``hgo-server``: the command line of the HGO parameter server (docs/server.md).
 
 Prints ``hgo-server listening on HOST:PORT`` (flushed) once serving, one summary line
-at the end, and exits 0 after training or after SIGTERM/SIGINT (stop sampling, close
-the open round, checkpoint if configured, tell the workers Stop). Bad settings exit 2
+at the end, and exits 0 after training, or ``--stop-exit-code`` (default 0) after a
+SIGTERM/SIGINT that ended training early (stop sampling, close the open round,
+checkpoint if configured, tell the workers Stop). Bad settings exit 2
 with a message naming the value.
 """
 
@@ -73,7 +74,7 @@ async def amain(cfg: ServerConfig) -> int:
         f"{summary.metric_name}={metric} wall={summary.wall_s:.1f}s",
         flush=True,
     )
-    return 0
+    return 0 if summary.completed else cfg.stop_exit_code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

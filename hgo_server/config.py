@@ -77,6 +77,7 @@ class ServerConfig:
     resume: bool = False
     export: str | None = None
     export_every: int = 0
+    stop_exit_code: int = 0
     token: str | None = field(default=None, repr=False)
     token_file: str | None = None
     tokens_file: str | None = None
@@ -101,6 +102,7 @@ FIELDS = {f.name for f in dataclasses.fields(ServerConfig)}
 _INT = {
     "port", "q", "v", "f", "rounds", "seed", "min_workers", "eval_every", "metrics_port",
     "max_chunk_values", "num_shards", "checkpoint_every", "max_message_mb", "max_train", "export_every",
+    "stop_exit_code",
 }  # fmt: skip
 _FLOAT = {"lr", "l2", "tau_target"}
 _DURATION = {"tau", "sgd_timeout", "heartbeat_ms", "tau_min", "tau_max"}
@@ -300,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--export", metavar="FILE",
         help="write the trained model to FILE (.npz, hgo_common.models.load reads it) when training "
         "ends (default: not written)")  # fmt: skip
+    add("--stop-exit-code",
+        help="exit status after a SIGTERM/SIGINT that ends training early (default 0; the Kubernetes "
+        "Job uses 143 so that an evicted server is retried, not counted as finished)")  # fmt: skip
     add("--export-every", help="also write --export every N rounds (default 0: only at the end)")
     add("--token", help="require this bearer token from workers (visible in ps: prefer --token-file "
         "or $HGO_TOKEN)")  # fmt: skip
@@ -545,6 +550,7 @@ def resolve(cfg: ServerConfig) -> ServerConfig:
         10 <= cfg.heartbeat_ms < math.inf,
         f"--heartbeat-ms must be in [10 ms, inf), got {cfg.heartbeat_ms:g}",
     )
+    _range(0 <= cfg.stop_exit_code <= 255, f"--stop-exit-code must be in [0, 255], got {cfg.stop_exit_code}")
     _range(cfg.export_every >= 0, f"--export-every must be >= 0 (0: only at the end), got {cfg.export_every}")
     if cfg.export_every and cfg.export is None:
         raise ConfigError(f"--export-every {cfg.export_every} needs --export FILE to write to")

@@ -245,60 +245,140 @@ def _by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]
 def test_k8s_files_validate(tmp_path: Path) -> None:
     """Each manifest file on its own (what works without kustomize)."""
     files = sorted((K8S / "base").glob("*.yaml"))
-    assert {f.name for f in files} >= {"namespace.yaml", "server.yaml", "workers.yaml", "prometheus.yaml"}
+    assert {f.name for f in files} >= {"namespace.yaml", "server.yaml", "workers.yaml", "prometheus.yaml",
+                                       "data.yaml"}  # fmt: skip
     manifests = [f for f in files if f.name != "kustomization.yaml"]
     docs = [d for f in manifests for d in yaml.safe_load_all(f.read_text()) if d]
-    assert {d["kind"] for d in docs} == {"Namespace", "Deployment", "Service", "ConfigMap"}
+    assert {d["kind"] for d in docs} == {"Namespace", "Job", "Deployment", "Service", "ConfigMap",
+                                         "PersistentVolumeClaim"}  # fmt: skip
     _validate(docs, tmp_path)
 
 
-def test_k8s_kustomize_base(tmp_path: Path) -> None:
+def _mounts(pod: dict[str, Any], container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """mountPath -> the pod volume mounted there."""
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    return {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
+
+
+def _server_config(docs: list[dict[str, Any]], tmp_path: Path) -> Any:
+    """The server's config exactly as the pod reads it: its args, with the ConfigMap's TOML file."""
     from hgo_server.config import parse_args
+
+    jobs = _by_kind(docs, "Job")
+    pod = jobs["hgo-server"]["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    (config_arg,) = [a for a in c["args"] if a.startswith("--config=")]
+    config_path = config_arg.split("=", 1)[1]
+    mount, _, key = config_path.rpartition("/")
+    cm_name = _mounts(pod, c)[mount]["configMap"]["name"]
+    toml = _by_kind(docs, "ConfigMap")[cm_name]["data"][key]
+    local = tmp_path / "server.toml"
+    local.write_text(toml)
+    return parse_args([a.replace(config_path, str(local)) for a in c["args"]])
+
+
+def test_k8s_kustomize_base_lifecycle(tmp_path: Path) -> None:
+    """One run that ends: Jobs (not Deployments) with the right exit-code policy, storage, probes, size."""
+    from hgo_common.net import credentials
+    from hgo_server import health_service
+    from hgo_server.config import ConfigError, load_token
+    from hgo_worker import client
     from hgo_worker.cli import build_parser, config_from_args
 
     docs = _kustomize(K8S)
     _validate(docs, tmp_path)
     assert all(d["metadata"].get("namespace") == "hgo" for d in docs if d["kind"] != "Namespace")
-    deployments = _by_kind(docs, "Deployment")
-    replicas = {n: d["spec"]["replicas"] for n, d in deployments.items() if n.startswith("hgo-worker-")}
-    assert replicas == {"hgo-worker-weak": 3, "hgo-worker-average": 4, "hgo-worker-powerful": 3,
-                        "hgo-worker-byzantine": 0}  # fmt: skip
-    (secret,) = _by_kind(docs, "Secret").values()
-    assert secret["metadata"]["name"].startswith("hgo-auth-")  # generated, content-hashed
+    # only Prometheus is a long-running Deployment; the training is Jobs
+    assert set(_by_kind(docs, "Deployment")) == {"hgo-prometheus"}
+    jobs = _by_kind(docs, "Job")
+    assert set(jobs) == {"hgo-server", "hgo-worker-weak", "hgo-worker-average", "hgo-worker-powerful",
+                         "hgo-worker-byzantine"}  # fmt: skip
 
-    server = deployments["hgo-server"]["spec"]["template"]["spec"]
-    (c,) = server["containers"]
-    env = {e["name"]: e for e in c["env"]}
-    assert env["HGO_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == secret["metadata"]["name"]
-    # Kubernetes expands $(HGO_TOKEN) in args from the container's env
-    cfg = parse_args([a.replace("$(HGO_TOKEN)", "tok") for a in c["args"]])
-    assert cfg.token == "tok" and cfg.min_workers == sum(replicas.values()) and cfg.bind == "0.0.0.0"
-    assert c["readinessProbe"]["exec"]["command"][:3] == ["python", "-m", "hgo_server.health"]
+    # ---- the server: one pod, retried on crash/eviction, never twice at once, failed fast on exit 2
+    cfg = _server_config(docs, tmp_path)
+    job = jobs["hgo-server"]["spec"]
+    assert job["completions"] == job["parallelism"] == 1 and job["backoffLimit"] >= 1
+    assert job["podReplacementPolicy"] == "Failed"
+    pod = job["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    rules = job["podFailurePolicy"]["rules"]
+    fail = [r for r in rules if r["action"] == "FailJob"]
+    assert [r["onExitCodes"]["values"] for r in fail] == [[2]]  # hgo-server: 2 = bad setting
+    ignored = [c for r in rules if r["action"] == "Ignore" for c in r["onPodConditions"]]
+    assert {"type": "DisruptionTarget"} in ignored  # a drained node does not count as a failure
+    # evicted mid-run, the server checkpoints and exits with a code the Job retries
+    assert cfg.stop_exit_code not in (0, 2) and cfg.resume and cfg.export
+    (c,) = pod["containers"]
+    mounts = _mounts(pod, c)
+    claim = mounts["/data"]["persistentVolumeClaim"]["claimName"]
+    assert claim in _by_kind(docs, "PersistentVolumeClaim")
+    for path in (cfg.log, cfg.checkpoint_dir, cfg.export):
+        assert path.startswith("/data/"), path  # on the claim: survives rescheduling
+    # native gRPC probes against grpc.health.v1: liveness "" and readiness hgo.v1.HGO
+    assert c["livenessProbe"]["grpc"] == {"port": cfg.port}
+    assert c["startupProbe"]["grpc"] == {"port": cfg.port}
+    assert c["readinessProbe"]["grpc"] == {"port": cfg.port, "service": "hgo.v1.HGO"}
+    assert health_service.statuses("training")["hgo.v1.HGO"] != health_service.statuses("done")["hgo.v1.HGO"]
+    assert "env" not in c or all(e["name"] != "HGO_TOKEN" for e in c["env"])
+    assert "--token" not in " ".join(c["args"])  # no secret on a command line
+    secret = mounts[str(Path(cfg.token_file).parent)]["secret"]["secretName"]
+    assert secret.startswith("hgo-auth-") and secret in _by_kind(docs, "Secret")
+    # the committed token is a placeholder that the server refuses (exit 2: the Job fails at once)
+    placeholder = (K8S / "base" / "secrets" / "token").read_text().strip()
+    assert placeholder in credentials.PLACEHOLDER_TOKENS
+    with pytest.raises(ConfigError, match="placeholder"):
+        load_token(cfg.replace(token_file=None, token=placeholder))
     services = _by_kind(docs, "Service")
     assert {p["port"] for p in services["hgo-server"]["spec"]["ports"]} == {cfg.port, cfg.metrics_port}
+    assert services["hgo-server"]["spec"]["selector"].items() <= job["template"]["metadata"]["labels"].items()
 
+    # ---- the run's size: one ConfigMap, copied into the worker Jobs
+    run = _by_kind(docs, "ConfigMap")[mounts["/etc/hgo/run"]["configMap"]["name"]]["data"]
+    counts = {}
     profiles = {}
-    for name, dep in deployments.items():
-        if not name.startswith("hgo-worker-"):
-            continue
-        spec = dep["spec"]["template"]["spec"]
-        assert spec["securityContext"]["runAsNonRoot"] is True
-        (w,) = spec["containers"]
+    for name in ("weak", "average", "powerful", "byzantine"):
+        spec = jobs[f"hgo-worker-{name}"]["spec"]
+        assert spec["parallelism"] == spec["completions"] == int(run[name]), name
+        counts[name] = spec["completions"]
+        wpod = spec["template"]["spec"]
+        assert wpod["restartPolicy"] == "Never" and wpod["securityContext"]["runAsNonRoot"] is True
+        (w,) = wpod["containers"]
         args = build_parser().parse_args(w["args"])
         config_from_args(args)
-        assert args.server == "hgo-server:50051"
+        assert args.server == f"hgo-server:{cfg.port}" and args.token is None
+        assert str(args.token_file.parent) in _mounts(wpod, w)
+        assert _mounts(wpod, w)[str(args.token_file.parent)]["secret"]["secretName"] == secret
         profiles[name] = (args.profile, args.byzantine)
-        assert {e["name"] for e in w["env"]} >= {"HGO_TOKEN"}
-        # the headless Service that Prometheus resolves selects every worker pod
+        wrules = spec["podFailurePolicy"]["rules"]
+        codes = [v for r in wrules if r["action"] == "FailJob" for v in r["onExitCodes"]["values"]]
+        assert sorted(codes) == [client.EXIT_LOCAL_DATA, client.EXIT_REJECTED]  # retrying cannot help
+        assert client.EXIT_GAVE_UP not in codes  # a worker that gave up reconnecting is replaced
+        if name != "byzantine":
+            # done = one worker told "done" (all are, at the same moment); the rest are stopped
+            assert spec["completionMode"] == "Indexed"
+            assert spec["successPolicy"]["rules"] == [{"succeededCount": 1}]
         selector = services["hgo-workers"]["spec"]["selector"]
-        assert selector.items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+        assert selector.items() <= spec["template"]["metadata"]["labels"].items()
     assert profiles == {
-        "hgo-worker-weak": ("weak", None),
-        "hgo-worker-average": ("average", None),
-        "hgo-worker-powerful": ("powerful", None),
-        "hgo-worker-byzantine": ("powerful", "alie"),
-    }
+        "weak": ("weak", None), "average": ("average", None), "powerful": ("powerful", None),
+        "byzantine": ("powerful", "alie"),
+    }  # fmt: skip
+    assert counts == {"weak": 3, "average": 4, "powerful": 3, "byzantine": 0}
+    assert cfg.min_workers == cfg.num_shards == sum(counts.values()) >= cfg.q
     assert services["hgo-workers"]["spec"]["clusterIP"] == "None"
+
+
+def test_server_exit_code_after_sigterm(procs: ProcessGroup, tmp_path: Path) -> None:
+    """Stopped before the last round: --stop-exit-code (the k8s Job's 143), else 0 as before."""
+    import signal
+
+    for extra, code in ((("--stop-exit-code", "143"), 143), ((), 0)):
+        work = tmp_path / str(code)
+        work.mkdir()
+        _start_server(procs, work, *extra)
+        proc = procs.procs[-1]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == code
 
 
 def test_k8s_tls_overlay(tmp_path: Path) -> None:
@@ -311,16 +391,21 @@ def test_k8s_tls_overlay(tmp_path: Path) -> None:
     secrets = _by_kind(docs, "Secret")
     (tls_name,) = [n for n in secrets if n.startswith("hgo-tls-")]
     assert set(secrets[tls_name]["data"]) == {"ca.crt", "tls.crt", "tls.key"}
-    for name, dep in _by_kind(docs, "Deployment").items():
-        if name == "hgo-prometheus":
-            continue
-        spec = dep["spec"]["template"]["spec"]
+    for name, job in _by_kind(docs, "Job").items():
+        spec = job["spec"]["template"]["spec"]
         volumes = {v["name"]: v for v in spec["volumes"]}
         assert volumes["tls"]["secret"]["secretName"] == tls_name, name
-        args = spec["containers"][0]["args"]
+        c = spec["containers"][0]
+        args = c["args"]
         if name == "hgo-server":
             assert "--tls-cert=/etc/hgo/tls/tls.crt" in args and "--tls-key=/etc/hgo/tls/tls.key" in args
-            probe = spec["containers"][0]["livenessProbe"]["exec"]["command"]
-            assert probe[probe.index("--tls-name") + 1] == "hgo-server"
+            # the kubelet's gRPC probe has no TLS: exec probes through hgo_server.health instead
+            for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+                assert "grpc" not in c[kind], kind
+                probe = c[kind]["exec"]["command"]
+                assert probe[:3] == ["python", "-m", "hgo_server.health"]
+                assert probe[probe.index("--tls-name") + 1] == "hgo-server"
+            ready = c["readinessProbe"]["exec"]["command"]
+            assert ready[ready.index("--service") + 1] == "hgo.v1.HGO"
         else:
             assert "--tls-ca=/etc/hgo/tls/ca.crt" in args

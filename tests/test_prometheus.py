@@ -240,7 +240,8 @@ def _round_quantiles_agree_with_the_round_log(base: str, log_path: Path) -> None
     # the histogram observes the whole round: set-up (prepare_ms) plus broadcast to update (round_ms)
     seconds = np.array([(r["round_ms"] + r["prepare_ms"]) / 1000.0 for r in records])
     buckets = sorted(float(b["metric"]["le"]) for b in _query(base, "hgo_round_duration_seconds_bucket"))
-    (panel,) = [p for p in json.loads(DASHBOARD.read_text())["panels"] if p["title"] == "Round duration vs tau"]
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    (panel,) = [p for p in panels if p["title"] == "Round duration vs tau"]
     quantile_exprs = [t["expr"] for t in panel["targets"] if t["expr"].startswith("histogram_quantile")]
     figures = []
     for expr in quantile_exprs:

@@ -409,3 +409,30 @@ def test_k8s_tls_overlay(tmp_path: Path) -> None:
             assert ready[ready.index("--service") + 1] == "hgo.v1.HGO"
         else:
             assert "--tls-ca=/etc/hgo/tls/ca.crt" in args
+
+
+def _listening(port: int) -> set[str]:
+    """IPv4 addresses with a TCP socket listening on ``port`` (from /proc/net/tcp)."""
+    import ipaddress
+
+    out = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        addr, port_hex = local.split(":")
+        if state == "0A" and int(port_hex, 16) == port:
+            out.add(str(ipaddress.IPv4Address(bytes.fromhex(addr)[::-1])))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc/net/tcp")
+def test_metrics_listen_on_bind_unless_metrics_bind(procs: ProcessGroup, tmp_path: Path) -> None:
+    import urllib.request
+
+    (tmp_path / "a").mkdir()
+    _, metrics = _start_server(procs, tmp_path / "a")  # default --bind 127.0.0.1
+    assert _listening(metrics) == {"127.0.0.1"}
+    body = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10).read().decode()
+    assert 'hgo_run_info{' in body and 'rule="average"' in body and 'tau="60ms"' in body
+    (tmp_path / "b").mkdir()
+    _, metrics = _start_server(procs, tmp_path / "b", "--metrics-bind", "0.0.0.0")
+    assert _listening(metrics) == {"0.0.0.0"}

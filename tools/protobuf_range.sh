@@ -16,6 +16,8 @@ if [ -z "$OLDEST" ]; then
 fi
 TESTS=(tests/test_proto_stubs.py tests/test_server.py tests/test_deploy.py::test_health_check_on_a_live_server
        tests/test_deploy.py::test_health_check_over_tls)
+venv=""
+trap 'if [ -n "$venv" ]; then rm -rf "$venv"; fi' EXIT
 for spec in "protobuf==$OLDEST" "protobuf>=7,<8"; do
     venv=.venv-protobuf-$(echo "$spec" | tr -c 'a-z0-9.\n' '_')
     rm -rf "$venv"

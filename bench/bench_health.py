@@ -64,7 +64,8 @@ def main() -> int:
                 assert all(code == 0 for *_, code in runs), runs
                 wall = statistics.median(r[0] for r in runs)
                 rss = statistics.median(r[1] for r in runs)
-                print(f"{name}: median {wall * 1000:.0f} ms wall, {rss:.0f} MiB peak RSS ({args.repeat} runs)")
+                print(f"{name}: median {wall * 1000:.0f} ms wall, {rss:.0f} MiB peak RSS "
+                      f"({args.repeat} runs)")  # fmt: skip
             request = health_pb2.HealthCheckRequest(service="hgo.v1.HGO")
             fresh = []
             for _ in range(200):

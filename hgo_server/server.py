@@ -447,7 +447,8 @@ class Server:
 
     async def export_model(self, k: int, *, completed: bool) -> Path | None:
         """Write w after ``k`` rounds to ``--export`` (hgo_common.models.save); None without it."""
-        if self.cfg.export is None:
+        target = self.cfg.export
+        if target is None:
             return None
         from hgo_common.models import save
 
@@ -456,10 +457,10 @@ class Server:
             "dataset": self.cfg.dataset, "round": k, "completed": completed,
             "evaluation": dict(self.last_eval), "settings": self.cfg.as_dict(),
         }  # fmt: skip
-        w = self.w.copy()
+        w = self.weights  # a copy, taken between rounds
         path: Path = await self._in_thread(
             lambda: save(
-                self.cfg.export, self.setup.model, w, meta=meta,
+                target, self.setup.model, w, meta=meta,
                 feature_mean=ds.feature_mean, feature_std=ds.feature_std,
             )
         )  # fmt: skip

@@ -38,10 +38,12 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
 
 async def amain(cfg: ServerConfig) -> int:
     """Serve and train with ``cfg``; returns the exit status."""
+    from prometheus_client import REGISTRY
+
     from .metrics import ServerMetrics
     from .servicer import start_server
 
-    metrics = ServerMetrics.default(cfg.tau)
+    metrics = ServerMetrics.for_config(cfg, REGISTRY)
     if cfg.metrics_port is not None:
         addr = cfg.metrics_bind or cfg.bind
         try:

@@ -30,14 +30,24 @@ TAU_FACTORS = (
 )  # fmt: skip
 
 
-def round_buckets(tau_ms: float | None) -> tuple[float, ...]:
+def round_buckets(tau_ms: float | None, tau_min_ms: float | None = None) -> tuple[float, ...]:
     """Upper bounds (seconds) of the round-duration histogram for the deadline ``tau_ms``.
 
     ``TAU_FACTORS`` x τ, plus 1, 2.5 and 5 ms below them for sub-τ rounds of fast tests;
-    :data:`_SECONDS` when τ is infinite or unknown.
+    :data:`_SECONDS` when τ is infinite or unknown. With ``--tau auto`` (``tau_min_ms`` given,
+    ``tau_ms`` = ``--tau-max``) each round's deadline moves within [τ_min, τ_max]: edges
+    spaced geometrically from τ_min / 2 to 1.25 τ_max, 6 % apart, or wider when 48 edges do
+    not reach (12 % for the default 10 ms .. 1 s).
     """
     if tau_ms is None or not math.isfinite(tau_ms) or tau_ms <= 0:
         return _SECONDS
+    if tau_min_ms is not None and 0 < tau_min_ms < tau_ms:
+        lo, hi = tau_min_ms / 2000.0, tau_ms * 1.25 / 1000.0
+        n = max(2, min(48, math.ceil(math.log(hi / lo) / math.log(1.06)) + 1))
+        ratio = (hi / lo) ** (1.0 / (n - 1))
+        auto = {round(lo * ratio**i, 9) for i in range(n)}
+        auto |= {e for e in (0.001, 0.0025, 0.005) if e < lo}
+        return tuple(sorted(auto))
     tau = tau_ms / 1000.0
     edges = {round(f * tau, 9) for f in TAU_FACTORS}
     edges |= {e for e in (0.001, 0.0025, 0.005) if e < TAU_FACTORS[0] * tau}
@@ -51,6 +61,8 @@ RUN_LABELS = ("rule", "f", "q", "tau", "dataset", "algorithm", "model", "seed", 
 def run_labels(cfg: Any, model: str) -> dict[str, str]:
     """The ``hgo_run_info`` labels of a ServerConfig (τ in ms, ``inf`` when infinite)."""
     tau = "inf" if math.isinf(cfg.tau) else f"{cfg.tau:g}ms"
+    if getattr(cfg, "tau_auto", False):
+        tau = f"auto:{cfg.tau_min:g}ms-{cfg.tau_max:g}ms"
     return {
         "rule": str(cfg.rule), "f": str(cfg.f), "q": str(cfg.q), "tau": tau, "dataset": str(cfg.dataset),
         "algorithm": str(cfg.algorithm), "model": model, "seed": str(cfg.seed), "rounds": str(cfg.rounds),
@@ -60,10 +72,16 @@ def run_labels(cfg: Any, model: str) -> dict[str, str]:
 class ServerMetrics:
     """The server's metric objects, registered on ``registry``."""
 
-    def __init__(self, registry: CollectorRegistry | None = None, *, tau_ms: float | None = None) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        tau_ms: float | None = None,
+        tau_min_ms: float | None = None,
+    ) -> None:
         r = CollectorRegistry() if registry is None else registry
         self.registry = r
-        self.round_buckets = round_buckets(tau_ms)
+        self.round_buckets = round_buckets(tau_ms, tau_min_ms)
         self.rounds = Counter("hgo_rounds", "Rounds closed", registry=r)
         self.rounds_without_quorum = Counter(
             "hgo_rounds_without_quorum", "Rounds closed without a quorum (model unchanged)", registry=r
@@ -108,9 +126,15 @@ class ServerMetrics:
         self.run.labels(**run_labels(cfg, model)).set(1)
 
     @classmethod
-    def default(cls, tau_ms: float | None = None) -> ServerMetrics:
+    def default(cls, tau_ms: float | None = None, tau_min_ms: float | None = None) -> ServerMetrics:
         """Metrics on prometheus_client's global registry (one per process: the CLI)."""
-        return cls(REGISTRY, tau_ms=tau_ms)
+        return cls(REGISTRY, tau_ms=tau_ms, tau_min_ms=tau_min_ms)
+
+    @classmethod
+    def for_config(cls, cfg: Any, registry: CollectorRegistry | None = None) -> ServerMetrics:
+        """Metrics with round buckets for ``cfg``'s τ (or its ``--tau auto`` range)."""
+        tau_min = cfg.tau_min if getattr(cfg, "tau_auto", False) else None
+        return cls(registry, tau_ms=cfg.tau, tau_min_ms=tau_min)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         """Expose /metrics on ``port`` (a daemon thread of prometheus_client)."""

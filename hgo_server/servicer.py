@@ -385,7 +385,7 @@ async def start_server(
         The bound port (the chosen one when ``cfg.port`` is 0).
     """
     if metrics is None:
-        metrics = ServerMetrics(tau_ms=cfg.tau)  # round-duration buckets around this run's tau
+        metrics = ServerMetrics.for_config(cfg)  # round-duration buckets around this run's tau
     core = Server(cfg, metrics=metrics, setup=setup)
     core.metrics.set_run_info(cfg, model=core.spec.model)
     interceptors: list[grpc.aio.ServerInterceptor] = []  # type: ignore[type-arg]

@@ -338,3 +338,22 @@ def test_dashboard_queries_return_data_from_live_prometheus(procs: ProcessGroup,
         _round_quantiles_agree_with_the_round_log(base, topo.volume_dir("hgo-data") / "rounds.jsonl")
     finally:
         topo.close()
+
+
+def test_round_buckets_follow_tau() -> None:
+    from hgo_server.config import from_mapping
+    from hgo_server.metrics import ServerMetrics, round_buckets, run_labels
+
+    b = round_buckets(100.0)
+    assert list(b) == sorted(set(b)) and 0.1 in b and 0.101 in b and 0.102 in b and b[-1] == 1.0
+    # just above tau the edges are 1 % of tau apart: a 102 ms round is no longer read as 175 ms
+    assert [e for e in b if 0.1 <= e <= 0.105] == [0.1, 0.101, 0.102, 0.103, 0.105]
+    assert round_buckets(float("inf")) == round_buckets(None)  # sgd with tau = inf: decades
+    auto = from_mapping({"tau": "auto", "tau_min": 20, "tau_max": 400})
+    m = ServerMetrics.for_config(auto)
+    edges = m.round_buckets
+    assert edges[0] <= 0.010 and edges[-1] == 0.5 and len(edges) <= 51  # tau_min/2 .. 1.25 tau_max
+    ratios = [hi / lo for lo, hi in zip(edges, edges[1:], strict=False) if lo >= 0.01]
+    assert max(ratios) <= 1.13
+    assert run_labels(auto, "mlp")["tau"] == "auto:20ms-400ms"
+    assert run_labels(from_mapping({"tau": "inf", "algorithm": "sgd"}), "mlp")["tau"] == "inf"

@@ -67,11 +67,13 @@ def test_fleet_file_hosts_independent_devices(procs: ProcessGroup, tmp_path: Pat
     while len(roundlog.read(log) if log.exists() else []) < 3 and time.monotonic() < deadline:
         time.sleep(0.2)  # a few rounds in, mid-run
     body = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
-    devices = set(re.findall(r'hgo_worker_rate\{[^}]*device="([^"]+)"', body))
+    devices = set(re.findall(r'hgo_worker_rate_per_second\{[^}]*device="([^"]+)"', body))
     assert devices == {f"dev{i}" for i in range(5)}, body[:2000]
-    pattern = r'hgo_worker_rate\{[^}]*device="([^"]+)"[^}]*\} (\S+)'
+    pattern = r'hgo_worker_rate_per_second\{[^}]*device="([^"]+)"[^}]*\} (\S+)'
     rate_of = {d: float(v) for d, v in re.findall(pattern, body)}
-    assert rate_of["dev2"] == 2.0 and rate_of["dev0"] == 0.5
+    assert rate_of["dev2"] == 2000.0 and rate_of["dev0"] == 500.0  # per second: --rate is per ms
+    # one process: its process metrics once, not once per device
+    assert len(re.findall(r"^process_resident_memory_bytes ", body, re.M)) == 1
     assert _wait_exit(server, procs, 120) == 0
     assert _wait_exit(worker, procs, 30) == 0
     records = roundlog.read(tmp_path / "rounds.jsonl")

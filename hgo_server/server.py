@@ -75,6 +75,7 @@ from .setup import Setup, load_setup, shard_slices
 log = logging.getLogger("hgo.server")
 
 KNOWN_PROFILES = frozenset({*profiles.PROFILES, "custom"})
+HEARTBEAT_BATCH = 200  # sessions beaten per loop turn (see Server.heartbeats)
 
 
 class Server:
@@ -355,12 +356,17 @@ class Server:
         if self._round_open and early and self.collector.all_finished():
             self._wake.set()
 
-    def sweep(self) -> None:
-        """Send heartbeats; drop sessions silent for more than 3 intervals."""
+    def sweep(self, batch: list[SessionRecord] | None = None) -> None:
+        """Send heartbeats; drop sessions silent for more than 3 intervals.
+
+        ``batch``: only these sessions (those that left meanwhile are skipped); default all.
+        """
         now = time.monotonic()
         limit = 3 * self.cfg.heartbeat_ms / 1000.0
         beat = Beat(time.time_ns())
-        for sess in list(self.sessions.values()):
+        for sess in list(self.sessions.values()) if batch is None else batch:
+            if self.sessions.get(sess.session_id) is not sess:
+                continue
             if now - sess.last_seen > limit:
                 self.reject("heartbeat-timeout")
                 self.leave(
@@ -372,10 +378,21 @@ class Server:
                 sess.send(beat)
 
     async def heartbeats(self) -> None:
-        """Run :meth:`sweep` every heartbeat interval until cancelled."""
+        """Run :meth:`sweep` every heartbeat interval until cancelled.
+
+        With more than :data:`HEARTBEAT_BATCH` sessions the interval is cut into equal
+        slices and each slice beats one batch: a beat wakes every session's stream writer
+        at once, and asyncio runs all ready callbacks before it looks at its timers, so
+        4,000 beats in one sweep held the round's deadline timer for hundreds of ms
+        (bench/bench_sessions.py, docs/benchmarks.md).
+        """
+        period = self.cfg.heartbeat_ms / 1000.0
         while True:
-            await asyncio.sleep(self.cfg.heartbeat_ms / 1000.0)
-            self.sweep()
+            sessions = list(self.sessions.values())
+            batches = [sessions[i : i + HEARTBEAT_BATCH] for i in range(0, len(sessions), HEARTBEAT_BATCH)]
+            for batch in batches or [[]]:
+                await asyncio.sleep(period / max(1, len(batches)))
+                self.sweep(batch)
 
     # ------------------------------------------------------------------ stop
 

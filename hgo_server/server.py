@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import logging
 import math
 import secrets
@@ -425,6 +426,7 @@ class Server:
         log.info("waiting for %d workers", cfg.min_workers)
         nothing_left = self.start_round >= cfg.rounds  # resumed from a finished run
         started = nothing_left or await self._wait_sessions(int(cfg.min_workers or 1))
+        self._freeze_heap()
         self._t_start = time.monotonic()
         k = self.start_round
         if started:
@@ -464,6 +466,25 @@ class Server:
         """Release the aggregation thread and the log (after :meth:`run`)."""
         self._executor.shutdown(wait=False, cancel_futures=True)
         self.roundlog.close()
+        if self._heap_frozen:
+            self._heap_frozen = False
+            gc.unfreeze()
+
+    _heap_frozen = False
+
+    def _freeze_heap(self) -> None:
+        """Training starts: collect once, then keep what is alive now (data, model, every
+        session's objects) out of all later garbage collections until :meth:`close`.
+
+        A full collection walks every tracked object while holding the event loop; with
+        4,000 sessions those pauses (100-500 ms here) made round deadlines fire late
+        (bench/bench_sessions.py, docs/benchmarks.md). Objects frozen here that later
+        become cyclic garbage are reclaimed only after :meth:`close`.
+        """
+        if not self._heap_frozen:
+            gc.collect()
+            gc.freeze()
+            self._heap_frozen = True
 
     async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn`` in the aggregation thread.

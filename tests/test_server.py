@@ -925,3 +925,27 @@ def _drain(q: Any) -> list[Any]:
     while not q.empty():
         out.append(q.get_nowait())
     return out
+
+
+async def test_training_freezes_the_heap_until_close() -> None:
+    """Run: once the workers have joined, what is alive is moved out of later garbage
+    collections (gc.freeze, so full collections do not stall the loop with thousands of
+    sessions); close() gives it back (gc.unfreeze), so nothing stays frozen after a run."""
+    import gc
+
+    from hgo_server.messages import JoinRequest
+    from hgo_server.server import Server
+
+    cfg = make_config(q=1, tau="5ms", rounds=3, min_workers=1)
+    core = Server(cfg, setup=setup_for(cfg))
+    before = gc.get_freeze_count()
+    core.join(JoinRequest(protocol_version=1))
+    try:
+        summary = await asyncio.wait_for(core.run(), 60)
+        assert summary.completed and summary.rounds == 3
+        assert gc.get_freeze_count() > before
+    finally:
+        core.close()
+    assert gc.get_freeze_count() == 0
+    core.close()  # idempotent
+    assert gc.get_freeze_count() == 0

@@ -39,7 +39,7 @@ bench: $(STAMP)  ## benchmarks that print their figures (recorded in docs/benchm
 
 MNIST_DIR ?= ../shared/data/mnist
 
-bench-deadline: $(STAMP)  ## q = 80 live sessions at tau 60/500 ms, d 785/23,860, ingest, 4,000 sessions (~7-8 min; MNIST in MNIST_DIR)
+bench-deadline: $(STAMP)  ## q = 80 live sessions at tau 60/500 ms, d 785/23,860, ingest, 4,000 sessions (~2-3 min; MNIST in MNIST_DIR)
 	$(BIN)/python bench/bench_deadline.py --data-dir $(MNIST_DIR)
 
 bench-flower: $(STAMP)  ## Flower 1.42 FedAvg vs HGO, N = 10 (builds bench/.flower-venv on first use; ~5-10 min)

@@ -1,7 +1,7 @@
 """The deadline under load: n = 100 live worker sessions, q = 80, at tau = 60 ms and 500 ms.
 
 Run: ``.venv/bin/python bench/bench_deadline.py --data-dir /work/shared/data/mnist``
-(about 6-8 minutes on 2 cores; also ``make bench-deadline``). docs/benchmarks.md
+(about 1.5-3 minutes on 2 cores; also ``make bench-deadline``). docs/benchmarks.md
 "## The deadline under load" records it with the command.
 
 Part 1, deadline settings (``--settings``, default d = 785 and d = 23,860 at tau = 60 and

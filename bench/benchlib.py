@@ -103,8 +103,9 @@ def cpu_seconds(pid: int) -> float | None:
 class CpuSampler:
     """Samples the CPU seconds of named groups of processes; :meth:`window` differences them.
 
-    Call :meth:`sample` often (every ~0.2 s) while the processes run; the figures of a
-    window are the samples nearest its ends, so their resolution is the sampling period.
+    Call :meth:`sample` often (every ~0.1 s) while the processes run; a window's figures
+    come from the samples that bracket it, so they can stretch it by one sampling period
+    at each end.
     """
 
     def __init__(self, groups: dict[str, Sequence[int]]) -> None:
@@ -130,8 +131,9 @@ class CpuSampler:
         if len(self.samples) < 2:
             return {k: float("nan") for k in self.groups}
         times = np.array([s[0] for s in self.samples])
-        ia = int(np.argmin(np.abs(times - t_a)))
-        ib = int(np.argmin(np.abs(times - t_b)))
+        # the samples that bracket the window (the last at or before t_a, the first at or after t_b)
+        ia = max(0, int(np.searchsorted(times, t_a, side="right")) - 1)
+        ib = min(len(times) - 1, int(np.searchsorted(times, t_b, side="left")))
         if ib <= ia:
             return {k: float("nan") for k in self.groups}
         wall = self.samples[ib][0] - self.samples[ia][0]

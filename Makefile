@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint proto bench experiments clean
+.PHONY: install demo test test-fast lint proto bench bench-deadline bench-flower experiments clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -36,6 +36,14 @@ bench: $(STAMP)  ## benchmarks that print their figures (recorded in docs/benchm
 	$(BIN)/python bench/bench_server_round.py
 	$(BIN)/python bench/bench_sessions.py
 	$(BIN)/python bench/bench_network.py
+
+MNIST_DIR ?= ../shared/data/mnist
+
+bench-deadline: $(STAMP)  ## q = 80 live sessions at tau 60/500 ms, d 785/23,860, ingest, 4,000 sessions (~2-3 min; MNIST in MNIST_DIR)
+	$(BIN)/python bench/bench_deadline.py --data-dir $(MNIST_DIR)
+
+bench-flower: $(STAMP)  ## Flower 1.42 FedAvg vs HGO, N = 10 (builds bench/.flower-venv on first use; ~5-10 min)
+	$(BIN)/python bench/bench_flower.py --nodes 10 --rounds 5 --trials 2
 
 experiments: $(STAMP)  ## the paper's figures 3-8, CI-sized (--quick), in the simulator; full runs: docs/experiments.md
 	for fig in fig3 fig4 fig5 fig6 fig7 fig8; do $(BIN)/hgo-experiment run $$fig --quick --out runs/experiments/$$fig || exit 1; done

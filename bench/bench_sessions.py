@@ -10,7 +10,9 @@ session has joined. Reported:
   p50 / p90 / p99 / max, and the overshoot over tau; ``close_ms`` (broadcast to the
   deadline firing: how well the deadline itself is kept, before aggregation);
 * server memory per session: (RSS with all sessions joined - RSS before the first one)
-  / sessions, read from /proc/<pid>/status.
+  / sessions, read from /proc/<pid>/status;
+* CPU: cores used by the server and by the client processes from "all joined" to the end
+  (CPU seconds from /proc/PID/stat, sampled every 0.5 s, over wall seconds).
 
 Example (the recorded run)::
 
@@ -30,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +48,13 @@ def _rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def _cpu_sampler(server: int, clients: list[int]) -> Any:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from benchlib import CpuSampler
+
+    return CpuSampler({"server": [server], "clients": clients})
 
 
 def _status(port: int) -> Any:
@@ -126,6 +136,7 @@ def run(
     data_dir: str | None,
     workdir: Path,
     timeout_s: float = 900.0,
+    server_args: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Run one load test; returns the figures (also printed by :func:`main`)."""
     port_file = workdir / "port"
@@ -139,6 +150,7 @@ def run(
         argv += ["--model", model]
     if data_dir:
         argv += ["--data-dir", data_dir]
+    argv += list(server_args)
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "HGO_LOG_LEVEL": "WARNING"}
     children: list[subprocess.Popen[bytes]] = []
     server_out = open(workdir / "server.log", "wb")  # noqa: SIM115 - closed below
@@ -172,6 +184,8 @@ def run(
         dim = 0
         joined_s = float("nan")
         deadline = time.monotonic() + timeout_s
+        cpu = _cpu_sampler(server.pid, [c.pid for c in children])
+        cpu_from = cpu_to = 0.0
         while server.poll() is None:
             if time.monotonic() > deadline:
                 raise RuntimeError("load test timed out")
@@ -180,6 +194,10 @@ def run(
                 dim = int(st.dim)
                 joined_s = time.monotonic() - t_join
                 rss_joined = _rss_kib(server.pid)
+                cpu_from = time.time()
+            if rss_joined:
+                cpu.sample()
+                cpu_to = time.time()
             for c in children:
                 if c.poll() not in (None, 0):
                     raise RuntimeError(f"client process exited {c.returncode}")
@@ -203,6 +221,7 @@ def run(
     round_ms = np.array([r["round_ms"] for r in recs], dtype=float)
     close_ms = np.array([r.get("close_ms", np.nan) for r in recs], dtype=float)
     over = round_ms - tau_ms
+    cores = cpu.window(cpu_from, cpu_to)
     return {
         "sessions": sessions,
         "client_procs": procs,
@@ -226,6 +245,10 @@ def run(
         "server_rss_before_mib": round(rss0 / 1024, 1),
         "server_rss_joined_mib": round(rss_joined / 1024, 1),
         "server_kib_per_session": round((rss_joined - rss0) / max(1, sessions), 1),
+        # cores used (CPU s / wall s, /proc/PID/stat) from "all joined" to the end
+        "server_cores": round(cores["server"], 2),
+        "client_cores": round(cores["clients"], 2),
+        "loadavg_end": round(os.getloadavg()[0], 1),
     }
 
 
@@ -240,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="mlp")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                   help="pass ARG to hgo-server (repeatable: --server-arg=--heartbeat-ms=5s)")  # fmt: skip
     # client-process mode
     p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--server", help=argparse.SUPPRESS)
@@ -260,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
             model=args.model,
             data_dir=args.data_dir,
             workdir=Path(tmp),
+            server_args=args.server_arg,
         )
     print(json.dumps(res, indent=1))
     if args.json:

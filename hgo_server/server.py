@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import logging
 import math
 import secrets
@@ -75,6 +76,7 @@ from .setup import Setup, load_setup, shard_slices
 log = logging.getLogger("hgo.server")
 
 KNOWN_PROFILES = frozenset({*profiles.PROFILES, "custom"})
+HEARTBEAT_BATCH = 200  # sessions beaten per loop turn (see Server.heartbeats)
 
 
 class Server:
@@ -355,12 +357,17 @@ class Server:
         if self._round_open and early and self.collector.all_finished():
             self._wake.set()
 
-    def sweep(self) -> None:
-        """Send heartbeats; drop sessions silent for more than 3 intervals."""
+    def sweep(self, batch: list[SessionRecord] | None = None) -> None:
+        """Send heartbeats; drop sessions silent for more than 3 intervals.
+
+        ``batch``: only these sessions (those that left meanwhile are skipped); default all.
+        """
         now = time.monotonic()
         limit = 3 * self.cfg.heartbeat_ms / 1000.0
         beat = Beat(time.time_ns())
-        for sess in list(self.sessions.values()):
+        for sess in list(self.sessions.values()) if batch is None else batch:
+            if self.sessions.get(sess.session_id) is not sess:
+                continue
             if now - sess.last_seen > limit:
                 self.reject("heartbeat-timeout")
                 self.leave(
@@ -372,10 +379,21 @@ class Server:
                 sess.send(beat)
 
     async def heartbeats(self) -> None:
-        """Run :meth:`sweep` every heartbeat interval until cancelled."""
+        """Run :meth:`sweep` every heartbeat interval until cancelled.
+
+        With more than :data:`HEARTBEAT_BATCH` sessions the interval is cut into equal
+        slices and each slice beats one batch: a beat wakes every session's stream writer
+        at once, and asyncio runs all ready callbacks before it looks at its timers, so
+        4,000 beats in one sweep held the round's deadline timer for hundreds of ms
+        (bench/bench_sessions.py, docs/benchmarks.md).
+        """
+        period = self.cfg.heartbeat_ms / 1000.0
         while True:
-            await asyncio.sleep(self.cfg.heartbeat_ms / 1000.0)
-            self.sweep()
+            sessions = list(self.sessions.values())
+            batches = [sessions[i : i + HEARTBEAT_BATCH] for i in range(0, len(sessions), HEARTBEAT_BATCH)]
+            for batch in batches or [[]]:
+                await asyncio.sleep(period / max(1, len(batches)))
+                self.sweep(batch)
 
     # ------------------------------------------------------------------ stop
 
@@ -408,6 +426,7 @@ class Server:
         log.info("waiting for %d workers", cfg.min_workers)
         nothing_left = self.start_round >= cfg.rounds  # resumed from a finished run
         started = nothing_left or await self._wait_sessions(int(cfg.min_workers or 1))
+        self._freeze_heap()
         self._t_start = time.monotonic()
         k = self.start_round
         if started:
@@ -471,6 +490,25 @@ class Server:
         """Release the aggregation thread and the log (after :meth:`run`)."""
         self._executor.shutdown(wait=False, cancel_futures=True)
         self.roundlog.close()
+        if self._heap_frozen:
+            self._heap_frozen = False
+            gc.unfreeze()
+
+    _heap_frozen = False
+
+    def _freeze_heap(self) -> None:
+        """Training starts: collect once, then keep what is alive now (data, model, every
+        session's objects) out of all later garbage collections until :meth:`close`.
+
+        A full collection walks every tracked object while holding the event loop; with
+        4,000 sessions those pauses (100-500 ms here) made round deadlines fire late
+        (bench/bench_sessions.py, docs/benchmarks.md). Objects frozen here that later
+        become cyclic garbage are reclaimed only after :meth:`close`.
+        """
+        if not self._heap_frozen:
+            gc.collect()
+            gc.freeze()
+            self._heap_frozen = True
 
     async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn`` in the aggregation thread.

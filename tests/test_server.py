@@ -869,3 +869,83 @@ async def test_prefixes_are_those_held_when_the_deadline_fires(tmp_path: Path) -
     for rec in recs:
         assert [x["prefix"] for x in rec["workers"]] == at_deadline[rec["round"]]
         assert not rec["early_close"]
+
+
+async def test_heartbeats_go_out_in_batches_spread_over_the_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many sessions: each heartbeat slice beats at most HEARTBEAT_BATCH sessions (so one loop
+    turn never wakes every stream writer at once); every live session is still beaten every
+    interval, a session that left is skipped, and a silent one is still dropped."""
+    from hgo_server import server as server_mod
+    from hgo_server.messages import Beat, End, JoinRequest
+    from hgo_server.server import Server
+
+    monkeypatch.setattr(server_mod, "HEARTBEAT_BATCH", 2)
+    cfg = make_config(q=1, tau="1s", rounds=1, min_workers=1, heartbeat_ms=60)
+    core = Server(cfg, setup=setup_for(cfg))
+    sessions = [core.join(JoinRequest(protocol_version=1)) for _ in range(5)]
+    for s in sessions:  # drop the Welcome and shard messages
+        while not s.outbox.empty():
+            s.outbox.get_nowait()
+    live, gone, silent = sessions[:3], sessions[3], sessions[4]
+    core.leave(gone)
+    sweeps: list[list[str]] = []
+    real_sweep = core.sweep
+
+    def counting_sweep(batch: Any = None) -> None:
+        sweeps.append([x.session_id for x in (batch if batch is not None else core.sessions.values())])
+        real_sweep(batch)
+
+    monkeypatch.setattr(core, "sweep", counting_sweep)
+    beats = asyncio.create_task(core.heartbeats())
+
+    async def keep_alive() -> None:
+        while True:
+            for s in live:
+                core.on_heartbeat(s)
+            await asyncio.sleep(0.01)
+
+    alive = asyncio.create_task(keep_alive())
+    try:
+        await asyncio.sleep(0.6)  # 10 intervals; the silent session times out after 3
+    finally:
+        beats.cancel()
+        alive.cancel()
+        core.close()
+    assert sweeps and max(len(b) for b in sweeps) <= 2
+    for s in live:
+        assert sum(s.session_id in b for b in sweeps) >= 3, sweeps
+        assert any(isinstance(m, Beat) for m in _drain(s.outbox))
+    assert all(gone.session_id not in b for b in sweeps)
+    assert gone.session_id not in core.sessions and silent.session_id not in core.sessions
+    assert isinstance(_drain(silent.outbox)[-1], End)  # dropped for its silence
+
+
+def _drain(q: Any) -> list[Any]:
+    out = []
+    while not q.empty():
+        out.append(q.get_nowait())
+    return out
+
+
+async def test_training_freezes_the_heap_until_close() -> None:
+    """Run: once the workers have joined, what is alive is moved out of later garbage
+    collections (gc.freeze, so full collections do not stall the loop with thousands of
+    sessions); close() gives it back (gc.unfreeze), so nothing stays frozen after a run."""
+    import gc
+
+    from hgo_server.messages import JoinRequest
+    from hgo_server.server import Server
+
+    cfg = make_config(q=1, tau="5ms", rounds=3, min_workers=1)
+    core = Server(cfg, setup=setup_for(cfg))
+    before = gc.get_freeze_count()
+    core.join(JoinRequest(protocol_version=1))
+    try:
+        summary = await asyncio.wait_for(core.run(), 60)
+        assert summary.completed and summary.rounds == 3
+        assert gc.get_freeze_count() > before
+    finally:
+        core.close()
+    assert gc.get_freeze_count() == 0
+    core.close()  # idempotent
+    assert gc.get_freeze_count() == 0

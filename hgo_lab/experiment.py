@@ -287,13 +287,17 @@ def _build_scenario(
         vt_t, vt_s = _special(vt, f"variant {label!r}")
         merged = {**base, **_normalize(vt_t, f"variant {label!r}"), **quick_over, **quick_v}
         spec = {**base_s, **vt_s, **quick_s, **qv_s}
-        # an integer v later in the chain overrides an earlier "auto" and the converse
+        # the last table that sets v wins, whether it says an integer or "auto"
+        last_v: Any = None
         for layer_t, layer_s in ((base, base_s), (vt_t, vt_s), (quick_over, quick_s), (quick_v, qv_s)):
             if "v" in layer_t:
-                spec.pop("v", None)
+                last_v = layer_t["v"]
             elif "v" in layer_s:
-                merged.pop("v", None)
-                spec["v"] = layer_s["v"]
+                last_v = layer_s["v"]
+        if last_v == "auto":
+            merged.pop("v", None)
+        else:
+            spec.pop("v", None)
         if rounds is not None:
             merged["rounds"] = rounds
         merged["data_dir"] = _resolve_data_dir(merged.get("data_dir"), path)

@@ -38,7 +38,7 @@ bench: $(STAMP)  ## benchmarks that print their figures (recorded in docs/benchm
 	$(BIN)/python bench/bench_network.py
 
 experiments: $(STAMP)  ## the paper's figures 3-8, CI-sized (--quick), in the simulator; full runs: docs/experiments.md
-	for fig in fig3 fig4 fig5 fig6 fig7 fig8; do $(BIN)/hgo-experiment run $$fig --quick --out runs/experiments/$$fig || exit 1; done
+	for fig in fig3 fig4 fig4-hw fig5 fig6 fig7 fig8; do $(BIN)/hgo-experiment run $$fig --quick --out runs/experiments/$$fig || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

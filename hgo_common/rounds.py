@@ -98,7 +98,7 @@ def default_quorum(q: int, rule: str, f: int) -> int:
     return max(1, min(q, max(math.ceil(q / 2), need)))
 
 
-# The paper's quorum (§4.2: v is lower-bounded by f/α) as the authors' code sets it
+# The paper's quorum (issue 11 cites §4.2: v is lower-bounded by f/α) as the authors' code sets it
 # (karimboubouh/HgO src/network.py ParamServer.train: v = int(byzantine / alpha) + 1,
 # alpha from src/utils.py --alpha, default 0.5).
 AUTHORS_ALPHA = 0.5

@@ -46,7 +46,7 @@ bench-flower: $(STAMP)  ## Flower 1.42 FedAvg vs HGO, N = 10 (builds bench/.flow
 	$(BIN)/python bench/bench_flower.py --nodes 10 --rounds 5 --trials 2
 
 experiments: $(STAMP)  ## the paper's figures 3-8, CI-sized (--quick), in the simulator; full runs: docs/experiments.md
-	for fig in fig3 fig4 fig5 fig6 fig7 fig8; do $(BIN)/hgo-experiment run $$fig --quick --out runs/experiments/$$fig || exit 1; done
+	for fig in fig3 fig4 fig4-hw fig5 fig6 fig7 fig8; do $(BIN)/hgo-experiment run $$fig --quick --out runs/experiments/$$fig || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

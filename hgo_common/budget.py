@@ -20,11 +20,20 @@ alternatives. Let ``s0`` be the requested batch size, ``M`` the optional ``max_b
     Coordinates before data: shrink the batch down to 1 to cover as many coordinates as
     possible (``b = min(d, floor(B))``), then spend the rest on data:
     ``s = clip(max(1, floor(B / d)))`` (= 1 unless the budget covers d), ``b = min(d, floor(B / s))``.
+    This is the default policy of the authors' code (repository ``karimboubouh/HgO``,
+    ``src/utils.py`` ``--block_strategy`` default ``"CoordinatesFirst"``;
+    ``src/network.py`` ``Worker.get_block_coordinates_first``: if λτ >= d then b = d and
+    s = min(int(λτ / d), |S_i|), else b = int(λτ) and s = 1), with ``max_batch`` = |S_i|.
 ``hybrid`` (``rho`` in [0, 1])
     Geometric interpolation between the two batch sizes, since s spans orders of
     magnitude: ``s = clip(floor(s_cf^(1 - rho) · s_df^rho))`` with ``s_cf``, ``s_df`` the
     coordinates-first and data-first batch sizes, ``b = min(d, floor(B / s))``.
     ``rho = 0`` is coordinates-first, ``rho = 1`` is data-first.
+
+The authors' SGD baselines do not use a policy: a worker whose full gradient at the
+requested batch size does not fit the budget (d·s0 > λτ) is "incapable" and sends
+nothing (``src/network.py`` ``Worker.round_complexity``). Here that is ``fixed`` with the
+server's rule that SGD counts only complete gradients.
 
 Every plan satisfies ``s >= 1``, ``0 <= b <= d`` and ``s·b <= B`` (b may be 0 when the
 budget cannot pay for one coordinate at that batch size). Unthrottled workers

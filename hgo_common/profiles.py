@@ -6,21 +6,47 @@ its compute rate λ_i in *partial derivatives per millisecond per data point*: i
 gradient (see :mod:`hgo_common.throttle`). A profile draws λ_i once, from a normal
 distribution around the profile's mean.
 
-Rates
------
-We keep the paper's reference-code distributions (read as N(mean, std), std not variance):
+Rate models
+-----------
+Two named rate models (``RATE_MODELS``); both are read as N(mean, std), std not variance.
+
+``"hgo"`` (the default, used by ``hgo-worker --profile``): our own choice of numbers,
+chosen so that the MLP (d = 23,860) at τ = 60 ms, s = 32 is strongly heterogeneous. The
+paper gives no rates and the authors' code does not hold these; they are ours.
 
 =========  ======  ======  ===========================================================
-profile    mean    std     prefix in the default experiment (MLP d = 23,860, τ = 60 ms, s = 32)
+profile    mean    std     prefix at MLP d = 23,860, τ = 60 ms, s = 32 (``fixed`` policy)
 =========  ======  ======  ===========================================================
 weak          500     250  500·60/32 = 937.5 → 937 coordinates ≈ 3.9 % of d
 average    10,000   2,500  10,000·60/32 = 18,750 ≈ 78.6 % of d
 powerful   50,000   5,000  50,000·60/32 = 93,750 > d → the full gradient (all 23,860)
 =========  ======  ======  ===========================================================
 
-so the default experiment is strongly heterogeneous: weak workers send a short prefix,
-average ones most of the gradient, powerful ones all of it (even 3 std below the mean,
-35,000·60/32 = 65,625 > d).
+With logistic regression on MNIST (d = 785) the same rates give a weak worker
+500·60/32 = 937 > d coordinates: heterogeneity does not engage there.
+
+``"authors"``: the rates of the authors' public code (repository ``karimboubouh/HgO``):
+``src/config.py`` sets ``WEAK_DEVICE = 100``, ``AVERAGE_DEVICE = 1000``,
+``POWERFUL_DEVICE = 100000``, and ``src/utils.py`` ``dynamic_lambda`` draws each worker's
+λ as ``int(np.random.normal(MEAN, STD))`` with STD 20, 100 and 500 respectively.
+
+=========  ========  =====
+profile    mean      std
+=========  ========  =====
+weak           100     20
+average      1,000    100
+powerful   100,000    500
+=========  ========  =====
+
+In that code λ is a budget in partial derivatives per time unit for the *whole* round:
+``src/network.py`` ``Worker.get_block_coordinates_first`` spends λ·τ on coordinates ×
+data points (see :mod:`hgo_common.budget`, policy ``coordinates-first``). That is the
+unit our rates already have (partial derivatives per ms, each at one data point, so
+``b·s <= λ·τ``), with the authors' "time unit" read as our millisecond. The authors'
+draw truncates to an integer (``int(...)``); :func:`draw_rate` does the same for this
+model. Their mix gives ``ceil(n·fraction)`` workers to each profile (``dynamic_lambda``);
+:func:`counts` rounds by largest remainder instead (equal for the mixes used here at
+n = 50 and 100).
 
 "Powerful" is throttled like the others (its rate is drawn the same way); it only behaves
 as unthrottled when its prefix exceeds d, which it does in the default experiment. To run a
@@ -28,9 +54,10 @@ truly unthrottled worker pass ``--rate 0`` (``rate <= 0`` or ``inf`` means unthr
 :mod:`hgo_common.throttle`).
 
 Truncation: a normal draw can be small or negative (weak: P(N(500, 250) < 0) ≈ 2.3 %),
-so :func:`draw_rate` clamps the draw below at ``FLOOR_FRACTION · mean`` (5 % of the mean:
+so :func:`draw_rate` clamps the draw below at ``FLOOR_FRACTION · mean`` (5 % of the mean; ``"hgo"``:
 25 for weak, which about 2.9 % of weak draws hit; 3.8 std below the mean for average,
-9.5 for powerful, so practically never). We clamp rather than resample so that every call
+9.5 for powerful, so practically never; ``"authors"``: 4.75 std and more below every
+mean, so never in practice). We clamp rather than resample so that every call
 consumes exactly one normal variate from the generator, which keeps streams of draws
 aligned across runs and mixes.
 
@@ -61,14 +88,17 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
+    "AUTHORS_PROFILES",
     "FLOOR_FRACTION",
     "MIXES",
     "PROFILES",
     "PROFILE_NAMES",
+    "RATE_MODELS",
     "Profile",
     "assign",
     "counts",
     "draw_rate",
+    "draw_rates",
     "parse_mix",
 ]
 
@@ -106,6 +136,15 @@ PROFILES: dict[str, Profile] = {
     "powerful": Profile("powerful", 50_000.0, 5_000.0),
 }
 
+# The authors' code: src/config.py (means), src/utils.py dynamic_lambda (std 20 / 100 / 500).
+AUTHORS_PROFILES: dict[str, Profile] = {
+    "weak": Profile("weak", 100.0, 20.0),
+    "average": Profile("average", 1_000.0, 100.0),
+    "powerful": Profile("powerful", 100_000.0, 500.0),
+}
+
+RATE_MODELS: dict[str, dict[str, Profile]] = {"hgo": PROFILES, "authors": AUTHORS_PROFILES}
+
 MIXES: dict[str, tuple[float, float, float]] = {
     "default": (0.3, 0.4, 0.3),
     "C_weak": (1.0, 0.0, 0.0),
@@ -117,17 +156,26 @@ MIXES: dict[str, tuple[float, float, float]] = {
 }
 
 
-def _profile(name: str) -> Profile:
+def _rate_model(model: str) -> dict[str, Profile]:
     try:
-        return PROFILES[name]
+        return RATE_MODELS[model]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown profile {name!r}; expected one of {list(PROFILES)}") from None
+        raise ValueError(f"unknown rate model {model!r}; expected one of {list(RATE_MODELS)}") from None
 
 
-def draw_rate(name: str, rng: np.random.Generator) -> float:
-    """Draw a compute rate λ for profile ``name``.
+def _profile(name: str, model: str = "hgo") -> Profile:
+    table = _rate_model(model)
+    try:
+        return table[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown profile {name!r}; expected one of {list(table)}") from None
 
-    One normal variate ``rng.normal(mean, std)``, clamped below at ``FLOOR_FRACTION * mean``.
+
+def draw_rate(name: str, rng: np.random.Generator, model: str = "hgo") -> float:
+    """Draw a compute rate λ for profile ``name`` under rate model ``model``.
+
+    One normal variate ``rng.normal(mean, std)``, clamped below at ``FLOOR_FRACTION * mean``;
+    truncated to an integer for ``model="authors"`` as the authors' ``dynamic_lambda`` does.
 
     Parameters
     ----------
@@ -135,16 +183,25 @@ def draw_rate(name: str, rng: np.random.Generator) -> float:
         "weak", "average" or "powerful".
     rng : numpy.random.Generator
         Source of randomness (consumes exactly one normal variate).
+    model : str
+        A key of :data:`RATE_MODELS`: ``"hgo"`` (default) or ``"authors"``.
 
     Returns
     -------
     float
         λ > 0, partial derivatives per ms per data point.
     """
-    p = _profile(name)
+    p = _profile(name, model)
     if not isinstance(rng, np.random.Generator):
         raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-    return float(max(p.floor, rng.normal(p.mean, p.std)))
+    x = float(max(p.floor, rng.normal(p.mean, p.std)))
+    return float(math.floor(x)) if model == "authors" else x
+
+
+def draw_rates(names: Sequence[str], rng: np.random.Generator, model: str = "hgo") -> list[float]:
+    """One :func:`draw_rate` per name, in order (one normal variate each)."""
+    _rate_model(model)
+    return [draw_rate(p, rng, model) for p in names]
 
 
 def parse_mix(mix: str | Sequence[float]) -> tuple[float, float, float]:

@@ -70,9 +70,7 @@ def aggregation_rng(run_seed: int, k: int) -> np.random.Generator:
 # and a networked one with the same seed start from the same model and shards.
 
 
-def shard_split(
-    y_train: np.ndarray, num_shards: int, partition: str, seed: int
-) -> list[np.ndarray]:
+def shard_split(y_train: np.ndarray, num_shards: int, partition: str, seed: int) -> list[np.ndarray]:
     """The run's data shards: index arrays into the training split, one per shard."""
     from .datasets import partition as split  # numpy only; keeps this module light
 
@@ -98,6 +96,50 @@ def default_quorum(q: int, rule: str, f: int) -> int:
     """Default v: half of q, but never fewer rows than the rule needs for f."""
     need = aggregators.get(rule).min_rows(f)
     return max(1, min(q, max(math.ceil(q / 2), need)))
+
+
+# The paper's quorum (issue 11 cites §4.2: v is lower-bounded by f/α) as the authors' code sets it
+# (karimboubouh/HgO src/network.py ParamServer.train: v = int(byzantine / alpha) + 1,
+# alpha from src/utils.py --alpha, default 0.5).
+AUTHORS_ALPHA = 0.5
+QUORUM_AUTO = "auto"
+
+
+def auto_quorum(q: int, rule: str, f: int, alpha: float = AUTHORS_ALPHA) -> int:
+    """The paper's v: ``floor(f / alpha) + 1``, never fewer than the rule's ``min_rows(f)``, at most q.
+
+    ``alpha`` is the rule's breakdown ratio (the largest Byzantine fraction it
+    tolerates); 0.5 is the authors' default and the breakdown point of the median. With
+    ``f = 0`` this is v = 1: an honest round aggregates on the single longest prefix.
+    The authors' server uses the number of Byzantine workers *sampled* in the round; we
+    use the f the rule is told to tolerate (the server cannot know who is Byzantine).
+
+    Raises
+    ------
+    ValueError
+        ``alpha`` not in (0, 1], ``f < 0``, ``q < 1`` or an unknown rule.
+    """
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0.0 < alpha <= 1.0:
+        raise ValueError(f"quorum auto: alpha (breakdown ratio) must be in (0, 1], got {alpha!r}")
+    if isinstance(f, bool) or int(f) != f or f < 0:
+        raise ValueError(f"quorum auto: f must be an integer >= 0, got {f!r}")
+    if isinstance(q, bool) or int(q) != q or q < 1:
+        raise ValueError(f"quorum auto: q must be an integer >= 1, got {q!r}")
+    need = aggregators.get(rule).min_rows(int(f))
+    return max(1, min(int(q), max(math.floor(int(f) / alpha + 1e-9) + 1, need)))
+
+
+def resolve_quorum(v: int | str | None, q: int, rule: str, f: int) -> int:
+    """A quorum setting as an integer: None → :func:`default_quorum`, "auto" → :func:`auto_quorum`."""
+    if v is None:
+        return default_quorum(q, rule, f)
+    if isinstance(v, str):
+        if v.strip().lower() == QUORUM_AUTO:
+            return auto_quorum(q, rule, f)
+        raise ValueError(f"quorum v must be an integer >= 1 or {QUORUM_AUTO!r}, got {v!r}")
+    if isinstance(v, bool) or int(v) != v or v < 1:
+        raise ValueError(f"quorum v must be an integer >= 1 or {QUORUM_AUTO!r}, got {v!r}")
+    return int(v)
 
 
 @dataclass(frozen=True)

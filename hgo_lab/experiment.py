@@ -60,10 +60,19 @@ DEFAULT_NET_PROCESSES = 4  # worker processes hosting a net-mode run's n session
 
 @dataclass
 class Variant:
-    """One curve of a figure: a label and its full simulator configuration (seed 0)."""
+    """One curve of a figure: a label, its simulator configuration (seed 0) and the
+    scenario-level settings the simulator does not hold itself.
+
+    ``rate_model``: a key of :data:`hgo_common.profiles.RATE_MODELS`; with a model other
+    than ``"hgo"`` every seed's per-worker rates are drawn here (:func:`seed_config`).
+    ``quorum``: what the file said for v (an integer, ``"auto"`` or None); ``"auto"`` is
+    resolved into ``config.v`` by :func:`hgo_common.rounds.auto_quorum`.
+    """
 
     label: str
     config: simulator.SimConfig
+    rate_model: str = "hgo"
+    quorum: int | str | None = None
 
 
 @dataclass
@@ -77,6 +86,8 @@ class Scenario:
     path: Path
     notes: list[str] = field(default_factory=list)
     net: dict[str, Any] = field(default_factory=dict)
+    thresholds: list[float] = field(default_factory=list)
+    reference: bool = True
 
 
 class ScenarioError(ValueError):
@@ -86,8 +97,10 @@ class ScenarioError(ValueError):
 # The keys a scenario file may hold besides the SimConfig fields, with their TOML types.
 _TOP_KEYS: dict[str, type | tuple[type, ...]] = {
     "name": str, "title": str, "claim": str, "metric": str, "seeds": int, "notes": list,
-    "base": dict, "quick": dict, "variant": list, "net": dict,
+    "base": dict, "quick": dict, "variant": list, "net": dict, "thresholds": list, "reference": bool,
 }  # fmt: skip
+# Settings a [base] / [[variant]] table may hold that hgo-experiment handles itself.
+_SPECIAL = ("rate_model", "v")
 _QUICK_KEYS: dict[str, type | tuple[type, ...]] = {"base": dict, "seeds": int}
 _NET_KEYS: dict[str, type | tuple[type, ...]] = {"max_workers": int, "processes": int}
 _TOML_TYPE = {str: "a string", int: "an integer", list: "an array", dict: "a table"}
@@ -131,6 +144,26 @@ def _value_ok(value: Any, hint: Any) -> bool:
     if origin is dict:
         return isinstance(value, dict)
     return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _special(table: Any, where: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split off ``rate_model`` and ``v = "auto"`` (handled here, not by SimConfig)."""
+    from hgo_common import profiles, rounds
+
+    if not isinstance(table, dict):
+        raise ValueError(f"{where}: expected a table of settings, got {table!r}")
+    rest, spec = dict(table), {}
+    if "rate_model" in rest:
+        rm = rest.pop("rate_model")
+        if not isinstance(rm, str) or rm not in profiles.RATE_MODELS:
+            raise ValueError(f"{where}: rate_model must be one of {list(profiles.RATE_MODELS)}, got {rm!r}")
+        spec["rate_model"] = rm
+    if isinstance(rest.get("v"), str):
+        v = rest.pop("v")
+        if v != rounds.QUORUM_AUTO:
+            raise ValueError(f"{where}: v must be an integer >= 1 or {rounds.QUORUM_AUTO!r}, got {v!r}")
+        spec["v"] = v
+    return rest, spec
 
 
 def _normalize(table: Any, where: str) -> dict[str, Any]:
@@ -218,8 +251,15 @@ def _build_scenario(
     _check_table(doc, _TOP_KEYS, "top level")
     _check_table(doc.get("quick", {}), _QUICK_KEYS, "[quick]")
     _check_table(doc.get("net", {}), _NET_KEYS, "[net]")
-    base = _normalize(doc.get("base", {}), "[base]")
-    quick_over = _normalize(doc.get("quick", {}).get("base", {}), "[quick.base]") if quick else {}
+    base_t, base_s = _special(doc.get("base", {}), "[base]")
+    base = _normalize(base_t, "[base]")
+    quick_t, quick_s = _special(doc.get("quick", {}).get("base", {}), "[quick.base]")
+    quick_over = _normalize(quick_t, "[quick.base]") if quick else {}
+    if not quick:
+        quick_s = {}
+    thresholds = doc.get("thresholds", [])
+    if not all(isinstance(x, int | float) and not isinstance(x, bool) and 0 < x <= 1 for x in thresholds):
+        raise ValueError(f"'thresholds' must be an array of numbers in (0, 1], got {thresholds!r}")
     n_seeds = int(doc.get("seeds", 3))
     if quick:
         n_seeds = int(doc.get("quick", {}).get("seeds", n_seeds))
@@ -240,18 +280,40 @@ def _build_scenario(
         label = vt.pop("label", f"variant{j}")
         if not isinstance(label, str):
             raise ValueError(f"variant {j}: 'label' must be a string, got {label!r}")
-        quick_v = _normalize(vt.pop("quick", {}), f"variant {label!r} quick")
+        qv_t, qv_s = _special(vt.pop("quick", {}), f"variant {label!r} quick")
+        quick_v = _normalize(qv_t, f"variant {label!r} quick")
         if not quick:
-            quick_v = {}
-        merged = {**base, **_normalize(vt, f"variant {label!r}"), **quick_over, **quick_v}
+            quick_v, qv_s = {}, {}
+        vt_t, vt_s = _special(vt, f"variant {label!r}")
+        merged = {**base, **_normalize(vt_t, f"variant {label!r}"), **quick_over, **quick_v}
+        spec = {**base_s, **vt_s, **quick_s, **qv_s}
+        # the last table that sets v wins, whether it says an integer or "auto"
+        last_v: Any = None
+        for layer_t, layer_s in ((base, base_s), (vt_t, vt_s), (quick_over, quick_s), (quick_v, qv_s)):
+            if "v" in layer_t:
+                last_v = layer_t["v"]
+            elif "v" in layer_s:
+                last_v = layer_s["v"]
+        if last_v == "auto":
+            merged.pop("v", None)
+        else:
+            spec.pop("v", None)
         if rounds is not None:
             merged["rounds"] = rounds
         merged["data_dir"] = _resolve_data_dir(merged.get("data_dir"), path)
         try:
             config = simulator.SimConfig(**merged)
+            if spec.get("v") == "auto":
+                from hgo_common import rounds as rounds_mod
+
+                config = simulator.with_overrides(
+                    config, v=rounds_mod.auto_quorum(config.q_eff, config.rule, config.f_rule)
+                )
         except (ValueError, TypeError) as exc:
             raise ValueError(f"variant {label!r}: {exc}") from None
-        variants.append(Variant(label, config))
+        variants.append(
+            Variant(label, config, rate_model=spec.get("rate_model", "hgo"), quorum=spec.get("v", config.v))
+        )
     title = str(doc.get("title", path.stem))
     if quick:
         c0 = variants[0].config
@@ -266,6 +328,8 @@ def _build_scenario(
         path=path,
         notes=[str(x) for x in doc.get("notes", [])],
         net=dict(doc.get("net", {})),
+        thresholds=[float(x) for x in thresholds],
+        reference=bool(doc.get("reference", True)),
     )
 
 
@@ -393,6 +457,130 @@ def plot_runs(
         plots.plot_bands(curves, path, xlabel=xlabel, ylabel=f"test {metric}", title=title)
         written.append(path)
     return written
+
+
+# ---------------------------------------------------------------------------------------
+# Per-seed details: heterogeneity, time to accuracy, per-class accuracy
+
+RATE_STREAM = 0x52415445  # "RATE": keeps the rates drawn here apart from other seed streams
+
+
+def seed_config(var: Variant, s: int) -> simulator.SimConfig:
+    """The configuration of seed index ``s`` of ``var``: seed + s, and for a rate model
+    other than ``"hgo"`` the per-worker rates drawn from it (``profiles.assign`` order,
+    generator ``default_rng([seed, RATE_STREAM])``)."""
+    from hgo_common import profiles
+
+    cfg = simulator.with_overrides(var.config, seed=var.config.seed + s)
+    if var.rate_model != "hgo" and cfg.rates is None:
+        rng = np.random.default_rng([int(cfg.seed) % 2**32, RATE_STREAM])
+        rates = profiles.draw_rates(profiles.assign(cfg.n, cfg.mix), rng, var.rate_model)
+        cfg = simulator.with_overrides(cfg, rates=tuple(rates))
+    return cfg
+
+
+def time_to(recs: list[dict[str, Any]], metric: str, level: float) -> tuple[float, int] | None:
+    """(virtual time in s, round) of the first evaluation with ``metric >= level``, or None."""
+    for r in recs:
+        v = r.get(metric)
+        if v is not None and not math.isnan(float(v)) and float(v) >= level:
+            return float(r["t"]), int(r["round"])
+    return None
+
+
+def heterogeneity(recs: list[dict[str, Any]], d: int) -> dict[str, Any]:
+    """What the rounds of one run looked like.
+
+    ``block_pct``: mean |B_k| / d in % over rounds that updated; ``partial_block``: the
+    share of those rounds with |B_k| < d; ``prefix_pct[profile]``: mean prefix / d in %
+    of the honest deliveries of that profile; ``partial[profile]``: the share of them
+    with prefix < d; ``rounds_updated``: rounds with quorum.
+    """
+    blocks = [int(r["block"]) for r in recs if r.get("quorum")]
+    by_prof: dict[str, list[int]] = {}
+    for r in recs:
+        for w in r.get("workers", []):
+            if not w.get("byzantine"):
+                by_prof.setdefault(str(w["profile"]), []).append(int(w["prefix"]))
+    return {
+        "d": d,
+        "rounds_updated": len(blocks),
+        "block_pct": 100.0 * float(np.mean(blocks)) / d if blocks else 0.0,
+        "partial_block": float(np.mean([b < d for b in blocks])) if blocks else 0.0,
+        "prefix_pct": {p: 100.0 * float(np.mean(v)) / d for p, v in sorted(by_prof.items())},
+        "partial": {p: float(np.mean([x < d for x in v])) for p, v in sorted(by_prof.items())},
+    }
+
+
+def class_accuracy(cfg: simulator.SimConfig, weights: np.ndarray) -> dict[str, float]:
+    """Test accuracy per class of the model ``weights`` (classification datasets only)."""
+    from hgo_common import models
+
+    ds, _ = simulator.load_dataset(
+        cfg.dataset, cfg.data_dir, seed=cfg.seed if cfg.data_seed is None else cfg.data_seed,
+        max_train=cfg.max_train, test_fraction=cfg.test_fraction, warn=lambda m: None,
+    )  # fmt: skip
+    if ds.task != "classification":
+        return {}
+    n_classes = max(int(ds.n_classes), 2)
+    model = models.create(
+        cfg.model, n_features=int(ds.n_features), n_classes=n_classes, hidden=cfg.hidden, l2=cfg.l2
+    )
+    with np.errstate(all="ignore"):
+        pred = np.asarray(model.predict(weights, ds.X_test))
+    y = np.asarray(ds.y_test).astype(np.int64)
+    return {str(c): float(np.mean(pred[y == c] == c)) for c in np.unique(y)}
+
+
+def seed_details(
+    recs: list[dict[str, Any]], d: int, metric: str, thresholds: Sequence[float]
+) -> dict[str, Any]:
+    """Final value, time to 95 % of it and to each fixed threshold, and :func:`heterogeneity`."""
+    evals = [r for r in recs if r.get(metric) is not None]
+    final = float(evals[-1][metric]) if evals else math.nan
+    out: dict[str, Any] = {"final": final, "t_end": float(recs[-1]["t"]) if recs else 0.0}
+    hit = time_to(evals, metric, 0.95 * final) if evals and final > 0 else None
+    out["t95"], out["round95"] = hit if hit else (None, None)
+    out["thresholds"] = {f"{x:g}": (time_to(evals, metric, x) or (None, None))[0] for x in thresholds}
+    out.update(heterogeneity(recs, d))
+    return out
+
+
+def centralized_reference(cfg: simulator.SimConfig) -> dict[str, Any]:
+    """The scikit-learn counterpart of ``cfg.model`` trained centrally on the same train/test split.
+
+    logistic: ``LogisticRegression`` (lbfgs, max_iter 1000); mlp: ``MLPClassifier`` with
+    the same hidden layers (adam, max_iter 30, random_state 0). Other models: {}.
+    """
+    import warnings as _w
+
+    ds, _ = simulator.load_dataset(
+        cfg.dataset, cfg.data_dir, seed=cfg.seed if cfg.data_seed is None else cfg.data_seed,
+        max_train=cfg.max_train, test_fraction=cfg.test_fraction, warn=lambda m: None,
+    )  # fmt: skip
+    if ds.task != "classification" or cfg.model not in ("logistic", "mlp"):
+        return {}
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+
+    est: Any
+    if cfg.model == "logistic":
+        est, desc = LogisticRegression(max_iter=1000), "sklearn LogisticRegression(lbfgs, max_iter=1000)"
+    else:
+        est = MLPClassifier(hidden_layer_sizes=tuple(cfg.hidden), max_iter=30, random_state=0)
+        desc = f"sklearn MLPClassifier(hidden={tuple(cfg.hidden)}, adam, max_iter=30)"
+    with _w.catch_warnings():
+        _w.simplefilter("ignore", ConvergenceWarning)
+        est.fit(ds.X_train, ds.y_train)
+    pred = est.predict(ds.X_test)
+    y = np.asarray(ds.y_test)
+    return {
+        "model": desc,
+        "dataset": ds.name,
+        "accuracy": float(np.mean(pred == y)),
+        "per_class": {str(int(c)): float(np.mean(pred[y == c] == c)) for c in np.unique(y)},
+    }
 
 
 # ---------------------------------------------------------------------------------------
@@ -591,18 +779,23 @@ def run_scenario(
     progress = Progress(
         sc.name, len(sc.variants) * sc.seeds, sum(v.config.rounds for v in sc.variants) * sc.seeds, echo
     )
+    details: dict[str, list[dict[str, Any]]] = {}
     for var in sc.variants:
         runs[var.label] = []
+        details[var.label] = []
         for s in range(sc.seeds):
-            cfg = simulator.with_overrides(var.config, seed=var.config.seed + s)
+            cfg = seed_config(var, s)
             log_path = logs / f"{_slug(var.label)}_seed{s}.jsonl"
             log_path.unlink(missing_ok=True)
             progress.start_run(f"{var.label} seed {s}")
+            per_class: dict[str, float] = {}
             if mode == "sim":
                 res = simulator.run(
                     cfg, log_path, warn=lambda m: _note(notes, m, echo), progress=progress.round_done
                 )
                 recs = res.records
+                d = int(np.asarray(res.weights).size)
+                per_class = class_accuracy(cfg, res.weights)
                 if res.dataset != cfg.dataset:
                     used_data.add(res.dataset)
             else:
@@ -611,7 +804,11 @@ def run_scenario(
                     if note:
                         _note(notes, note, echo)
                 recs = run_net(cfg, log_path, echo=lambda m: _note(notes, m, echo), processes=processes)
+                d = max((int(w["prefix"]) for r in recs for w in r.get("workers", [])), default=1) or 1
             runs[var.label].append(recs)
+            det = seed_details(recs, d, sc.metric, sc.thresholds)
+            det.update(seed=int(cfg.seed), v=cfg.v, per_class=per_class)
+            details[var.label].append(det)
             last: dict[str, Any] = next((r for r in reversed(recs) if sc.metric in r), {})
             progress.end_run(
                 cfg.rounds,
@@ -620,6 +817,22 @@ def run_scenario(
             )
     rows = summarize(runs)
     write_summary(rows, out / "summary.csv")
+    ref: dict[str, Any] = {}
+    if sc.reference and sc.variants:
+        try:
+            ref = centralized_reference(seed_config(sc.variants[0], 0))
+        except (ImportError, ValueError) as exc:  # pragma: no cover - sklearn is a dependency
+            _note(notes, f"no centralized reference: {exc}", echo)
+    doc = {
+        "metric": sc.metric,
+        "thresholds": sc.thresholds,
+        "reference": ref,
+        "variants": {
+            v.label: {"rate_model": v.rate_model, "quorum": v.quorum, "seeds": details[v.label]}
+            for v in sc.variants
+        },
+    }
+    (out / "details.json").write_text(json.dumps(_nan_to_none(doc), indent=2), encoding="utf-8")
     title = sc.title + (f" [data: {', '.join(sorted(used_data))}]" if used_data else "")
     title += f" ({mode})" if mode == "net" else ""
     plots = plot_runs(runs, sc.metric, title, out / sc.name)
@@ -630,11 +843,25 @@ def run_scenario(
         "seeds": sc.seeds,
         "claim": sc.claim,
         "notes": notes,
-        "variants": {v.label: _jsonable(v.config.to_dict()) for v in sc.variants},
+        "variants": {
+            v.label: {**_jsonable(v.config.to_dict()), "rate_model": v.rate_model, "quorum": v.quorum}
+            for v in sc.variants
+        },
     }
     (out / "run.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
     echo(f"[{sc.name}] wrote {out / 'summary.csv'} and {', '.join(p.name for p in plots)}")
-    return {"rows": rows, "plots": plots, "notes": notes, "runs": runs}
+    echo(report(rows, sc.metric, details=doc))
+    return {"rows": rows, "plots": plots, "notes": notes, "runs": runs, "details": doc}
+
+
+def _nan_to_none(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _nan_to_none(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_nan_to_none(v) for v in x]
+    return x
 
 
 def _note(notes: list[str], msg: str, echo: Callable[[str], None]) -> None:
@@ -660,8 +887,87 @@ def final_values(rows: list[dict[str, Any]], metric: str) -> dict[str, dict[str,
     return out
 
 
-def report(rows: list[dict[str, Any]], metric: str = "accuracy") -> str:
-    """Markdown table: per variant, the final mean ± 95 % CI, the best mean, and the time."""
+def _fmt_t(x: Any) -> str:
+    return "—" if x is None else f"{float(x):.3g}"
+
+
+def details_report(details: dict[str, Any]) -> str:
+    """Markdown tables from ``details.json``: time to accuracy per seed, heterogeneity, per-class accuracy."""
+    metric = details.get("metric", "accuracy")
+    thr = [f"{x:g}" for x in details.get("thresholds", [])]
+    out = [
+        "",
+        f"Time to 95 % of the final {metric} (virtual s, per seed; round in brackets)"
+        + (f" and to the fixed levels {', '.join(thr)}" if thr else "")
+        + ":",
+        "",
+        "| variant | final per seed | t95 per seed | "
+        + " | ".join(f"t({x})" for x in thr)
+        + (" |" if thr else "|"),
+        "|---|---|---|" + "---|" * len(thr),
+    ]
+    for label, vd in details["variants"].items():
+        seeds = vd["seeds"]
+        finals = " / ".join("—" if x["final"] is None else f"{x['final']:.3f}" for x in seeds)
+        t95 = " / ".join(f"{_fmt_t(x['t95'])} [{x['round95']}]" for x in seeds)
+        cells = [" / ".join(_fmt_t(x["thresholds"].get(k)) for x in seeds) for k in thr]
+        out.append(f"| {label} | {finals} | {t95} | " + " | ".join(cells) + (" |" if cells else ""))
+    profs = sorted({p for vd in details["variants"].values() for x in vd["seeds"] for p in x["prefix_pct"]})
+    out += [
+        "",
+        "Heterogeneity (means over seeds): block |B_k| in % of d and share of updating rounds "
+        "with |B_k| < d; honest prefix in % of d per profile (share of deliveries < d):",
+        "",
+        "| variant | v | block % of d | rounds with block < d | " + " | ".join(profs) + " |",
+        "|---|---|---|---|" + "---|" * len(profs),
+    ]
+    for label, vd in details["variants"].items():
+        seeds = vd["seeds"]
+        blk = float(np.mean([x["block_pct"] for x in seeds]))
+        part = float(np.mean([x["partial_block"] for x in seeds]))
+        cells = []
+        for p in profs:
+            pv = [x["prefix_pct"][p] for x in seeds if p in x["prefix_pct"]]
+            ps = [x["partial"][p] for x in seeds if p in x["partial"]]
+            cells.append(f"{np.mean(pv):.1f} ({100 * np.mean(ps):.0f} %)" if pv else "—")
+        vs = sorted({str(x.get("v")) for x in seeds})
+        out.append(
+            f"| {label} | {', '.join(vs)} | {blk:.1f} | {100 * part:.0f} % | " + " | ".join(cells) + " |"
+        )
+    classes = sorted(
+        {c for vd in details["variants"].values() for x in vd["seeds"] for c in x.get("per_class", {})},
+        key=int,
+    )
+    ref = details.get("reference") or {}
+    if classes:
+        out += [
+            "",
+            "Final test accuracy per class (mean over seeds):",
+            "",
+            "| variant | " + " | ".join(classes) + " |",
+            "|---|" + "---|" * len(classes),
+        ]
+        for label, vd in details["variants"].items():
+            seeds = vd["seeds"]
+            cells = [f"{np.mean([x['per_class'].get(c, math.nan) for x in seeds]):.3f}" for c in classes]
+            out.append(f"| {label} | " + " | ".join(cells) + " |")
+        if ref.get("per_class"):
+            out.append(
+                "| centralized | "
+                + " | ".join(f"{ref['per_class'].get(c, math.nan):.3f}" for c in classes)
+                + " |"
+            )
+    if ref:
+        out += ["", f"Centralized reference ({ref['model']}, same train/test split, {ref['dataset']}): "
+                f"{metric} {ref['accuracy']:.3f}"]  # fmt: skip
+    return "\n".join(out)
+
+
+def report(
+    rows: list[dict[str, Any]], metric: str = "accuracy", details: dict[str, Any] | None = None
+) -> str:
+    """Markdown table: per variant, the final mean ± 95 % CI, the best mean, and the time;
+    with ``details`` (``details.json``) also :func:`details_report`."""
     lines = [
         f"| variant | final {metric} (mean ± 95% CI) | best mean | round | time (s) | seeds |",
         "|---|---|---|---|---|---|",
@@ -675,6 +981,8 @@ def report(rows: list[dict[str, Any]], metric: str = "accuracy") -> str:
         lines.append(
             f"| {label} | {r['mean']:.3f}{ci} | {best:.3f} | {r['round']} | {r['t_mean']:.1f} | {r['n']} |"
         )
+    if details and details.get("variants"):
+        lines.append(details_report(details))
     return "\n".join(lines)
 
 
@@ -700,8 +1008,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.cmd == "report":
         try:
-            print(report(read_summary(args.out / "summary.csv"), args.metric))
-        except OSError as exc:
+            det_path = args.out / "details.json"
+            det = json.loads(det_path.read_text(encoding="utf-8")) if det_path.is_file() else None
+            print(report(read_summary(args.out / "summary.csv"), args.metric, details=det))
+        except (OSError, ValueError, KeyError) as exc:
             print(f"hgo-experiment: cannot read the summary of {args.out}: {exc}", file=sys.stderr)
             return 2
         return 0

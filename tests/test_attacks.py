@@ -28,6 +28,7 @@ STD = np.array([math.sqrt(8 / 3), 0.0, math.sqrt((2.25 + 0.25 + 4.0) / 3), math.
 def test_names_match_contract() -> None:
     assert attacks.names() == [
         "alie",
+        "alie-authors",
         "foe",
         "gaussian",
         "label-flip",

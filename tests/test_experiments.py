@@ -13,47 +13,90 @@ import pytest
 from hgo_common import roundlog
 from hgo_lab import experiment, simulator
 
-FIGS = ("fig3", "fig4", "fig5", "fig6", "fig7", "fig8", "fig8-v4", "fig8-lr")
+FIGS = ("fig3", "fig4", "fig4-hw", "fig5", "fig6", "fig7", "fig8")
 
 
 @pytest.mark.parametrize("fig", FIGS)
 @pytest.mark.parametrize("quick", [False, True])
 def test_scenarios_load(fig: str, quick: bool) -> None:
     sc = experiment.load_scenario(fig, quick=quick)
-    assert sc.name == fig and sc.claim and sc.seeds >= (1 if quick else 2)
+    assert sc.name == fig and sc.claim and sc.seeds >= (1 if quick else 5)
     assert len(sc.variants) >= 3
     assert len({v.label for v in sc.variants}) == len(sc.variants)
     for v in sc.variants:
         assert v.config.rounds >= 100 and v.config.eval_every >= 1
+        assert v.rate_model == "authors"
         if not quick:
             assert v.config.dataset.startswith("mnist")
             assert v.config.data_dir and v.config.data_dir.endswith("mnist")
 
 
+def _settings(fig: str) -> set[tuple[Any, ...]]:
+    sc = experiment.load_scenario(fig)
+    return {(v.config.model, v.config.n, v.config.q_eff) for v in sc.variants}
+
+
 def test_scenarios_encode_the_paper_settings() -> None:
+    # fig 3/4: MLP 784-30-10 on MNIST, n = 50 (q = 40 is ours, named in the notes)
+    for fig in ("fig3", "fig4", "fig4-hw"):
+        assert _settings(fig) == {("mlp", 50, 40)}, fig
+        sc = experiment.load_scenario(fig)
+        assert {v.config.hidden for v in sc.variants} == {(30,)}
+        assert [(v.config.algorithm, v.config.tau_ms, v.config.budget_policy) for v in sc.variants] == [
+            ("hgo", 60.0, "coordinates-first"),
+            ("sgd", math.inf, "fixed"),
+            ("sgd", 60.0, "fixed"),
+        ]
+        assert {v.config.v for v in sc.variants} == {1}  # v = auto with f = 0
+    assert {v.config.partition for v in experiment.load_scenario("fig3").variants} == {"iid"}
+    assert {v.config.partition for v in experiment.load_scenario("fig4").variants} == {"classes:2"}
+    assert {v.config.partition for v in experiment.load_scenario("fig4-hw").variants} == {"hardware:15:3"}
+    # fig 5-8: logistic regression on MNIST, n = 100, q = 80
+    for fig in ("fig5", "fig6", "fig7", "fig8"):
+        assert _settings(fig) == {("logistic", 100, 80)}, fig
     f5 = experiment.load_scenario("fig5")
-    assert [v.config.rule for v in f5.variants] == ["average", "median", "krum", "aksel"]
-    assert {(v.config.n, v.config.q, v.config.f, v.config.attack) for v in f5.variants} == {
-        (100, 80, 25, "foe")
-    }
-    assert {v.config.attack for v in experiment.load_scenario("fig6").variants} == {"alie"}
-    assert [v.config.f for v in experiment.load_scenario("fig7").variants] == [0, 10, 25, 39]
-    assert [v.config.mix for v in experiment.load_scenario("fig8").variants] == [
-        "C_weak",
-        "C_min",
-        "C_1",
-        "C_2",
-        "C_3",
-        "C_powerful",
+    assert [(v.config.rule, v.config.f, v.config.attack, v.config.v) for v in f5.variants] == [
+        ("average", 25, "foe", 51),
+        ("median", 25, "foe", 51),
+        ("krum", 25, "foe", 53),
+        ("aksel", 25, "foe", 51),
+        ("average", 0, "", 1),
     ]
-    f3 = experiment.load_scenario("fig3")
-    assert [(v.config.algorithm, v.config.tau_ms) for v in f3.variants] == [
-        ("hgo", 60.0),
-        ("sgd", math.inf),
-        ("sgd", 60.0),
-    ]
-    assert {(v.config.model, v.config.hidden, v.config.n) for v in f3.variants} == {("mlp", (30,), 50)}
-    assert all(v.config.partition.startswith("classes:") for v in experiment.load_scenario("fig4").variants)
+    assert {v.config.attack_params.get("eps") for v in f5.variants[:4]} == {10.0}
+    f6 = experiment.load_scenario("fig6")
+    assert [v.config.attack for v in f6.variants] == ["alie-authors"] * 4 + ["alie"] * 4 + [""]
+    assert {v.config.f for v in f6.variants[:8]} == {25}
+    f7 = experiment.load_scenario("fig7")
+    assert {v.config.attack for v in f7.variants} == {"foe"}
+    assert [(v.config.rule, v.config.f, v.config.v) for v in f7.variants] == [
+        ("median", 0, 1), ("median", 10, 21), ("median", 25, 51), ("median", 39, 79),
+        ("median", 0, 79), ("median", 10, 79), ("median", 25, 79), ("median", 39, 79),
+        ("average", 0, 1),
+    ]  # fmt: skip
+    f8 = experiment.load_scenario("fig8")
+    assert [(v.config.mix, v.config.v) for v in f8.variants] == [
+        ("C_weak", 1), ("C_min", 1), ("C_1", 1), ("C_2", 1), ("C_3", 1), ("C_powerful", 1),
+        ("C_weak", 40), ("C_min", 40), ("C_powerful", 40),
+    ]  # fmt: skip
+    assert {(v.config.f, v.config.attack) for v in f8.variants} == {(0, None)}
+
+
+def test_weak_workers_are_partial_in_the_committed_scenarios() -> None:
+    """The budgets the scenarios imply, without running them: weak workers send a prefix
+    shorter than d in every figure (the issue's "heterogeneity that bites")."""
+    from hgo_common import budget, profiles
+
+    for fig, d in (("fig3", 23_860), ("fig5", 785), ("fig8", 785)):
+        v = experiment.load_scenario(fig).variants[0]
+        cfg = experiment.seed_config(v, 0)
+        assert cfg.rates is not None
+        names = profiles.assign(cfg.n, cfg.mix)
+        weak = [
+            budget.plan("coordinates-first", rate=r, tau_ms=cfg.tau_ms, d=d, batch_size=cfg.batch_size)
+            for r, p in zip(cfg.rates, names, strict=True)
+            if p == "weak"
+        ]
+        assert weak and all(0 < p.coords < d and p.batch_size == 1 for p in weak), fig
 
 
 def test_bad_scenario_names_the_setting(tmp_path: Path) -> None:
@@ -152,6 +195,51 @@ def test_cli_rejects_unknown_scenario(capsys: pytest.CaptureFixture[str]) -> Non
     assert "no-such-figure" in capsys.readouterr().err
 
 
+def test_details_time_to_95_percent_and_heterogeneity() -> None:
+    recs = [
+        {"round": 0, "t": 0.06, "block": 10, "quorum": True,
+         "workers": [{"profile": "weak", "prefix": 4, "byzantine": False},
+                     {"profile": "powerful", "prefix": 10, "byzantine": False},
+                     {"profile": "weak", "prefix": 10, "byzantine": True}]},
+        {"round": 1, "t": 0.12, "block": 6, "quorum": True, "accuracy": 0.5,
+         "workers": [{"profile": "weak", "prefix": 6, "byzantine": False}]},
+        {"round": 2, "t": 0.18, "block": 0, "quorum": False, "accuracy": 0.78, "workers": []},
+        {"round": 3, "t": 0.24, "block": 10, "quorum": True, "accuracy": 0.8, "workers": []},
+    ]  # fmt: skip
+    det = experiment.seed_details(recs, 10, "accuracy", [0.6, 0.9])
+    assert det["final"] == 0.8 and (det["t95"], det["round95"]) == (0.18, 2)  # 0.78 >= 0.95 * 0.8
+    assert det["thresholds"] == {"0.6": 0.18, "0.9": None}
+    assert det["block_pct"] == pytest.approx(100 * (10 + 6 + 10) / 3 / 10)
+    assert det["partial_block"] == pytest.approx(1 / 3)
+    assert det["prefix_pct"] == {"powerful": 100.0, "weak": 50.0}  # the Byzantine row is left out
+    assert det["partial"] == {"powerful": 0.0, "weak": 1.0}
+
+
+def test_v_auto_and_rate_model_in_a_scenario(tmp_path: Path) -> None:
+    p = tmp_path / "auto.toml"
+    p.write_text(
+        '[base]\nmodel = "logistic"\ndataset = "digits-binary"\nn = 20\nq = 16\nf = 3\n'
+        'attack = "foe"\nrule = "median"\nv = "auto"\nrate_model = "authors"\nrounds = 3\n'
+        '[[variant]]\nlabel = "a"\n[[variant]]\nlabel = "b"\nv = 5\n[[variant]]\nlabel = "c"\nf = 0\n'
+    )
+    sc = experiment.load_scenario(p)
+    assert [(v.label, v.config.v, v.quorum) for v in sc.variants] == [
+        ("a", 7, "auto"),
+        ("b", 5, 5),
+        ("c", 1, "auto"),
+    ]
+    cfg0, cfg1 = experiment.seed_config(sc.variants[0], 0), experiment.seed_config(sc.variants[0], 1)
+    assert cfg0.rates is not None and cfg1.rates is not None and cfg0.rates != cfg1.rates
+    assert cfg0.rates == experiment.seed_config(sc.variants[1], 0).rates  # same seed, same draws
+    assert all(r == int(r) for r in cfg0.rates)  # the authors' int(...) draw
+    p.write_text('[base]\nv = "half"\n[[variant]]\nlabel = "a"\n')
+    with pytest.raises(experiment.ScenarioError, match="'half'"):
+        experiment.load_scenario(p)
+    p.write_text('[base]\nrate_model = "paper"\n[[variant]]\nlabel = "a"\n')
+    with pytest.raises(experiment.ScenarioError, match=r"rate_model.*'paper'"):
+        experiment.load_scenario(p)
+
+
 def test_reduce_for_net_scales_and_says_so() -> None:
     cfg = experiment.load_scenario("fig5").variants[0].config
     small, note = experiment.reduce_for_net(cfg, 10)
@@ -169,7 +257,7 @@ def test_reduce_for_net_scales_and_says_so() -> None:
 def _final(sc: experiment.Scenario) -> dict[str, dict[str, Any]]:
     out = {}
     for v in sc.variants:
-        res = simulator.run(v.config)
+        res = simulator.run(experiment.seed_config(v, 0))
         evals = [r for r in res.records if "accuracy" in r]
         out[v.label] = {"acc": evals[-1]["accuracy"], "evals": evals}
     return out
@@ -183,15 +271,36 @@ def test_claim_fig5_foe_breaks_average_not_robust_rules() -> None:
     res = _final(experiment.load_scenario("fig5", quick=True))
     assert res["average"]["acc"] < 0.55  # measured 0.21 (ascent)
     for rule in ("median", "krum", "aksel"):
-        assert res[rule]["acc"] > 0.8, rule  # measured 0.87-0.92
+        assert res[rule]["acc"] > 0.7, rule  # measured 0.83-0.91 (2 seeds)
+
+
+def test_claim_fig4hw_weak_only_classes_lost_by_sgd_tau60_learned_by_hgo() -> None:
+    """HGO's own claim in reduced form: digits 0-2 live only on the weak workers."""
+    sc = experiment.load_scenario("fig4-hw", quick=True, seeds=1)
+    out = {}
+    for v in sc.variants:
+        cfg = experiment.seed_config(v, 0)
+        res = simulator.run(cfg)
+        out[v.label] = experiment.class_accuracy(cfg, res.weights)
+    weak = ("0", "1", "2")
+    assert max(out["SGD (tau=60)"][c] for c in weak) < 0.05  # never sees them
+    assert min(out["HGO (tau=60)"][c] for c in weak) > 0.5
+    assert min(out["SGD (tau=inf)"][c] for c in weak) > 0.5
+
+
+@pytest.mark.slow
+def test_claim_fig6_authors_alie_breaks_average() -> None:
+    res = _final(experiment.load_scenario("fig6", quick=True))
+    assert res["average"]["acc"] < res["average, no attack"]["acc"] - 0.1
+    assert res["aksel"]["acc"] > 0.8
 
 
 @pytest.mark.slow
 def test_claim_fig3_hgo_as_accurate_and_faster_than_sgd_inf() -> None:
     res = _final(experiment.load_scenario("fig3", quick=True))
     hgo, sgd_inf = res["HGO (tau=60)"], res["SGD (tau=inf)"]
-    assert hgo["acc"] > sgd_inf["acc"] - 0.05  # measured 0.886 vs 0.889
-    # Virtual time to 80 % accuracy: HGO rounds last 60 ms, SGD(inf) waits for the slowest.
+    assert hgo["acc"] > sgd_inf["acc"] - 0.05
+    # Virtual time to 80 % accuracy: HGO rounds last tau, SGD(inf) waits for the slowest.
     assert _time_to(hgo["evals"], 0.8) < 0.5 * _time_to(sgd_inf["evals"], 0.8)
 
 
@@ -200,15 +309,14 @@ def test_claim_fig7_more_byzantine_is_worse() -> None:
     res = _final(experiment.load_scenario("fig7", quick=True))
     # Labels are the paper's f; the quick setting scales them to n = 40 (f = 0, 4, 10, 15).
     accs = [res[v]["acc"] for v in ("f=0", "f=10", "f=25", "f=39")]
-    assert accs[0] > accs[-1] + 0.05  # measured 0.914 vs 0.797
+    assert accs[0] > accs[-1] + 0.05
     assert accs[0] >= accs[2] - 0.01
 
 
 @pytest.mark.slow
-def test_claim_fig8_more_powerful_hardware_helps() -> None:
+def test_claim_fig8_c_min_close_to_c_powerful() -> None:
     res = _final(experiment.load_scenario("fig8", quick=True))
-    assert res["C_powerful"]["acc"] > res["C_weak"]["acc"] + 0.05  # measured 0.889 vs 0.763
-    assert res["C_min"]["acc"] >= res["C_weak"]["acc"] - 0.01
+    assert res["C_min"]["acc"] > res["C_powerful"]["acc"] - 0.03
 
 
 # ---------------------------------------------------------------------------------------

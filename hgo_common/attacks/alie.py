@@ -1,5 +1,15 @@
 """A Little Is Enough (Baruch, Baruch, Goldberg, "A Little Is Enough: Circumventing Defenses
-For Distributed Learning", NeurIPS 2019).
+For Distributed Learning", NeurIPS 2019), in two named variants.
+
+``alie`` is the formula of Baruch et al. (below). ``alie-authors`` is ALIE as the HGO
+authors' code runs it (repository ``karimboubouh/HgO``): ``src/network.py``
+``Byzantine.little_is_enough`` computes z from Φ⁻¹ only when the constant ``LIE_Z`` is
+falsy, and ``src/config.py`` sets ``LIE_Z = 10``, so it sends::
+
+    v_j = mean_j(honest) + 10 * std_j(honest)
+
+(plus sign, population std as ``np.std``). With z = 10 the vectors are far outside the
+honest spread, so averaging breaks; with Baruch's z (≈ 0.64 at n = 100, f = 25) it cannot.
 
 Every Byzantine worker sends, coordinate by coordinate, the honest mean shifted by z honest
 standard deviations, small enough to hide inside the honest spread yet consistent across
@@ -35,7 +45,9 @@ import numpy as np
 
 from . import Attack, Param, real, register
 
-__all__ = ["alie", "alie_z"]
+__all__ = ["AUTHORS_Z", "alie", "alie_authors", "alie_z"]
+
+AUTHORS_Z = 10.0  # src/config.py LIE_Z in karimboubouh/HgO
 
 
 def alie_z(n: int, f: int) -> float:
@@ -81,6 +93,22 @@ def alie(
     return np.asarray(honest.mean(axis=0) - zz * honest.std(axis=0))
 
 
+def alie_authors(
+    honest: np.ndarray, *, n: int, f: int, rng: np.random.Generator, z: float = AUTHORS_Z
+) -> np.ndarray:
+    """The authors' ALIE vector ``mean(honest) + z * std(honest)`` per column, z = 10 by default.
+
+    Parameters
+    ----------
+    honest : ndarray, shape (m, k)
+    n, f, rng
+        Unused (z is a constant in the authors' code).
+    z : float
+        Shift in honest standard deviations (default :data:`AUTHORS_Z`).
+    """
+    return np.asarray(honest.mean(axis=0) + z * honest.std(axis=0))
+
+
 def _z(v: Any) -> Any:
     return real(optional=True)(v)
 
@@ -92,5 +120,15 @@ register(
         summary="A Little Is Enough: mean - z*std of the honest gradients (Baruch et al. 2019)",
         params=(Param("z", None, _z, "shift in honest std; none: Phi^-1((n-s)/n), s=floor(n/2+1)-f"),),
         fn=alie,
+    )
+)
+
+register(
+    Attack(
+        name="alie-authors",
+        kind="gradient",
+        summary="ALIE as the HGO authors' code runs it: mean + 10*std of the honest gradients",
+        params=(Param("z", AUTHORS_Z, real(), "shift in honest std (the authors' LIE_Z = 10)"),),
+        fn=alie_authors,
     )
 )

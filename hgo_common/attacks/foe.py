@@ -8,8 +8,11 @@ Every Byzantine worker sends the honest mean, reversed and scaled::
 so that the aggregate's inner product with the true gradient turns negative and descent
 becomes ascent. ``eps`` > 0 (finite). Small eps (the paper's 0.1) keeps the Byzantine
 vectors close to the honest ones and defeats rules that pick "central" vectors (Krum);
-large eps overwhelms averaging. The default ``eps = 10`` follows the HGO paper's reference
-code: with eps > 1 the vector points opposite to the mean with eps times its norm.
+large eps overwhelms averaging. The default ``eps = 10`` is the HGO authors' ``FOE_EPS = 10``
+(repository ``karimboubouh/HgO``, ``src/config.py``; used by ``src/network.py``
+``Byzantine.fall_of_empires``, which returns ``-eps * nanmean`` of the honest gradients
+received in the round): with eps > 1 the vector points opposite to the mean with eps
+times its norm.
 """
 
 from __future__ import annotations

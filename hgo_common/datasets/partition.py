@@ -27,6 +27,17 @@ Schemes (``parse_partition`` validates the strings):
     shards: while some shard is empty, it takes one random example from the currently
     largest shard (so shard sizes >= 1 and the class skew is otherwise unchanged).
 
+``"hardware:W:C"`` or ``"hardware:W:C:R"``
+    Hardware and data correlated (what HGO's claim is about: data held only by weak
+    devices). The first W shards — the weak workers, since
+    :func:`hgo_common.profiles.assign` lists weak workers first, so W =
+    ``profiles.counts(n, mix)[0]`` — share the examples of the C *weak classes* IID;
+    the other n − W shards share the remaining classes IID. The weak classes are the C
+    smallest class labels present (0..C−1 for MNIST). With R > 0 (R in [0, 1)) a fraction R
+    of every weak class's examples goes to the other shards instead, so the weak classes
+    are rare rather than absent among the fast workers. Needs 1 <= W < n and 1 <= C <
+    number of classes.
+
 Class-based schemes need integer labels (classification); regression targets raise.
 """
 
@@ -38,14 +49,33 @@ import numpy as np
 
 
 class PartitionScheme(NamedTuple):
-    """A parsed scheme: ``kind`` in {"iid", "classes", "dirichlet"} and its parameter
-    (K for classes, ALPHA for dirichlet, None for iid)."""
+    """A parsed scheme: ``kind`` in {"iid", "classes", "dirichlet", "hardware"} and its
+    parameter (K for classes, ALPHA for dirichlet, None for iid, (W, C, R) for hardware)."""
 
     kind: str
-    value: float | int | None
+    value: float | int | tuple[int, int, float] | None
 
 
-SCHEMES = ("iid", "classes:K", "dirichlet:ALPHA")
+def _parse_hardware(scheme: str, arg: str) -> PartitionScheme:
+    parts = arg.split(":")
+    bad = ValueError(
+        f"partition {scheme!r}: expected hardware:W:C or hardware:W:C:R with integers W >= 1 "
+        f"(weak shards), C >= 1 (weak classes) and R in [0, 1) (share of the weak classes "
+        f"given to the other shards)"
+    )
+    if len(parts) not in (2, 3):
+        raise bad
+    try:
+        w, c = int(parts[0]), int(parts[1])
+        r = float(parts[2]) if len(parts) == 3 else 0.0
+    except ValueError:
+        raise bad from None
+    if w < 1 or c < 1 or not (np.isfinite(r) and 0.0 <= r < 1.0):
+        raise bad
+    return PartitionScheme("hardware", (w, c, r))
+
+
+SCHEMES = ("iid", "classes:K", "dirichlet:ALPHA", "hardware:W:C[:R]")
 
 
 def parse_partition(scheme: str) -> PartitionScheme:
@@ -68,6 +98,8 @@ def parse_partition(scheme: str) -> PartitionScheme:
         if k >= 1 and str(k) == arg.strip():
             return PartitionScheme("classes", k)
         raise ValueError(f"partition {scheme!r}: K in classes:K must be an integer >= 1, got {arg!r}")
+    if kind == "hardware" and sep:
+        return _parse_hardware(scheme, arg)
     if kind == "dirichlet" and sep:
         try:
             alpha = float(arg)
@@ -121,9 +153,14 @@ def partition(y: np.ndarray, n_shards: int, scheme: str, rng: np.random.Generato
     if parsed.kind == "iid":
         parts = np.array_split(gen.permutation(n), k)
     elif parsed.kind == "classes":
-        parts = _by_classes(_class_labels(y, scheme), k, int(parsed.value or 1), gen, scheme)
+        assert isinstance(parsed.value, int)
+        parts = _by_classes(_class_labels(y, scheme), k, parsed.value, gen, scheme)
+    elif parsed.kind == "hardware":
+        assert isinstance(parsed.value, tuple)
+        parts = _hardware(_class_labels(y, scheme), k, parsed.value, gen, scheme)
     else:
-        parts = _dirichlet(_class_labels(y, scheme), k, float(parsed.value or 1.0), gen)
+        assert isinstance(parsed.value, float)
+        parts = _dirichlet(_class_labels(y, scheme), k, parsed.value, gen)
     return [np.sort(p).astype(np.int64) for p in parts]
 
 
@@ -156,6 +193,38 @@ def _by_classes(
         pieces.extend(np.array_split(idx, int(m)))
     order = rng.permutation(n_pieces)
     return [np.concatenate([pieces[j] for j in order[s * k : (s + 1) * k]]) for s in range(n_shards)]
+
+
+def weak_classes(y: np.ndarray, n_classes: int) -> np.ndarray:
+    """The C weak classes of ``hardware:W:C``: the C smallest class labels present in ``y``."""
+    return np.unique(np.asarray(y).astype(np.int64))[: int(n_classes)]
+
+
+def _hardware(
+    y: np.ndarray, n_shards: int, value: tuple[int, int, float], rng: np.random.Generator, scheme: str
+) -> list[np.ndarray]:
+    w, c, r = value
+    classes = np.unique(y)
+    if not w < n_shards:
+        raise ValueError(
+            f"partition {scheme!r}: W = {w} weak shards must be fewer than the {n_shards} shards"
+        )
+    if not c < classes.size:
+        raise ValueError(
+            f"partition {scheme!r}: C = {c} weak classes must be fewer than "
+            f"the {classes.size} classes present"
+        )
+    weak_cls = classes[:c]
+    is_weak = np.isin(y, weak_cls)
+    weak_idx = rng.permutation(np.flatnonzero(is_weak))
+    n_leak = round(r * weak_idx.size)
+    weak_pool, leak = weak_idx[n_leak:], weak_idx[:n_leak]
+    fast_pool = rng.permutation(np.concatenate([np.flatnonzero(~is_weak), leak]))
+    if weak_pool.size < w or fast_pool.size < n_shards - w:
+        raise ValueError(
+            f"partition {scheme!r}: too few examples for {w} weak and {n_shards - w} other shards"
+        )
+    return [*np.array_split(weak_pool, w), *np.array_split(fast_pool, n_shards - w)]
 
 
 def _dirichlet(y: np.ndarray, n_shards: int, alpha: float, rng: np.random.Generator) -> list[np.ndarray]:

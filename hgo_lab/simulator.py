@@ -337,19 +337,14 @@ class Simulation:
         # hgo-server uses too: same seed, same model and shards on the wire.
         seed = int(cfg.seed)
         ss = np.random.SeedSequence([seed % 2**32, 0x48474F])  # "HGO": the simulator's own streams
-        (s_byz, s_rate, s_attack, s_workers) = ss.spawn(4)
+        (s_byz, _s_rate, s_attack, s_workers) = ss.spawn(4)  # rates: worker_rates()
         self.attack_rng = np.random.default_rng(s_attack)
         self.shards = rounds.shard_split(ds.y_train, cfg.n, cfg.partition, seed)
         self.byzantine = np.zeros(cfg.n, dtype=bool)
         if cfg.f:
             self.byzantine[np.random.default_rng(s_byz).permutation(cfg.n)[: cfg.f]] = True
         self.profiles = profiles.assign(cfg.n, cfg.mix)
-        rate_rng = np.random.default_rng(s_rate)
-        self.rates = (
-            [float(r) for r in cfg.rates]
-            if cfg.rates is not None
-            else [profiles.draw_rate(p, rate_rng) for p in self.profiles]
-        )
+        self.rates = worker_rates(cfg)
         # Worker i's seed: its mini-batches are local.round_rng(seed_i, k, salt=i), as an
         # hgo-worker started with --seed seed_i and welcomed as worker i draws them.
         self.worker_seeds = [int(x) for x in s_workers.generate_state(cfg.n)]
@@ -522,6 +517,19 @@ class Simulation:
 
     def evaluate(self) -> dict[str, float]:
         return evaluate(self.model, self.driver.w, self.ds.X_test, self.ds.y_test)
+
+
+def worker_rates(cfg: SimConfig) -> list[float]:
+    """λ_i of the n workers of a run: ``cfg.rates``, or drawn from the mix's profiles with
+    the run seed (the stream :class:`Simulation` uses; the wire's net mode reuses it)."""
+    from hgo_common import profiles
+
+    if cfg.rates is not None:
+        return [float(r) for r in cfg.rates]
+    ss = np.random.SeedSequence([int(cfg.seed) % 2**32, 0x48474F])
+    s_rate = ss.spawn(4)[1]
+    rng = np.random.default_rng(s_rate)
+    return [float(profiles.draw_rate(p, rng)) for p in profiles.assign(cfg.n, cfg.mix)]
 
 
 def run(

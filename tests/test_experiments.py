@@ -472,3 +472,22 @@ def test_progress_reports_runs_share_and_eta(monkeypatch: pytest.MonkeyPatch) ->
     prog.start_run("b seed 0")
     prog.end_run(30, "b seed 0: done")
     assert "run 2/2" in lines[-1] and "100%" in lines[-1] and "ETA 0:00" in lines[-1]
+
+
+def test_net_mode_stretches_a_deadline_too_short_for_sockets() -> None:
+    """tau = 1 (the authors' time unit) runs on the wire at 60 ms with every rate / 60:
+    the prefixes b = rate * tau / s, what the figures are about, are the simulator's."""
+    from hgo_common import budget
+
+    sc = experiment.load_scenario("fig5")
+    cfg = experiment.seed_config(sc.variants[1], 0)
+    net, note = experiment.scale_time_for_net(cfg, 60.0)
+    assert note is not None and "stretches time by 60" in note
+    assert net.tau_ms == 60.0 and len(net.rates) == cfg.n
+    d = 785
+    for r_sim, r_net in zip(simulator.worker_rates(cfg), net.rates, strict=True):
+        sim_plan = budget.plan(cfg.budget_policy, rate=r_sim, tau_ms=cfg.tau_ms, d=d, batch_size=cfg.batch_size)
+        net_plan = budget.plan(net.budget_policy, rate=r_net, tau_ms=net.tau_ms, d=d, batch_size=net.batch_size)
+        assert abs(net_plan.coords - sim_plan.coords) <= 1 and net_plan.batch_size == sim_plan.batch_size
+    same, none = experiment.scale_time_for_net(net, 60.0)
+    assert same is net and none is None

@@ -486,8 +486,8 @@ def test_net_mode_stretches_a_deadline_too_short_for_sockets() -> None:
     assert net.tau_ms == 60.0 and len(net.rates) == cfg.n
     d = 785
     for r_sim, r_net in zip(simulator.worker_rates(cfg), net.rates, strict=True):
-        sim_plan = budget.plan(cfg.budget_policy, rate=r_sim, tau_ms=cfg.tau_ms, d=d, batch_size=cfg.batch_size)
-        net_plan = budget.plan(net.budget_policy, rate=r_net, tau_ms=net.tau_ms, d=d, batch_size=net.batch_size)
+        sim_plan = budget.plan(cfg.budget_policy, rate=r_sim, tau_ms=cfg.tau_ms, d=d, batch_size=32)
+        net_plan = budget.plan(net.budget_policy, rate=r_net, tau_ms=net.tau_ms, d=d, batch_size=32)
         assert abs(net_plan.coords - sim_plan.coords) <= 1 and net_plan.batch_size == sim_plan.batch_size
     same, none = experiment.scale_time_for_net(net, 60.0)
     assert same is net and none is None

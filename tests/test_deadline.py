@@ -144,3 +144,22 @@ def test_server_tau_auto_over_the_wire(procs: ProcessGroup, tmp_path: Path) -> N
     median_tau = float(np.median([r["tau_ms"] for r in later]))
     assert 300 < median_tau < 1200, median_tau
     assert all(r["round_ms"] < r["tau_ms"] + 250 for r in later)
+
+
+def test_tau_auto_scenario_meets_its_target_in_the_simulator(tmp_path: Path) -> None:
+    """The packaged comparison (fixed tau vs tau auto, default and C_min mixes), CI-sized."""
+    from hgo_lab import experiment
+
+    sc = experiment.load_scenario("tau-auto", quick=True, seeds=1)
+    autos = [v for v in sc.variants if v.config.tau_auto]
+    assert len(autos) == 2 and {v.config.mix for v in autos} == {"default", "C_min"}
+    res = experiment.run_scenario(sc, tmp_path, echo=lambda m: None)
+    for label, seeds in res["runs"].items():
+        recs = seeds[0][5:]
+        if "auto" in label:
+            d = 65  # digits-binary logistic regression
+            assert sum(r["block"] >= math.ceil(0.5 * d) for r in recs) >= 0.9 * len(recs), label
+            assert all(r["round_ms"] <= r["tau_ms"] + 1e-9 <= 10.0 + 1e-9 for r in recs)
+            assert np.mean([r["round_ms"] for r in recs]) < 1.0  # shorter rounds than the fixed tau = 1
+        else:
+            assert all(r["tau_ms"] == 1.0 and "tau_auto" not in r for r in recs)

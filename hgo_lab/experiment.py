@@ -658,8 +658,21 @@ def run_net(
     """Run ``cfg`` as a real local cluster (``hgo-run``'s launcher); copy its round log to ``log_path``.
 
     ``start`` is passed to :func:`hgo_lab.cluster.run_cluster` (tests give their
-    process-group launcher).
+    process-group launcher). The records; :func:`run_net_result` also gives d.
     """
+    return list(run_net_result(cfg, log_path, echo=echo, start=start, processes=processes).records)
+
+
+def run_net_result(
+    cfg: simulator.SimConfig,
+    log_path: Path,
+    *,
+    echo: Callable[[str], None] = print,
+    start: Callable[..., Any] | None = None,
+    processes: int = DEFAULT_NET_PROCESSES,
+) -> Any:
+    """:func:`run_net`, returning the whole ``hgo_lab.cluster.ClusterResult`` (d from the
+    server's Status reply, wall time, exit codes)."""
     from hgo_lab import cluster
 
     if cfg.dataset in simulator.FALLBACKS and not (cfg.data_dir and Path(cfg.data_dir).is_dir()):
@@ -673,7 +686,7 @@ def run_net(
     result = cluster.run_cluster(cc, start=start)
     text = (work / "round_log.jsonl").read_text(encoding="utf-8")
     log_path.write_text(text, encoding="utf-8")
-    return list(result.records)
+    return result
 
 
 NET_MIN_TAU_MS = 60.0  # the shortest deadline a net-mode run keeps (loopback latency, 2 cores)
@@ -833,8 +846,11 @@ def run_scenario(
                 cfg, note = scale_time_for_net(cfg, float(sc.net.get("min_tau_ms", NET_MIN_TAU_MS)))
                 if note:
                     _note(notes, note, echo)
-                recs = run_net(cfg, log_path, echo=lambda m: _note(notes, m, echo), processes=processes)
-                d = max((int(w["prefix"]) for r in recs for w in r.get("workers", [])), default=1) or 1
+                net = run_net_result(cfg, log_path, echo=lambda m: _note(notes, m, echo), processes=processes)
+                recs = list(net.records)
+                # d from the server's Status reply (no worker need have delivered all of it)
+                longest = max((int(w["prefix"]) for r in recs for w in r.get("workers", [])), default=1)
+                d = int(net.dim or longest)
             runs[var.label].append(recs)
             det = seed_details(recs, d, sc.metric, sc.thresholds)
             det.update(seed=int(cfg.seed), v=cfg.v, per_class=per_class)

@@ -252,7 +252,9 @@ class Server:
             if bucket is None:
                 if len(self._join_buckets) > 100_000:  # bounded even with an unbounded CA
                     self._join_buckets.clear()
-                bucket = self._join_buckets[identity] = TokenBucket(self.cfg.join_rate, JOIN_BURST)
+                bucket = self._join_buckets[identity] = TokenBucket(
+                    self.cfg.join_rate, max(JOIN_BURST, self.cfg.join_rate)
+                )
             if not bucket.allow():
                 self.reject("join-rate")
                 raise ResourceExhausted(
@@ -387,7 +389,9 @@ class Server:
         if self._round_open and sess.slot is not None:
             self.collector.drop_slot(sess.slot)
             self._maybe_wake()
+        sess.end_error = error
         sess.send(End(error))
+        sess.ended.set()
         self._changed.set()
         log.info("leave worker=%d reason=%s", sess.worker_id, escape(reason))
 

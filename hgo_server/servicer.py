@@ -245,6 +245,7 @@ class HGOServicer:
         except errors.ProtocolError as exc:
             await context.abort(status_code(exc), str(exc))
         reader = asyncio.create_task(self._read(requests, sess))
+        ended = asyncio.ensure_future(sess.ended.wait())
         error: errors.ProtocolError | None = None
         try:
             while True:
@@ -254,7 +255,18 @@ class HGOServicer:
                     break
                 if core.outdated(msg):
                     continue
-                await context.write(encode(msg))  # bytes: the response serializer passes them through
+                # bytes: the response serializer passes them through. A write completes only
+                # when the peer reads; a session ended meanwhile (rejected, evicted, replaced)
+                # must not leave its call parked on a peer that never reads.
+                write = asyncio.ensure_future(context.write(encode(msg)))
+                await asyncio.wait((write, ended), return_when=asyncio.FIRST_COMPLETED)
+                if not write.done():
+                    write.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await write
+                    error = sess.end_error
+                    break
+                write.result()
                 if isinstance(msg, messages.Stop):
                     break
         except asyncio.CancelledError:
@@ -262,6 +274,7 @@ class HGOServicer:
                 return  # the server is stopping and gRPC cancels the streams still open: not an error
             raise
         finally:
+            ended.cancel()
             reader.cancel()
             core.leave(sess, "stream ended")
         if error is not None:

@@ -13,6 +13,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from .errors import ProtocolError
 from .messages import Beat, Closed, End, Outgoing, Task
 
 SAMPLED_HISTORY = 64  # sampled rounds a session remembers exactly (late vs not-sampled)
@@ -129,6 +130,8 @@ class SessionRecord:
     silent_rounds: int = 0  # sampled rounds in a row with an empty prefix (eviction)
     silent_since: float = 0.0  # monotonic time of the first of them
     received_bytes: int = 0  # measured: bytes of messages received on this stream
+    ended: asyncio.Event = field(default_factory=asyncio.Event)  # set by Server.leave
+    end_error: ProtocolError | None = None
     round_bytes: int = 0  # measured: chunk value bytes received since the last round it was sampled into
     round_chunks: int = 0
     messages: int = 0  # measured: messages received on this stream

@@ -187,6 +187,59 @@ async def test_join_flood_is_refused_beyond_the_join_rate(tmp_path: Path) -> Non
         assert len(s.core.sessions) == 1
 
 
+async def test_mutual_tls_identity_is_the_certificate(tmp_path: Path) -> None:
+    """Without a tokens file, mutual TLS makes the certificate the identity: one session per
+    certificate, f enforceable; the identity is its SANs (or CN without SANs)."""
+    from hgo_server.servicer import start_server
+    from tests.tlsgen import make_pki
+    from tests.wireclient import server_config
+
+    pki = make_pki(tmp_path / "pki")
+    cfg = server_config(
+        q=3, min_workers=50, tls_cert=str(pki.server_cert), tls_key=str(pki.server_key),
+        tls_ca=str(pki.ca_cert), heartbeat_ms=500, join_rate=1000.0,
+    )  # fmt: skip
+    running, port = await start_server(cfg)
+    try:
+        assert running.core.f_enforceable
+        chans = []
+        clients = []
+        for cert, key in ((pki.client_cert, pki.client_key), (pki.client_cert, pki.client_key),
+                          (pki.client2_cert, pki.client2_key)):  # fmt: skip
+            ch = grpc.aio.secure_channel(
+                f"localhost:{port}", credentials.channel_credentials(pki.ca_cert, cert, key),
+                options=[("grpc.use_local_subchannel_pool", 1)],
+            )  # fmt: skip
+            chans.append(ch)
+            c = WireClient(hgo_pb2_grpc.HGOStub(ch))
+            await c.join(name=str(cert))
+            clients.append(c)
+        assert await clients[0].finish(10) == grpc.StatusCode.ABORTED  # replaced by the same cert
+        idents = sorted(str(x.identity) for x in running.core.sessions.values())
+        assert idents == ["x509:worker-1", "x509:worker-2.hgo"]
+        for c in clients:
+            await c.close()
+        for ch in chans:
+            await ch.close()
+    finally:
+        await running.stop(0.5)
+
+
+async def test_shared_token_says_f_is_not_enforceable(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    async with serving(q=3, min_workers=50, token="a-shared-secret-token") as s:
+        assert not s.core.f_enforceable
+        a, b = s.client(credentials.bearer_metadata("a-shared-secret-token")), s.client(
+            credentials.bearer_metadata("a-shared-secret-token")
+        )
+        await a.join(name="a")
+        await b.join(name="b")
+        assert len(s.core.sessions) == 2  # anonymous: each session counts (nothing to tell them apart)
+        await a.close()
+        await b.close()
+    assert any("f IS NOT ENFORCEABLE" in r.getMessage() for r in caplog.records)
+
+
 # ----------------------------------------------------------------------------- 2. poison
 
 

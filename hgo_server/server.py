@@ -344,8 +344,9 @@ class Server:
             self.metrics.active_sessions.labels(profile=sess.profile).inc()
             self._changed.set()
         log.info(
-            "join worker=%d name=%s profile=%s rate=%g batch=%d shard=%d byzantine(declared)=%s identity=%s",
-            worker_id, escape(sess.name), sess.profile, sess.rate, sess.batch_size, shard, sess.byzantine,
+            # %r escapes control characters in the peer's name (repr quotes non-printables)
+            "join worker=%d name=%r profile=%s rate=%g batch=%d shard=%d declared-byzantine=%s identity=%s",
+            worker_id, sess.name, sess.profile, sess.rate, sess.batch_size, shard, sess.byzantine,
             escape(identity),
         )  # fmt: skip
         return sess

@@ -695,7 +695,10 @@ async def unauthenticated_and_oversized(procs: ProcessGroup, tmp_path: Path, mib
             for _ in range(idle):
                 sk = socket.create_connection(("127.0.0.1", port))
                 socks.append(sk)
-            late = WireClient(stub, md("mallory"))
+            fresh = grpc.aio.insecure_channel(  # a connection of its own: a new fd on the server
+                f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]
+            )
+            late = WireClient(hgo_pb2_grpc.HGOStub(fresh), md("mallory"))
             await late.join(name="joins while the idle connections are open")
             late.respond()
             rss1, peak1 = vm_kib(proc.pid, "VmRSS"), vm_kib(proc.pid, "VmHWM")
@@ -708,6 +711,7 @@ async def unauthenticated_and_oversized(procs: ProcessGroup, tmp_path: Path, mib
             st = await served.status(md("honest-0"))
             kept = all(not c.call.done() for c in honest)
             await late.close()
+            await fresh.close()
             await close_all(honest)
     records = roundlog.read(tmp_path / "rounds.jsonl")[1:-1]
     no_quorum = [r["round"] for r in records if not r["quorum"]]

@@ -213,7 +213,8 @@ class Server:
         if mb is None:
             # A worker sends at most one gradient (4d bytes) per round; allow two per tau
             # (rounds of 10 ms or more) plus 1 MiB of everything else.
-            per_s = 1000.0 / max(10.0, self.cfg.tau if math.isfinite(self.cfg.tau) else 10.0)
+            tau = self.cfg.tau_min if self.cfg.tau_auto else self.cfg.tau  # the shortest round
+            per_s = 1000.0 / max(10.0, tau if math.isfinite(tau) else 10.0)
             self.session_byte_rate = 2 * 4 * self.d * per_s + 2**20
         else:
             self.session_byte_rate = mb * 2**20

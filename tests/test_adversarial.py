@@ -764,3 +764,79 @@ async def test_unauthenticated_and_oversized_messages_keep_server_memory_bounded
 @pytest.mark.slow
 async def test_unauthenticated_and_oversized_issue_load(procs: ProcessGroup, tmp_path: Path) -> None:
     await unauthenticated_and_oversized(procs, tmp_path, mib=100, idle=1100)
+
+
+# ----------------------------------------------------------------------------- the pieces
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (["--row-bound", "clip:3"], "--row-bound: expected coord:B, norm:B or off"),
+        (["--row-bound", "coord:-1"], "--row-bound: row bound must be a finite number"),
+        (["--row-bound", "norm:inf"], "--row-bound: row bound must be a finite number"),
+        (["--session-msg-rate", "-1"], "--session-msg-rate must be a finite number >= 0"),
+        (["--join-rate", "nan"], "--join-rate must be a finite number >= 0"),
+        (["--join-timeout", "0"], "--join-timeout must be a finite duration > 0"),
+        (["--idle-timeout", "inf"], "--idle-timeout must be a finite duration > 0"),
+        (["--evict-after", "-2"], "--evict-after must be >= 0"),
+        (["--max-sessions-per-peer", "-1"], "--max-sessions-per-peer must be >= 0"),
+        (["--nofile", "10"], "--nofile must be >= 64"),
+    ],
+)
+def test_resilience_flags_are_checked(flags: list[str], needle: str) -> None:
+    from hgo_server.config import ConfigError, parse_args
+
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        parse_args(flags)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("a tok-aaaaaaaa shard=x\n", "expected shard=N"),
+        ("a tok-aaaaaaaa shard=-1\n", "expected shard=N"),
+        ("a tok-aaaaaaaa 3\n", "expected 'worker-id token [shard=N]'"),
+        ("shared tok-aaaaaaaa\n", "reserved for --token"),
+        ("a tok-aaaaaaaa shard=1\na tok-bbbbbbbb shard=2\n", "is given shard 1 and shard 2"),
+    ],
+)
+def test_tokens_file_shard_field_errors_name_the_line(tmp_path: Path, text: str, problem: str) -> None:
+    from hgo_server import auth
+
+    f = tmp_path / "tokens"
+    f.write_text(text)
+    f.chmod(0o600)
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        auth.TokenStore.from_options(None, f)
+
+
+async def test_a_shard_outside_the_run_is_refused_at_start(tmp_path: Path) -> None:
+    from hgo_server.config import ConfigError
+    from hgo_server.servicer import start_server
+    from tests.wireclient import server_config
+
+    f = tmp_path / "tokens"
+    f.write_text("a tok-aaaaaaaa shard=7\n")
+    f.chmod(0o600)
+    with pytest.raises(ConfigError, match=r"shard=7, outside \[0, 3\)"):
+        await start_server(server_config(q=3, num_shards=3, tokens_file=str(f)))
+
+
+def test_token_bucket_and_log_hygiene(caplog: pytest.LogCaptureFixture) -> None:
+    from hgo_server.logsafe import RateLimitedLog, escape
+    from hgo_server.sessions import TokenBucket
+
+    b = TokenBucket(10.0, 5.0, now=0.0)
+    assert [b.take(1.0, now=0.0) for _ in range(5)] == [0.0] * 5
+    assert b.take(1.0, now=0.0) == pytest.approx(0.1)  # one unit owed at 10/s
+    assert b.take(1.0, now=1.0) == 0.0  # refilled (capped at the burst)
+    assert not TokenBucket(1.0, 1.0, now=0.0).allow(2.0, now=0.0)
+    assert TokenBucket(0.0, 1.0).take(1e9) == 0.0  # rate 0: no limit
+    assert escape("a\nb\r\x1bc\u2028\x9b") == "a\\nb\\r\\x1bc\\u2028\\x9b"
+    assert escape("x" * 300, 10) == "x" * 10 + "..."
+    log = logging.getLogger("hgo.test.limited")
+    caplog.set_level(logging.INFO, logger="hgo.test.limited")
+    limited = RateLimitedLog(log, interval=3600)
+    assert [limited.log(logging.INFO, "k", "m %d", i) for i in range(5)] == [True] + [False] * 4
+    assert len([r for r in caplog.records if r.name == "hgo.test.limited"]) == 1

@@ -167,77 +167,36 @@ async def test_sybil_sessions_cannot_satisfy_min_workers(tmp_path: Path) -> None
         await close_all(sybils)
 
 
-async def test_join_flood_is_refused_beyond_the_join_rate(tmp_path: Path) -> None:
+async def join_flood(tmp_path: Path, seconds: float, burst: int | None) -> None:
+    """mallory joins as fast as she can (``burst`` joins, or for ``seconds``)."""
     async with serving(q=3, min_workers=50, tokens_file=str(tokens_file(tmp_path)), heartbeat_ms=500) as s:
-        codes = []
-        for i in range(30):
+        codes: list[Any] = []
+        t0 = time.monotonic()
+        while (len(codes) < burst) if burst is not None else (time.monotonic() - t0 < seconds):
             c = s.client(md("mallory"))
-            await c.send(join_message(name=f"flood-{i}"))
+            await c.send(join_message(name=f"flood-{len(codes)}"))
             msg = None
             with contextlib.suppress(grpc.aio.AioRpcError, asyncio.TimeoutError):
                 msg = await c.read(5)
             codes.append("welcome" if msg is not None and msg.HasField("welcome") else await c.call.code())
-            if msg is None:
-                await c.close()
-        # join burst 5, then 1 per second: a 30-join burst gets 5 or 6 sessions, one at a time
-        admitted = codes.count("welcome")
-        assert 5 <= admitted <= 7, codes
-        assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 30 - admitted
-        assert s.rejected("join-rate") == 30 - admitted
-        assert len(s.core.sessions) == 1
-
-
-async def test_mutual_tls_identity_is_the_certificate(tmp_path: Path) -> None:
-    """Without a tokens file, mutual TLS makes the certificate the identity: one session per
-    certificate, f enforceable; the identity is its SANs (or CN without SANs)."""
-    from hgo_server.servicer import start_server
-    from tests.tlsgen import make_pki
-    from tests.wireclient import server_config
-
-    pki = make_pki(tmp_path / "pki")
-    cfg = server_config(
-        q=3, min_workers=50, tls_cert=str(pki.server_cert), tls_key=str(pki.server_key),
-        tls_ca=str(pki.ca_cert), heartbeat_ms=500, join_rate=1000.0,
-    )  # fmt: skip
-    running, port = await start_server(cfg)
-    try:
-        assert running.core.f_enforceable
-        chans = []
-        clients = []
-        for cert, key in ((pki.client_cert, pki.client_key), (pki.client_cert, pki.client_key),
-                          (pki.client2_cert, pki.client2_key)):  # fmt: skip
-            ch = grpc.aio.secure_channel(
-                f"localhost:{port}", credentials.channel_credentials(pki.ca_cert, cert, key),
-                options=[("grpc.use_local_subchannel_pool", 1)],
-            )  # fmt: skip
-            chans.append(ch)
-            c = WireClient(hgo_pb2_grpc.HGOStub(ch))
-            await c.join(name=str(cert))
-            clients.append(c)
-        assert await clients[0].finish(10) == grpc.StatusCode.ABORTED  # replaced by the same cert
-        idents = sorted(str(x.identity) for x in running.core.sessions.values())
-        assert idents == ["x509:worker-1", "x509:worker-2.hgo"]
-        for c in clients:
             await c.close()
-        for ch in chans:
-            await ch.close()
-    finally:
-        await running.stop(0.5)
+        elapsed = time.monotonic() - t0
+        admitted = codes.count("welcome")
+        # join burst 5, then --join-rate 1 per second; never more than one active session
+        assert 5 <= admitted <= 5 + elapsed + 2, (admitted, elapsed)
+        assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == len(codes) - admitted
+        assert s.rejected("join-rate") == len(codes) - admitted
+        assert len(s.core.sessions) <= 1
+    print(f"join flood: {len(codes)} joins in {elapsed:.1f} s, {admitted} admitted (one at a time)")
 
 
-async def test_shared_token_says_f_is_not_enforceable(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING)
-    async with serving(q=3, min_workers=50, token="a-shared-secret-token") as s:
-        assert not s.core.f_enforceable
-        a, b = s.client(credentials.bearer_metadata("a-shared-secret-token")), s.client(
-            credentials.bearer_metadata("a-shared-secret-token")
-        )
-        await a.join(name="a")
-        await b.join(name="b")
-        assert len(s.core.sessions) == 2  # anonymous: each session counts (nothing to tell them apart)
-        await a.close()
-        await b.close()
-    assert any("f IS NOT ENFORCEABLE" in r.getMessage() for r in caplog.records)
+async def test_join_flood_is_refused_beyond_the_join_rate(tmp_path: Path) -> None:
+    await join_flood(tmp_path, 0.0, 30)
+
+
+@pytest.mark.slow
+async def test_join_flood_issue_load(tmp_path: Path) -> None:
+    await join_flood(tmp_path, 25.0, None)
 
 
 # ----------------------------------------------------------------------------- 2. poison
@@ -564,9 +523,7 @@ async def test_silent_sessions_are_evicted_issue_load(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- 7. logs
 
 
-async def test_peer_strings_are_escaped_and_refusals_logged_rate_limited(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+async def log_injection(tmp_path: Path, caplog: pytest.LogCaptureFixture, seconds: float) -> None:
     caplog.set_level(logging.INFO)
     async with serving(q=3, min_workers=50, tokens_file=str(tokens_file(tmp_path)), heartbeat_ms=500) as s:
         c = s.client(md("mallory"))
@@ -574,16 +531,32 @@ async def test_peer_strings_are_escaped_and_refusals_logged_rate_limited(
         await c.leave("bye\nFORGED INFO hgo.server: leave worker=7 reason=ok\r\x1b[2J")
         await c.finish(10)
         await wait_for(lambda: not s.core.sessions, what="mallory left")
-        for _ in range(200):
+        calls = 0
+        t0 = time.monotonic()
+        while calls < 200 or time.monotonic() - t0 < seconds:
             with contextlib.suppress(grpc.aio.AioRpcError):
                 await s.status(credentials.bearer_metadata("wrong-token-xxxxxxxx"))
-        assert s.rejected("unauthenticated") == 200
+            calls += 1
+        elapsed = time.monotonic() - t0
+        assert s.rejected("unauthenticated") == calls
     lines = [ln for rec in caplog.records for ln in rec.getMessage().split("\n")]
     assert not any(ln.startswith("FORGED") for ln in lines), lines
     assert any("\\nFORGED" in ln for ln in lines)
     assert not any("\x1b" in ln or "\r" in ln for ln in lines)
     refused = [r for r in caplog.records if "rejected /hgo.v1.HGO/Status" in r.getMessage()]
-    assert 1 <= len(refused) <= 2, len(refused)  # one line per 10 s, the counter has all 200
+    assert 1 <= len(refused) <= 1 + elapsed / 10 + 1, len(refused)  # one per 10 s; the counter has all
+    print(f"log flood: {calls} refused calls in {elapsed:.1f} s, {len(refused)} log lines")
+
+
+async def test_peer_strings_are_escaped_and_refusals_logged_rate_limited(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    await log_injection(tmp_path, caplog, 0.0)
+
+
+@pytest.mark.slow
+async def test_refused_call_flood_issue_load(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    await log_injection(tmp_path, caplog, 25.0)
 
 
 # ----------------------------------------------------------------------------- 8. declared vs measured

@@ -175,6 +175,12 @@ def encode(msg: messages.Outgoing) -> bytes:
     return out.SerializeToString()
 
 
+def _consume(fut: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned write's outcome (its call is over; nothing is left to report)."""
+    if not fut.cancelled():
+        fut.exception()
+
+
 def peer_host(context: Any) -> str:
     """The host part of ``context.peer()`` (``ipv4:127.0.0.1:5000`` -> ``ipv4:127.0.0.1``)."""
     try:
@@ -248,6 +254,7 @@ class HGOServicer:
         reader = asyncio.create_task(self._read(requests, sess))
         ended = asyncio.ensure_future(sess.ended.wait())
         error: errors.ProtocolError | None = None
+        write: asyncio.Future[None] | None = None
         try:
             while True:
                 msg = await sess.outbox.get()
@@ -277,6 +284,9 @@ class HGOServicer:
         finally:
             ended.cancel()
             reader.cancel()
+            if write is not None and not write.done():  # the handler itself was cancelled
+                write.cancel()
+                write.add_done_callback(_consume)
             core.leave(sess, "stream ended")
         if error is not None:
             await context.abort(status_code(error), str(error))

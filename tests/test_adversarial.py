@@ -818,3 +818,28 @@ def test_token_bucket_and_log_hygiene(caplog: pytest.LogCaptureFixture) -> None:
     limited = RateLimitedLog(log, interval=3600)
     assert [limited.log(logging.INFO, "k", "m %d", i) for i in range(5)] == [True] + [False] * 4
     assert len([r for r in caplog.records if r.name == "hgo.test.limited"]) == 1
+
+
+async def test_per_peer_session_cap_and_join_timeout() -> None:
+    async with serving(
+        q=3, min_workers=50, max_sessions_per_peer=3, join_timeout=300.0, heartbeat_ms=500
+    ) as s:
+        clients = []
+        for i in range(3):
+            c = s.client()
+            await c.join(name=f"p{i}")
+            clients.append(c)
+        extra = s.client()
+        await extra.send(join_message(name="one too many"))
+        assert await extra.finish(10) == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert s.rejected("peer-cap") == 1 and len(s.core.sessions) == 3
+        await clients[0].close()
+        await wait_for(lambda: len(s.core.sessions) == 2, what="a slot freed")
+        again = s.client()
+        await again.join(name="fits again")
+        # a stream that never sends its Join is ended after --join-timeout
+        mute = s.client()
+        assert await mute.finish(10) == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert s.rejected("join-timeout") == 1
+        for c in [*clients[1:], again]:
+            await c.close()

@@ -843,3 +843,69 @@ async def test_per_peer_session_cap_and_join_timeout() -> None:
         assert s.rejected("join-timeout") == 1
         for c in [*clients[1:], again]:
             await c.close()
+
+
+# ----------------------------------------------------------------------------- 1 + 3 with real workers
+
+
+async def accuracy_run(
+    procs: ProcessGroup, tmp_path: Path, *, partition: str, sybils: int = 0, thief: bool = False
+) -> float:
+    """Test accuracy after 60 rounds of 5 real hgo-worker processes (digits MLP, median f=2),
+    with mallory as a Sybil (``sybils`` Join attempts, the active session sending -100) or
+    as a shard thief that holds shards and leaves before round 0."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    async with serving(
+        q=10, rule="median", f=2, tau=200.0, rounds=60, eval_every=0, dataset="digits", model="mlp",
+        partition=partition, num_shards=5, min_workers=5, heartbeat_ms=500, seed=3,
+        tokens_file=str(tokens_file(tmp_path)),
+    ) as s:  # fmt: skip
+        held = []
+        if thief:
+            for i in range(4):
+                c = s.client(md("mallory"))
+                await c.join(name=f"thief-{i}", wants_shard=True)
+                held.append(c)
+        attackers: list[WireClient] = []
+        if sybils:
+            for i in range(sybils):  # as fast as she can; the join rate refuses most
+                c = s.client(md("mallory"))
+                with contextlib.suppress(AssertionError, grpc.aio.AioRpcError, asyncio.TimeoutError):
+                    await c.join(name=f"sybil-{i}", timeout=5)
+                    c.respond(lambda task, d=s.core.d: np.full(d, -100.0, dtype=np.float32))
+                    attackers.append(c)
+                    continue
+                await c.close()
+        workers = []
+        for i, name in enumerate(HONEST):
+            argv = [
+                *console("hgo-worker"), "--server", f"127.0.0.1:{s.port}", "--rate", "0", "--seed", str(i),
+                "--token", f"tok-{name}-0123456789", "--name", name, "--reconnect-timeout", "20",
+            ]  # fmt: skip
+            workers.append(procs.start(argv, name=f"{tmp_path.name}-{name}"))
+        await wait_for(lambda: s.core.state == "training", timeout=120, what="5 honest workers")
+        for c in held:  # the thief leaves before round 0... or as soon as training started
+            await c.close()
+        summary = await asyncio.wait_for(asyncio.shield(s.run), 180)
+        for c in attackers:
+            await c.close()
+        for w in workers:
+            procs.wait(w, 60)
+    return float(summary.metric)
+
+
+@pytest.mark.slow
+async def test_sybil_and_shard_thief_do_not_move_accuracy_with_real_workers(
+    procs: ProcessGroup, tmp_path: Path
+) -> None:
+    honest = await accuracy_run(procs, tmp_path / "honest", partition="iid")
+    sybil = await accuracy_run(procs, tmp_path / "sybil", partition="iid", sybils=1000)
+    honest2 = await accuracy_run(procs, tmp_path / "honest-classes", partition="classes:2")
+    thief = await accuracy_run(procs, tmp_path / "thief", partition="classes:2", thief=True)
+    print(
+        f"accuracy after 60 rounds: honest only {honest:.3f}, with 1000 Sybil joins sending -100 "
+        f"{sybil:.3f}; classes:2 honest only {honest2:.3f}, with a shard thief {thief:.3f}"
+    )
+    # before issue 10: 71% -> 8-9.5% (Sybil) and 66.6% -> 20.1% (thief)
+    assert sybil >= honest - 0.1 and sybil > 0.5
+    assert thief >= honest2 - 0.1

@@ -887,6 +887,9 @@ async def accuracy_run(
         for c in held:  # the thief leaves before round 0... or as soon as training started
             await c.close()
         summary = await asyncio.wait_for(asyncio.shield(s.run), 180)
+        if sybils:
+            refused = s.rejected('join-rate')
+            print(f"sybil: {len(attackers)} of {sybils} joins admitted, {refused:.0f} refused")
         for c in attackers:
             await c.close()
         for w in workers:

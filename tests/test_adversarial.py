@@ -382,7 +382,7 @@ def raw_stream(channel: grpc.aio.Channel) -> Any:
 async def test_padded_oversized_and_bad_late_chunks_are_fatal_and_counted(tmp_path: Path) -> None:
     log_path = tmp_path / "rounds.jsonl"
     async with serving(
-        q=6, v=3, tau=80.0, early_close=False, tokens_file=str(tokens_file(tmp_path)), heartbeat_ms=500,
+        q=6, v=3, tau=200.0, early_close=False, tokens_file=str(tokens_file(tmp_path)), heartbeat_ms=500,
         max_chunk_values=64, log=str(log_path), min_workers=5,
     ) as s:  # fmt: skip
         honest = await honest_workers(s, 0.0)
@@ -426,7 +426,7 @@ async def test_padded_oversized_and_bad_late_chunks_are_fatal_and_counted(tmp_pa
         assert "mallory" in s.core.by_identity
         await c.close()
         await close_all(honest)
-    assert quorum_share(roundlog.read(log_path)) >= QUORUM_SHARE
+    assert quorum_share(roundlog.read(log_path)[:-1]) >= QUORUM_SHARE  # the last: closed by the stop
 
 
 async def flood(tmp_path: Path, seconds: float, floods: int) -> None:
@@ -510,7 +510,7 @@ async def slow_readers(tmp_path: Path, n: int) -> None:
         await close_all(readers)
         await close_all(honest)
     records = roundlog.read(log_path)
-    tail = [r for r in records if r["round"] >= k]
+    tail = [r for r in records if r["round"] >= k][:-1]  # the last: closed by the stop
     assert tail and quorum_share(tail) >= QUORUM_SHARE
 
 

@@ -44,6 +44,7 @@ log = logging.getLogger("hgo.servicer")
 _limited = RateLimitedLog(log, interval=10.0)
 
 STOP_GRACE_S = 3.0
+WRITE_GRACE_S = 2.0  # a write still pending when its session ends waits this long, then is dropped
 RECEIVE_MARGIN = 4096
 """Bytes a worker message may carry beyond its chunk values: the envelope, round, offset,
 session id, and the Join's name/profile or a Leave's reason (a few hundred bytes)."""
@@ -269,7 +270,11 @@ class HGOServicer:
                 write = asyncio.ensure_future(context.write(encode(msg)))
                 await asyncio.wait((write, ended), return_when=asyncio.FIRST_COMPLETED)
                 if not write.done():
-                    write.cancel()
+                    # ended meanwhile: give a peer that is reading a moment, so it gets the
+                    # real status; one that is not (a stalled reader) loses its call
+                    await asyncio.wait((write,), timeout=WRITE_GRACE_S)
+                    if not write.done():
+                        write.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await write
                     error = sess.end_error

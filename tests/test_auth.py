@@ -66,7 +66,13 @@ async def _serve(
 
 async def _session(stub: hgo_pb2_grpc.HGOStub, metadata: Sequence[tuple[str, str]] = ()) -> str:
     call = stub.Session(metadata=tuple(metadata))
-    await call.write(hgo_pb2.WorkerMessage(join=hgo_pb2.Join(protocol_version=1, name="w")))
+    # The server may refuse the call (from its metadata) before this write goes out, and the
+    # write itself then raises (INTERNAL from the client's core): the call's status counts.
+    try:
+        await call.write(hgo_pb2.WorkerMessage(join=hgo_pb2.Join(protocol_version=1, name="w")))
+    except grpc.aio.AioRpcError:
+        code, details = await call.code(), await call.details()
+        raise grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details) from None
     reply = await call.read()
     call.cancel()
     return str(reply.welcome.session_id)

@@ -891,8 +891,9 @@ async def accuracy_run(
             print(f"sybil: {len(attackers)} of {sybils} joins admitted, {refused:.0f} refused")
         for c in attackers:
             await c.close()
-        for w in workers:
-            procs.wait(w, 60)
+        # poll, never block: the Stop messages are written by this event loop
+        await wait_for(lambda: all(w.poll() is not None for w in workers), timeout=60, what="workers exit")
+        assert [w.returncode for w in workers] == [0] * len(workers), [procs.log(w)[-2000:] for w in workers]
     return float(summary.metric)
 
 

@@ -170,6 +170,25 @@ class RoundCollector:
 
     # ------------------------------------------------------------------ chunks
 
+    def check_values(self, values: bytes | bytearray | memoryview) -> int:
+        """The number of float32 values in a wire chunk; ChunkRejected when its size is illegal.
+
+        Whole float32 values only (``bad-length``), at most ``max_chunk_values``
+        (``oversized``). The transport calls this *before* deciding whether the chunk
+        is late, so a late chunk of the wrong size is still refused.
+        """
+        size = len(values)
+        if size % wire.WIRE_DTYPE.itemsize:
+            raise ChunkRejected(
+                BAD_LENGTH, f"chunk values: {size} bytes is not a whole number of float32 values"
+            )
+        n = size // wire.WIRE_DTYPE.itemsize
+        if n > self.max_chunk_values:
+            raise ChunkRejected(
+                OVERSIZED, f"chunk carries {n} values, more than max_chunk_values={self.max_chunk_values}"
+            )
+        return n
+
     def add(self, slot: int, round_index: int, offset: int, values: bytes | np.ndarray) -> ChunkResult:
         """Validate one chunk and copy it into row ``slot``.
 

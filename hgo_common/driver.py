@@ -152,14 +152,42 @@ class RoundPlan:
 
 @dataclass(frozen=True)
 class WorkerEntry:
-    """What the round log says about one sampled worker (its row in ``workers``)."""
+    """What the round log says about one sampled worker (its row in ``workers``).
+
+    ``profile``, ``byzantine``, ``rate`` and ``batch_size`` are what the worker *declared*
+    in its Join — claims, never used by the server to decide anything. ``identity`` is
+    the authenticated identity (None: anonymous). ``bytes`` and ``chunks`` are what the
+    server *measured* on the worker's stream this round (None where nothing is measured,
+    as in the simulator); the prefix is measured too and passed to :meth:`as_record`.
+    """
 
     id: int
     profile: str
     byzantine: bool
+    identity: str | None = None
+    rate: float | None = None
+    batch_size: int | None = None
+    bytes: int | None = None
+    chunks: int | None = None
 
     def as_record(self, prefix: int) -> dict[str, Any]:
-        return {"id": self.id, "profile": self.profile, "prefix": int(prefix), "byzantine": self.byzantine}
+        return {
+            "id": self.id,
+            "identity": self.identity,
+            # kept flat for older readers; both are declared, see "declared"
+            "profile": self.profile,
+            "byzantine": self.byzantine,
+            "declared": {
+                "profile": self.profile,
+                "byzantine": self.byzantine,
+                "rate": self.rate,
+                "batch_size": self.batch_size,
+            },
+            # measured by the server
+            "prefix": int(prefix),
+            "bytes": self.bytes,
+            "chunks": self.chunks,
+        }
 
 
 @dataclass(frozen=True)
@@ -305,6 +333,7 @@ class RoundDriver:
         timing: Timing,
         *,
         nonfinite: np.ndarray | None = None,
+        f_enforceable: bool = True,
     ) -> dict[str, Any]:
         """The round-log record of round ``plan.k`` (schema: ``hgo_common.roundlog``).
 
@@ -314,6 +343,10 @@ class RoundDriver:
             One per sampled row, in row order.
         nonfinite : ndarray of shape (q,), bool, optional
             Rows whose prefix the non-finite policy cut (``RoundCollector.truncated``).
+        f_enforceable : bool
+            Whether every sampled row stands for an identity of its own (the server:
+            per-worker tokens or mutual TLS; the simulator: always). When False, "at most f
+            Byzantine among the sampled" is not enforceable and the record says so.
         """
         if len(workers) != len(prefixes):
             raise ValueError(f"{len(workers)} worker entries for {len(prefixes)} prefixes")
@@ -337,6 +370,9 @@ class RoundDriver:
             "workers": [w.as_record(int(p)) for w, p in zip(workers, prefixes, strict=True)],
             "used": [workers[r].id for r in outcome.used],
             "nonfinite": [] if nonfinite is None else [workers[int(r)].id for r in np.flatnonzero(nonfinite)],
+            "bounded_rows": int(outcome.bounded),
+            "refused": outcome.refused,
+            "f_enforceable": bool(f_enforceable),
         }
         if plan.choice is not None and self.settings.auto_tau is not None:
             record["tau_auto"] = plan.choice.as_record(self.settings.auto_tau.target)

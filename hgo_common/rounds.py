@@ -26,6 +26,24 @@ Step size
 ``constant``: gamma_k = lr. ``inv-sqrt-block``: gamma_k = lr / sqrt(|B_k|), the
 paper's suggestion (§4.1), with ``lr`` the proportionality constant.
 
+Poison guard
+------------
+A Byzantine row may hold any finite float32 value (3e38 is finite), and an average of
+such rows overflows w. Two defences, applied here so the server and the simulator share
+them:
+
+* **Row bound** (:class:`RowBound`, ``--row-bound``), applied to every row's prefix
+  *before* aggregation: ``coord:B`` clips each value to [-B, B]; ``norm:B`` scales a row
+  whose prefix has an l2 norm above B down to norm B; ``off`` disables it (by choice
+  only; the default is ``coord:1e6``). One row can then move any coordinate of the
+  aggregate by at most B (average, median and every rule whose output lies in the
+  convex hull of its rows), so a single worker cannot overflow the model in any
+  practical number of rounds.
+* **Finite update** (:func:`apply_update`): an update that would leave a coordinate of w
+  non-finite *in float32*, the dtype w travels in (|w| > float32 max, NaN or inf), is
+  refused; w stays at its last value and the outcome is marked ``refused`` so the caller
+  counts it.
+
 Randomness
 ----------
 Randomized rules (bucketing, Karimireddy et al. 2022) must draw fresh randomness every
@@ -47,6 +65,80 @@ from . import aggregators, blocks
 
 ALGORITHMS = ("hgo", "sgd")
 LR_SCHEDULES = ("constant", "inv-sqrt-block")
+ROW_BOUND_KINDS = ("coord", "norm", "off")
+DEFAULT_ROW_BOUND = "coord:1e6"
+REFUSED_NON_FINITE = "non-finite-update"
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+@dataclass(frozen=True)
+class RowBound:
+    """The most one row may contribute: ``coord`` (per-coordinate clip), ``norm`` (l2 clip), ``off``."""
+
+    kind: str = "coord"
+    bound: float = 1e6
+
+    def __post_init__(self) -> None:
+        if self.kind not in ROW_BOUND_KINDS:
+            raise ValueError(f"row bound kind must be one of {ROW_BOUND_KINDS}, got {self.kind!r}")
+        if self.kind != "off" and not (math.isfinite(self.bound) and 0 < self.bound <= _F32_MAX):
+            raise ValueError(f"row bound must be a finite number in (0, {_F32_MAX:.3g}], got {self.bound}")
+
+    @classmethod
+    def parse(cls, text: str) -> RowBound:
+        """``"coord:1e6"``, ``"norm:100"`` or ``"off"``; ValueError naming the text otherwise."""
+        t = str(text).strip().lower()
+        if t == "off":
+            return cls("off", math.inf)
+        kind, sep, num = t.partition(":")
+        if not sep or kind not in ("coord", "norm"):
+            raise ValueError(f"expected coord:B, norm:B or off, got {text!r}")
+        try:
+            value = float(num)
+        except ValueError:
+            raise ValueError(f"expected coord:B, norm:B or off with B a number, got {text!r}") from None
+        return cls(kind, value)
+
+    def __str__(self) -> str:
+        return "off" if self.kind == "off" else f"{self.kind}:{self.bound:g}"
+
+
+def bound_rows(values: np.ndarray, prefixes: np.ndarray, bound: RowBound) -> tuple[np.ndarray, int]:
+    """``values`` with every row's prefix held to ``bound``; (rows, number of rows changed).
+
+    Returns the input itself (no copy) when no row exceeds the bound, so the common case
+    costs one read pass. Values past a row's prefix are never read by the aggregation and
+    are left as they are (``coord`` may clip them too, harmlessly).
+    """
+    if bound.kind == "off" or values.size == 0:
+        return values, 0
+    p = np.asarray(prefixes, dtype=np.int64)
+    width = int(p.max(initial=0))
+    if width == 0:
+        return values, 0
+    b = bound.bound
+    head = values[:, :width]
+    if bound.kind == "coord":
+        if not (head.max() > b or head.min() < -b):
+            return values, 0
+        mask = np.arange(width) < p[:, None]
+        over = (np.abs(head) > b) & mask
+        changed = int(np.count_nonzero(over.any(axis=1)))
+        out = np.array(values, copy=True)
+        np.clip(out[:, :width], -b, b, out=out[:, :width])
+        return out, changed
+    # norm: float64 squares, so a row of 3e38 values has a finite norm
+    norms = np.array(
+        [float(np.linalg.norm(np.asarray(values[i, : p[i]], dtype=np.float64))) for i in range(len(p))]
+    )  # one loop over rows (q), never over coordinates
+    over_rows = np.flatnonzero(norms > b)
+    if over_rows.size == 0:
+        return values, 0
+    out = np.array(values, copy=True)
+    for i in over_rows:
+        scale = b / norms[i]
+        out[i, : p[i]] = (np.asarray(out[i, : p[i]], dtype=np.float64) * scale).astype(out.dtype)
+    return out, int(over_rows.size)
 
 
 AGGREGATION_STREAM = 0x41475231  # "AGR1": keeps this stream apart from the order seeds
@@ -153,6 +245,7 @@ class RoundConfig:
     lr: float = 0.1
     lr_schedule: str = "constant"
     algorithm: str = "hgo"
+    row_bound: RowBound = field(default_factory=lambda: RowBound.parse(DEFAULT_ROW_BOUND))
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -179,6 +272,8 @@ class RoundOutcome:
     step_size: float = 0.0
     used: list[int] = field(default_factory=list)  # rows that contributed to the update
     update: np.ndarray | None = None  # full d-vector AG in model coordinates, or None
+    bounded: int = 0  # rows the row bound changed
+    refused: str | None = None  # set by apply_update when the update was refused (why)
 
 
 def effective_prefixes(prefixes: np.ndarray, cfg: RoundConfig) -> np.ndarray:
@@ -219,10 +314,11 @@ def close_round(
     """
     p = effective_prefixes(prefixes, cfg)
     responded = int(np.count_nonzero(p))
+    values, bounded = bound_rows(np.asarray(values), p, cfg.row_bound)
     if cfg.algorithm == "sgd":
         need = max(1, aggregators.get(cfg.rule).min_rows(cfg.f))
         if responded < need:
-            return RoundOutcome(block=0, quorum=False)
+            return RoundOutcome(block=0, quorum=False, bounded=bounded)
         rows = np.flatnonzero(p)
         rule = aggregators.get(cfg.rule)
         agg = rule(np.asarray(values)[rows], f=cfg.f, **blocks.rng_kwargs(rule, rng))
@@ -230,11 +326,11 @@ def close_round(
         used = [int(r) for r in rows]
     else:
         if responded < cfg.v:
-            return RoundOutcome(block=0, quorum=False)
+            return RoundOutcome(block=0, quorum=False, bounded=bounded)
         b, agg = blocks.aggregate(values, p, v=cfg.v, rule=cfg.rule, f=cfg.f, rng=rng)
         used = [int(i) for i in np.flatnonzero(p)]
         if b == 0:
-            return RoundOutcome(block=0, quorum=False)
+            return RoundOutcome(block=0, quorum=False, bounded=bounded)
     gamma = step_size(cfg, b)
     return RoundOutcome(
         block=b,
@@ -242,11 +338,23 @@ def close_round(
         step_size=gamma,
         used=used,
         update=blocks.scatter(order, np.asarray(agg, dtype=np.float64), cfg.d),
+        bounded=bounded,
     )
 
 
 def apply_update(w: np.ndarray, outcome: RoundOutcome) -> np.ndarray:
-    """w_{k+1} = w_k - gamma_k * AG (unchanged when the round had no quorum)."""
+    """w_{k+1} = w_k - gamma_k * AG (unchanged when the round had no quorum).
+
+    An update that would leave any coordinate non-finite in float32 (the dtype w travels
+    in) is refused: ``w`` is returned unchanged and ``outcome.refused`` is set to
+    :data:`REFUSED_NON_FINITE`, for the caller to count.
+    """
     if not outcome.quorum or outcome.update is None:
         return w
-    return np.asarray(w - outcome.step_size * outcome.update, dtype=w.dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        new = np.asarray(w - outcome.step_size * outcome.update, dtype=w.dtype)
+        finite = bool(np.isfinite(new).all()) and bool(np.abs(new).max(initial=0.0) <= _F32_MAX)
+    if not finite:
+        outcome.refused = REFUSED_NON_FINITE
+        return w
+    return new

@@ -30,8 +30,20 @@ authenticated worker cannot act for another's session.
 
 A rejected call is answered ``UNAUTHENTICATED`` by a stand-in handler of the same streaming
 kind as the real one; the real handler never runs, so no session, counter or log line of
-the servicer is touched. The optional ``on_reject`` callback (e.g. incrementing
-``hgo_rejected_messages_total{reason="unauthenticated"}``) is the only side effect.
+the servicer is touched. A unary request is never deserialized: the stand-in's request
+deserializer returns None without looking at the bytes. The optional ``on_reject``
+callback (e.g. incrementing ``hgo_rejected_messages_total{reason="unauthenticated"}``) is
+the only side effect, and the log line for refused calls is rate-limited (one per 10 s,
+with the number held back).
+
+Identities and the unit of robustness
+-------------------------------------
+The guarantee "at most f Byzantine workers among the sampled" counts *identities*
+(DESIGN.md §4). :func:`session_identity` decides the identity of a session: the
+tokens-file identity of its token; otherwise, under mutual TLS, the client certificate's
+identity (:func:`certificate_identity`: its subject alternative names, or its common
+name when it has none, as gRPC reports them); otherwise None — anonymous (the shared
+``--token``, or no authentication), for which f cannot be enforced.
 """
 
 from __future__ import annotations
@@ -51,16 +63,21 @@ import grpc.aio
 
 from hgo_common.net.credentials import read_pem
 
+from .logsafe import RateLimitedLog, escape
+
 __all__ = [
     "SHARED_IDENTITY",
     "AuthInterceptor",
     "TokenFileError",
     "TokenStore",
+    "certificate_identity",
     "current_identity",
     "server_credentials",
+    "session_identity",
 ]
 
 log = logging.getLogger(__name__)
+_refusals = RateLimitedLog(log, interval=10.0)
 
 SHARED_IDENTITY = "shared"
 """The identity of a worker that presented the ``--token`` shared secret."""
@@ -71,6 +88,30 @@ _identity: contextvars.ContextVar[str | None] = contextvars.ContextVar("hgo_auth
 def current_identity() -> str | None:
     """The authenticated identity of the call being handled (None: auth disabled)."""
     return _identity.get()
+
+
+def certificate_identity(context: Any) -> str | None:
+    """``x509:<SANs or CN>`` of the verified client certificate of the call; None without one.
+
+    gRPC reports the peer's identities only when it verified the certificate (mutual TLS),
+    as the subject alternative names, or the common name when there are none.
+    """
+    try:
+        names = context.peer_identities()
+    except Exception:  # not an ssl call, or a context without auth data
+        return None
+    if not names:
+        return None
+    text = ",".join(sorted(n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in names))
+    return f"x509:{text}"
+
+
+def session_identity(context: Any) -> str | None:
+    """The identity one session counts as (None: anonymous, f not enforceable); see the module doc."""
+    ident = current_identity()
+    if ident is not None and ident != SHARED_IDENTITY:
+        return ident
+    return certificate_identity(context)
 
 
 class TokenFileError(ValueError):
@@ -88,6 +129,19 @@ class TokenStore:
     """
 
     entries: list[tuple[str, bytes]] = field(default_factory=list)
+    shards: dict[str, int] = field(default_factory=dict)  # explicit shard map (tokens file 3rd field)
+
+    def identities(self) -> list[str]:
+        """The per-worker identities in file order (first appearance), without ``shared``."""
+        seen: dict[str, None] = {}
+        for ident, _ in self.entries:
+            if ident != SHARED_IDENTITY:
+                seen.setdefault(ident, None)
+        return list(seen)
+
+    @property
+    def has_shared(self) -> bool:
+        return any(ident == SHARED_IDENTITY for ident, _ in self.entries)
 
     @classmethod
     def from_options(cls, token: str | None, tokens_file: Path | str | None) -> TokenStore | None:
@@ -107,7 +161,14 @@ class TokenStore:
                 raise ValueError("--token must be a non-empty string without surrounding whitespace")
             store.add(SHARED_IDENTITY, token)
         if tokens_file is not None:
-            store.extend(parse_tokens_file(tokens_file))
+            for identity, tok, shard in parse_tokens_entries(tokens_file):
+                store.add(identity, tok)
+                if shard is not None:
+                    known = store.shards.setdefault(identity, shard)
+                    if known != shard:
+                        raise TokenFileError(
+                            f"{tokens_file}: {identity!r} is given shard {known} and shard {shard}"
+                        )
         return store
 
     def add(self, identity: str, token: str) -> None:
@@ -136,35 +197,57 @@ class TokenStore:
 
 
 def parse_tokens_file(path: Path | str) -> list[tuple[str, str]]:
-    """``(worker-id, token)`` pairs of a tokens file.
+    """``(worker-id, token)`` pairs of a tokens file (see :func:`parse_tokens_entries`)."""
+    return [(ident, tok) for ident, tok, _ in parse_tokens_entries(path)]
 
-    Format: one ``worker-id token`` pair per line, separated by whitespace; blank lines and
-    lines whose first non-blank character is ``#`` are ignored. Anything else (one field,
-    three fields, a trailing comment, a duplicate token) raises :class:`TokenFileError`
-    naming ``file:line``. A file readable by other users gets a logged warning.
+
+def parse_tokens_entries(path: Path | str) -> list[tuple[str, str, int | None]]:
+    """``(worker-id, token, shard or None)`` entries of a tokens file.
+
+    Format: one ``worker-id token [shard=N]`` entry per line, separated by whitespace;
+    blank lines and lines whose first non-blank character is ``#`` are ignored. The
+    optional ``shard=N`` pins the worker's data shard (otherwise it is the worker's rank
+    in the file, modulo the number of shards). Anything else (one field, four fields, a
+    trailing comment, a bad shard, a duplicate token, the reserved id ``shared``) raises
+    :class:`TokenFileError` naming ``file:line``. A file readable by other users gets a
+    logged warning.
     """
     p = Path(path)
     text = p.read_text(encoding="utf-8")
     mode = os.stat(p).st_mode
     if mode & (stat.S_IRGRP | stat.S_IROTH):
         log.warning("tokens file %s is readable by other users (mode %o); chmod 600 it", p, mode & 0o777)
-    pairs: list[tuple[str, str]] = []
+    pairs: list[tuple[str, str, int | None]] = []
     seen: dict[str, int] = {}
     for lineno, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
         fields = stripped.split()
+        shard: int | None = None
+        if len(fields) == 3 and fields[2].startswith("shard="):
+            try:
+                shard = int(fields[2][len("shard=") :])
+            except ValueError:
+                shard = -1
+            if shard < 0:
+                raise TokenFileError(
+                    f"{p}:{lineno}: expected shard=N with N an integer >= 0, got {fields[2]!r}"
+                )
+            fields = fields[:2]
         if len(fields) != 2:
             hint = "; comments go on their own line" if any(x.startswith("#") for x in fields) else ""
             raise TokenFileError(
-                f"{p}:{lineno}: expected 'worker-id token' (2 fields), got {len(fields)} field(s){hint}"
+                f"{p}:{lineno}: expected 'worker-id token [shard=N]' (2 or 3 fields), "
+                f"got {len(fields)} field(s){hint}"
             )
         identity, token = fields
+        if identity == SHARED_IDENTITY:
+            raise TokenFileError(f"{p}:{lineno}: worker id {SHARED_IDENTITY!r} is reserved for --token")
         if token in seen:
             raise TokenFileError(f"{p}:{lineno}: token already used on line {seen[token]}")
         seen[token] = lineno
-        pairs.append((identity, token))
+        pairs.append((identity, token, shard))
     if not pairs:
         raise TokenFileError(f"{p}: no 'worker-id token' lines (an empty file would lock every worker out)")
     return pairs
@@ -199,10 +282,15 @@ def _reject_handler(kind: grpc.RpcMethodHandler[Any, Any], message: str) -> grpc
         return grpc.stream_stream_rpc_method_handler(stream_in)
     if kind.request_streaming:
         return grpc.stream_unary_rpc_method_handler(stream_in)
-    # Unary requests: grpc reads the single request before calling us; it is never used.
+    # Unary requests: grpc reads the single request (within the receive limit) before
+    # calling us; it is never parsed (the deserializer ignores the bytes) nor used.
     if kind.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(unary_in, request_deserializer=kind.request_deserializer)
-    return grpc.unary_unary_rpc_method_handler(unary_in, request_deserializer=kind.request_deserializer)
+        return grpc.unary_stream_rpc_method_handler(unary_in, request_deserializer=_ignore)
+    return grpc.unary_unary_rpc_method_handler(unary_in, request_deserializer=_ignore)
+
+
+def _ignore(data: bytes) -> None:
+    return None
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -244,7 +332,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         identity = self.store.identify(token) if token is not None else None
         if identity is None:
             problem = "missing bearer token" if token is None else "invalid token"
-            log.info("rejected %s: %s", method, problem)  # never log the token itself
+            # never log the token itself; one line per 10 s (the counter keeps the full count)
+            _refusals.log(logging.INFO, "unauthenticated", "rejected %s: %s", escape(method), problem)
             if self.on_reject is not None:
                 try:
                     self.on_reject("unauthenticated")
@@ -272,4 +361,3 @@ def server_credentials(
     pair = (read_pem(key, "TLS key"), read_pem(cert, "TLS certificate"))
     root = read_pem(ca, "TLS CA") if ca is not None else None
     return grpc.ssl_server_credentials([pair], root_certificates=root, require_client_auth=root is not None)
-

@@ -79,6 +79,28 @@ async def amain(cfg: ServerConfig) -> int:
     return 0 if summary.completed else cfg.stop_exit_code
 
 
+def raise_nofile(target: int | None = None) -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to ``target`` (default: the hard limit) where allowed.
+
+    Every connection costs a file descriptor; 1,024 (a common default) lets a thousand idle
+    connections lock honest workers out. Returns the effective (soft, hard) limits.
+    """
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return (-1, -1)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if target is None else target
+    if hard != resource.RLIM_INFINITY:
+        want = min(want, hard)
+    if want > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError) as exc:
+            logging.getLogger("hgo.server").warning("cannot raise RLIMIT_NOFILE to %d: %s", want, exc)
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=os.environ.get("HGO_LOG_LEVEL", "INFO").upper(),
@@ -93,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger("hgo.server").warning(
                 "the trained model will not be saved: pass --export FILE (or --checkpoint-dir DIR)"
             )
+        soft, hard = raise_nofile(cfg.nofile)
+        logging.getLogger("hgo.server").info("open-file limit (RLIMIT_NOFILE): %d (hard %d)", soft, hard)
         return _run(amain(cfg))
     except ConfigError as exc:
         print(f"hgo-server: error: {exc}", file=sys.stderr, flush=True)

@@ -85,6 +85,16 @@ class ServerConfig:
     tls_key: str | None = None
     tls_ca: str | None = None
     port_file: str | None = None
+    # Resilience (docs/reliability.md "Resource limits"): what one peer may cost the server.
+    row_bound: str = "coord:1e6"
+    join_timeout: float = 5000.0
+    idle_timeout: float = 10_000.0
+    session_msg_rate: float = 1000.0
+    session_byte_rate_mb: float | None = None  # None: derived from d and tau (Server)
+    join_rate: float = 1.0
+    max_sessions_per_peer: int = 1024
+    evict_after: int = 20
+    nofile: int | None = None
 
     def replace(self, **changes: Any) -> ServerConfig:
         return dataclasses.replace(self, **changes)
@@ -103,9 +113,10 @@ _INT = {
     "port", "q", "v", "f", "rounds", "seed", "min_workers", "eval_every", "metrics_port",
     "max_chunk_values", "num_shards", "checkpoint_every", "max_message_mb", "max_train", "export_every",
     "stop_exit_code",
+    "max_sessions_per_peer", "evict_after", "nofile",
 }  # fmt: skip
-_FLOAT = {"lr", "l2", "tau_target"}
-_DURATION = {"tau", "sgd_timeout", "heartbeat_ms", "tau_min", "tau_max"}
+_FLOAT = {"lr", "l2", "tau_target", "session_msg_rate", "session_byte_rate_mb", "join_rate"}
+_DURATION = {"tau", "sgd_timeout", "heartbeat_ms", "tau_min", "tau_max", "join_timeout", "idle_timeout"}
 _BOOL = {"early_close", "resume", "tau_auto"}
 _STR = FIELDS - _INT - _FLOAT - _DURATION - _BOOL - {"hidden"}
 
@@ -314,6 +325,23 @@ def build_parser() -> argparse.ArgumentParser:
     add("--tls-cert", metavar="FILE", help="server certificate (PEM)")
     add("--tls-key", metavar="FILE", help="server private key (PEM)")
     add("--tls-ca", metavar="FILE", help="CA for client certificates (mutual TLS)")
+    add("--row-bound", help="most one row may contribute before aggregation: coord:B (clip every value "
+        f"to [-B, B]), norm:B (clip the row's l2 norm to B) or off (default {d.row_bound})")  # fmt: skip
+    add("--join-timeout", help=f"a new stream must send its Join within this (default {d.join_timeout:g} ms)")
+    add("--idle-timeout", help="close a connection that carries no call for this long; also the TLS/HTTP2 "
+        f"handshake timeout (default {d.idle_timeout:g} ms)")  # fmt: skip
+    add("--session-msg-rate", help="messages per second one session may send (token bucket, 1 s burst; "
+        f"reading pauses beyond it; 0 = no limit; default {d.session_msg_rate:g})")  # fmt: skip
+    add("--session-byte-rate-mb", help="MiB per second one session may send (token bucket, 1 s burst; "
+        "default: 2 full gradients per tau plus 1 MiB)")  # fmt: skip
+    add("--join-rate", help="Joins per second one identity may make (burst 5; 0 = no limit; "
+        f"default {d.join_rate:g})")  # fmt: skip
+    add("--max-sessions-per-peer", help="active sessions from one peer address; 0 = no cap "
+        f"(default {d.max_sessions_per_peer})")  # fmt: skip
+    add("--evict-after", help="end a session sampled into this many rounds in a row without sending a "
+        f"value (and silent for 3 heartbeats); 0 = never (default {d.evict_after})")  # fmt: skip
+    add("--nofile", help="raise the open-file limit (RLIMIT_NOFILE) to this at start "
+        "(default: the hard limit); the effective limit is logged")  # fmt: skip
     return p
 
 
@@ -569,6 +597,33 @@ def resolve(cfg: ServerConfig) -> ServerConfig:
         raise ConfigError("--token must not be empty")
     if cfg.token is not None and cfg.token_file is not None:
         raise ConfigError("--token and --token-file are two sources of one token; give one of them")
+    try:
+        rounds.RowBound.parse(cfg.row_bound)
+    except ValueError as exc:
+        raise ConfigError(f"--row-bound: {exc}") from None
+    _range(
+        0 < cfg.join_timeout < math.inf,
+        f"--join-timeout must be a finite duration > 0, got {cfg.join_timeout:g}",
+    )
+    _range(
+        0 < cfg.idle_timeout < math.inf,
+        f"--idle-timeout must be a finite duration > 0, got {cfg.idle_timeout:g}",
+    )
+    for flag, value in (
+        ("--session-msg-rate", cfg.session_msg_rate),
+        ("--join-rate", cfg.join_rate),
+        ("--session-byte-rate-mb", cfg.session_byte_rate_mb),
+    ):
+        _range(
+            value is None or (value >= 0 and math.isfinite(value)),
+            f"{flag} must be a finite number >= 0 (0: no limit), got {value}",
+        )
+    _range(
+        cfg.max_sessions_per_peer >= 0,
+        f"--max-sessions-per-peer must be >= 0, got {cfg.max_sessions_per_peer}",
+    )
+    _range(cfg.evict_after >= 0, f"--evict-after must be >= 0 (0: never), got {cfg.evict_after}")
+    _range(cfg.nofile is None or cfg.nofile >= 64, f"--nofile must be >= 64, got {cfg.nofile}")
     _check_data_names(cfg)
     return cfg.replace(v=v, min_workers=min_workers, num_shards=num_shards)
 

@@ -9,8 +9,11 @@ Exception tree::
      ├── InvalidArgument           bad Join, gap/overlap offset, values past d, bad length
      ├── FailedPrecondition        chunk for a round the worker was not sampled into
      ├── PermissionDenied          chunk naming another session's id
-     ├── ResourceExhausted         chunk with more than max_chunk_values values
-     └── DeadlineExceeded          session silent for 3 heartbeat intervals
+     ├── ResourceExhausted         chunk with more than max_chunk_values values, oversized
+     │                             message, join rate or per-peer session cap exceeded
+     ├── DeadlineExceeded          session silent for 3 heartbeat intervals, or evicted
+     │                             (sampled and silent for --evict-after rounds)
+     └── Aborted                   replaced by a newer session of the same identity
 
 ``reason`` is the label of ``hgo_rejected_messages_total``.
 """
@@ -43,4 +46,8 @@ class ResourceExhausted(ProtocolError):
 
 
 class DeadlineExceeded(ProtocolError):
+    pass
+
+
+class Aborted(ProtocolError):
     pass

@@ -119,6 +119,18 @@ class ServerMetrics:
         self.run = Gauge(
             "hgo_run_info", "The run's settings as labels (value 1)", list(RUN_LABELS), registry=r
         )
+        self.bounded_rows = Counter(
+            "hgo_bounded_rows", "Rows the row bound (--row-bound) clipped before aggregation", registry=r
+        )
+        self.refused_updates = Counter(
+            "hgo_refused_updates", "Updates refused because w would become non-finite in float32", registry=r
+        )
+        self.rate_limited = Counter(
+            "hgo_rate_limited",
+            "Times a session's stream was paused by its rate limit, by kind",
+            ["kind"],
+            registry=r,
+        )
 
     def set_run_info(self, cfg: Any, *, model: str) -> None:
         """Export ``hgo_run_info{rule, f, q, tau, dataset, algorithm, model, ...} 1`` for ``cfg``."""

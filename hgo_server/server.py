@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import gc
+import hashlib
 import logging
 import math
 import secrets
@@ -49,6 +50,7 @@ from hgo_common.roundlog import RoundLog
 from . import checkpoint
 from .config import ConfigError, ServerConfig
 from .errors import (
+    Aborted,
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
@@ -56,6 +58,7 @@ from .errors import (
     ProtocolError,
     ResourceExhausted,
 )
+from .logsafe import RateLimitedLog, escape
 from .messages import (
     Beat,
     Closed,
@@ -70,10 +73,12 @@ from .messages import (
     Welcome,
 )
 from .metrics import ServerMetrics
-from .sessions import SessionRecord
+from .sessions import SessionRecord, TokenBucket
 from .setup import Setup, load_setup, shard_slices
 
 log = logging.getLogger("hgo.server")
+_limited = RateLimitedLog(log, interval=10.0)
+JOIN_BURST = 5  # Joins an identity may make at once before --join-rate applies
 
 KNOWN_PROFILES = frozenset({*profiles.PROFILES, "custom"})
 HEARTBEAT_BATCH = 200  # sessions beaten per loop turn (see Server.heartbeats)
@@ -108,6 +113,7 @@ class Server:
             lr=cfg.lr,
             lr_schedule=cfg.lr_schedule,
             algorithm=cfg.algorithm,
+            row_bound=rounds.RowBound.parse(cfg.row_bound),
         )
         auto = AutoTau(cfg.tau_target, cfg.tau_min, cfg.tau_max) if cfg.tau_auto else None
         settings = RunSettings(
@@ -126,6 +132,7 @@ class Server:
         self._shard_cache: dict[int, list[ShardSlice]] = {}
         # Active sessions per shard, kept up to date on join/leave (O(1) per join).
         self._shard_holders = np.zeros(self.spec.num_shards, dtype=np.int64)
+        self._init_identities()
         self._changed = asyncio.Event()
         self._wake = asyncio.Event()
         self._stopping = False
@@ -192,10 +199,86 @@ class Server:
 
     # ------------------------------------------------------------------ sessions
 
-    def join(self, req: JoinRequest, identity: str | None = None) -> SessionRecord:
+    # ------------------------------------------------------------------ identities
+
+    def _init_identities(self) -> None:
+        self.by_identity: dict[str, SessionRecord] = {}
+        self.known_identities: dict[str, int] = {}  # identity -> rank in the tokens file
+        self.shard_map: dict[str, int] = {}
+        self.f_enforceable = False
+        self._join_buckets: dict[str, TokenBucket] = {}
+        self._peer_sessions: dict[str, int] = {}
+        self.session_msg_rate = float(self.cfg.session_msg_rate)
+        mb = self.cfg.session_byte_rate_mb
+        if mb is None:
+            # A worker sends at most one gradient (4d bytes) per round; allow two per tau
+            # (rounds of 10 ms or more) plus 1 MiB of everything else.
+            tau = self.cfg.tau_min if self.cfg.tau_auto else self.cfg.tau  # the shortest round
+            per_s = 1000.0 / max(10.0, tau if math.isfinite(tau) else 10.0)
+            self.session_byte_rate = 2 * 4 * self.d * per_s + 2**20
+        else:
+            self.session_byte_rate = mb * 2**20
+
+    def set_identities(
+        self, identities: list[str], shard_map: dict[str, int] | None = None, *, enforceable: bool
+    ) -> None:
+        """The known per-worker identities (tokens file order) and whether f is enforceable.
+
+        Called by the transport before serving. A known identity's shard is its explicit
+        ``shard_map`` entry, else its rank modulo the number of shards; an identity not
+        known in advance (a client certificate) gets a stable hash of its name.
+        """
+        n = self.spec.num_shards
+        self.known_identities = {ident: i for i, ident in enumerate(identities)}
+        self.shard_map = dict(shard_map or {})
+        for ident, shard in self.shard_map.items():
+            if not 0 <= shard < n:
+                raise ConfigError(f"--tokens-file: {ident!r} has shard={shard}, outside [0, {n}) shards")
+        self.f_enforceable = bool(enforceable)
+
+    def identity_shard(self, identity: str) -> int:
+        """The data shard of ``identity``: a stable function of it (never of who else joined)."""
+        n = self.spec.num_shards
+        if identity in self.shard_map:
+            return self.shard_map[identity]
+        if identity in self.known_identities:
+            return self.known_identities[identity] % n
+        digest = hashlib.sha256(identity.encode("utf-8", "surrogateescape")).digest()
+        return int.from_bytes(digest[:8], "big") % n
+
+    def _admit(self, identity: str | None, peer: str) -> None:
+        """Join rate per identity and the per-peer session cap; ResourceExhausted when over."""
+        if identity is not None and self.cfg.join_rate > 0:
+            bucket = self._join_buckets.get(identity)
+            if bucket is None:
+                if len(self._join_buckets) > 100_000:  # bounded even with an unbounded CA
+                    self._join_buckets.clear()
+                bucket = self._join_buckets[identity] = TokenBucket(
+                    self.cfg.join_rate, max(JOIN_BURST, self.cfg.join_rate)
+                )
+            if not bucket.allow():
+                self.reject("join-rate")
+                raise ResourceExhausted(
+                    "join-rate",
+                    f"identity {identity!r} joins faster than --join-rate {self.cfg.join_rate:g}/s",
+                )
+        cap = self.cfg.max_sessions_per_peer
+        if cap and peer and self._peer_sessions.get(peer, 0) >= cap:
+            self.reject("peer-cap")
+            raise ResourceExhausted(
+                "peer-cap", f"peer {peer} already holds {cap} sessions (--max-sessions-per-peer)"
+            )
+
+    # ------------------------------------------------------------------ sessions
+
+    def join(self, req: JoinRequest, identity: str | None = None, peer: str = "") -> SessionRecord:
         """Validate a Join and open a session; its outbox already holds Welcome (+ shard).
 
-        Raises InvalidArgument naming the bad field.
+        ``identity`` None means anonymous (shared token or no auth): the session counts on
+        its own. Otherwise the identity holds at most one active session: a new Join
+        replaces the old one (ended with ABORTED, as a reconnect would leave it), and the
+        shard is :meth:`identity_shard`. Raises InvalidArgument naming the bad field,
+        ResourceExhausted over the join rate or the per-peer cap.
         """
         if req.protocol_version != PROTOCOL_VERSION:
             self.reject("bad-join")
@@ -205,7 +288,8 @@ class Server:
         if req.profile not in KNOWN_PROFILES:
             self.reject("bad-join")
             raise InvalidArgument(
-                "bad-join", f"profile must be one of {sorted(KNOWN_PROFILES)}, got {req.profile!r}"
+                "bad-join",
+                f"profile must be one of {sorted(KNOWN_PROFILES)}, got {escape(req.profile, 40)!r}",
             )
         if not (math.isfinite(req.rate) and req.rate >= 0):
             self.reject("bad-join")
@@ -213,9 +297,22 @@ class Server:
         if req.batch_size < 1:
             self.reject("bad-join")
             raise InvalidArgument("bad-join", f"batch_size must be >= 1, got {req.batch_size}")
+        self._admit(identity, peer)
+        if identity is not None:
+            old = self.by_identity.get(identity)
+            if old is not None:
+                self.reject("replaced")
+                _limited.log(
+                    logging.WARNING, "replaced", "identity %s joined again: session of worker %d replaced",
+                    escape(identity), old.worker_id,
+                )  # fmt: skip
+                self.leave(
+                    old, "replaced",
+                    Aborted("replaced", f"a newer session of identity {identity!r} replaced this one"),
+                )  # fmt: skip
         worker_id = self._next_worker_id
         self._next_worker_id += 1
-        shard = self._pick_shard()
+        shard = self._pick_shard() if identity is None else self.identity_shard(identity)
         sess = SessionRecord(
             session_id=secrets.token_hex(16),
             worker_id=worker_id,
@@ -227,6 +324,7 @@ class Server:
             shard_index=shard,
             identity=identity,
             last_seen=time.monotonic(),
+            peer=peer,
             first_round=self.round,
         )
         sess.send(Welcome(sess.session_id, worker_id, self.spec, shard, int(self.cfg.heartbeat_ms)))
@@ -239,20 +337,27 @@ class Server:
             sess.send(Stop("shutdown"))
         else:
             self.sessions[sess.session_id] = sess
+            if identity is not None:
+                self.by_identity[identity] = sess
+            if peer:
+                self._peer_sessions[peer] = self._peer_sessions.get(peer, 0) + 1
             self._shard_holders[shard] += 1
             self.metrics.active_sessions.labels(profile=sess.profile).inc()
             self._changed.set()
         log.info(
-            "join worker=%d name=%r profile=%s rate=%g batch=%d shard=%d byzantine=%s identity=%s",
-            worker_id, sess.name, sess.profile, sess.rate, sess.batch_size, shard, sess.byzantine, identity,
+            # %r escapes control characters in the peer's name (repr quotes non-printables)
+            "join worker=%d name=%r profile=%s rate=%g batch=%d shard=%d declared-byzantine=%s identity=%s",
+            worker_id, sess.name, sess.profile, sess.rate, sess.batch_size, shard, sess.byzantine,
+            escape(identity),
         )  # fmt: skip
         return sess
 
     def _pick_shard(self) -> int:
-        """The shard held by the fewest active sessions (lowest index on ties).
+        """For an anonymous session: the shard held by the fewest active sessions (lowest index on ties).
 
         With workers joining one by one this gives the i-th worker shard i, then
-        round-robin; a worker that replaces a dropped one inherits its free shard.
+        round-robin; a worker that replaces a dropped one inherits its free shard. (A
+        Sybil can steer this; with identities the shard is :meth:`identity_shard`.)
         """
         return int(np.argmin(self._shard_holders))
 
@@ -275,12 +380,22 @@ class Server:
         if self.sessions.pop(sess.session_id, None) is not None:
             self._shard_holders[sess.shard_index] -= 1
             self.metrics.active_sessions.labels(profile=sess.profile).dec()
+            if sess.identity is not None and self.by_identity.get(sess.identity) is sess:
+                del self.by_identity[sess.identity]
+            if sess.peer:
+                left = self._peer_sessions.get(sess.peer, 1) - 1
+                if left > 0:
+                    self._peer_sessions[sess.peer] = left
+                else:
+                    self._peer_sessions.pop(sess.peer, None)
         if self._round_open and sess.slot is not None:
             self.collector.drop_slot(sess.slot)
             self._maybe_wake()
+        sess.end_error = error
         sess.send(End(error))
+        sess.ended.set()
         self._changed.set()
-        log.info("leave worker=%d reason=%s", sess.worker_id, reason)
+        log.info("leave worker=%d reason=%s", sess.worker_id, escape(reason))
 
     def on_heartbeat(self, sess: SessionRecord) -> None:
         """A Heartbeat from ``sess``: it is alive."""
@@ -298,6 +413,15 @@ class Server:
         if session_id != sess.session_id:
             self.reject("session-id")
             raise PermissionDenied("session-id", "chunk names a session_id other than this stream's session")
+        try:  # size and length first: a late or unsampled chunk is no excuse for a bad one
+            self.collector.check_values(values)
+            sess.round_bytes += len(values)
+            sess.round_chunks += 1
+        except collector.ChunkRejected as exc:
+            self.reject(exc.reason)
+            if exc.reason == collector.OVERSIZED:
+                raise ResourceExhausted(exc.reason, str(exc)) from exc
+            raise InvalidArgument(exc.reason, str(exc)) from exc
         current = self.collector.round
         if sess.slot is None or round_index != current:
             if sess.was_sampled(round_index):
@@ -324,6 +448,23 @@ class Server:
             self._maybe_wake()
         elif self._target_met_now(res.accepted):
             self._close_collection("target")
+
+    @staticmethod
+    def _entry(s: SessionRecord) -> WorkerEntry:
+        """The round-log row of a sampled session: declared (Join) and measured (stream) apart."""
+        return WorkerEntry(
+            s.worker_id, s.profile, s.byzantine, identity=s.identity, rate=s.rate,
+            batch_size=s.batch_size, bytes=s.round_bytes, chunks=s.round_chunks,
+        )  # fmt: skip
+
+    def _guarded(self, k: int, outcome: rounds.RoundOutcome) -> None:
+        """Count what the poison guard did this round (rows bounded, update refused)."""
+        if outcome.bounded:
+            self.metrics.bounded_rows.inc(outcome.bounded)
+        if outcome.refused is not None:
+            self.metrics.refused_updates.inc()
+            _limited.log(logging.WARNING, "refused-update", "round %d: update refused (%s); w unchanged",
+                         k, outcome.refused)  # fmt: skip
 
     def _late(self) -> None:
         """Count a chunk that arrived after its round closed (never fatal)."""
@@ -377,6 +518,33 @@ class Server:
                 )
             else:
                 sess.send(beat)
+
+    def account_round(self, sampled: list[SessionRecord], prefixes: np.ndarray) -> None:
+        """After a round: count sampled sessions that sent nothing; evict the persistently silent.
+
+        A session sampled into ``--evict-after`` rounds in a row without delivering one
+        value, and silent for at least 3 heartbeat intervals since the first of them, is
+        ended with DEADLINE_EXCEEDED (reason ``evicted``): it holds a sampling slot and
+        the quorum hostage (a stalled process, a reader that never reads its tasks).
+        """
+        n = self.cfg.evict_after
+        now = time.monotonic()
+        grace = 3 * self.cfg.heartbeat_ms / 1000.0
+        for sess, p in zip(sampled, prefixes, strict=True):
+            if int(p) > 0:
+                sess.silent_rounds = 0
+                continue
+            if sess.silent_rounds == 0:
+                sess.silent_since = now
+            sess.silent_rounds += 1
+            if n and sess.active and sess.silent_rounds >= n and now - sess.silent_since >= grace:
+                self.reject("evicted")
+                self.leave(
+                    sess, "evicted",
+                    DeadlineExceeded(
+                        "evicted", f"sampled into {sess.silent_rounds} rounds in a row, no value sent"
+                    ),
+                )  # fmt: skip
 
     async def heartbeats(self) -> None:
         """Run :meth:`sweep` every heartbeat interval until cancelled.
@@ -558,6 +726,8 @@ class Server:
             self.driver.close, plan, self.collector.values, prefixes, c_k, delivered
         )
         self.metrics.aggregation.observe(time.perf_counter() - t_agg)
+        self._guarded(k, outcome)
+        self.account_round(sampled, prefixes)
         if not outcome.quorum:
             self.metrics.rounds_without_quorum.inc()
         t_done = time.monotonic()
@@ -566,10 +736,11 @@ class Server:
             close_ms=(t_close - t_sent) * 1000.0, prepare_ms=(t_sent - t0) * 1000.0,
             early_close=(not self._deadline_hit or self._closed_by == "target") and not self._stopping,
         )  # fmt: skip
-        workers = [WorkerEntry(s.worker_id, s.profile, s.byzantine) for s in sampled]
+        workers = [self._entry(s) for s in sampled]
         record = self.driver.record(
-            plan, outcome, prefixes, workers, timing, nonfinite=self.collector.truncated()
-        )
+            plan, outcome, prefixes, workers, timing, nonfinite=self.collector.truncated(),
+            f_enforceable=self.f_enforceable,
+        )  # fmt: skip
         if self.driver.evaluates(k):
             record.update(await self._evaluate())
             self._evaluated_round = k
@@ -599,6 +770,7 @@ class Server:
         self._round_open = True
         for slot, sess in enumerate(sampled):
             sess.slot = slot
+            sess.round_bytes = sess.round_chunks = 0
             sess.sampled_rounds.append(k)
             sess.send(task)
         return plan, sampled

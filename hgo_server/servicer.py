@@ -34,22 +34,28 @@ from hgo_common.net.protocol import SERVICE
 
 from . import auth, errors, health_service, messages
 from .config import ConfigError, ServerConfig
+from .logsafe import RateLimitedLog, escape
 from .metrics import ServerMetrics
 from .server import Server
-from .sessions import SessionRecord
+from .sessions import SessionRecord, TokenBucket
 from .setup import Setup
 
 log = logging.getLogger("hgo.servicer")
+_limited = RateLimitedLog(log, interval=10.0)
 
-JOIN_TIMEOUT_S = 30.0
 STOP_GRACE_S = 3.0
-
+WRITE_GRACE_S = 2.0  # a write still pending when its session ends waits this long, then is dropped
+RECEIVE_MARGIN = 4096
+"""Bytes a worker message may carry beyond its chunk values: the envelope, round, offset,
+session id, and the Join's name/profile or a Leave's reason (a few hundred bytes)."""
+SEND_MARGIN = 1024  # a RoundTask's framing around w_k
 STATUS_CODES: dict[type[errors.ProtocolError], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.Aborted: grpc.StatusCode.ABORTED,  # replaced by a newer session (a worker reconnects)
 }
 
 
@@ -64,23 +70,35 @@ def status_code(exc: errors.ProtocolError) -> grpc.StatusCode:
 def receive_limits(cfg: ServerConfig) -> tuple[int, int]:
     """(limit the servicer enforces, limit gRPC enforces) on worker messages, in bytes.
 
-    gRPC refuses a message over its own limit before any handler sees it, and the
-    handler cannot tell that from a client cancel, so it could not be counted. gRPC's
-    limit is therefore twice ``--max-message-mb`` and the servicer enforces
-    ``--max-message-mb`` itself: messages between the two are refused with
-    RESOURCE_EXHAUSTED *and* counted (reason ``oversized-message``); only messages over
-    twice the limit are refused by gRPC alone, uncounted.
+    Sized to the protocol, not to ``--max-message-mb`` (the *send* limit, which must fit
+    w_k): the largest legitimate worker message is a chunk of ``max_chunk_values``
+    float32 values, so the limit is ``4 * max_chunk_values + RECEIVE_MARGIN`` (69,632
+    bytes at the default 16,384 values).
+
+    gRPC refuses a message over its own limit from the length prefix, before buffering
+    it and before any handler sees it, and the handler cannot tell that from a client
+    cancel. gRPC's limit is therefore twice the servicer's: messages between the two are
+    refused with RESOURCE_EXHAUSTED *and* counted (reason ``oversized-message``); only
+    messages over twice the limit are refused by gRPC alone.
     """
-    limit = cfg.max_message_mb * 2**20
+    limit = 4 * cfg.max_chunk_values + RECEIVE_MARGIN
     return limit, min(2 * limit, 2**31 - 1)
 
 
 def channel_options(cfg: ServerConfig) -> list[tuple[str, Any]]:
-    """Server channel options: message limits both ways, pending-call queue, keepalive."""
+    """Server channel options: message limits both ways, pending-call queue, keepalive, timeouts."""
     max_bytes = cfg.max_message_mb * 2**20
+    idle_ms = int(cfg.idle_timeout)
     return [
         ("grpc.max_receive_message_length", receive_limits(cfg)[1]),
         ("grpc.max_send_message_length", max_bytes),
+        # Connections that carry no call (idle TCP, a client that never opens a stream) are
+        # closed after --idle-timeout; a TLS/HTTP2 handshake must finish within it too.
+        ("grpc.max_connection_idle_ms", idle_ms),
+        ("grpc.server_handshake_timeout_ms", idle_ms),
+        # Half-open connections: the server pings, and drops a peer that does not answer.
+        ("grpc.keepalive_time_ms", max(idle_ms, 10_000)),
+        ("grpc.keepalive_timeout_ms", 5_000),
         # Thousands of streams opening at once overflow the default pending-call queue
         # and come back CANCELLED (docs/design.md §8); the dotted spelling is the one that works.
         ("grpc.server.max_pending_requests", 65536),
@@ -158,6 +176,24 @@ def encode(msg: messages.Outgoing) -> bytes:
     return out.SerializeToString()
 
 
+def _consume(fut: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned write's outcome (its call is over; nothing is left to report)."""
+    if not fut.cancelled():
+        fut.exception()
+
+
+def peer_host(context: Any) -> str:
+    """The host part of ``context.peer()`` (``ipv4:127.0.0.1:5000`` -> ``ipv4:127.0.0.1``)."""
+    try:
+        peer = str(context.peer() or "")
+    except Exception:
+        return ""
+    if peer.startswith(("ipv4:", "ipv6:")):
+        host, _, _port = peer.rpartition(":")
+        return host
+    return peer
+
+
 @dataclass(frozen=True)
 class BadMessage:
     """Stands in for a worker message that could not be accepted as bytes (too big, not protobuf)."""
@@ -177,8 +213,6 @@ def _join_request(join: hgo_pb2.Join) -> messages.JoinRequest:
     )
 
 
-
-
 # ---------------------------------------------------------------------------- servicer
 
 
@@ -187,6 +221,7 @@ class HGOServicer:
 
     def __init__(self, core: Server) -> None:
         self.core = core
+        self.join_timeout_s = core.cfg.join_timeout / 1000.0
 
     async def Session(
         self,
@@ -195,12 +230,15 @@ class HGOServicer:
     ) -> None:
         core = self.core
         try:
-            first = await asyncio.wait_for(anext(aiter(requests)), JOIN_TIMEOUT_S)
+            first = await asyncio.wait_for(anext(aiter(requests)), self.join_timeout_s)
         except StopAsyncIteration:
             return
         except TimeoutError:
             core.reject("join-timeout")
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"no Join within {JOIN_TIMEOUT_S:g} s")
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"no Join within {self.join_timeout_s:g} s (--join-timeout)",
+            )
         if isinstance(first, BadMessage):
             core.reject(first.error.reason)
             await context.abort(status_code(first.error), str(first.error))
@@ -211,11 +249,13 @@ class HGOServicer:
                 f"the first message of a session must be a Join, got {first.WhichOneof('kind')!r}",
             )
         try:
-            sess = core.join(_join_request(first.join), auth.current_identity())
+            sess = core.join(_join_request(first.join), auth.session_identity(context), peer_host(context))
         except errors.ProtocolError as exc:
             await context.abort(status_code(exc), str(exc))
         reader = asyncio.create_task(self._read(requests, sess))
+        ended = asyncio.ensure_future(sess.ended.wait())
         error: errors.ProtocolError | None = None
+        write: asyncio.Future[None] | None = None
         try:
             while True:
                 msg = await sess.outbox.get()
@@ -224,7 +264,22 @@ class HGOServicer:
                     break
                 if core.outdated(msg):
                     continue
-                await context.write(encode(msg))  # bytes: the response serializer passes them through
+                # bytes: the response serializer passes them through. A write completes only
+                # when the peer reads; a session ended meanwhile (rejected, evicted, replaced)
+                # must not leave its call parked on a peer that never reads.
+                write = asyncio.ensure_future(context.write(encode(msg)))
+                await asyncio.wait((write, ended), return_when=asyncio.FIRST_COMPLETED)
+                if not write.done():
+                    # ended meanwhile: give a peer that is reading a moment, so it gets the
+                    # real status; one that is not (a stalled reader) loses its call
+                    await asyncio.wait((write,), timeout=WRITE_GRACE_S)
+                    if not write.done():
+                        write.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await write
+                    error = sess.end_error
+                    break
+                write.result()
                 if isinstance(msg, messages.Stop):
                     break
         except asyncio.CancelledError:
@@ -232,7 +287,11 @@ class HGOServicer:
                 return  # the server is stopping and gRPC cancels the streams still open: not an error
             raise
         finally:
+            ended.cancel()
             reader.cancel()
+            if write is not None and not write.done():  # the handler itself was cancelled
+                write.cancel()
+                write.add_done_callback(_consume)
             core.leave(sess, "stream ended")
         if error is not None:
             await context.abort(status_code(error), str(error))
@@ -241,11 +300,19 @@ class HGOServicer:
         self, requests: AsyncIterator[hgo_pb2.WorkerMessage | BadMessage], sess: SessionRecord
     ) -> None:
         core = self.core
+        msgs = TokenBucket(core.session_msg_rate, core.session_msg_rate)
+        data = TokenBucket(core.session_byte_rate, core.session_byte_rate)
         try:
             async for msg in requests:
                 if isinstance(msg, BadMessage):
                     core.reject(msg.error.reason)
                     raise msg.error
+                size = msg.ByteSize()
+                sess.messages += 1
+                sess.received_bytes += size
+                # Over the session's rate: handle this message, then stop reading for as long
+                # as the buckets need to refill. The peer's flood waits in HTTP/2 flow control.
+                wait_msgs, wait_bytes = msgs.take(1.0), data.take(float(size))
                 kind = msg.WhichOneof("kind")
                 if kind == "chunk":
                     c = msg.chunk
@@ -253,7 +320,7 @@ class HGOServicer:
                 elif kind == "heartbeat":
                     core.on_heartbeat(sess)
                 elif kind == "leave":
-                    core.leave(sess, f"leave: {msg.leave.reason[:200]}")
+                    core.leave(sess, f"leave: {escape(msg.leave.reason, 200)}")
                     return
                 elif kind == "join":
                     core.reject("duplicate-join")
@@ -261,9 +328,22 @@ class HGOServicer:
                 else:
                     core.reject("empty-message")
                     raise errors.InvalidArgument("empty-message", "WorkerMessage with no kind set")
+                wait = max(wait_msgs, wait_bytes)
+                if wait > 0:
+                    core.metrics.rate_limited.labels(
+                        kind="messages" if wait_msgs >= wait_bytes else "bytes"
+                    ).inc()
+                    await asyncio.sleep(wait)
             core.leave(sess, "stream closed by worker")
         except errors.ProtocolError as exc:
-            log.info("worker %d rejected (%s): %s", sess.worker_id, exc.reason, exc)
+            _limited.log(
+                logging.INFO,
+                exc.reason,
+                "worker %d rejected (%s): %s",
+                sess.worker_id,
+                exc.reason,
+                escape(exc),
+            )
             core.leave(sess, exc.reason, exc)
         except asyncio.CancelledError:
             raise
@@ -291,20 +371,40 @@ class HGOServicer:
         )
 
 
+def _status_request(data: bytes) -> hgo_pb2.StatusRequest:
+    # StatusRequest has no fields: its body is not parsed (nothing in it can matter).
+    return hgo_pb2.StatusRequest()
+
+
 def _handlers(servicer: HGOServicer, metrics: ServerMetrics, limit: int) -> grpc.GenericRpcHandler[Any, Any]:
     def deserialize(data: bytes) -> hgo_pb2.WorkerMessage | BadMessage:
         # Never raise here: gRPC would end the call with UNKNOWN and nothing counted.
         metrics.received_bytes.inc(len(data))
+        # Size first, then syntax, then unknown fields: all fatal, all counted, before the
+        # servicer classifies the message (late, not sampled, ...).
         if len(data) > limit:
             return BadMessage(
                 errors.ResourceExhausted(
-                    "oversized-message", f"message larger than max ({len(data)} vs. {limit} bytes)"
+                    "oversized-message",
+                    f"message larger than the receive limit ({len(data)} vs. {limit} bytes = "
+                    "4 * max_chunk_values + margin)",
                 )
             )
         try:
-            return hgo_pb2.WorkerMessage.FromString(data)
+            msg = hgo_pb2.WorkerMessage.FromString(data)
         except DecodeError as exc:
             return BadMessage(errors.InvalidArgument("undecodable", f"not a hgo.v1.WorkerMessage: {exc}"))
+        msg.DiscardUnknownFields()
+        if msg.ByteSize() != len(data):
+            # Unknown fields (padding) or a non-canonical encoding: no hgo.v1 client sends either.
+            return BadMessage(
+                errors.InvalidArgument(
+                    "unknown-fields",
+                    f"message carries {len(data) - msg.ByteSize()} bytes of unknown fields or non-canonical "
+                    "encoding (hgo.v1 has none)",
+                )
+            )
+        return msg
 
     def serialize(msg: bytes | hgo_pb2.ServerMessage) -> bytes:
         data = msg if isinstance(msg, bytes) else msg.SerializeToString()
@@ -319,7 +419,7 @@ def _handlers(servicer: HGOServicer, metrics: ServerMetrics, limit: int) -> grpc
             ),
             "Status": grpc.unary_unary_rpc_method_handler(
                 servicer.Status,
-                request_deserializer=hgo_pb2.StatusRequest.FromString,
+                request_deserializer=_status_request,
                 response_serializer=hgo_pb2.StatusReply.SerializeToString,
             ),
         },
@@ -366,6 +466,33 @@ class RunningServer:
         self.core.close()
 
 
+def _identities(core: Server, cfg: ServerConfig, store: auth.TokenStore | None) -> None:
+    """Tell the core who can be told apart, and say loudly when f cannot be enforced.
+
+    f is enforceable when every session has an identity of its own: mutual TLS (a
+    certificate per worker), or a tokens file without the shared ``--token``.
+    """
+    mtls = cfg.tls_ca is not None
+    per_worker = store is not None and bool(store.identities())
+    shared = store is None or store.has_shared
+    try:
+        core.set_identities(
+            store.identities() if store is not None else [],
+            store.shards if store is not None else {},
+            enforceable=mtls or (per_worker and not shared),
+        )
+    except ConfigError:
+        core.close()
+        raise
+    if not core.f_enforceable:
+        why = "no authentication" if store is None else "the shared --token"
+        log.warning(
+            "f IS NOT ENFORCEABLE: with %s every session counts as a worker, so one client can open "
+            "many sessions and be more than f of the sampled rows (--f %d promises nothing); "
+            "use --tokens-file (one token per worker) or mutual TLS (--tls-ca)", why, cfg.f,
+        )  # fmt: skip
+
+
 def _address(bind: str, port: int) -> str:
     host = f"[{bind}]" if ":" in bind and not bind.startswith("[") else bind
     return f"{host}:{port}"
@@ -401,6 +528,16 @@ async def start_server(
             interceptors.append(
                 auth.AuthInterceptor(store, on_reject=core.reject, exempt=health_service.METHODS)
             )
+    else:
+        store = None
+    _identities(core, cfg, store)
+    send_need = 4 * core.d + SEND_MARGIN
+    if send_need > cfg.max_message_mb * 2**20:
+        core.close()
+        raise ConfigError(
+            f"--max-message-mb {cfg.max_message_mb}: a RoundTask of d={core.d} needs {send_need} bytes; "
+            f"raise it to at least {-(-send_need // 2**20)}"
+        )
     gs = grpc.aio.server(interceptors=interceptors, options=channel_options(cfg))
     gs.add_generic_rpc_handlers((_handlers(HGOServicer(core), core.metrics, receive_limits(cfg)[0]),))
     health = health_service.add_to_server(core, gs)

@@ -9,9 +9,11 @@ The servicer's per-stream handler drains the outbox onto the gRPC stream.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from .errors import ProtocolError
 from .messages import Beat, Closed, End, Outgoing, Task
 
 SAMPLED_HISTORY = 64  # sampled rounds a session remembers exactly (late vs not-sampled)
@@ -67,6 +69,44 @@ class Outbox:
 
 
 
+class TokenBucket:
+    """A token bucket: ``rate`` units per second, at most ``burst`` saved up.
+
+    :meth:`take` never refuses; it returns how long the caller should wait before the
+    units are covered (0 when they already are). The servicer sleeps that long before
+    reading the next message of the stream, which pushes back on the peer through HTTP/2
+    flow control instead of buffering its flood. ``rate <= 0`` disables the bucket.
+    """
+
+    def __init__(self, rate: float, burst: float, now: float | None = None) -> None:
+        self.rate = float(rate)
+        self.burst = float(max(burst, 1.0))
+        self.level = self.burst
+        self.t = time.monotonic() if now is None else now
+
+    def take(self, units: float = 1.0, now: float | None = None) -> float:
+        """Spend ``units``; seconds to wait until the balance is back to >= 0."""
+        if self.rate <= 0:
+            return 0.0
+        t = time.monotonic() if now is None else now
+        self.level = min(self.burst, self.level + (t - self.t) * self.rate)
+        self.t = t
+        self.level -= units
+        return 0.0 if self.level >= 0 else -self.level / self.rate
+
+    def allow(self, units: float = 1.0, now: float | None = None) -> bool:
+        """Spend ``units`` only if they are covered now; False (nothing spent) otherwise."""
+        if self.rate <= 0:
+            return True
+        t = time.monotonic() if now is None else now
+        self.level = min(self.burst, self.level + (t - self.t) * self.rate)
+        self.t = t
+        if self.level < units:
+            return False
+        self.level -= units
+        return True
+
+
 @dataclass(eq=False)
 class SessionRecord:
     """One worker's stream. ``slot`` is its row in the current round (None: not sampled)."""
@@ -79,13 +119,22 @@ class SessionRecord:
     batch_size: int
     byzantine: bool
     shard_index: int
-    identity: str | None
+    identity: str | None  # None: anonymous (shared token or no auth); one session per identity otherwise
     last_seen: float
+    peer: str = ""  # the peer's host as gRPC reports it, for the per-peer session cap
     outbox: Outbox = field(default_factory=Outbox)
     slot: int | None = None
     sampled_rounds: deque[int] = field(default_factory=lambda: deque(maxlen=SAMPLED_HISTORY))
     active: bool = True
     first_round: int = 0  # no round before this one can have sampled the session
+    silent_rounds: int = 0  # sampled rounds in a row with an empty prefix (eviction)
+    silent_since: float = 0.0  # monotonic time of the first of them
+    received_bytes: int = 0  # measured: bytes of messages received on this stream
+    ended: asyncio.Event = field(default_factory=asyncio.Event)  # set by Server.leave
+    end_error: ProtocolError | None = None
+    round_bytes: int = 0  # measured: chunk value bytes received since the last round it was sampled into
+    round_chunks: int = 0
+    messages: int = 0  # measured: messages received on this stream
 
     def was_sampled(self, round_index: int) -> bool:
         """Whether the session may have been sampled into ``round_index`` (a past round).

@@ -26,6 +26,19 @@ from hgo_server.servicer import start_server
 from tests.wireclient import WireClient, channel_options, chunk_message
 
 CLOCK_FIELDS = {"t", "round_ms", "close_ms", "prepare_ms", "early_close"}
+# What only a deployment has: whether f is enforceable (this test's server runs without
+# auth; a simulated worker is always an identity of its own), and per worker its identity,
+# what it declared in its Join and what the server measured on its stream (issue 10).
+DEPLOYMENT_FIELDS = {"f_enforceable"}
+WORKER_DEPLOYMENT_FIELDS = {"identity", "declared", "bytes", "chunks"}
+
+
+def _comparable(record: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in record.items() if k not in CLOCK_FIELDS | DEPLOYMENT_FIELDS}
+    skip = WORKER_DEPLOYMENT_FIELDS
+    out["workers"] = [{k: v for k, v in w.items() if k not in skip} for w in out["workers"]]
+    return out
+
 N, Q, V, ROUNDS, SEED = 5, 4, 2, 6, 11
 
 
@@ -131,9 +144,8 @@ async def test_server_and_simulator_produce_the_same_rounds(tmp_path: Path) -> N
     sim_logged = [read_roundtrip(r) for r in sim_records]
     for net, simr in zip(net_records, sim_logged, strict=True):
         assert net.keys() == simr.keys()
-        assert {k: v for k, v in net.items() if k not in CLOCK_FIELDS} == {
-            k: v for k, v in simr.items() if k not in CLOCK_FIELDS
-        }
+        assert [w.keys() for w in net["workers"]] == [w.keys() for w in simr["workers"]]
+        assert _comparable(net) == _comparable(simr)
     blocks = {r["block"] for r in net_records}
     assert len(blocks) > 1 and min(blocks) > 0, "the script must give heterogeneous, non-empty blocks"
     assert any("accuracy" in r for r in net_records)

@@ -265,15 +265,23 @@ async def test_late_chunks_and_non_finite_values_are_not_fatal(tmp_path: object)
 
 
 async def test_oversized_and_undecodable_messages() -> None:
-    # --max-message-mb 1: a 1.2 MB message is refused (and counted) before it is decoded;
-    # bytes that are no WorkerMessage at all are INVALID_ARGUMENT, counted as undecodable
-    async with serving(q=3, v=1, tau=150.0, early_close=False, max_message_mb=1, heartbeat_ms=500) as s:
+    # The receive limit is 4 * max_chunk_values + 4096 bytes (issue 10: sized to the
+    # protocol, no longer --max-message-mb): a 1.5x message is refused (and counted) before
+    # it is decoded; one over 2x is refused by gRPC itself from its length prefix.
+    # Bytes that are no WorkerMessage at all are INVALID_ARGUMENT, counted as undecodable.
+    async with serving(q=3, v=1, tau=150.0, early_close=False, max_chunk_values=1024, heartbeat_ms=500) as s:
         w0 = s.core.weights.tobytes()
         honest = await _honest(s, 2)
         c, k = await _hostile_in_round(s)
         before = s.rejected("oversized-message")
+        await c.chunk(k, 0, _vals(int(1.5 * 1024) + 1024))
+        await _expect_end(c, grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than the receive limit")
+        await wait_for(lambda: len(s.core.sessions) == 2, what="hostile session dropped")
+        assert s.rejected("oversized-message") == before + 1
+        c, k = await _hostile_in_round(s)
         await c.chunk(k, 0, _vals(300_000))
         await _expect_end(c, grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than max")
+        await wait_for(lambda: len(s.core.sessions) == 2, what="hostile session dropped")
         await wait_for(lambda: len(s.core.sessions) == 2, what="hostile session dropped")
         assert s.rejected("oversized-message") == before + 1
 

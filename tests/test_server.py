@@ -451,7 +451,7 @@ async def test_join_validation(serve: Any) -> None:
 
 
 async def test_undecodable_and_oversized_messages_are_counted(serve: Any) -> None:
-    running, port = await serve(q=1, rounds=1, max_message_mb=1)
+    running, port = await serve(q=1, rounds=1, max_chunk_values=1024)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
         raw = ch.stream_stream(
             "/hgo.v1.HGO/Session", request_serializer=lambda b: b, response_deserializer=bytes
@@ -462,12 +462,13 @@ async def test_undecodable_and_oversized_messages_are_counted(serve: Any) -> Non
             await garbage.read()
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         big = raw()
-        join = hgo_pb2.WorkerMessage(join=hgo_pb2.Join(protocol_version=1, name="x" * (1 << 20)))
-        await big.write(join.SerializeToString())  # 1 MiB + a few bytes: over --max-message-mb 1
+        # receive limit 4 * 1024 + 4096 bytes (sized to the protocol, issue 10): 10,000 is over
+        join = hgo_pb2.WorkerMessage(join=hgo_pb2.Join(protocol_version=1, name="x" * 10_000))
+        await big.write(join.SerializeToString())
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await big.read()
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "larger than max" in str(info.value.details())
+        assert "larger than the receive limit" in str(info.value.details())
     assert sample_value(running, "hgo_rejected_messages_total", {"reason": "undecodable"}) == 1
     assert sample_value(running, "hgo_rejected_messages_total", {"reason": "oversized-message"}) == 1
     assert running.core.sessions == {}
@@ -664,7 +665,9 @@ async def test_a_reader_that_never_drains_keeps_a_bounded_outbox() -> None:
     from hgo_server.messages import Closed, JoinRequest, Task
     from hgo_server.server import Server
 
-    cfg = make_config(q=1, tau="1ms", rounds=150, min_workers=1, heartbeat_ms=10)
+    # evict_after=0: this is about the outbox of a reader kept on; by default such a session
+    # is evicted after --evict-after silent sampled rounds (issue 10, test_adversarial)
+    cfg = make_config(q=1, tau="1ms", rounds=150, min_workers=1, heartbeat_ms=10, evict_after=0)
     core = Server(cfg, setup=setup_for(cfg))
     sess = core.join(JoinRequest(protocol_version=1))
     beats = asyncio.create_task(core.heartbeats())

@@ -37,6 +37,8 @@ class PKI:
     rogue_ca_cert: Path
     rogue_cert: Path
     rogue_key: Path
+    client2_cert: Path  # a second worker (CN worker-2, SAN DNS worker-2.hgo): another identity
+    client2_key: Path
 
 
 def _name(cn: str) -> x509.Name:
@@ -139,6 +141,7 @@ def make_pki(
     server = _leaf("hgo-server", ca, server=True, dns=server_dns, ips=server_ips)
     client = _leaf("worker-1", ca, server=False)
     rogue = _leaf("worker-1", rogue_ca, server=False)
+    client2 = _leaf("worker-2", ca, server=False, dns=["worker-2.hgo"])
     return PKI(
         ca_cert=_write_cert(directory / "ca.pem", ca[0]),
         server_cert=_write_cert(directory / "server.pem", server[0]),
@@ -148,4 +151,6 @@ def make_pki(
         rogue_ca_cert=_write_cert(directory / "rogue-ca.pem", rogue_ca[0]),
         rogue_cert=_write_cert(directory / "rogue.pem", rogue[0]),
         rogue_key=_write_key(directory / "rogue.key", rogue[1]),
+        client2_cert=_write_cert(directory / "client2.pem", client2[0]),
+        client2_key=_write_key(directory / "client2.key", client2[1]),
     )

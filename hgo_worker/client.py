@@ -25,7 +25,9 @@ disconnected for ``reconnect_timeout`` seconds (exit 1). A server that rejects t
 for good (UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, UNIMPLEMENTED) ends it
 with exit code 3. A worker that loads its own shard (``--shard i/n``) and cannot (files
 missing from ``--data-dir``, a malformed file, a dataset it does not know) ends with exit
-code 2: the failure is local, and neither retrying nor the server can fix it.
+code 2: the failure is local, and neither retrying nor the server can fix it. So does a
+worker that lacks the plug-in (or the ``hgo[torch]`` extra) providing the model the
+server's spec names, or has another version of it: the log line names what to install.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from hgo_common import local, profiles, rounds, wire
+from hgo_common import local, plugins, profiles, rounds, wire
 from hgo_common.models import Model
 from hgo_common.net import credentials, protocol
 from hgo_common.net.proto import hgo_pb2, hgo_pb2_grpc
@@ -275,6 +277,8 @@ class Worker:
             call = stub.Session(metadata=metadata)
             try:
                 state = await self._handshake(call)
+            except plugins.PluginMissing as exc:  # local: installing the plug-in fixes it
+                raise LocalDataError(f"cannot train what the server asks: {exc}") from exc
             except ValueError as exc:  # a spec this worker cannot train, data it cannot load
                 raise Rejected(f"cannot train what the server asks: {exc}") from exc
             self.sessions += 1
@@ -336,6 +340,10 @@ class Worker:
 
         where = "no --data-dir" if self.cfg.data_dir is None else f"--data-dir {str(self.cfg.data_dir)!r}"
         try:
+            if spec.dataset_plugin:
+                plugins.check_installed(
+                    "dataset", spec.dataset, spec.dataset_plugin, spec.dataset_plugin_version
+                )
             ds = datasets.load(spec.dataset, data_dir=self.cfg.data_dir, seed=int(spec.seed))
             parts = rounds.shard_split(ds.y_train, n, spec.partition or "iid", int(spec.seed))
         except (ValueError, OSError) as exc:

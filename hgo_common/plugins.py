@@ -303,13 +303,37 @@ def listing(kinds: Sequence[str] = KINDS) -> list[Row]:
     rows: list[Row] = []
     for kind in kinds:
         builtins = _builtin_names(kind)
-        rows += [Row(kind, n, "built-in") for n in builtins]
+        rows += [
+            Row(kind, n, "built-in (needs hgo[torch])" if (kind, n) == ("model", "cnn") else "built-in")
+            for n in builtins
+        ]
         for n, ep in sorted(entry_points(kind).items()):
             src = "entry point (shadowed by built-in)" if n in builtins else "entry point"
             dist = ep.dist.name if ep.dist is not None else ""
             ver = ep.dist.version if ep.dist is not None else ""
             rows.append(Row(kind, n, src, ep.value, dist, ver))
     return rows
+
+
+def _check(kind: str, name: str) -> None:
+    # Load through the kind's own registry, so that its checks run (rules and attacks are
+    # probed on random input; a model needs a dataset's shape, so only its factory here).
+    if kind == "rule":
+        from . import aggregators
+
+        aggregators.get(name)
+    elif kind == "attack":
+        from . import attacks
+
+        attacks.get(name)
+    elif kind == "dataset":
+        from . import datasets
+
+        datasets.source(name)
+    elif not _builtin(kind, name):
+        factory, _ = load(kind, name)
+        if not callable(factory):
+            raise PluginError(f"model {name!r}: expected a factory, got {type(factory).__name__}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -331,6 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if len(kinds) != 1:
             p.error("--check NAME needs exactly one --kind")
         try:
+            _check(kinds[0], args.check)
             o = origin(kinds[0], args.check)
         except PluginError as exc:
             print(f"hgo-plugins: {exc}", file=sys.stderr)

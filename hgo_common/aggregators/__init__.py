@@ -333,10 +333,7 @@ def _probe(name: str, rule: Rule | PreAggregation) -> None:
     k = 7
     for f in (0, 1):
         try:
-            if isinstance(rule, Rule):
-                need = rule.min_rows(f)
-            else:
-                need = rule.rows_needed(f, 1)
+            need = rule.min_rows(f) if isinstance(rule, Rule) else rule.rows_needed(f, 1)
             if isinstance(need, bool) or not isinstance(need, int | np.integer) or need < 1:
                 raise plugins.PluginError(
                     f"rule {name!r}: min_rows({f}) must be an integer >= 1, got {need!r}"

@@ -50,6 +50,7 @@ __all__ = [
     "PartitionScheme",
     "Source",
     "bundled_names",
+    "source",
     "load",
     "names",
     "parse_partition",
@@ -341,6 +342,17 @@ def load(
         feature_mean=mean,
         feature_std=std,
     )
+
+
+def source(name: str) -> Source:
+    """The ``Source`` of dataset ``name``, built-in or plug-in, without reading any data.
+
+    Raises
+    ------
+    PluginError, PluginMissing
+        For a plug-in that cannot be loaded or is not a ``Source``; an unknown name.
+    """
+    return _SPECS[name] if isinstance(name, str) and name in _SPECS else _source(name)
 
 
 def _source(name: str) -> Source:

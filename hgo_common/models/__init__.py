@@ -78,7 +78,7 @@ def create(
     hidden: Sequence[int] = (30,),
     l2: float | None = None,
     activation: str = "sigmoid",
-) -> Model:
+) -> ModelProtocol:
     """Build model ``name`` for inputs of ``n_features`` columns.
 
     Parameters
@@ -145,7 +145,7 @@ def _installed() -> str:
     return f"installed: {eps}" if eps else "none installed; see hgo-plugins"
 
 
-def _create_plugin(name: str, n_features: int, n_classes: int, l2: float | None) -> Any:
+def _create_plugin(name: str, n_features: int, n_classes: int, l2: float | None) -> ModelProtocol:
     factory, _ = plugins.load("model", name)
     if not callable(factory):
         raise plugins.PluginError(
@@ -171,7 +171,8 @@ def _create_plugin(name: str, n_features: int, n_classes: int, l2: float | None)
         ) from None
     check_model(model, name)
     probe(model, name, n_features)
-    return model
+    checked: ModelProtocol = model
+    return checked
 
 
 _ATTRS = ("name", "dim", "task", "n_classes", "layer_sizes", "groups", "l2")

@@ -172,7 +172,7 @@ class TorchModel(Model):
             q.grad = None
         if n:
             obj = self._objective(self.module(self._inputs(X)), y)
-            obj.backward()
+            obj.backward()  # type: ignore[no-untyped-call]
         grads = [q.grad.reshape(-1) if q.grad is not None else torch.zeros(q.numel()) for q in self._params]
         g = np.asarray(torch.cat(grads).numpy(), dtype=np.float64)
         if not n and self.l2:

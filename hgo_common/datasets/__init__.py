@@ -50,11 +50,11 @@ __all__ = [
     "PartitionScheme",
     "Source",
     "bundled_names",
-    "source",
     "load",
     "names",
     "parse_partition",
     "partition",
+    "source",
 ]
 
 

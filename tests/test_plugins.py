@@ -50,7 +50,9 @@ def plain_rule(x, *, f):
     return np.median(x, axis=0)
 
 
-flip = attacks.Attack(name="flip", kind="gradient", summary="-mean", fn=lambda h, *, n, f, rng: -h.mean(axis=0))
+flip = attacks.Attack(
+    name="flip", kind="gradient", summary="-mean", fn=lambda h, *, n, f, rng: -h.mean(axis=0)
+)
 
 
 def _table(_dir):
@@ -126,9 +128,13 @@ def refuses(*, n_features, n_classes):
 NOT_CALLABLE = 42
 
 short_rule = aggregators.make_rule(lambda x, *, f: x.mean(axis=0)[:-1], name="short", coordinatewise=True)
-nan_rule = aggregators.make_rule(lambda x, *, f: x.mean(axis=0) * np.nan, name="nan", coordinatewise=True)
+nan_rule = aggregators.make_rule(
+    lambda x, *, f: x.mean(axis=0) * np.nan, name="nan", coordinatewise=True
+)
 raising_rule = aggregators.make_rule(lambda x, *, f: x[100], name="raising", coordinatewise=True)
-bad_rows = aggregators.make_rule(lambda x, *, f: x.mean(axis=0), name="rows", coordinatewise=True, min_rows=lambda f: 0)
+bad_rows = aggregators.make_rule(
+    lambda x, *, f: x.mean(axis=0), name="rows", coordinatewise=True, min_rows=lambda f: 0
+)
 
 short_attack = attacks.Attack(name="short", kind="gradient", summary="", fn=lambda h, *, n, f, rng: h.mean(axis=0)[:2])
 not_an_attack = lambda h: h  # noqa: E731
@@ -278,7 +284,7 @@ def test_server_spec_carries_the_plugin_and_a_worker_rebuilds_it(onpath: Path) -
     model = model_from_spec(spec)
     assert model.dim == spec.dim
     other = type(spec)(**{**spec.__dict__, "model_plugin_version": "2.0"})
-    with pytest.raises(plugins.PluginMissing, match="install fakeplug==2.0"):
+    with pytest.raises(plugins.PluginMissing, match=r"install fakeplug==2\.0"):
         model_from_spec(other)
     builtin = load_setup(resolve(ServerConfig(dataset="digits", model="mlp", q=2))).spec
     assert builtin.model_plugin == "" and builtin.dataset_plugin == ""

@@ -136,7 +136,9 @@ bad_rows = aggregators.make_rule(
     lambda x, *, f: x.mean(axis=0), name="rows", coordinatewise=True, min_rows=lambda f: 0
 )
 
-short_attack = attacks.Attack(name="short", kind="gradient", summary="", fn=lambda h, *, n, f, rng: h.mean(axis=0)[:2])
+short_attack = attacks.Attack(
+    name="short", kind="gradient", summary="", fn=lambda h, *, n, f, rng: h.mean(axis=0)[:2]
+)
 not_an_attack = lambda h: h  # noqa: E731
 
 

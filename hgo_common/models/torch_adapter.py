@@ -14,8 +14,9 @@ squared error (regression, one output), plus ``l2/2 * ||W||^2`` over the paramet
 two or more dimensions (weights, not biases: the numpy models' convention).
 
 Gradient: one forward and one autograd backward pass in float32 (torch's default, and
-what the wire carries), returned as float64; ``coords`` indexes the full gradient
-(``partial_gradients`` is False: a backward pass yields every coordinate at once).
+what the wire carries; ``dtype=torch.float64`` for exact checks), returned as float64;
+``coords`` indexes the full gradient (``partial_gradients`` is False: a backward pass
+yields every coordinate at once).
 
 ``init(rng)``: re-runs every submodule's ``reset_parameters()`` under a torch seed drawn
 from ``rng`` (in ``torch.random.fork_rng``, so the global torch stream is untouched), so
@@ -64,6 +65,8 @@ class TorchModel(Model):
     l2 : float
         Weight of ``l2/2 * ||W||^2`` over the weight tensors.
     name : str
+    dtype : torch.dtype
+        Compute precision (default float32; the module is converted to it).
     """
 
     partial_gradients = False
@@ -78,6 +81,7 @@ class TorchModel(Model):
         task: str = "classification",
         l2: float = 0.0,
         name: str = "torch",
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         if not isinstance(module, nn.Module):
             raise ValueError(f"{name}: expected a torch.nn.Module, got {type(module).__name__}")
@@ -94,7 +98,9 @@ class TorchModel(Model):
             raise ValueError(f"{name}: input_shape {list(shape)} does not hold n_features={p} values")
         self.input_shape = shape
         self.l2 = check_l2(l2, name)
-        self.module = module.float().eval()
+        self.dtype = dtype
+        self._np_dtype = np.float64 if dtype == torch.float64 else np.float32
+        self.module = module.to(dtype).eval()
         self._params = [q for _, q in self.module.named_parameters()]
         if not self._params:
             raise ValueError(f"{name}: the module has no parameters")
@@ -108,13 +114,13 @@ class TorchModel(Model):
 
     def _load(self, w: np.ndarray) -> None:
         w = self._check_w(w)
-        flat = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
+        flat = torch.from_numpy(np.ascontiguousarray(w, dtype=self._np_dtype))
         with torch.no_grad():
             nn.utils.vector_to_parameters(flat, self._params)
 
     def _inputs(self, X: np.ndarray) -> torch.Tensor:
         X = self._check_X(X)
-        arr = np.ascontiguousarray(X, dtype=np.float32)
+        arr = np.ascontiguousarray(X, dtype=self._np_dtype)
         return torch.from_numpy(arr).reshape(arr.shape[0], *self.input_shape)
 
     def init(self, rng: np.random.Generator) -> np.ndarray:
@@ -133,14 +139,14 @@ class TorchModel(Model):
 
     def _l2_term(self) -> torch.Tensor:
         weights = [q for q, is_w in zip(self._params, self._is_weight, strict=True) if is_w]
-        return 0.5 * self.l2 * sum((torch.sum(q * q) for q in weights), torch.zeros(()))
+        return 0.5 * self.l2 * sum((torch.sum(q * q) for q in weights), torch.zeros((), dtype=self.dtype))
 
     def _objective(self, out: torch.Tensor, y: np.ndarray, *, with_l2: bool = True) -> torch.Tensor:
         if self.task == "classification":
             target = torch.from_numpy(np.asarray(y, dtype=np.int64))
             data = nn.functional.cross_entropy(out, target)
         else:
-            target = torch.from_numpy(np.asarray(y, dtype=np.float32))
+            target = torch.from_numpy(np.asarray(y, dtype=self._np_dtype))
             data = 0.5 * torch.mean((out.reshape(-1) - target) ** 2)
         if self.l2 and with_l2:
             data = data + self._l2_term()
@@ -254,7 +260,9 @@ class CNN(nn.Module):
         return self.head(torch.flatten(self.features(x), 1))
 
 
-def cnn(n_features: int, n_classes: int, *, l2: float = 0.0) -> TorchModel:
+def cnn(
+    n_features: int, n_classes: int, *, l2: float = 0.0, dtype: torch.dtype = torch.float32
+) -> TorchModel:
     """The built-in model ``"cnn"`` for images flattened channel-first (see ``image_shape``)."""
     shape = image_shape(n_features)
     if int(n_classes) < 2:
@@ -263,7 +271,7 @@ def cnn(n_features: int, n_classes: int, *, l2: float = 0.0) -> TorchModel:
         torch.manual_seed(0)  # construction draws weights; init(rng) redraws them from the run seed
         module = CNN(shape[0], shape[1], int(n_classes))
     model = TorchModel(
-        module, n_features=n_features, n_classes=n_classes, input_shape=shape, l2=l2, name="cnn"
+        module, n_features=n_features, n_classes=n_classes, input_shape=shape, l2=l2, name="cnn", dtype=dtype
     )
     model.layer_sizes = (int(n_features), 8, 16, int(n_classes))
     return model

@@ -25,7 +25,7 @@ test-fast: $(STAMP)  ## the suite without the long runs marked slow (~4-5 min)
 	$(BIN)/pytest -q -m "not slow"
 
 lint: $(STAMP)  ## ruff on everything, mypy strict on every package
-	$(BIN)/ruff check hgo_common hgo_server hgo_worker hgo_lab tests tools bench
+	$(BIN)/ruff check hgo_common hgo_server hgo_worker hgo_lab tests tools bench examples
 	$(BIN)/mypy
 
 proto: $(STAMP)  ## regenerate the committed gRPC stubs from proto/

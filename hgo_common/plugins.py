@@ -40,6 +40,9 @@ from typing import Any
 
 __all__ = [
     "GROUPS",
+    "check",
+    "check_installed",
+    "origin",
     "KINDS",
     "Origin",
     "PluginError",
@@ -315,9 +318,18 @@ def listing(kinds: Sequence[str] = KINDS) -> list[Row]:
     return rows
 
 
-def _check(kind: str, name: str) -> None:
-    # Load through the kind's own registry, so that its checks run (rules and attacks are
-    # probed on random input; a model needs a dataset's shape, so only its factory here).
+def check(kind: str, name: str) -> None:
+    """Load ``name`` of ``kind`` through its registry, so that the registry's checks run.
+
+    Rules and attacks are probed on random input, a dataset's ``Source`` is checked
+    (its data is not read), a model's factory must be callable (the model itself is
+    probed by ``models.create``, which needs the dataset's width). Built-ins pass.
+
+    Raises
+    ------
+    PluginError
+        Naming the plug-in and what is wrong (PluginMissing: not installed).
+    """
     if kind == "rule":
         from . import aggregators
 
@@ -355,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if len(kinds) != 1:
             p.error("--check NAME needs exactly one --kind")
         try:
-            _check(kinds[0], args.check)
+            check(kinds[0], args.check)
             o = origin(kinds[0], args.check)
         except PluginError as exc:
             print(f"hgo-plugins: {exc}", file=sys.stderr)

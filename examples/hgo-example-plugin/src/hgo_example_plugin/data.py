@@ -13,7 +13,7 @@ CLASSES, FEATURES, ROWS = 4, 10, 2000
 
 def _read(data_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(1234)  # a fixed table: load() seeds the split, not this
-    centers = rng.normal(0.0, 2.0, size=(CLASSES, FEATURES))
+    centers = rng.normal(0.0, 0.7, size=(CLASSES, FEATURES))
     y = rng.integers(0, CLASSES, size=ROWS)
     X = centers[y] + rng.normal(size=(ROWS, FEATURES))
     return X.astype(np.float32), y

@@ -51,7 +51,9 @@ class SoftmaxRegression(Model):
             return reg
         return float(-np.mean(self._logp(w, X)[np.arange(len(y)), y])) + reg
 
-    def gradient(self, w, X, y, coords=None):  # type: ignore[no-untyped-def]
+    def gradient(
+        self, w: np.ndarray, X: np.ndarray, y: np.ndarray, coords: np.ndarray | None = None
+    ) -> np.ndarray:
         w, X = self._check_w(w), self._check_X(X)
         y = self._check_labels(y, X.shape[0])
         W, _ = self._split(w)

@@ -40,18 +40,18 @@ from typing import Any
 
 __all__ = [
     "GROUPS",
-    "check",
-    "check_installed",
-    "origin",
     "KINDS",
     "Origin",
     "PluginError",
     "PluginMissing",
+    "check",
+    "check_installed",
     "entry_points",
     "is_reference",
     "listing",
     "load",
     "main",
+    "origin",
 ]
 
 GROUPS: dict[str, str] = {

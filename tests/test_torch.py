@@ -180,3 +180,33 @@ def test_cnn_trains_over_grpc_with_mixed_profiles_and_a_robust_rule(
     # heterogeneous for real: weak workers send a short prefix of d = 9098, powerful ones far more
     prefix = summary["mean_prefix"]
     assert prefix["weak"] < 0.25 * 9098 < prefix["powerful"], prefix
+
+
+def test_cnn_learns_from_cifar10_python_batches(tmp_path: Path) -> None:
+    """The CIFAR-10 loader's channel-major rows feed the CNN's (3, 32, 32) input: a class
+    that is 'the bright channel' is learned from fake batches in the official format."""
+    import pickle
+
+    from hgo_common import datasets
+
+    d = tmp_path / "cifar-10-batches-py"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        labels = rng.integers(0, 3, size=30)
+        data = rng.integers(0, 100, size=(30, 3, 1024), dtype=np.uint8)
+        data[np.arange(30), labels] += 150  # class c: channel c is bright
+        with (d / name).open("wb") as fh:
+            pickle.dump(
+                {b"data": data.reshape(30, 3072), b"labels": [int(v) for v in labels]}, fh, protocol=2
+            )
+    ds = datasets.load("cifar10", data_dir=tmp_path)
+    m = models.create("cnn", n_features=ds.n_features, n_classes=ds.n_classes)
+    assert m.dim == 11642
+    w = m.init(np.random.default_rng(0))
+    before = m.evaluate(w, ds.X_test, ds.y_test)
+    for k in range(60):
+        b = np.random.default_rng(k).choice(ds.n_train, size=32, replace=False)
+        w -= 0.05 * m.gradient(w, ds.X_train[b], ds.y_train[b])
+    after = m.evaluate(w, ds.X_test, ds.y_test)
+    assert after["loss"] < before["loss"] and after["accuracy"] > 0.9, (before, after)

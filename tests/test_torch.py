@@ -157,6 +157,7 @@ def test_numpy_path_never_imports_torch() -> None:
     assert out.stdout.strip() == "False"
 
 
+@pytest.mark.slow  # about 40 s on 2 cores
 def test_cnn_trains_over_grpc_with_mixed_profiles_and_a_robust_rule(
     shared_data: Path, tmp_path: Path, procs: ProcessGroup
 ) -> None:

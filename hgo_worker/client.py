@@ -47,7 +47,7 @@ import grpc
 import numpy as np
 
 from hgo_common import local, plugins, profiles, rounds, wire
-from hgo_common.models import Model
+from hgo_common.models import ModelProtocol
 from hgo_common.net import credentials, protocol
 from hgo_common.net.proto import hgo_pb2, hgo_pb2_grpc
 
@@ -297,7 +297,7 @@ class Worker:
 
     async def _handshake(
         self, call: SessionCall
-    ) -> tuple[hgo_pb2.Welcome, Model, np.ndarray, np.ndarray]:
+    ) -> tuple[hgo_pb2.Welcome, ModelProtocol, np.ndarray, np.ndarray]:
         cfg = self.cfg
         own_shard = parse_shard(cfg.shard)
         join = hgo_pb2.Join(
@@ -403,7 +403,7 @@ class WorkerSession:
     """The three tasks of a welcomed session (reader, writer, heartbeat)."""
 
     def __init__(
-        self, worker: Worker, call: SessionCall, welcome: hgo_pb2.Welcome, model: Model, X: np.ndarray,
+        self, worker: Worker, call: SessionCall, welcome: hgo_pb2.Welcome, model: ModelProtocol, X: np.ndarray,
         y: np.ndarray,
     ) -> None:
         self.w = worker

@@ -403,8 +403,8 @@ class WorkerSession:
     """The three tasks of a welcomed session (reader, writer, heartbeat)."""
 
     def __init__(
-        self, worker: Worker, call: SessionCall, welcome: hgo_pb2.Welcome, model: ModelProtocol, X: np.ndarray,
-        y: np.ndarray,
+        self, worker: Worker, call: SessionCall, welcome: hgo_pb2.Welcome, model: ModelProtocol,
+        X: np.ndarray, y: np.ndarray,
     ) -> None:
         self.w = worker
         self.call = call

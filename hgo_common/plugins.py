@@ -123,13 +123,23 @@ def _check_kind(kind: str) -> str:
     return GROUPS[kind]
 
 
+_EP_CACHE: dict[tuple[str, tuple[str, ...]], dict[str, md.EntryPoint]] = {}
+
+
 def entry_points(kind: str) -> dict[str, md.EntryPoint]:
-    """The installed entry points of ``kind``'s group, by name (first one wins)."""
+    """The installed entry points of ``kind``'s group, by name (first one wins).
+
+    Cached per ``sys.path``: scanning every distribution's metadata costs milliseconds,
+    and a worker resolves its attack name on every round.
+    """
     group = _check_kind(kind)
-    out: dict[str, md.EntryPoint] = {}
-    for ep in md.entry_points(group=group):
-        out.setdefault(ep.name, ep)
-    return out
+    key = (group, tuple(sys.path))
+    if key not in _EP_CACHE:
+        out: dict[str, md.EntryPoint] = {}
+        for ep in md.entry_points(group=group):
+            out.setdefault(ep.name, ep)
+        _EP_CACHE[key] = out
+    return dict(_EP_CACHE[key])
 
 
 def _distribution_of(module: str) -> tuple[str, str]:

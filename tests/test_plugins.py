@@ -464,3 +464,23 @@ def test_hgo_plugins_lists_and_checks(plugdir: Path, procs: ProcessGroup) -> Non
     )
     assert procs.wait(bad, timeout=60) == 2
     assert "non-finite" in procs.log(bad)
+
+
+def test_a_loaded_plugin_is_not_looked_up_again(onpath: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Byzantine worker resolves its attack every round: after the first load, neither the
+    registries nor plugins.entry_points rescan the installed distributions (milliseconds
+    each, enough to eat a short round's budget on a loaded machine)."""
+    import importlib.metadata as md
+
+    attacks.get("fake-flip")
+    aggregators.get("fake-middle")
+    plugins.entry_points("model")
+
+    def boom(**_: object) -> None:
+        raise AssertionError("entry points rescanned")
+
+    monkeypatch.setattr(md, "entry_points", boom)
+    for _ in range(3):
+        assert attacks.get("fake-flip").kind == "gradient"
+        assert aggregators.get("fake-middle").min_rows(1) == 3
+    assert "fake-tiny" in plugins.entry_points("model")  # cached per sys.path

@@ -301,7 +301,7 @@ _PLUGINS: dict[str, Rule | PreAggregation] = {}
 
 
 def _pluggable(name: str) -> bool:
-    return plugins.is_reference(name) or name in plugins.entry_points("rule")
+    return name in _PLUGINS or plugins.is_reference(name) or name in plugins.entry_points("rule")
 
 
 def _plugin(name: str, *, want: type) -> Rule | PreAggregation:

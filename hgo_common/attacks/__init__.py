@@ -247,6 +247,8 @@ def get(name: str) -> Attack:
     _load_all()
     if isinstance(name, str) and name in _ATTACKS:
         return _ATTACKS[name]
+    if isinstance(name, str) and name in _PLUGINS:  # loaded and probed once per process
+        return _PLUGINS[name]
     if isinstance(name, str) and (plugins.is_reference(name) or name in plugins.entry_points("attack")):
         return _plugin(name)
     raise plugins.PluginMissing(

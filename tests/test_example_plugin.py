@@ -98,12 +98,15 @@ def test_hgo_experiment_with_the_plugins(
 def test_a_worker_without_the_package_is_told_what_to_install(
     installed: dict[str, str], procs: ProcessGroup
 ) -> None:
+    # The server waits for 2 workers, so the bare one is welcomed (and leaves) before
+    # training starts; two with the package then train to the end.
     port = free_port()
     server = procs.start(
-        [*console("hgo-server"), "--port", str(port), "--dataset", "blobs", "--q", "1", "--rounds", "2"],
+        [*console("hgo-server"), "--port", str(port), "--dataset", "blobs", "--q", "1", "--min-workers", "2",
+         "--rounds", "8", "--tau", "250", "--no-early-close"],
         name="server",
         env=installed,
-    )
+    )  # fmt: skip
     bare = procs.start(
         [*console("hgo-worker"), "--server", f"127.0.0.1:{port}", "--reconnect-timeout", "30"], name="bare"
     )
@@ -111,6 +114,10 @@ def test_a_worker_without_the_package_is_told_what_to_install(
     log = procs.log(bare)
     assert "the server trains model 'softmax' from plug-in hgo-example-plugin 0.1.0" in log, log
     assert "install hgo-example-plugin==0.1.0" in log and "Traceback" not in log
-    ok = procs.start([*console("hgo-worker"), "--server", f"127.0.0.1:{port}"], name="ok", env=installed)
-    assert procs.wait(ok, timeout=60) == 0, procs.log(ok)
+    oks = [
+        procs.start([*console("hgo-worker"), "--server", f"127.0.0.1:{port}"], name=f"ok{i}", env=installed)
+        for i in range(2)
+    ]
+    for ok in oks:
+        assert procs.wait(ok, timeout=90) == 0, procs.log(ok)
     assert procs.wait(server, timeout=30) == 0, procs.log(server)

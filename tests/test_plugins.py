@@ -412,37 +412,35 @@ def test_bad_plugins_stop_the_processes_at_start_up(
 
 
 def test_worker_without_the_plugin_exits_2_naming_what_to_install(plugdir: Path, procs: ProcessGroup) -> None:
+    # The server waits for 2 workers, so the one without the plug-in is welcomed (and
+    # leaves) before training starts; two that have it then train to the end.
     port = free_port()
     server = procs.start(
-        [
-            *console("hgo-server"),
-            "--port",
-            str(port),
-            "--dataset",
-            "goodplug:three",
-            "--q",
-            "1",
-            "--rounds",
-            "3",
-        ],
+        [*console("hgo-server"), "--port", str(port), "--dataset", "goodplug:three", "--q", "1",
+         "--min-workers", "2", "--rounds", "8", "--tau", "250", "--no-early-close"],
         name="server",
         env=_env(plugdir),
-    )
+    )  # fmt: skip
     # No PYTHONPATH: this worker does not have goodplug.
-    worker = procs.start(
-        [*console("hgo-worker"), "--server", f"127.0.0.1:{port}", "--reconnect-timeout", "30"], name="worker"
+    bare = procs.start(
+        [*console("hgo-worker"), "--server", f"127.0.0.1:{port}", "--reconnect-timeout", "30"], name="bare"
     )
-    rc = procs.wait(worker, timeout=60)
-    log = procs.log(worker)
+    rc = procs.wait(bare, timeout=60)
+    log = procs.log(bare)
     assert rc == 2, log
     assert (
         "the server trains model 'goodplug:Tiny'" in log
         and "install a package providing module 'goodplug'" in log
     )
     assert "Traceback" not in log
-    # A worker that has it trains and the server finishes.
-    ok = procs.start([*console("hgo-worker"), "--server", f"127.0.0.1:{port}"], name="ok", env=_env(plugdir))
-    assert procs.wait(ok, timeout=60) == 0, procs.log(ok)
+    oks = [
+        procs.start(
+            [*console("hgo-worker"), "--server", f"127.0.0.1:{port}"], name=f"ok{i}", env=_env(plugdir)
+        )
+        for i in range(2)
+    ]
+    for ok in oks:
+        assert procs.wait(ok, timeout=90) == 0, procs.log(ok)
     assert procs.wait(server, timeout=30) == 0, procs.log(server)
 
 

@@ -211,3 +211,39 @@ def test_cnn_learns_from_cifar10_python_batches(tmp_path: Path) -> None:
         w -= 0.05 * m.gradient(w, ds.X_train[b], ds.y_train[b])
     after = m.evaluate(w, ds.X_test, ds.y_test)
     assert after["loss"] < before["loss"] and after["accuracy"] > 0.9, (before, after)
+
+
+def test_a_worker_without_torch_is_told_to_install_the_extra(tmp_path: Path, procs: ProcessGroup) -> None:
+    """The server trains the built-in cnn; a worker whose Python cannot import torch exits 2
+    naming hgo[torch] (no traceback), one that can trains to the end."""
+    from tests.procs import free_port
+
+    blocker = tmp_path / "notorch" / "torch"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('torch is blocked for this test')\n")
+    # The server waits for 2 workers, so the torch-less one is welcomed (and leaves) before
+    # training starts; two with torch then train to the end. 40 rounds of 250 ms: a torch
+    # worker warms up (import, first backward pass) after its Welcome, seconds on a busy
+    # machine, and must be serving before the server is done.
+    port = free_port()
+    server = procs.start(
+        [*console("hgo-server"), "--port", str(port), "--dataset", "digits", "--model", "cnn",
+         "--q", "1", "--min-workers", "2", "--rounds", "40", "--tau", "250", "--no-early-close"],
+        name="server",
+    )  # fmt: skip
+    bare = procs.start(
+        [*console("hgo-worker"), "--server", f"127.0.0.1:{port}", "--reconnect-timeout", "30"],
+        name="bare",
+        env={"PYTHONPATH": str(blocker.parent)},
+    )
+    assert procs.wait(bare, timeout=60) == 2, procs.log(bare)
+    log = procs.log(bare)
+    assert "model 'cnn' needs PyTorch" in log and "pip install 'hgo[torch]'" in log, log
+    assert "Traceback" not in log
+    oks = [
+        procs.start([*console("hgo-worker"), "--server", f"127.0.0.1:{port}"], name=f"ok{i}")
+        for i in range(2)
+    ]
+    for ok in oks:
+        assert procs.wait(ok, timeout=90) == 0, procs.log(ok)
+    assert procs.wait(server, timeout=30) == 0, procs.log(server)

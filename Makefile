@@ -4,7 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint proto bench bench-deadline bench-flower experiments clean
+TORCH_STAMP := $(VENV)/.torch
+
+.PHONY: install install-torch demo test test-fast lint proto bench bench-deadline bench-flower experiments clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -13,6 +15,16 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install hgo with the dev extras
+
+# The optional PyTorch models (hgo[torch]). Pinned to 2.13.0, of which a CPU build
+# (torch-2.13.0+cpu, 192 MB) is offered here; an unpinned `pip install torch` would take
+# the newest CUDA build (several GB with its nvidia-* wheels). Without torch, the torch
+# tests skip and say so.
+$(TORCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet 'torch==2.13.0'
+	touch $(TORCH_STAMP)
+
+install-torch: $(TORCH_STAMP)  ## add PyTorch (CPU) to .venv for the cnn model and the torch tests
 
 demo: $(STAMP)  ## a local cluster training on a bundled dataset (about 1-2 minutes on 2 cores)
 	$(BIN)/hgo-run --out runs/demo
@@ -25,8 +37,9 @@ test-fast: $(STAMP)  ## the suite without the long runs marked slow (~4-5 min)
 	$(BIN)/pytest -q -m "not slow"
 
 lint: $(STAMP)  ## ruff on everything, mypy strict on every package
-	$(BIN)/ruff check hgo_common hgo_server hgo_worker hgo_lab tests tools bench
+	$(BIN)/ruff check hgo_common hgo_server hgo_worker hgo_lab tests tools bench examples
 	$(BIN)/mypy
+	$(BIN)/mypy --strict examples/hgo-example-plugin/src
 
 proto: $(STAMP)  ## regenerate the committed gRPC stubs from proto/
 	$(BIN)/python tools/gen_proto.py

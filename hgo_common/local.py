@@ -33,7 +33,6 @@ import numpy as np
 from . import attacks, budget, throttle
 
 __all__ = [
-    "COORDINATE_MODELS",
     "PIECE",
     "Byzantine",
     "LocalConfig",
@@ -47,10 +46,15 @@ __all__ = [
     "round_rng",
 ]
 
-# Models whose gradient at a subset of coordinates costs O(s * |subset|) beyond one
-# O(s * p) residual: computing piece by piece saves work for short prefixes.
-COORDINATE_MODELS = frozenset({"linear", "logistic", "svm"})
-PIECE = 4096  # coordinates computed per piece for coordinate models
+PIECE = 4096  # coordinates computed per piece for models with partial_gradients
+
+
+def partial_gradients(model: Any) -> bool:
+    """``ModelProtocol.partial_gradients``: the gradient at a subset of coordinates costs
+    O(s * |subset|) beyond one O(s * p) pass (the linear models), so computing piece by
+    piece saves work for short prefixes. Read from the model, never from its name, so that
+    plug-in models get the same treatment as the built-ins."""
+    return bool(getattr(model, "partial_gradients", False))
 
 
 @dataclass(frozen=True)
@@ -189,7 +193,7 @@ class RoundGradient:
         self.limit = int(limit)
         self.values = np.empty(self.limit, dtype=np.float32)
         self.computed = 0
-        self._piecewise = getattr(model, "name", None) in COORDINATE_MODELS
+        self._piecewise = partial_gradients(model)
 
     def ensure(self, n: int) -> int:
         """Compute until at least ``min(n, limit)`` values exist; returns the count computed.
@@ -248,7 +252,7 @@ def gradient_at(model: Any, w: np.ndarray, X: np.ndarray, y: np.ndarray, coords:
     g : ndarray of shape (len(coords),), float64
     """
     with np.errstate(all="ignore"):
-        if getattr(model, "name", None) in COORDINATE_MODELS:
+        if partial_gradients(model):
             return np.asarray(model.gradient(w, X, y, coords=coords), dtype=np.float64)
         full: np.ndarray = np.asarray(model.gradient(w, X, y), dtype=np.float64)
     out: np.ndarray = full[coords]

@@ -109,8 +109,10 @@ class ClusterConfig:
         if self.byzantine:
             from hgo_common import attacks
 
-            if self.attack not in attacks.names():
-                raise ValueError(f"--attack {self.attack!r}: expected one of {attacks.names()}")
+            try:
+                attacks.get(self.attack)  # built-in, package.module:Name or installed plug-in
+            except ValueError as exc:
+                raise ValueError(f"--attack {self.attack!r}: {exc}") from None
             attacks.parse_params(self.attack_params)  # KEY=VALUE shape; the worker checks the keys
         if self.per_process < 1:
             raise ValueError(f"--sessions-per-process must be >= 1, got {self.per_process}")
@@ -580,18 +582,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mix", default=d.mix, help="hardware mix: default, C_weak, C_min, C_1..C_3, C_powerful, "
                    "or W,A,P fractions (default: default)")  # fmt: skip
     p.add_argument("--byzantine", type=int, default=0, help="how many workers are Byzantine (default 0)")
-    p.add_argument("--attack", default=d.attack, help="attack of the Byzantine workers (default foe)")
+    p.add_argument("--attack", default=d.attack, help="attack of the Byzantine workers or "
+                   "package.module:Name (default foe)")  # fmt: skip
     p.add_argument("--attack-param", action="append", default=[], metavar="KEY=VALUE",
                    help="attack parameter for the Byzantine workers (repeatable), e.g. eps=10")  # fmt: skip
-    p.add_argument("--rule", default=d.rule, help="aggregation rule (default average)")
+    p.add_argument("--rule", default=d.rule, help="aggregation rule or package.module:Name "
+                   "(default average)")  # fmt: skip
     p.add_argument("--f", type=int, default=None, help="f the rule tolerates (default: --byzantine)")
     p.add_argument("--q", type=int, default=None, help="workers sampled per round (default: all)")
     p.add_argument("--v", type=int, default=None, help="quorum v (default: the server's default_quorum)")
     p.add_argument("--tau", default=d.tau, help="round deadline in ms, or 250ms, 2s, inf (default 100)")
     p.add_argument("--rounds", type=int, default=d.rounds, help=f"rounds (default {d.rounds})")
-    p.add_argument("--model", default=d.model, help="linear | logistic | svm | mlp (default mlp)")
+    p.add_argument("--model", default=d.model, help="linear | logistic | svm | mlp | cnn | "
+                   "package.module:Name | an installed plug-in (default mlp)")  # fmt: skip
     p.add_argument("--hidden", default=d.hidden, help="mlp hidden widths, comma-separated (default 512)")
-    p.add_argument("--dataset", default=d.dataset, help="dataset (default digits, bundled)")
+    p.add_argument("--dataset", default=d.dataset, help="dataset or package.module:Name "
+                   "(default digits, bundled)")  # fmt: skip
     p.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
                    help="directory of the file-based datasets (mnist, phishing, boston, ...)")  # fmt: skip
     p.add_argument("--partition", default=d.partition, help="iid | classes:K | dirichlet:ALPHA (default iid)")

@@ -245,6 +245,18 @@ def load_scenario(
         raise ScenarioError(f"{path}: {exc}") from None
 
 
+def _check_plugins(cfg: simulator.SimConfig) -> None:
+    """Load the variant's model, dataset, rule and attack now (plug-ins included), so that a
+    bad or missing one stops the run before the first seed, naming the file and variant."""
+    from hgo_common import plugins
+
+    plugins.check("dataset", cfg.dataset)
+    plugins.check("model", cfg.model)
+    plugins.check("rule", cfg.rule)
+    if cfg.attack:
+        plugins.check("attack", cfg.attack)
+
+
 def _build_scenario(
     doc: dict[str, Any], path: Path, *, quick: bool, rounds: int | None, seeds: int | None
 ) -> Scenario:
@@ -303,6 +315,7 @@ def _build_scenario(
         merged["data_dir"] = _resolve_data_dir(merged.get("data_dir"), path)
         try:
             config = simulator.SimConfig(**merged)
+            _check_plugins(config)
             if spec.get("v") == "auto":
                 from hgo_common import rounds as rounds_mod
 
@@ -1067,7 +1080,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hgo-experiment: {exc}", file=sys.stderr)
         return 2
     out = args.out or Path("results") / (sc.name + ("-quick" if args.quick else "") + f"-{args.mode}")
-    run_scenario(sc, out, mode=args.mode)
+    from hgo_common.plugins import PluginError
+
+    try:
+        run_scenario(sc, out, mode=args.mode)
+    except PluginError as exc:  # a plug-in model that fails its probe on the real data width
+        print(f"hgo-experiment: {sc.path}: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

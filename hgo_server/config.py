@@ -272,15 +272,17 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default {d.tau_target})")
     add("--tau-min", help=f"--tau auto: the shortest deadline (default {d.tau_min:g} ms)")
     add("--tau-max", help=f"--tau auto: the longest deadline (default {d.tau_max:g} ms)")
-    add("--rule", help=f"aggregation rule, e.g. average, median, nnm+krum (default {d.rule})")
+    add("--rule", help="aggregation rule, e.g. average, median, nnm+krum, package.module:Name or an "
+        f"installed plug-in (default {d.rule})")  # fmt: skip
     add("--f", help=f"Byzantine workers the rule must tolerate (default {d.f})")
     add("--lr", help=f"learning rate gamma (default {d.lr})")
     add("--lr-schedule", help=f"constant | inv-sqrt-block (default {d.lr_schedule})")
     add("--rounds", help=f"training rounds (default {d.rounds})")
-    add("--model", help="linear | logistic | svm | mlp (default: the dataset's default model)")
+    add("--model", help="linear | logistic | svm | mlp | cnn (torch extra) | package.module:Name | an "
+        "installed plug-in (default: the dataset's default model)")  # fmt: skip
     add("--hidden", help="mlp hidden layer widths, comma-separated (default 30)")
     add("--l2", help="l2 regularization (default: the model's, 1e-4 for svm and 0 otherwise)")
-    add("--dataset", help=f"dataset name (default {d.dataset})")
+    add("--dataset", help=f"dataset name, package.module:Name or an installed plug-in (default {d.dataset})")
     add("--data-dir", metavar="DIR",
         help="directory with the file-based datasets (mnist, phishing, boston, cifar10); bundled "
         "scikit-learn datasets need none")  # fmt: skip
@@ -648,12 +650,23 @@ def _resolve_auto_tau(cfg: ServerConfig) -> ServerConfig:
 
 def _check_data_names(cfg: ServerConfig) -> None:
     """Model, dataset and partition names, checked against their registries."""
-    from hgo_common import datasets, models
+    from hgo_common import datasets, models, plugins
 
-    if cfg.model is not None and cfg.model not in models.names():
-        raise ConfigError(f"--model must be one of {models.names()}, got {cfg.model!r}")
-    if cfg.dataset not in datasets.names():
-        raise ConfigError(f"--dataset must be one of {datasets.names()}, got {cfg.dataset!r}")
+    # Plug-ins ("package.module:Name" or an installed entry point) are loaded and checked
+    # when the server loads its setup; here only the name.
+    def known(kind: str, name: str, builtins: list[str]) -> bool:
+        return name in builtins or plugins.is_reference(name) or name in plugins.entry_points(kind)
+
+    if cfg.model is not None and not known("model", cfg.model, models.names()):
+        raise ConfigError(
+            f"--model must be one of {models.names()}, a 'package.module:Name' reference or an "
+            f"installed plug-in (hgo-plugins lists them), got {cfg.model!r}"
+        )
+    if not known("dataset", cfg.dataset, datasets.names()):
+        raise ConfigError(
+            f"--dataset must be one of {datasets.names()}, a 'package.module:Name' reference or an "
+            f"installed plug-in (hgo-plugins lists them), got {cfg.dataset!r}"
+        )
     try:
         datasets.parse_partition(cfg.partition)
     except ValueError as exc:

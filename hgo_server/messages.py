@@ -34,6 +34,10 @@ class Spec:
     partition: str
     num_shards: int
     l2: float
+    model_plugin: str = ""
+    model_plugin_version: str = ""
+    dataset_plugin: str = ""
+    dataset_plugin_version: str = ""
 
 
 @dataclass(frozen=True)

@@ -130,6 +130,10 @@ def _spec(spec: messages.Spec) -> hgo_pb2.TrainingSpec:
         partition=spec.partition,
         num_shards=spec.num_shards,
         l2=spec.l2,
+        model_plugin=spec.model_plugin,
+        model_plugin_version=spec.model_plugin_version,
+        dataset_plugin=spec.dataset_plugin,
+        dataset_plugin_version=spec.dataset_plugin_version,
     )
 
 

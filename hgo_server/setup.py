@@ -38,10 +38,11 @@ def load_setup(cfg: ServerConfig) -> Setup:
     ``rounds.shard_split(ds.y_train, num_shards, partition, seed)``.
     The initial weights are ``rounds.initial_weights(model, seed)``.
     """
-    from hgo_common import datasets, models
+    from hgo_common import datasets, models, plugins
 
     try:
         ds = datasets.load(cfg.dataset, data_dir=cfg.data_dir, seed=cfg.seed, max_train=cfg.max_train)
+        ds_origin = plugins.origin("dataset", cfg.dataset)
     except ValueError as exc:
         raise ConfigError(f"--dataset {cfg.dataset!r}: {exc}") from None
     name = cfg.model or ds.default_model
@@ -49,6 +50,7 @@ def load_setup(cfg: ServerConfig) -> Setup:
         model = models.create(
             name, n_features=ds.n_features, n_classes=ds.n_classes or 2, hidden=cfg.hidden, l2=cfg.l2
         )
+        model_origin = plugins.origin("model", name)
     except ValueError as exc:
         raise ConfigError(f"--model {name!r} on --dataset {cfg.dataset!r}: {exc}") from None
     if model.task != ds.task:
@@ -66,7 +68,8 @@ def load_setup(cfg: ServerConfig) -> Setup:
             f"model {name!r} has d={model.dim}: its weights ({4 * model.dim} bytes) do not fit "
             f"--max-message-mb {cfg.max_message_mb}; raise it to >= {(4 * model.dim) // 2**20 + 1}"
         )
-    stratified = name == "mlp" and len(model.groups) > 1
+    # More than one parameter group (layers): the stratified C_k (paper appendix C.3).
+    stratified = len(model.groups) > 1
     spec = Spec(
         model=name,
         layer_sizes=tuple(int(s) for s in model.layer_sizes),
@@ -82,6 +85,10 @@ def load_setup(cfg: ServerConfig) -> Setup:
         partition=cfg.partition,
         num_shards=num_shards,
         l2=float(model.l2),
+        model_plugin=model_origin.distribution if model_origin else "",
+        model_plugin_version=model_origin.version if model_origin else "",
+        dataset_plugin=ds_origin.distribution if ds_origin else "",
+        dataset_plugin_version=ds_origin.version if ds_origin else "",
     )
     w0 = rounds.initial_weights(model, cfg.seed)
     return Setup(ds, model, shards, spec, w0)

@@ -67,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="mini-batch size s_i (default 32)")
     p.add_argument(
         "--byzantine", metavar="ATTACK", default=None,
-        help=f"behave as a Byzantine worker with this attack: {', '.join(attacks.names())} "
-        "(default: honest)",
+        help=f"behave as a Byzantine worker with this attack: {', '.join(attacks.names())}, "
+        "a package.module:Name reference or an installed plug-in (default: honest)",
     )
     p.add_argument(
         "--attack-param", action="append", default=[], metavar="KEY=VALUE",

@@ -25,7 +25,9 @@ disconnected for ``reconnect_timeout`` seconds (exit 1). A server that rejects t
 for good (UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT, UNIMPLEMENTED) ends it
 with exit code 3. A worker that loads its own shard (``--shard i/n``) and cannot (files
 missing from ``--data-dir``, a malformed file, a dataset it does not know) ends with exit
-code 2: the failure is local, and neither retrying nor the server can fix it.
+code 2: the failure is local, and neither retrying nor the server can fix it. So does a
+worker that lacks the plug-in (or the ``hgo[torch]`` extra) providing the model the
+server's spec names, or has another version of it: the log line names what to install.
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ from typing import Any
 import grpc
 import numpy as np
 
-from hgo_common import local, profiles, rounds, wire
-from hgo_common.models import Model
+from hgo_common import local, plugins, profiles, rounds, wire
+from hgo_common.models import ModelProtocol
 from hgo_common.net import credentials, protocol
 from hgo_common.net.proto import hgo_pb2, hgo_pb2_grpc
 
@@ -275,6 +277,8 @@ class Worker:
             call = stub.Session(metadata=metadata)
             try:
                 state = await self._handshake(call)
+            except plugins.PluginMissing as exc:  # local: installing the plug-in fixes it
+                raise LocalDataError(f"cannot train what the server asks: {exc}") from exc
             except ValueError as exc:  # a spec this worker cannot train, data it cannot load
                 raise Rejected(f"cannot train what the server asks: {exc}") from exc
             self.sessions += 1
@@ -293,7 +297,7 @@ class Worker:
 
     async def _handshake(
         self, call: SessionCall
-    ) -> tuple[hgo_pb2.Welcome, Model, np.ndarray, np.ndarray]:
+    ) -> tuple[hgo_pb2.Welcome, ModelProtocol, np.ndarray, np.ndarray]:
         cfg = self.cfg
         own_shard = parse_shard(cfg.shard)
         join = hgo_pb2.Join(
@@ -336,6 +340,10 @@ class Worker:
 
         where = "no --data-dir" if self.cfg.data_dir is None else f"--data-dir {str(self.cfg.data_dir)!r}"
         try:
+            if spec.dataset_plugin:
+                plugins.check_installed(
+                    "dataset", spec.dataset, spec.dataset_plugin, spec.dataset_plugin_version
+                )
             ds = datasets.load(spec.dataset, data_dir=self.cfg.data_dir, seed=int(spec.seed))
             parts = rounds.shard_split(ds.y_train, n, spec.partition or "iid", int(spec.seed))
         except (ValueError, OSError) as exc:
@@ -395,8 +403,8 @@ class WorkerSession:
     """The three tasks of a welcomed session (reader, writer, heartbeat)."""
 
     def __init__(
-        self, worker: Worker, call: SessionCall, welcome: hgo_pb2.Welcome, model: Model, X: np.ndarray,
-        y: np.ndarray,
+        self, worker: Worker, call: SessionCall, welcome: hgo_pb2.Welcome, model: ModelProtocol,
+        X: np.ndarray, y: np.ndarray,
     ) -> None:
         self.w = worker
         self.call = call

@@ -12,20 +12,37 @@ from typing import Any
 
 import numpy as np
 
-from hgo_common import models, order
-from hgo_common.models import Model
+from hgo_common import models, order, plugins
+from hgo_common.models import ModelProtocol
 from hgo_common.net.proto import hgo_pb2
 
 
-def model_from_spec(spec: hgo_pb2.TrainingSpec) -> Model:
-    """The model a ``TrainingSpec`` describes (checks that its dimension matches ``spec.dim``)."""
+def model_from_spec(spec: hgo_pb2.TrainingSpec) -> ModelProtocol:
+    """The model a ``TrainingSpec`` describes (checks that its dimension matches ``spec.dim``).
+
+    Raises
+    ------
+    plugins.PluginMissing
+        The spec names a plug-in (or the torch extra) this machine does not have, or another
+        version of it; the message says what to install.
+    ValueError
+        A spec this worker cannot build (dimension mismatch, bad shape).
+    """
     sizes = tuple(int(x) for x in spec.layer_sizes)
     kwargs: dict[str, Any] = {"n_features": int(spec.n_features), "l2": float(spec.l2)}
     if spec.n_classes:
         kwargs["n_classes"] = int(spec.n_classes)
     if spec.model == "mlp" and len(sizes) > 2:
         kwargs["hidden"] = sizes[1:-1]
-    model = models.create(spec.model, **kwargs)
+    if spec.model_plugin or spec.model not in models.names():
+        plugins.check_installed("model", spec.model, spec.model_plugin, spec.model_plugin_version)
+        # The plug-in's own l2 default first; the server's --l2 only if it differs.
+        l2 = kwargs.pop("l2")
+        model = models.create(spec.model, **kwargs)
+        if float(model.l2) != l2:
+            model = models.create(spec.model, **kwargs, l2=l2)
+    else:
+        model = models.create(spec.model, **kwargs)
     if model.dim != spec.dim:
         raise ValueError(
             f"model {spec.model!r} with layer sizes {list(sizes)} has dim {model.dim}, "

@@ -40,6 +40,7 @@ def console(name: str) -> list[str]:
         "hgo-run": "hgo_lab.cluster",
         "hgo-plot": "hgo_lab.plots",
         "hgo-experiment": "hgo_lab.experiment",
+        "hgo-plugins": "hgo_common.plugins",
     }[name]
     return [sys.executable, "-m", module]
 
@@ -78,6 +79,14 @@ class ProcessGroup:
 
     def log(self, proc: subprocess.Popen[bytes]) -> str:
         return Path(proc.log_path).read_text(errors="replace")  # type: ignore[attr-defined]
+
+    def wait_log(self, proc: subprocess.Popen[bytes], text: str, timeout: float) -> None:
+        """Wait until ``text`` appears in the process's log (AssertionError with the log if not)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log(proc):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not in the log of {proc.args!r}:\n{self.log(proc)[-4000:]}")
+            time.sleep(0.1)
 
     def wait(self, proc: subprocess.Popen[bytes], timeout: float) -> int:
         try:

@@ -30,6 +30,16 @@ chosen arbitrarily). The server never passes them: the collector truncates a
 worker's prefix before its first non-finite value (hgo_common.collector), and
 hgo_common.blocks only reads prefixes.
 
+Plug-ins
+--------
+A name that is not registered may be a plug-in (``hgo_common.plugins``): a reference
+``package.module:Name`` or an entry point of group ``hgo.rules``, resolving to a
+:class:`Rule` (build one with :func:`make_rule`), a :class:`PreAggregation`, or a plain
+function ``fn(x, *, f) -> (k,)`` (taken as not coordinatewise, ``min_rows(f) = 1``). It
+composes with ``+`` like a built-in (``get("nnm+mypkg.rules:trimmed")``). On first use
+it is run once on a small random matrix; a wrong output shape, a non-finite output or
+an exception raises ``PluginError`` naming the plug-in.
+
 Keyword arguments
 -----------------
 Extra keywords (``trimmed`` rules take none; ``multi-krum`` takes ``n_select``,
@@ -44,6 +54,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from .. import plugins
 
 RuleFn = Callable[..., np.ndarray]
 
@@ -143,6 +155,20 @@ def _check_keywords(kwargs: dict[str, object], accepted: frozenset[str], name: s
         raise ValueError(f"{name}: unknown keyword(s) {unknown}; accepted: {sorted(accepted)}")
 
 
+def make_rule(
+    fn: RuleFn,
+    *,
+    name: str | None = None,
+    coordinatewise: bool,
+    min_rows: Callable[[int], int] = _one_row,
+    condition: str = "",
+) -> Rule:
+    """A :class:`Rule` around ``fn(x, *, f, **keywords) -> (k,)``, without registering it
+    (what a plug-in module exports). ``name`` defaults to ``fn.__name__``; the keywords
+    ``fn`` accepts are read from its signature."""
+    return Rule(name or fn.__name__, fn, coordinatewise, min_rows, condition, _keywords(fn))
+
+
 def register(
     name: str,
     *,
@@ -160,7 +186,9 @@ def register(
     def deco(fn: RuleFn) -> RuleFn:
         if name in _RULES or name in _PRE or "+" in name:
             raise ValueError(f"aggregation rule {name!r} registered twice or contains '+'")
-        _RULES[name] = Rule(name, fn, coordinatewise, min_rows, condition, _keywords(fn))
+        _RULES[name] = make_rule(
+            fn, name=name, coordinatewise=coordinatewise, min_rows=min_rows, condition=condition
+        )
         return fn
 
     return deco
@@ -209,18 +237,29 @@ def get(name: str) -> Rule:
         raise ValueError(f"aggregation rule name must be a string, got {name!r}")
     parts = [p.strip() for p in name.split("+")]
     *pres, last = parts
-    if last not in _RULES:
-        raise ValueError(
+    if last in _RULES:
+        rule = _RULES[last]
+    elif _pluggable(last):
+        rule = _plugin(last, want=Rule)  # type: ignore[assignment]
+    else:
+        raise plugins.PluginMissing(
             f"unknown aggregation rule {last!r} in {name!r}; expected one of {sorted(_RULES)}"
-            f" optionally prefixed by pre-aggregation steps {sorted(_PRE)} joined with '+'"
+            f" optionally prefixed by pre-aggregation steps {sorted(_PRE)} joined with '+',"
+            " a 'package.module:Name' reference or an installed plug-in (hgo-plugins lists them)",
+            last,
         )
+    steps: list[PreAggregation] = []
     for p in pres:
-        if p not in _PRE:
-            raise ValueError(f"unknown pre-aggregation {p!r} in {name!r}; expected one of {sorted(_PRE)}")
-    rule = _RULES[last]
+        if p in _PRE:
+            steps.append(_PRE[p])
+        elif _pluggable(p):
+            steps.append(_plugin(p, want=PreAggregation))  # type: ignore[arg-type]
+        else:
+            raise plugins.PluginMissing(
+                f"unknown pre-aggregation {p!r} in {name!r}; expected one of {sorted(_PRE)}", p
+            )
     if not pres:
         return rule
-    steps = [_PRE[p] for p in pres]
     accepted = rule.keywords.union(*(s.keywords for s in steps))
 
     def composed(x: np.ndarray, *, f: int = 0, **kwargs: object) -> np.ndarray:
@@ -254,3 +293,65 @@ def _load_all() -> None:
         return
     _LOADED = True
     from . import _rules  # noqa: F401
+
+
+# ---- plug-ins ---------------------------------------------------------------------------
+
+_PLUGINS: dict[str, Rule | PreAggregation] = {}
+
+
+def _pluggable(name: str) -> bool:
+    return name in _PLUGINS or plugins.is_reference(name) or name in plugins.entry_points("rule")
+
+
+def _plugin(name: str, *, want: type) -> Rule | PreAggregation:
+    """Load, wrap and probe the plug-in rule (or pre-aggregation step) ``name`` once."""
+    if name not in _PLUGINS:
+        obj, _ = plugins.load("rule", name)
+        if isinstance(obj, Rule | PreAggregation):
+            loaded: Rule | PreAggregation = obj
+        elif callable(obj):
+            loaded = make_rule(obj, name=name, coordinatewise=False)
+        else:
+            raise plugins.PluginError(
+                f"rule {name!r}: expected an aggregators.Rule (see make_rule) or a function "
+                f"fn(x, *, f) -> (k,), got {type(obj).__name__}"
+            )
+        _probe(name, loaded)
+        _PLUGINS[name] = loaded
+    got = _PLUGINS[name]
+    if not isinstance(got, want):
+        role = "an aggregation rule (last in a '+' chain)" if want is Rule else "a pre-aggregation step"
+        raise plugins.PluginError(f"rule {name!r} is a {type(got).__name__}, used here as {role}")
+    return got
+
+
+def _probe(name: str, rule: Rule | PreAggregation) -> None:
+    # One call on a small random matrix with the fewest rows the rule claims to accept
+    # (plus two), for f = 0 and f = 1: shapes and finiteness, before training starts.
+    rng = np.random.default_rng(0)
+    k = 7
+    for f in (0, 1):
+        try:
+            need = rule.min_rows(f) if isinstance(rule, Rule) else rule.rows_needed(f, 1)
+            if isinstance(need, bool) or not isinstance(need, int | np.integer) or need < 1:
+                raise plugins.PluginError(
+                    f"rule {name!r}: min_rows({f}) must be an integer >= 1, got {need!r}"
+                )
+            x = rng.normal(size=(int(need) + 2, k))
+            out = np.asarray(rule(x, f=f))
+        except plugins.PluginError:
+            raise
+        except Exception as exc:
+            raise plugins.PluginError(
+                f"rule {name!r}: a call with f={f} on a random matrix raised {type(exc).__name__}: {exc}"
+            ) from None
+        expect = (k,) if isinstance(rule, Rule) else None
+        if (expect and out.shape != expect) or (not expect and (out.ndim != 2 or out.shape[1] != k)):
+            want = f"({k},)" if expect else f"(m', {k})"
+            raise plugins.PluginError(
+                f"rule {name!r}: on an ({x.shape[0]} x {k}) matrix it returned shape {out.shape}, "
+                f"expected {want}"
+            )
+        if not np.all(np.isfinite(out)):
+            raise plugins.PluginError(f"rule {name!r}: returned non-finite values on finite input (f={f})")

@@ -18,6 +18,13 @@ raises ValueError naming it and the accepted ones. ``parse_params`` turns the CL
     a = attacks.get("alie")
     v = a(honest, n=50, f=24, rng=np.random.default_rng(0), **attacks.parse_params(["z=1.5"]))
 
+A name that is not registered may be a plug-in (``hgo_common.plugins``): a reference
+``package.module:Name`` or an entry point of group ``hgo.attacks``, resolving to an
+:class:`Attack` (the built-ins' type). On first use a gradient attack is called once on
+a small random matrix and a data attack on a few labels: an exception or a wrong output
+shape raises ``PluginError`` naming the plug-in (non-finite values are allowed: sending
+NaN is an attack).
+
 Every attack lives in a module whose docstring cites its paper and gives the exact formula:
 :mod:`.alie`, :mod:`.foe`, :mod:`.simple` (sign-flip, gaussian, large-value, nan),
 :mod:`.label_flip`, :mod:`.silent`. Calling an attack of the wrong kind (a data or silent
@@ -32,6 +39,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+
+from .. import plugins
 
 __all__ = [
     "Attack",
@@ -236,10 +245,62 @@ def get(name: str) -> Attack:
         Unknown name (the message lists the known ones).
     """
     _load_all()
-    try:
+    if isinstance(name, str) and name in _ATTACKS:
         return _ATTACKS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown attack {name!r}; expected one of {sorted(_ATTACKS)}") from None
+    if isinstance(name, str) and name in _PLUGINS:  # loaded and probed once per process
+        return _PLUGINS[name]
+    if isinstance(name, str) and (plugins.is_reference(name) or name in plugins.entry_points("attack")):
+        return _plugin(name)
+    raise plugins.PluginMissing(
+        f"unknown attack {name!r}; expected one of {sorted(_ATTACKS)}, a 'package.module:Name' "
+        "reference or an installed plug-in (hgo-plugins lists them)",
+        str(name),
+    )
+
+
+_PLUGINS: dict[str, Attack] = {}
+
+
+def _plugin(name: str) -> Attack:
+    """Load and probe the plug-in attack ``name`` once."""
+    if name in _PLUGINS:
+        return _PLUGINS[name]
+    obj, _ = plugins.load("attack", name)
+    if not isinstance(obj, Attack):
+        raise plugins.PluginError(
+            f"attack {name!r}: expected a hgo_common.attacks.Attack, got {type(obj).__name__}"
+        )
+    if obj.kind not in KINDS:
+        raise plugins.PluginError(f"attack {name!r}: kind {obj.kind!r} not in {KINDS}")
+    rng = np.random.default_rng(0)
+    try:
+        if obj.kind == "gradient":
+            if obj.fn is None:
+                raise plugins.PluginError(f"attack {name!r} is a gradient attack without fn")
+            honest = rng.normal(size=(5, 6))
+            out = np.asarray(obj.fn(honest, n=10, f=2, rng=rng, **obj.defaults()))
+            if out.shape != (6,):
+                raise plugins.PluginError(
+                    f"attack {name!r}: on (5 x 6) honest gradients it returned shape {out.shape}, "
+                    "expected (6,)"
+                )
+        elif obj.kind == "data":
+            if obj.labels_fn is None:
+                raise plugins.PluginError(f"attack {name!r} is a data attack without labels_fn")
+            y = np.arange(12) % 3
+            out = np.asarray(obj.transform_labels(y, 3, rng))
+            if out.shape != y.shape:
+                raise plugins.PluginError(
+                    f"attack {name!r}: transform_labels on 12 labels returned shape {out.shape}"
+                )
+    except plugins.PluginError:
+        raise
+    except Exception as exc:
+        raise plugins.PluginError(
+            f"attack {name!r}: a trial call raised {type(exc).__name__}: {exc}"
+        ) from None
+    _PLUGINS[name] = obj
+    return obj
 
 
 def _parse_value(text: str) -> Any:

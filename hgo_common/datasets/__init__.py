@@ -22,6 +22,13 @@ Pipeline of ``load``:
 
 Features come out float32 C-contiguous; labels int64 class ids (classification) or
 float64 targets (regression). scikit-learn is imported lazily (docs/design.md §8).
+
+Every dataset, built-in or plug-in, is a :class:`Source`: its task, number of classes,
+default model and a ``reader(data_dir)`` returning the raw table. A name that is not
+built in is a plug-in (``hgo_common.plugins``: ``package.module:Name`` or an entry point
+of group ``hgo.datasets``) resolving to a ``Source`` or to a no-argument callable that
+returns one. A plug-in's table is checked before use (shapes, finite features, labels
+``0..n_classes-1``) and every problem raises ``PluginError`` naming the plug-in.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import plugins
 from ._files import DataFileError
 from .partition import SCHEMES, PartitionScheme, parse_partition, partition
 
@@ -40,11 +48,13 @@ __all__ = [
     "DataFileError",
     "Dataset",
     "PartitionScheme",
+    "Source",
     "bundled_names",
     "load",
     "names",
     "parse_partition",
     "partition",
+    "source",
 ]
 
 
@@ -95,13 +105,35 @@ _Raw = tuple[np.ndarray, ...]
 
 
 @dataclass(frozen=True)
-class _Spec:
+class Source:
+    """Where a dataset comes from: the contract of built-in and plug-in datasets.
+
+    Attributes
+    ----------
+    task : {"classification", "regression"}
+    n_classes : int
+        Number of classes (labels are ids ``0..n_classes-1``); 0 for regression.
+    default_model : str
+        The model trained when none is named (a model name or plug-in reference).
+    reader : callable
+        ``reader(data_dir)`` -> ``(X, y)`` for the whole table (``load`` makes a seeded
+        split) or ``(X_train, y_train, X_test, y_test)`` for an official split. ``X`` is
+        (n, p) numeric; ``data_dir`` is a ``Path`` (or None when ``needs_files`` is False).
+    needs_files : bool
+        True when ``reader`` reads files from ``data_dir`` (``--data-dir``).
+    standardize : bool
+        The default of ``load(standardize=None)``: standardize features on the train rows.
+    """
+
     task: str
     n_classes: int
     default_model: str
     reader: Callable[[Path | None], _Raw]
-    needs_files: bool
-    standardize: bool  # the default when load(standardize=None)
+    needs_files: bool = False
+    standardize: bool = True
+
+
+_Spec = Source  # the built-ins' spelling below
 
 
 def _digits(_: Path | None) -> _Raw:
@@ -241,9 +273,8 @@ def load(
         Unknown name, bad argument, or a file dataset without ``data_dir`` (the message
         lists the bundled names); ``DataFileError`` (a ValueError) for bad files.
     """
-    if name not in _SPECS:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {names()}")
-    spec = _SPECS[name]
+    plugin = name not in _SPECS
+    spec = _source(name) if plugin else _SPECS[name]
     if not 0.0 < float(test_fraction) < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     if max_train is not None and int(max_train) < 1:
@@ -261,7 +292,18 @@ def load(
         if not path.is_dir():
             raise ValueError(f"dataset {name!r}: data_dir {str(path)!r} is not a directory")
 
-    raw = spec.reader(path)
+    if plugin:
+        try:
+            raw = spec.reader(path)
+        except DataFileError:
+            raise
+        except Exception as exc:
+            raise plugins.PluginError(
+                f"dataset {name!r}: its reader raised {type(exc).__name__}: {exc}"
+            ) from None
+        raw = _check_raw(name, spec, raw)
+    else:
+        raw = spec.reader(path)
     rng_split = np.random.default_rng([int(seed), 0])
     if len(raw) == 4:
         X_tr, y_tr, X_te, y_te = raw
@@ -300,3 +342,90 @@ def load(
         feature_mean=mean,
         feature_std=std,
     )
+
+
+def source(name: str) -> Source:
+    """The ``Source`` of dataset ``name``, built-in or plug-in, without reading any data.
+
+    Raises
+    ------
+    PluginError, PluginMissing
+        For a plug-in that cannot be loaded or is not a ``Source``; an unknown name.
+    """
+    return _SPECS[name] if isinstance(name, str) and name in _SPECS else _source(name)
+
+
+def _source(name: str) -> Source:
+    """The ``Source`` of a plug-in dataset (PluginError / PluginMissing otherwise)."""
+    if not isinstance(name, str):
+        raise ValueError(f"dataset name must be a string, got {name!r}")
+    if not plugins.is_reference(name) and name not in plugins.entry_points("dataset"):
+        raise plugins.PluginMissing(
+            f"unknown dataset {name!r}; expected one of {names()}, a 'package.module:Name' "
+            "reference or an installed plug-in (hgo-plugins lists them)",
+            name,
+        )
+    obj, _ = plugins.load("dataset", name)
+    if not isinstance(obj, Source) and callable(obj):
+        try:
+            obj = obj()
+        except Exception as exc:
+            raise plugins.PluginError(
+                f"dataset {name!r}: calling it raised {type(exc).__name__}: {exc}"
+            ) from None
+    if not isinstance(obj, Source):
+        raise plugins.PluginError(
+            f"dataset {name!r}: expected a hgo_common.datasets.Source (or a callable returning one), "
+            f"got {type(obj).__name__}"
+        )
+    if obj.task not in ("classification", "regression"):
+        raise plugins.PluginError(
+            f"dataset {name!r}: task must be classification or regression, got {obj.task!r}"
+        )
+    if obj.task == "classification" and (not isinstance(obj.n_classes, int) or obj.n_classes < 2):
+        raise plugins.PluginError(
+            f"dataset {name!r}: a classification dataset needs n_classes >= 2, got {obj.n_classes!r}"
+        )
+    if not callable(obj.reader):
+        raise plugins.PluginError(f"dataset {name!r}: reader must be callable, got {obj.reader!r}")
+    return obj
+
+
+def _check_raw(name: str, src: Source, raw: object) -> _Raw:
+    """A plug-in reader's table: 2 or 4 arrays, matching rows and columns, finite, labels ok."""
+    if not isinstance(raw, tuple | list) or len(raw) not in (2, 4):
+        raise plugins.PluginError(
+            f"dataset {name!r}: reader must return (X, y) or (X_train, y_train, X_test, y_test), "
+            f"got {type(raw).__name__}" + (f" of {len(raw)} items" if isinstance(raw, tuple | list) else "")
+        )
+    arrays = [np.asarray(a) for a in raw]
+    parts = [""] if len(arrays) == 2 else ["train ", "test "]
+    width = None
+    for (X, y), part in zip(zip(arrays[0::2], arrays[1::2], strict=True), parts, strict=True):
+        if X.ndim != 2 or X.shape[0] < 1 or not np.issubdtype(X.dtype, np.number):
+            raise plugins.PluginError(
+                f"dataset {name!r}: {part}X must be a numeric (n, p) array with n >= 1, "
+                f"got {X.dtype} {X.shape}"
+            )
+        if width is not None and X.shape[1] != width:
+            raise plugins.PluginError(
+                f"dataset {name!r}: train X has {width} columns but test X has {X.shape[1]}"
+            )
+        width = X.shape[1]
+        if y.shape != (X.shape[0],):
+            raise plugins.PluginError(
+                f"dataset {name!r}: {part}y must have shape ({X.shape[0]},), got {y.shape}"
+            )
+        if not np.all(np.isfinite(X)):
+            raise plugins.PluginError(f"dataset {name!r}: {part}X holds non-finite values")
+        if src.task == "classification":
+            ok = np.issubdtype(y.dtype, np.number) and np.all(np.isfinite(y))
+            yi = y.astype(np.int64) if ok else y
+            if not ok or not np.array_equal(yi, y) or yi.min() < 0 or yi.max() >= src.n_classes:
+                raise plugins.PluginError(
+                    f"dataset {name!r}: {part}labels must be class ids in 0..{src.n_classes - 1}, "
+                    f"got {y.dtype} values" + (f" in [{y.min()}, {y.max()}]" if ok else "")
+                )
+        elif not (np.issubdtype(y.dtype, np.number) and np.all(np.isfinite(y))):
+            raise plugins.PluginError(f"dataset {name!r}: {part}regression targets must be finite numbers")
+    return tuple(arrays)

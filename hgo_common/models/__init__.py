@@ -1,18 +1,35 @@
 """Models by name: ``models.create("mlp", n_features=784, n_classes=10)``.
 
-Each model is a pure object (shape only, no weights) with analytic numpy gradients;
-see ``base.Model`` for the interface and ``docs/models-and-data.md`` for the losses,
-parameter layouts and defaults. A trained model is written by ``save`` and read back by
-``load(path)`` (an :class:`ExportedModel` with ``predict``/``evaluate``; format in
-``export.py``). Paper §6: linear regression (Boston), logistic
-regression (MNIST binary), regularized SVM (phishing), 784-30-10 network (MNIST).
+Each model is a pure object (shape only, no weights) that satisfies
+``ModelProtocol`` (``base.py``): the built-in numpy models with analytic gradients
+(``base.Model``), the PyTorch CNN ``"cnn"`` (``torch_adapter``, optional extra
+``hgo[torch]``), and plug-ins. See ``docs/models-and-data.md`` for the losses, parameter
+layouts and defaults, and ``docs/plugins.md`` for writing your own. Paper §6: linear
+regression (Boston), logistic regression (MNIST binary), regularized SVM (phishing),
+784-30-10 network (MNIST); a small CNN for MNIST and CIFAR-10. A trained model is
+written by ``save`` and read back by ``load(path)`` (an :class:`ExportedModel` with
+``predict``/``evaluate``; format in ``export.py``).
+
+A name that is not built in is a plug-in (``hgo_common.plugins``): a reference
+``package.module:Name`` or an entry point of group ``hgo.models``, resolving to a
+factory called as ``factory(n_features=..., n_classes=...)`` (plus ``l2=`` when given
+and the factory accepts it). ``create`` checks what the factory returns before anyone
+trains it: the protocol's attributes and methods, then one probe on a few synthetic
+rows (``init``, ``gradient`` full and at coordinates, ``evaluate``: shapes, finiteness,
+coordinates agreeing with the full gradient). Failures raise ``PluginError`` naming the
+plug-in and the problem.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
+from typing import Any
 
-from .base import LinearModel, Model
+import numpy as np
+
+from .. import plugins
+from .base import TASKS, LinearModel, Model, ModelProtocol
 from .export import ExportedModel, load, save
 from .linear import LinearRegression
 from .logistic import LogisticRegression
@@ -21,11 +38,22 @@ from .svm import DEFAULT_L2 as SVM_DEFAULT_L2
 from .svm import LinearSVM
 
 __all__ = [
-    "ACTIVATIONS", "MLP", "ExportedModel", "LinearModel", "Model", "create", "default_l2", "load", "names",
+    "ACTIVATIONS",
+    "MLP",
+    "ExportedModel",
+    "LinearModel",
+    "Model",
+    "ModelProtocol",
+    "check_model",
+    "create",
+    "default_l2",
+    "load",
+    "names",
     "save",
-]  # fmt: skip
+]
 
-_NAMES = ("linear", "logistic", "svm", "mlp")
+_NAMES = ("linear", "logistic", "svm", "mlp", "cnn")
+TORCH_EXTRA = "hgo[torch]"
 
 
 def names() -> list[str]:
@@ -36,6 +64,8 @@ def names() -> list[str]:
 def default_l2(name: str) -> float:
     """The L2 weight ``create`` uses when ``l2`` is None: 1e-4 for "svm", 0 otherwise."""
     if name not in _NAMES:
+        if plugins.is_reference(name) or name in plugins.entry_points("model"):
+            return 0.0
         raise ValueError(f"unknown model {name!r}; expected one of {list(_NAMES)}")
     return SVM_DEFAULT_L2 if name == "svm" else 0.0
 
@@ -48,7 +78,7 @@ def create(
     hidden: Sequence[int] = (30,),
     l2: float | None = None,
     activation: str = "sigmoid",
-) -> Model:
+) -> ModelProtocol:
     """Build model ``name`` for inputs of ``n_features`` columns.
 
     Parameters
@@ -67,10 +97,35 @@ def create(
         ``default_l2(name)`` (1e-4 for "svm", 0 for the others).
     activation : {"sigmoid", "relu"}
         MLP hidden activation (default sigmoid; see ``hgo_common.models.mlp``).
+
+    Raises
+    ------
+    ValueError
+        Bad arguments for a built-in; ``plugins.PluginError`` (a ValueError) for a plug-in
+        that cannot be loaded or breaks the protocol; ``plugins.PluginMissing`` for an
+        unknown name or a missing package (its ``requirement`` says what to install).
     """
+    if not isinstance(name, str):
+        raise ValueError(f"model name must be a string, got {name!r}")
     if name not in _NAMES:
-        raise ValueError(f"unknown model {name!r}; expected one of {list(_NAMES)}")
+        if not plugins.is_reference(name) and name not in plugins.entry_points("model"):
+            raise plugins.PluginMissing(
+                f"unknown model {name!r}; expected one of {list(_NAMES)}, a 'package.module:Name' "
+                f"reference or an installed plug-in ({_installed()})",
+                name,
+            )
+        return _create_plugin(name, int(n_features), int(n_classes), l2)
     reg = default_l2(name) if l2 is None else l2
+    if name == "cnn":
+        try:
+            from .torch_adapter import cnn
+        except ImportError as exc:
+            raise plugins.PluginMissing(
+                f"model 'cnn' needs PyTorch, which is not installed here ({exc}): "
+                f"pip install '{TORCH_EXTRA}'",
+                TORCH_EXTRA,
+            ) from None
+        return cnn(int(n_features), int(n_classes), l2=reg)
     if name == "mlp":
         return MLP(n_features, n_classes, hidden, reg, activation)
     if name in ("logistic", "svm") and int(n_classes) != 2:
@@ -83,3 +138,145 @@ def create(
     if name == "logistic":
         return LogisticRegression(n_features, reg)
     return LinearSVM(n_features, reg)
+
+
+def _installed() -> str:
+    eps = sorted(plugins.entry_points("model"))
+    return f"installed: {eps}" if eps else "none installed; see hgo-plugins"
+
+
+def _create_plugin(name: str, n_features: int, n_classes: int, l2: float | None) -> ModelProtocol:
+    factory, _ = plugins.load("model", name)
+    if not callable(factory):
+        raise plugins.PluginError(
+            f"model {name!r}: expected a factory (a class or function) called as "
+            f"factory(n_features=..., n_classes=...), got {type(factory).__name__}"
+        )
+    kwargs: dict[str, Any] = {"n_features": n_features, "n_classes": n_classes}
+    if l2 is not None:
+        try:
+            params = inspect.signature(factory).parameters
+        except (TypeError, ValueError):
+            params = {}  # type: ignore[assignment]
+        if "l2" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            kwargs["l2"] = float(l2)
+        else:
+            raise plugins.PluginError(f"model {name!r} takes no l2 parameter, but --l2 {l2} was given")
+    try:
+        model = factory(**kwargs)
+    except Exception as exc:
+        raise plugins.PluginError(
+            f"model {name!r}: {getattr(factory, '__name__', 'factory')}"
+            f"(n_features={n_features}, n_classes={n_classes}) raised {type(exc).__name__}: {exc}"
+        ) from None
+    check_model(model, name)
+    probe(model, name, n_features)
+    checked: ModelProtocol = model
+    return checked
+
+
+_ATTRS = ("name", "dim", "task", "n_classes", "layer_sizes", "groups", "l2")
+_METHODS = ("init", "loss", "gradient", "predict", "evaluate")
+
+
+def check_model(model: Any, name: str) -> None:
+    """Check ``model`` against ``ModelProtocol``'s attributes and methods.
+
+    Raises
+    ------
+    PluginError
+        Naming ``name`` and every missing member, or the first bad attribute value.
+    """
+    missing = [a for a in _ATTRS if not hasattr(model, a)]
+    missing += [m for m in _METHODS if not callable(getattr(model, m, None))]
+    if missing:
+        raise plugins.PluginError(
+            f"model {name!r} ({type(model).__name__}) does not implement the model protocol: "
+            f"missing {missing} (see hgo_common.models.ModelProtocol; subclassing "
+            "hgo_common.models.Model gives evaluate)"
+        )
+
+    def bad(what: str) -> plugins.PluginError:
+        return plugins.PluginError(f"model {name!r}: {what}")
+
+    dim = model.dim
+    if isinstance(dim, bool) or not isinstance(dim, int | np.integer) or dim < 1:
+        raise bad(f"dim must be a positive integer, got {dim!r}")
+    if model.task not in TASKS:
+        raise bad(f"task must be one of {list(TASKS)}, got {model.task!r}")
+    k = model.n_classes
+    if isinstance(k, bool) or not isinstance(k, int | np.integer):
+        raise bad(f"n_classes must be an integer, got {k!r}")
+    if model.task == "classification" and k < 2:
+        raise bad(f"a classification model needs n_classes >= 2, got {k}")
+    try:
+        groups = tuple(int(g) for g in model.groups)
+        sizes = tuple(int(s) for s in model.layer_sizes)
+        l2 = float(model.l2)
+    except (TypeError, ValueError) as exc:
+        raise bad(f"groups and layer_sizes must be sequences of int and l2 a number ({exc})") from None
+    if not groups or any(g < 1 for g in groups) or sum(groups) != int(dim):
+        raise bad(f"groups must be positive sizes summing to dim={dim}, got {list(groups)}")
+    if not sizes or any(s < 0 for s in sizes):
+        raise bad(f"layer_sizes must be non-negative integers, got {list(sizes)}")
+    if not (np.isfinite(l2) and l2 >= 0):
+        raise bad(f"l2 must be a finite number >= 0, got {model.l2!r}")
+
+
+def probe(model: Any, name: str, n_features: int, rows: int = 8) -> None:
+    """Run ``model`` once on ``rows`` synthetic rows and check every output.
+
+    ``init`` must give a finite (dim,) vector; ``gradient`` a finite (dim,) vector and,
+    at a few coordinates, the same values as the full gradient; ``evaluate`` a finite
+    ``loss`` (and an ``accuracy`` in [0, 1] for classification).
+
+    Raises
+    ------
+    PluginError
+        Naming ``name``, the method and what was wrong.
+    """
+    rng = np.random.default_rng(0)
+    d = int(model.dim)
+    X = rng.normal(size=(rows, n_features)).astype(np.float32)
+    if model.task == "classification":
+        y: np.ndarray = np.arange(rows) % int(model.n_classes)
+    else:
+        y = rng.normal(size=rows)
+
+    def call(method: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return getattr(model, method)(*args, **kwargs)
+        except Exception as exc:
+            raise plugins.PluginError(
+                f"model {name!r}: {method}() on {rows} rows of {n_features} features raised "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
+
+    def vector(method: str, out: Any, length: int) -> np.ndarray:
+        arr = np.asarray(out, dtype=np.float64)
+        if arr.shape != (length,):
+            raise plugins.PluginError(
+                f"model {name!r}: {method}() returned shape {arr.shape}, expected ({length},)"
+            )
+        if not np.all(np.isfinite(arr)):
+            raise plugins.PluginError(f"model {name!r}: {method}() returned non-finite values")
+        return arr
+
+    w = vector("init", call("init", np.random.default_rng(0)), d)
+    g = vector("gradient", call("gradient", w, X, y), d)
+    coords = np.unique(rng.integers(0, d, size=min(d, 16)))[::-1].copy()
+    gc = vector("gradient(coords=...)", call("gradient", w, X, y, coords), len(coords))
+    if not np.allclose(gc, g[coords], rtol=1e-3, atol=1e-6):
+        raise plugins.PluginError(
+            f"model {name!r}: gradient(coords=c) must equal gradient()[c], but differs by up to "
+            f"{float(np.max(np.abs(gc - g[coords]))):.3g}"
+        )
+    ev = call("evaluate", w, X, y)
+    if not isinstance(ev, dict) or "loss" not in ev:
+        raise plugins.PluginError(f"model {name!r}: evaluate() must return a dict with 'loss', got {ev!r}")
+    if not np.isfinite(float(ev["loss"])):
+        raise plugins.PluginError(f"model {name!r}: evaluate() returned a non-finite loss {ev['loss']!r}")
+    if model.task == "classification" and not 0.0 <= float(ev.get("accuracy", -1.0)) <= 1.0:
+        raise plugins.PluginError(
+            f"model {name!r}: evaluate() of a classifier must return 'accuracy' in [0, 1], got {ev!r}"
+        )

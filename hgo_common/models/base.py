@@ -18,10 +18,73 @@ Conventions shared by all models:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 TASKS = ("classification", "regression")
+
+
+@runtime_checkable
+class ModelProtocol(Protocol):
+    """What HGO needs of a model: the public contract every model, built-in or plug-in,
+    satisfies (docs/plugins.md). ``Model`` below implements it for numpy models and
+    ``hgo_common.models.torch_adapter.TorchModel`` for any ``torch.nn.Module``.
+
+    Attributes
+    ----------
+    name : str
+        A short name for messages.
+    dim : int
+        Number of parameters d (the length of the flat vector ``w``).
+    task : str
+        "classification" or "regression".
+    n_classes : int
+        Number of classes (0 for regression).
+    layer_sizes : tuple of int
+        The model's shape, informational (sent in the TrainingSpec).
+    groups : tuple of int
+        Sizes of the parameter groups in coordinate order, ``sum(groups) == dim``; with
+        more than one group, C_k is the stratified order over them (paper appendix C.3).
+    l2 : float
+        Weight of the L2 term (sent in the TrainingSpec so a worker rebuilds the model).
+    partial_gradients : bool
+        True when ``gradient(..., coords)`` costs about O(s * len(coords)) beyond one
+        forward pass (the linear models): a worker then computes a short prefix of C_k
+        piece by piece. False (layered models): one backward pass gives every coordinate.
+    """
+
+    name: str
+    dim: int
+    task: str
+    n_classes: int
+    layer_sizes: tuple[int, ...]
+    groups: tuple[int, ...]
+    l2: float
+    partial_gradients: bool
+
+    def init(self, rng: np.random.Generator) -> np.ndarray:
+        """Initial parameters, shape (dim,), drawn from ``rng`` only."""
+        ...
+
+    def loss(self, w: np.ndarray, X: np.ndarray, y: np.ndarray) -> float:
+        """Mean loss over the rows of ``X`` (n, p) with labels ``y`` (n,)."""
+        ...
+
+    def gradient(
+        self, w: np.ndarray, X: np.ndarray, y: np.ndarray, coords: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The mini-batch gradient: (dim,) for ``coords=None``, else (len(coords),) in
+        that order."""
+        ...
+
+    def predict(self, w: np.ndarray, X: np.ndarray) -> np.ndarray:
+        """Class ids (n,) or predicted values (n,)."""
+        ...
+
+    def evaluate(self, w: np.ndarray, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
+        """``{"loss": ...}``, plus ``"accuracy"`` in [0, 1] for classification."""
+        ...
 
 
 class Model(ABC):
@@ -45,6 +108,8 @@ class Model(ABC):
         prefix of C_k across them (paper appendix C.3).
     l2 : float
         Weight of the ``l2/2 * ||W||^2`` term (weights only, not biases).
+    partial_gradients : bool
+        See ``ModelProtocol``; False here, True for ``LinearModel``.
     """
 
     name: str
@@ -54,6 +119,7 @@ class Model(ABC):
     layer_sizes: tuple[int, ...]
     groups: tuple[int, ...]
     l2: float
+    partial_gradients: bool = False
 
     @abstractmethod
     def init(self, rng: np.random.Generator) -> np.ndarray:
@@ -149,6 +215,8 @@ class LinearModel(Model):
     k >= p/10 the strided column gather is no faster than one BLAS ``X.T @ r``, so
     that is used instead and indexed.
     """
+
+    partial_gradients = True
 
     def __init__(self, n_features: int, l2: float) -> None:
         if int(n_features) < 1:

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Model
+from .base import ModelProtocol
 
 FORMAT = "hgo-model"
 VERSION = 1
@@ -52,7 +52,7 @@ class ExportedModel:
 
     Attributes
     ----------
-    model : Model
+    model : ModelProtocol
         The (weightless) model object, rebuilt from the file's metadata.
     weights : ndarray (dim,) float64
     meta : dict
@@ -61,7 +61,7 @@ class ExportedModel:
         The standardization fitted on the training rows (None: features used as they are).
     """
 
-    model: Model
+    model: ModelProtocol
     weights: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
     feature_mean: np.ndarray | None = None
@@ -94,7 +94,7 @@ class ExportedModel:
 
 def save(
     path: Path | str,
-    model: Model,
+    model: ModelProtocol,
     weights: np.ndarray,
     *,
     meta: Mapping[str, Any] | None = None,

@@ -36,7 +36,7 @@ test: $(STAMP)  ## the whole test suite, the long runs marked slow included (wha
 test-fast: $(STAMP)  ## the suite without the long runs marked slow (~4-5 min)
 	$(BIN)/pytest -q -m "not slow"
 
-lint: $(STAMP)  ## ruff on everything, mypy strict on every package
+lint: $(TORCH_STAMP)  ## ruff on everything, mypy strict on every package (torch installed: the adapter is typed against it)
 	$(BIN)/ruff check hgo_common hgo_server hgo_worker hgo_lab tests tools bench examples
 	$(BIN)/mypy
 	$(BIN)/mypy --strict examples/hgo-example-plugin/src

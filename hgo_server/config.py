@@ -162,10 +162,24 @@ TAU_AUTO = math.nan
 NaN cannot come from any duration a user types (:func:`parse_duration_ms` refuses it)."""
 
 
+class _AutoQuorum(int):
+    """``--v auto`` until :func:`resolve` computes it (told apart from a typed integer by identity)."""
+
+    def __repr__(self) -> str:
+        return "'auto'"
+
+
+V_AUTO = _AutoQuorum(0)
+"""What ``--v auto`` is read as: resolved to ``rounds.auto_quorum(q, rule, f)``, the paper's
+v = floor(f / alpha) + 1 with alpha = 0.5 (never fewer rows than the rule needs)."""
+
+
 def _coerce(name: str, value: object) -> Any:
     """One setting from a flag string or a TOML value to its Python type."""
     if name == "tau" and isinstance(value, str) and value.strip().lower() == "auto":
         return TAU_AUTO
+    if name == "v" and isinstance(value, str) and value.strip().lower() == "auto":
+        return V_AUTO
     if name in _DURATION:
         return parse_duration_ms(value, name)
     if name in _BOOL:
@@ -265,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--bind", help=f"address to listen on (default {d.bind}; 0.0.0.0 for every interface)")
     add("--port-file", metavar="FILE", help="write the bound port to FILE once serving (default: none)")
     add("--q", help=f"workers sampled per round (default {d.q})")
-    add("--v", help="quorum: the block is the v-th longest prefix (default: rounds.default_quorum)")
+    add("--v", help="quorum: the block is the v-th longest prefix; an integer, or auto: the paper's "
+        "floor(f/0.5)+1 (rounds.auto_quorum) (default: rounds.default_quorum = max(ceil(q/2), rule's need))")
     add("--tau", help=f"round deadline tau in ms (a bare number), or 250ms, 2s, inf, or auto: chosen each "
         f"round to meet --tau-target (default {d.tau:g} ms)")
     add("--tau-target", help=f"--tau auto: the block fraction b_v/d to reach, in (0, 1] "
@@ -537,7 +552,9 @@ def resolve(cfg: ServerConfig) -> ServerConfig:
     )
     need = rule.min_rows(cfg.f)
     v = cfg.v
-    if v is None:
+    if v is V_AUTO:
+        v = rounds.auto_quorum(cfg.q, cfg.rule, cfg.f)
+    elif v is None:
         v = rounds.default_quorum(cfg.q, cfg.rule, cfg.f)
     _range(1 <= v <= cfg.q, f"--v must be in [1, q={cfg.q}], got {v}")
     if need > v:

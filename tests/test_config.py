@@ -226,3 +226,18 @@ def test_token_sources_and_refusals(tmp_path: Path) -> None:
             load_token(parse_args([]), env={"HGO_TOKEN": bad})
         assert "$HGO_TOKEN" in str(err.value) and "secrets.token_urlsafe(32)" in str(err.value)
     assert load_token(parse_args(["--token", "x" * 16]), env={}).token == "x" * 16
+
+
+def test_v_auto_is_the_papers_quorum() -> None:
+    """--v auto = floor(f / 0.5) + 1, never fewer rows than the rule needs (rounds.auto_quorum)."""
+    from hgo_common import rounds
+    from hgo_server import config as cfgmod
+
+    assert cfgmod.parse_args(["--v", "auto", "--q", "80"]).v == 1  # honest: the longest prefix
+    assert cfgmod.parse_args(["--v", "auto", "--q", "80", "--f", "10", "--rule", "median"]).v == 21
+    krum = cfgmod.parse_args(["--v", "auto", "--q", "80", "--f", "10", "--rule", "krum"]).v
+    assert krum == rounds.auto_quorum(80, "krum", 10) == max(21, 2 * 10 + 3)
+    assert cfgmod.from_mapping({"v": "auto", "q": 8}).v == 1  # TOML spelling too
+    for bad in ("0", "-1"):
+        with pytest.raises(cfgmod.ConfigError, match="--v must be in"):
+            cfgmod.parse_args(["--v", bad])

@@ -467,7 +467,17 @@ def plot_runs(
             curves = {k: [(np.log10(x), y) for x, y in v] for k, v in curves.items()}
             xlabel = "log10 " + xlabel
         path = out_prefix.with_name(f"{out_prefix.name}_{metric}_vs_{suffix}.png")
-        plots.plot_bands(curves, path, xlabel=xlabel, ylabel=f"test {metric}", title=title)
+        try:
+            plots.plot_bands(curves, path, xlabel=xlabel, ylabel=f"test {metric}", title=title)
+        except ValueError:
+            # Seeds whose time ranges do not overlap (a few evaluations of wall-clock runs)
+            # have no common grid for a band: draw every seed's curve instead.
+            series = [
+                plots.series_from_records(recs, f"{label} (seed {i})")
+                for label, logs in runs.items()
+                for i, recs in enumerate(logs)
+            ]
+            plots.plot_metric(series, path, metric=metric, against_time=xkey == "t", title=title)
         written.append(path)
     return written
 

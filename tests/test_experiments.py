@@ -491,3 +491,18 @@ def test_net_mode_stretches_a_deadline_too_short_for_sockets() -> None:
         assert abs(net_plan.coords - sim_plan.coords) <= 1 and net_plan.batch_size == sim_plan.batch_size
     same, none = experiment.scale_time_for_net(net, 60.0)
     assert same is net and none is None
+
+
+def test_plots_survive_seeds_whose_times_do_not_overlap(tmp_path: Path) -> None:
+    """Wall-clock seeds evaluated once each at different times have no common band: the
+    time figure then draws every seed instead of failing the whole run."""
+    def log(t_end: float) -> list[dict[str, Any]]:
+        return [{"round": 0, "t": t_end / 2, "workers": [], "block": 1, "quorum": True, "sampled": 1,
+                 "responded": 1},
+                {"round": 1, "t": t_end, "accuracy": 0.5, "workers": [], "block": 1, "quorum": True,
+                 "sampled": 1, "responded": 1}]  # fmt: skip
+
+    runs = {"a": [log(1.0), log(2.0)], "b": [log(3.0), log(4.0)]}
+    written = experiment.plot_runs(runs, "accuracy", "t", tmp_path / "x")
+    assert [p.name for p in written] == ["x_accuracy_vs_round.png", "x_accuracy_vs_time.png"]
+    assert all(p.stat().st_size > 0 for p in written)

@@ -211,10 +211,14 @@ class Server:
         self.session_msg_rate = float(self.cfg.session_msg_rate)
         mb = self.cfg.session_byte_rate_mb
         if mb is None:
-            # A worker sends at most one gradient (4d bytes) per round; allow two per tau
-            # (rounds of 10 ms or more) plus 1 MiB of everything else.
-            tau = self.cfg.tau_min if self.cfg.tau_auto else self.cfg.tau  # the shortest round
-            per_s = 1000.0 / max(10.0, tau if math.isfinite(tau) else 10.0)
+            # A worker sends at most one gradient (4d bytes) per round; allow two per shortest
+            # round (10 ms or more) plus 1 MiB of everything else. With early close a round
+            # ends as soon as every sampled worker delivered, however long tau is, so the
+            # shortest round is then 10 ms (a long tau must not throttle fast honest workers).
+            tau = self.cfg.tau_min if self.cfg.tau_auto else self.cfg.tau
+            if self.cfg.early_close or not math.isfinite(tau):
+                tau = 10.0
+            per_s = 1000.0 / max(10.0, tau)
             self.session_byte_rate = 2 * 4 * self.d * per_s + 2**20
         else:
             self.session_byte_rate = mb * 2**20

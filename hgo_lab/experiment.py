@@ -443,7 +443,12 @@ def read_summary(path: Path) -> list[dict[str, Any]]:
 
 
 def plot_runs(
-    runs: dict[str, list[list[dict[str, Any]]]], metric: str, title: str, out_prefix: Path
+    runs: dict[str, list[list[dict[str, Any]]]],
+    metric: str,
+    title: str,
+    out_prefix: Path,
+    *,
+    clock: str = "virtual",
 ) -> list[Path]:
     """Two PNGs: ``metric`` vs round and vs time; mean over seeds with a 95 % band per variant.
 
@@ -455,7 +460,8 @@ def plot_runs(
     written: list[Path] = []
     if not plots.available():
         return written  # no matplotlib (the lab extra): summary.csv and the logs only
-    for xkey, xlabel, suffix in (("round", "round", "round"), ("t", "time (s, virtual in sim)", "time")):
+    time_label = "time (s, wall clock)" if clock == "wall" else "time (s, virtual)"
+    for xkey, xlabel, suffix in (("round", "round", "round"), ("t", time_label, "time")):
         curves = {label: _seed_curves(logs, metric, xkey) for label, logs in runs.items()}
         curves = {k: v for k, v in curves.items() if v}
         if not curves:
@@ -904,7 +910,7 @@ def run_scenario(
     (out / "details.json").write_text(json.dumps(_nan_to_none(doc), indent=2), encoding="utf-8")
     title = sc.title + (f" [data: {', '.join(sorted(used_data))}]" if used_data else "")
     title += f" ({mode})" if mode == "net" else ""
-    plots = plot_runs(runs, sc.metric, title, out / sc.name)
+    plots = plot_runs(runs, sc.metric, title, out / sc.name, clock="wall" if mode == "net" else "virtual")
     meta = {
         "scenario": str(sc.path),
         "name": sc.name,

@@ -40,9 +40,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from . import aggregators, order, rounds
+from . import order, rounds
 from .deadline import AutoTau, Choice, DeadlinePolicy
-from .rounds import RoundConfig, RoundOutcome
+from .rounds import RoundConfig, RoundOutcome, round_quorum
 
 __all__ = [
     "RoundDriver",
@@ -61,13 +61,6 @@ class _Evaluable(Protocol):
     task: str
 
     def evaluate(self, w: np.ndarray, X: np.ndarray, y: np.ndarray) -> dict[str, float]: ...
-
-
-def round_quorum(cfg: RoundConfig) -> int:
-    """Rows a round needs to update the model: v (hgo) or ``max(1, min_rows(f))`` (sgd)."""
-    if cfg.algorithm == "sgd":
-        return max(1, aggregators.get(cfg.rule).min_rows(cfg.f))
-    return cfg.v
 
 
 def evaluates(k: int, total_rounds: int, eval_every: int) -> bool:

@@ -276,6 +276,15 @@ class RoundOutcome:
     refused: str | None = None  # set by apply_update when the update was refused (why)
 
 
+def round_quorum(cfg: RoundConfig) -> int:
+    """Rows a round needs to update the model: v (hgo) or ``max(1, min_rows(f))`` complete
+    gradients (sgd). The one place this rule is written: :func:`close_round` and the round
+    driver's wait for enough workers both read it."""
+    if cfg.algorithm == "sgd":
+        return max(1, aggregators.get(cfg.rule).min_rows(cfg.f))
+    return cfg.v
+
+
 def effective_prefixes(prefixes: np.ndarray, cfg: RoundConfig) -> np.ndarray:
     """Prefix lengths as the algorithm counts them (sgd: partial gradients become 0)."""
     p = np.asarray(prefixes, dtype=np.int64)
@@ -315,18 +324,15 @@ def close_round(
     p = effective_prefixes(prefixes, cfg)
     responded = int(np.count_nonzero(p))
     values, bounded = bound_rows(np.asarray(values), p, cfg.row_bound)
+    if responded < round_quorum(cfg):
+        return RoundOutcome(block=0, quorum=False, bounded=bounded)
     if cfg.algorithm == "sgd":
-        need = max(1, aggregators.get(cfg.rule).min_rows(cfg.f))
-        if responded < need:
-            return RoundOutcome(block=0, quorum=False, bounded=bounded)
         rows = np.flatnonzero(p)
         rule = aggregators.get(cfg.rule)
         agg = rule(np.asarray(values)[rows], f=cfg.f, **blocks.rng_kwargs(rule, rng))
         b = cfg.d
         used = [int(r) for r in rows]
     else:
-        if responded < cfg.v:
-            return RoundOutcome(block=0, quorum=False, bounded=bounded)
         b, agg = blocks.aggregate(values, p, v=cfg.v, rule=cfg.rule, f=cfg.f, rng=rng)
         used = [int(i) for i in np.flatnonzero(p)]
         if b == 0:

@@ -316,7 +316,7 @@ class Simulation:
     """
 
     def __init__(self, cfg: SimConfig, *, warn: Callable[[str], None] | None = None) -> None:
-        from hgo_common import attacks, local, models, profiles
+        from hgo_common import local, models, profiles
 
         self.cfg = cfg
         self.ds, self.data_warning = load_dataset(
@@ -352,7 +352,6 @@ class Simulation:
             local.LocalConfig(rate=r, batch_size=cfg.batch_size, budget_policy=cfg.budget_policy, rho=cfg.rho)
             for r in self.rates
         ]
-        self.attack = attacks.get(cfg.attack) if cfg.attack else None
         self.behaviour: local.Byzantine | None = None
         if cfg.attack:
             self.behaviour = local.Byzantine(
@@ -481,10 +480,8 @@ class Simulation:
         """When worker i has delivered everything it can: an honest worker's full gradient
         (d coordinates at its rate), a Byzantine sender's planned prefix."""
         if self.byzantine[i] and self.behaviour is not None and self.behaviour.kind == "gradient":
-            if work.rate <= 0:
-                return 0.0
-            return throttle.release_time_ms(int(work.limit), work.rate, work.batch_size)
-        return throttle.release_time_ms(self.d, self.rates[i], work.batch_size)
+            return self._release_ms(work, int(work.limit))
+        return self._release_ms(work, self.d)
 
     def round_time_ms(self, done_ms: Sequence[float], prefixes: np.ndarray, nonfinite: np.ndarray) -> float:
         """Virtual duration of the round (see the module docstring)."""

@@ -67,9 +67,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from hgo_common import rounds, throttle
-from hgo_common.deadline import AutoTau
-from hgo_common.driver import RoundDriver, RoundPlan, RunSettings, Timing, WorkerEntry, evaluate
+from hgo_common import throttle
+from hgo_common.driver import RoundDriver, RoundPlan, Timing, WorkerEntry, evaluate
+from hgo_common.errors import SpecError
+from hgo_common.spec import Population, RunSpec, build_run, driver_settings, forms
+from hgo_common.spec.build import n_classes_of
 from hgo_common.roundlog import RoundLog
 
 __all__ = [
@@ -99,96 +101,31 @@ class _Model(Protocol):
 
 
 @dataclass(frozen=True)
-class SimConfig:
-    """Everything that defines a simulated run (one seed).
+class SimConfig(RunSpec, Population):
+    """A simulated run (one seed): the run specification and its population, both declared in
+    ``hgo_common.spec`` (the same settings, names and checks as ``hgo-server`` and ``hgo-run``).
 
-    ``tau_ms = math.inf`` with ``algorithm = "sgd"`` is SGD(tau = inf). ``q = None``
-    samples all n workers; ``v = None`` uses ``rounds.default_quorum``. ``f`` is the
-    number of Byzantine workers present (chosen at random among the n with the run seed)
-    and, unless ``rule_f`` is given, the f the rule is told to tolerate.
+    ``tau = inf`` with ``algorithm = "sgd"`` is SGD(tau = inf). ``q = None`` samples all n
+    workers. ``attackers`` Byzantine workers (chosen at random among the n with the run
+    seed) run ``attack``; ``f`` is what the rule is told to tolerate. Loose values are
+    accepted for convenience: ``tau=60``, ``tau="auto"``, ``v=3``, ``v="auto"``, lists for
+    tuples.
     """
 
-    model: str = "logistic"
-    dataset: str = "breast-cancer"
-    data_dir: str | None = None
-    partition: str = "iid"
-    n: int = 10
-    q: int | None = None
-    v: int | None = None
-    f: int = 0
-    rule_f: int | None = None
-    rule: str = "average"
-    attack: str | None = None
-    attack_params: dict[str, Any] = field(default_factory=dict)
-    omniscient: bool = True
-    estimate_batches: int = 5
-    byzantine_full: bool = True
-    tau_ms: float = 60.0
-    algorithm: str = "hgo"
-    lr: float = 0.1
-    lr_schedule: str = "constant"
-    rounds: int = 100
-    eval_every: int = 10
-    batch_size: int = 32
-    mix: str | tuple[float, float, float] = "default"
-    rates: tuple[float, ...] | None = None
-    seed: int = 0
-    data_seed: int | None = None
-    hidden: tuple[int, ...] = (30,)
-    l2: float = 0.0
-    order: str = "stratified"
-    budget_policy: str = "fixed"
-    rho: float = 0.5
-    max_train: int | None = None
-    test_fraction: float = 0.2
-    early_close: bool = False
-    tau_auto: bool = False  # --tau auto: tau_k chosen each round (hgo_common.deadline); tau_ms = its max
-    tau_target: float = 0.5
-    tau_min: float = 10.0
-
     def __post_init__(self) -> None:
-        if self.n < 1:
-            raise ValueError(f"n must be >= 1, got {self.n}")
-        q = self.n if self.q is None else self.q
-        if not 1 <= q <= self.n:
-            raise ValueError(f"q must be in [1, n={self.n}], got {self.q}")
-        if not 0 <= self.f <= self.n:
-            raise ValueError(f"f must be in [0, n={self.n}], got {self.f}")
-        if self.f > 0 and not self.attack:
-            raise ValueError(f"f={self.f} Byzantine workers need an attack name, got {self.attack!r}")
-        if self.rounds < 0:
-            raise ValueError(f"rounds must be >= 0, got {self.rounds}")
-        if self.eval_every < 1:
-            raise ValueError(f"eval_every must be >= 1, got {self.eval_every}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.estimate_batches < 1:
-            raise ValueError(f"estimate_batches must be >= 1, got {self.estimate_batches}")
-        if math.isnan(self.tau_ms) or self.tau_ms <= 0:
-            raise ValueError(f"tau_ms must be > 0 (or inf), got {self.tau_ms}")
-        if math.isinf(self.tau_ms) and self.algorithm == "hgo":
-            raise ValueError("hgo needs a finite deadline tau_ms; tau = inf is the sgd baseline")
-        if self.tau_auto:
-            from hgo_common.deadline import AutoTau
-
-            if self.algorithm != "hgo":
-                raise ValueError(f"tau_auto adapts HGO's deadline; {self.algorithm!r} takes a fixed tau")
-            AutoTau(self.tau_target, self.tau_min, self.tau_ms)  # ValueError naming a bad bound
-        if self.rates is not None and len(self.rates) != self.n:
-            raise ValueError(f"rates must give one rate per worker (n={self.n}), got {len(self.rates)}")
-        if self.algorithm not in rounds.ALGORITHMS:
-            raise ValueError(f"algorithm must be one of {rounds.ALGORITHMS}, got {self.algorithm!r}")
+        super().__post_init__()
+        self.checked(n=self.n)
+        Population.checked(self)
+        if self.tau.infinite and self.algorithm == "hgo":
+            raise SpecError("hgo needs a finite deadline tau; tau = inf is the sgd baseline")
 
     @property
     def q_eff(self) -> int:
-        return self.n if self.q is None else self.q
-
-    @property
-    def f_rule(self) -> int:
-        return self.f if self.rule_f is None else self.rule_f
+        """q: as given, or all n workers."""
+        return self.q_for(self.n)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return forms.to_mapping(self, skip_defaults=False)
 
 
 @dataclass
@@ -316,33 +253,29 @@ class Simulation:
     """
 
     def __init__(self, cfg: SimConfig, *, warn: Callable[[str], None] | None = None) -> None:
-        from hgo_common import local, models, profiles
+        from hgo_common import local, profiles
 
         self.cfg = cfg
+        spec: RunSpec = cfg
         self.ds, self.data_warning = load_dataset(
-            cfg.dataset,
-            cfg.data_dir,
-            seed=cfg.seed if cfg.data_seed is None else cfg.data_seed,
-            max_train=cfg.max_train,
-            test_fraction=cfg.test_fraction,
-            warn=warn,
-        )
+            cfg.dataset, cfg.data_dir, seed=spec.split_seed, max_train=cfg.max_train,
+            test_fraction=cfg.test_fraction, warn=warn,
+        )  # fmt: skip
         ds = self.ds
-        n_classes = max(int(ds.n_classes), 2) if ds.task == "classification" else 2
-        self.model: _Model = models.create(
-            cfg.model, n_features=int(ds.n_features), n_classes=n_classes, hidden=cfg.hidden, l2=cfg.l2
-        )
+        self.run_ = build_run(spec, cfg.n, dataset=ds, data_warning=self.data_warning)
+        n_classes = n_classes_of(ds)
+        self.model: _Model = self.run_.model
         self.d = int(self.model.dim)
         # Shards, w_0 and sampling come from the rounds.* run-seed conventions that
-        # hgo-server uses too: same seed, same model and shards on the wire.
+        # hgo-server uses too (hgo_common.spec.build_run): same seed, same model and shards.
         seed = int(cfg.seed)
         ss = np.random.SeedSequence([seed % 2**32, 0x48474F])  # "HGO": the simulator's own streams
         (s_byz, _s_rate, s_attack, s_workers) = ss.spawn(4)  # rates: worker_rates()
         self.attack_rng = np.random.default_rng(s_attack)
-        self.shards = rounds.shard_split(ds.y_train, cfg.n, cfg.partition, seed)
+        self.shards = self.run_.shards
         self.byzantine = np.zeros(cfg.n, dtype=bool)
-        if cfg.f:
-            self.byzantine[np.random.default_rng(s_byz).permutation(cfg.n)[: cfg.f]] = True
+        if cfg.attackers:
+            self.byzantine[np.random.default_rng(s_byz).permutation(cfg.n)[: cfg.attackers]] = True
         self.profiles = profiles.assign(cfg.n, cfg.mix)
         self.rates = worker_rates(cfg)
         # Worker i's seed: its mini-batches are local.round_rng(seed_i, k, salt=i), as an
@@ -356,31 +289,17 @@ class Simulation:
         if cfg.attack:
             self.behaviour = local.Byzantine(
                 cfg.attack, dict(cfg.attack_params), full=cfg.byzantine_full,
-                estimates=cfg.estimate_batches, n=cfg.n, f=cfg.f,
+                estimates=cfg.estimate_batches, n=cfg.n, f=cfg.attackers,
             )  # fmt: skip
         # Labels seen by each worker: data attacks poison the Byzantine workers' shards once.
         self.y_train = np.asarray(ds.y_train)
         self.y_poison: np.ndarray | None = None
-        if self.behaviour is not None and self.behaviour.kind == "data" and cfg.f:
+        if self.behaviour is not None and self.behaviour.kind == "data" and cfg.attackers:
             poison_rng = np.random.default_rng(s_attack)
             self.y_poison = self.behaviour.transform_labels(self.y_train, n_classes, poison_rng)
-        q = cfg.q_eff
-        v = cfg.v if cfg.v is not None else rounds.default_quorum(q, cfg.rule, cfg.f_rule)
-        round_cfg = rounds.RoundConfig(
-            d=self.d,
-            v=v,
-            rule=cfg.rule,
-            f=cfg.f_rule,
-            lr=cfg.lr,
-            lr_schedule=cfg.lr_schedule,
-            algorithm=cfg.algorithm,
-        )
-        auto = AutoTau(cfg.tau_target, cfg.tau_min, cfg.tau_ms) if cfg.tau_auto else None
-        settings = RunSettings(
-            seed=seed, rounds=cfg.rounds, eval_every=cfg.eval_every, q=q, tau_ms=cfg.tau_ms,
-            order_kind=cfg.order, groups=tuple(self.model.groups), round_cfg=round_cfg, auto_tau=auto,
-        )  # fmt: skip
-        self.driver = RoundDriver(settings, rounds.initial_weights(self.model, seed))
+        settings = driver_settings(spec, self.run_, cfg.q_eff)
+        round_cfg = settings.round_cfg
+        self.driver = RoundDriver(settings, self.run_.w0)
         self.round_cfg = round_cfg
         self.t_ms = 0.0
         self.k = 0
@@ -579,5 +498,7 @@ def with_overrides(cfg: SimConfig, **changes: Any) -> SimConfig:
 
 
 def config_fields() -> Sequence[str]:
-    """Names of the ``SimConfig`` fields (the keys a scenario file may set)."""
-    return list(SimConfig.__dataclass_fields__)
+    """Names of the ``SimConfig`` settings (the keys a scenario file may set)."""
+    from hgo_common.spec.declare import declared
+
+    return [s.name for s in (s for s, _ in declared(SimConfig))]

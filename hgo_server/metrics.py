@@ -60,7 +60,7 @@ RUN_LABELS = ("rule", "f", "q", "tau", "dataset", "algorithm", "model", "seed", 
 
 def run_labels(cfg: Any, model: str) -> dict[str, str]:
     """The ``hgo_run_info`` labels of a ServerConfig (τ in ms, ``inf`` when infinite)."""
-    tau = "inf" if math.isinf(cfg.tau) else f"{cfg.tau:g}ms"
+    tau = "inf" if math.isinf(cfg.tau_ms) else f"{cfg.tau_ms:g}ms"
     if getattr(cfg, "tau_auto", False):
         tau = f"auto:{cfg.tau_min:g}ms-{cfg.tau_max:g}ms"
     return {
@@ -146,7 +146,7 @@ class ServerMetrics:
     def for_config(cls, cfg: Any, registry: CollectorRegistry | None = None) -> ServerMetrics:
         """Metrics with round buckets for ``cfg``'s τ (or its ``--tau auto`` range)."""
         tau_min = cfg.tau_min if getattr(cfg, "tau_auto", False) else None
-        return cls(registry, tau_ms=cfg.tau, tau_min_ms=tau_min)
+        return cls(registry, tau_ms=cfg.tau_ms, tau_min_ms=tau_min)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         """Expose /metrics on ``port`` (a daemon thread of prometheus_client)."""

@@ -42,10 +42,10 @@ from typing import Any
 import numpy as np
 
 from hgo_common import collector, driver, profiles, rounds, wire
-from hgo_common.deadline import AutoTau
-from hgo_common.driver import RoundDriver, RoundPlan, RunSettings, Timing, WorkerEntry
+from hgo_common.driver import RoundDriver, RoundPlan, Timing, WorkerEntry
 from hgo_common.net.protocol import PROTOCOL_VERSION
 from hgo_common.roundlog import RoundLog
+from hgo_common.spec import driver_settings
 
 from . import checkpoint
 from .config import ConfigError, ServerConfig
@@ -105,21 +105,7 @@ class Server:
         self.setup = setup or load_setup(cfg)
         self.spec = self.setup.spec
         self.d = self.spec.dim
-        round_cfg = rounds.RoundConfig(
-            d=self.d,
-            v=int(cfg.v or 1),
-            rule=cfg.rule,
-            f=cfg.f,
-            lr=cfg.lr,
-            lr_schedule=cfg.lr_schedule,
-            algorithm=cfg.algorithm,
-            row_bound=rounds.RowBound.parse(cfg.row_bound),
-        )
-        auto = AutoTau(cfg.tau_target, cfg.tau_min, cfg.tau_max) if cfg.tau_auto else None
-        settings = RunSettings(
-            seed=cfg.seed, rounds=cfg.rounds, eval_every=cfg.eval_every, q=cfg.q, tau_ms=cfg.tau,
-            order_kind=self.spec.order, groups=self.spec.blocks, round_cfg=round_cfg, auto_tau=auto,
-        )  # fmt: skip
+        settings = driver_settings(cfg, self.setup.run, cfg.q_for())
         self.driver = RoundDriver(settings, self.setup.w0)
         self.collector = collector.RoundCollector(self.d, cfg.max_chunk_values)
         self.sessions: dict[str, SessionRecord] = {}
@@ -146,7 +132,7 @@ class Server:
         self._evaluated_round = -1
         self._checkpointed = -1
         self.roundlog = RoundLog(cfg.log)
-        self.metrics.tau.set(cfg.tau / 1000.0)
+        self.metrics.tau.set(cfg.tau_ms / 1000.0)
         self._checkpoint = checkpoint if cfg.checkpoint_dir else None
         if cfg.resume:
             self._resume()
@@ -215,7 +201,7 @@ class Server:
             # round (10 ms or more) plus 1 MiB of everything else. With early close a round
             # ends as soon as every sampled worker delivered, however long tau is, so the
             # shortest round is then 10 ms (a long tau must not throttle fast honest workers).
-            tau = self.cfg.tau_min if self.cfg.tau_auto else self.cfg.tau
+            tau = self.cfg.tau_min if self.cfg.tau_auto else self.cfg.tau_ms
             if self.cfg.early_close or not math.isfinite(tau):
                 tau = 10.0
             per_s = 1000.0 / max(10.0, tau)
@@ -498,7 +484,7 @@ class Server:
 
     def _maybe_wake(self) -> None:
         """Early close (Algorithm 1, step 3): end collection once every sampled worker is done."""
-        early = self.cfg.early_close or math.isinf(self.cfg.tau)
+        early = self.cfg.early_close or math.isinf(self.cfg.tau_ms)
         if self._round_open and early and self.collector.all_finished():
             self._wake.set()
 

@@ -557,6 +557,6 @@ async def start_server(
     await gs.start()
     log.info(
         "serving on %s: d=%d model=%s dataset=%s tau=%s", _address(cfg.bind, port), core.d, core.spec.model,
-        cfg.dataset, "inf" if math.isinf(cfg.tau) else f"{cfg.tau:g} ms",
+        cfg.dataset, "inf" if math.isinf(cfg.tau_ms) else f"{cfg.tau_ms:g} ms",
     )  # fmt: skip
     return RunningServer(core, gs, port, health), port

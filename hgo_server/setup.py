@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from hgo_common import rounds, wire
+from hgo_common import wire
 from hgo_common.net.protocol import SHARD_PART_BYTES
+from hgo_common.spec import Run, build_run
 
 from .config import ConfigError, ServerConfig
 from .messages import ShardSlice, Spec
@@ -27,55 +28,34 @@ class Setup:
     shards: list[np.ndarray]
     spec: Spec
     w0: np.ndarray
+    run: Run
 
 
 def load_setup(cfg: ServerConfig) -> Setup:
-    """Load the dataset and build the model and the shards.
+    """Load the dataset and build the model and the shards (``hgo_common.spec.build_run``).
 
-    Reproducible from ``cfg.seed`` alone, and documented so a worker given
-    ``--shard i/n`` can rebuild its shard without the server:
-    ``datasets.load(dataset, data_dir=..., seed=seed, max_train=...)`` then
-    ``rounds.shard_split(ds.y_train, num_shards, partition, seed)``.
-    The initial weights are ``rounds.initial_weights(model, seed)``.
+    Reproducible from the run spec alone, so a worker given ``--shard i/n`` can rebuild
+    its shard without the server (``build_run`` documents how).
     """
-    from hgo_common import datasets, models, plugins
+    from hgo_common import plugins
 
-    try:
-        ds = datasets.load(cfg.dataset, data_dir=cfg.data_dir, seed=cfg.seed, max_train=cfg.max_train)
-        ds_origin = plugins.origin("dataset", cfg.dataset)
-    except ValueError as exc:
-        raise ConfigError(f"--dataset {cfg.dataset!r}: {exc}") from None
-    name = cfg.model or ds.default_model
-    try:
-        model = models.create(
-            name, n_features=ds.n_features, n_classes=ds.n_classes or 2, hidden=cfg.hidden, l2=cfg.l2
-        )
-        model_origin = plugins.origin("model", name)
-    except ValueError as exc:
-        raise ConfigError(f"--model {name!r} on --dataset {cfg.dataset!r}: {exc}") from None
-    if model.task != ds.task:
-        raise ConfigError(
-            f"--model {name!r} is a {model.task} model but --dataset {cfg.dataset!r} is {ds.task}"
-        )
-    num_shards = int(cfg.num_shards or 1)
-    try:
-        shards = rounds.shard_split(ds.y_train, num_shards, cfg.partition, cfg.seed)
-    except ValueError as exc:
-        raise ConfigError(f"--num-shards {num_shards} / --partition {cfg.partition!r}: {exc}") from None
+    run = build_run(cfg, int(cfg.num_shards or 1))
+    ds, model, name = run.dataset, run.model, run.model_name
+    ds_origin = plugins.origin("dataset", cfg.dataset)
+    model_origin = plugins.origin("model", name)
     max_bytes = cfg.max_message_mb * 2**20
     if 4 * model.dim + 1024 > max_bytes:
         raise ConfigError(
             f"model {name!r} has d={model.dim}: its weights ({4 * model.dim} bytes) do not fit "
             f"--max-message-mb {cfg.max_message_mb}; raise it to >= {(4 * model.dim) // 2**20 + 1}"
         )
-    # More than one parameter group (layers): the stratified C_k (paper appendix C.3).
-    stratified = len(model.groups) > 1
+    stratified = run.order != "flat"
     spec = Spec(
         model=name,
         layer_sizes=tuple(int(s) for s in model.layer_sizes),
         dim=int(model.dim),
-        order="stratified" if stratified else "flat",
-        blocks=tuple(int(g) for g in model.groups) if stratified else (),
+        order=run.order,
+        blocks=run.groups if stratified else (),
         dataset=cfg.dataset,
         n_features=int(ds.n_features),
         n_classes=int(ds.n_classes),
@@ -83,15 +63,14 @@ def load_setup(cfg: ServerConfig) -> Setup:
         max_chunk_values=cfg.max_chunk_values,
         seed=cfg.seed,
         partition=cfg.partition,
-        num_shards=num_shards,
+        num_shards=int(cfg.num_shards or 1),
         l2=float(model.l2),
         model_plugin=model_origin.distribution if model_origin else "",
         model_plugin_version=model_origin.version if model_origin else "",
         dataset_plugin=ds_origin.distribution if ds_origin else "",
         dataset_plugin_version=ds_origin.version if ds_origin else "",
     )
-    w0 = rounds.initial_weights(model, cfg.seed)
-    return Setup(ds, model, shards, spec, w0)
+    return Setup(ds, model, run.shards, spec, run.w0, run)
 
 
 def shard_slices(X: np.ndarray, y: np.ndarray, part_bytes: int = SHARD_PART_BYTES) -> list[ShardSlice]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from hgo_common import rounds
+from hgo_common.spec import Deadline
 from hgo_server.config import (
     ConfigError,
     ServerConfig,
@@ -36,21 +37,21 @@ def test_bad_durations_name_the_flag_and_value(bad: object) -> None:
 
 def test_defaults_resolve() -> None:
     cfg = parse_args([])
-    assert (cfg.q, cfg.tau, cfg.rule, cfg.algorithm, cfg.max_chunk_values) == (
+    assert (cfg.q, cfg.tau_ms, cfg.rule, cfg.algorithm, cfg.max_chunk_values) == (
         10,
         60.0,
         "average",
         "hgo",
         16384,
     )
-    assert cfg.v == rounds.default_quorum(10, "average", 0)
+    assert cfg.quorum == rounds.default_quorum(10, "average", 0)
     assert cfg.min_workers == cfg.q and cfg.num_shards == cfg.min_workers
     assert cfg.sgd_timeout == 60_000.0 and cfg.port == 50051
 
 
 def test_dependent_defaults_follow_the_flags() -> None:
     cfg = parse_args(["--q", "7", "--rule", "median", "--f", "2", "--min-workers", "9"])
-    assert cfg.v == rounds.default_quorum(7, "median", 2) == 5
+    assert cfg.quorum == rounds.default_quorum(7, "median", 2) == 5
     assert (cfg.min_workers, cfg.num_shards) == (9, 9)
     assert parse_args(["--q", "4", "--num-shards", "2"]).num_shards == 2
 
@@ -101,15 +102,15 @@ def test_toml_file_with_dashes_and_underscores_and_flags_override(tmp_path: Path
         "hidden = [64, 32]\nearly-close = false\nlr = 0.05\n"
     )
     cfg = parse_args(["--config", str(path), "--q", "8"])
-    assert (cfg.q, cfg.min_workers, cfg.tau, cfg.rule, cfg.sgd_timeout) == (8, 4, 2000.0, "median", 5000.0)
+    assert (cfg.q, cfg.min_workers, cfg.tau_ms, cfg.rule, cfg.sgd_timeout) == (8, 4, 2000.0, "median", 5000.0)
     assert cfg.hidden == (64, 32) and cfg.early_close is False and cfg.lr == 0.05
-    assert cfg.v == rounds.default_quorum(8, "median", 0)
+    assert cfg.quorum == rounds.default_quorum(8, "median", 0)
 
 
 def test_toml_server_table(tmp_path: Path) -> None:
     path = tmp_path / "all.toml"
     path.write_text('[server]\nq = 3\ntau = "inf"\n\n[worker]\nrate = 5\n')
-    assert load_toml(path) == {"q": 3, "tau": math.inf}
+    assert load_toml(path) == {"q": 3, "tau": Deadline.of_ms(math.inf)}
 
 
 def test_unknown_toml_keys_are_named(tmp_path: Path) -> None:
@@ -233,11 +234,11 @@ def test_v_auto_is_the_papers_quorum() -> None:
     from hgo_common import rounds
     from hgo_server import config as cfgmod
 
-    assert cfgmod.parse_args(["--v", "auto", "--q", "80"]).v == 1  # honest: the longest prefix
-    assert cfgmod.parse_args(["--v", "auto", "--q", "80", "--f", "10", "--rule", "median"]).v == 21
-    krum = cfgmod.parse_args(["--v", "auto", "--q", "80", "--f", "10", "--rule", "krum"]).v
+    assert cfgmod.parse_args(["--v", "auto", "--q", "80"]).quorum == 1  # honest: the longest prefix
+    assert cfgmod.parse_args(["--v", "auto", "--q", "80", "--f", "10", "--rule", "median"]).quorum == 21
+    krum = cfgmod.parse_args(["--v", "auto", "--q", "80", "--f", "10", "--rule", "krum"]).quorum
     assert krum == rounds.auto_quorum(80, "krum", 10) == max(21, 2 * 10 + 3)
-    assert cfgmod.from_mapping({"v": "auto", "q": 8}).v == 1  # TOML spelling too
+    assert cfgmod.from_mapping({"v": "auto", "q": 8}).quorum == 1  # TOML spelling too
     for bad in ("0", "-1"):
         with pytest.raises(cfgmod.ConfigError, match="--v must be in"):
             cfgmod.parse_args(["--v", bad])

@@ -74,7 +74,7 @@ def test_one_byzantine_row_moves_tau_by_at_most_one_rank() -> None:
 
 def _auto_sim(**kw: object) -> simulator.SimResult:
     base: dict[str, object] = dict(
-        model="logistic", dataset="breast-cancer", n=8, q=8, v=4, tau_ms=1000.0, rounds=40, eval_every=10,
+        model="logistic", dataset="breast-cancer", n=8, q=8, v=4, tau=1000.0, early_close=False, rounds=40, eval_every=10,
         rates=(0.2, 0.4, 0.8, 1.2, 1.6, 2.0, 3.0, 0.0), batch_size=32, lr=0.5, order="flat", seed=1,
     )  # fmt: skip
     base.update(kw)
@@ -82,7 +82,7 @@ def _auto_sim(**kw: object) -> simulator.SimResult:
 
 
 def test_simulator_meets_the_target_with_a_short_tau() -> None:
-    res = _auto_sim(tau_auto=True, tau_target=0.5, tau_min=5.0)
+    res = _auto_sim(tau="auto", tau_max=1000.0, tau_target=0.5, tau_min=5.0)
     d = 31
     recs = res.records[3:]  # after the first rounds, every worker has been observed
     taus = [r["tau_ms"] for r in recs]
@@ -101,10 +101,10 @@ def test_simulator_meets_the_target_with_a_short_tau() -> None:
 
 
 def test_bad_auto_settings_are_refused() -> None:
-    with pytest.raises(ValueError, match="tau target"):
-        simulator.SimConfig(tau_auto=True, tau_target=0.0)
-    with pytest.raises(ValueError, match="takes a fixed tau"):
-        simulator.SimConfig(tau_auto=True, algorithm="sgd", tau_ms=100.0)
+    with pytest.raises(ValueError, match="--tau-target must be in"):
+        simulator.SimConfig(tau="auto", tau_target=0.0)
+    with pytest.raises(ValueError, match="takes a fixed --tau"):
+        simulator.SimConfig(tau="auto", algorithm="sgd", tau_max=100.0)
     res = subprocess.run([*console("hgo-server"), "--tau", "auto", "--tau-target", "2"], capture_output=True,
                          text=True, timeout=60)  # fmt: skip
     assert res.returncode == 2 and "--tau-target" in res.stderr and "got 2" in res.stderr, res.stderr

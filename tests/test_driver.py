@@ -68,7 +68,7 @@ class ScriptedSimulation(Simulation):
 
 def sim_config(**kw: Any) -> SimConfig:
     base: dict[str, Any] = dict(
-        model="logistic", dataset="breast-cancer", n=N, q=Q, v=V, rule="median", f=0, tau_ms=300.0,
+        model="logistic", dataset="breast-cancer", n=N, q=Q, v=V, rule="median", f=0, tau=300.0,
         rounds=ROUNDS, eval_every=2, seed=SEED, lr=0.3, order="flat", mix="default",
     )  # fmt: skip
     base.update(kw)
@@ -221,7 +221,7 @@ def test_evaluate_reports_nan_for_weights_it_cannot_evaluate() -> None:
 
 def test_local_step_is_what_the_worker_and_simulator_send() -> None:
     """The simulator's delivery for worker i is local.local_step with worker i's seed and id."""
-    sim = Simulation(sim_config(rates=(20.0, 50.0, 100.0, 1000.0, 0.0), tau_ms=10.0, rounds=1))
+    sim = Simulation(sim_config(rates=(20.0, 50.0, 100.0, 1000.0, 0.0), tau=10.0, rounds=1))
     plan = sim.driver.begin(0, N)
     sim.driver.sample_rng = rounds.sampling_rng(SEED)  # replay the same sample in step()
     c_k = sim.driver.order(plan)

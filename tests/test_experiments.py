@@ -336,7 +336,7 @@ def test_sim_and_net_agree_on_a_small_scenario(tmp_path: Path, procs: Any) -> No
         model="logistic",
         dataset="breast-cancer",
         n=6,
-        tau_ms=500.0,
+        tau=500.0,
         lr=0.3,
         rounds=30,
         eval_every=5,

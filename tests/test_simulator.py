@@ -24,7 +24,8 @@ def small(**kw: object) -> SimConfig:
         n=6,
         q=5,
         v=2,
-        tau_ms=10.0,
+        tau=10.0,
+        early_close=False,
         rates=RATES,
         batch_size=32,
         lr=0.5,
@@ -77,7 +78,7 @@ def test_round_equals_close_round_by_hand(rule: str) -> None:
 
 
 def test_same_seed_same_log_and_other_seed_differs(tmp_path: Path) -> None:
-    cfg = small(rounds=6, f=1, attack="gaussian", attack_params={"sigma": 1.0})
+    cfg = small(rounds=6, attackers=1, f=1, attack="gaussian", attack_params={"sigma": 1.0})
     simulator.run(cfg, tmp_path / "a.jsonl")
     simulator.run(cfg, tmp_path / "b.jsonl")
     simulator.run(simulator.with_overrides(cfg, seed=4), tmp_path / "c.jsonl")
@@ -90,13 +91,13 @@ def test_same_seed_same_log_and_other_seed_differs(tmp_path: Path) -> None:
 
 
 def test_virtual_clock_hgo_is_k_tau() -> None:
-    res = simulator.run(small(rounds=5, tau_ms=10.0))
+    res = simulator.run(small(rounds=5, tau=10.0))
     assert [r["t"] for r in res.records] == pytest.approx([0.01 * (k + 1) for k in range(5)])
     assert all(r["round_ms"] == 10.0 for r in res.records)
 
 
 def test_virtual_clock_sgd_inf_waits_for_slowest_sampled() -> None:
-    cfg = small(algorithm="sgd", tau_ms=math.inf, rounds=6, q=3, v=None)
+    cfg = small(algorithm="sgd", tau=math.inf, rounds=6, q=3, v=None)
     res = simulator.run(cfg)
     t = 0.0
     d = 31
@@ -113,7 +114,7 @@ def test_virtual_clock_sgd_inf_waits_for_slowest_sampled() -> None:
 
 
 def test_sgd_finite_tau_never_uses_partial_rows() -> None:
-    res = simulator.run(small(algorithm="sgd", tau_ms=10.0, rounds=10, v=None))
+    res = simulator.run(small(algorithm="sgd", tau=10.0, rounds=10, v=None))
     saw_partial = False
     for r in res.records:
         prefix = {w["id"]: w["prefix"] for w in r["workers"]}
@@ -125,7 +126,7 @@ def test_sgd_finite_tau_never_uses_partial_rows() -> None:
 
 
 def test_non_finite_attack_cut_by_collector_policy() -> None:
-    res = simulator.run(small(f=2, attack="nan", rounds=6, rule="median", rule_f=1, v=3))
+    res = simulator.run(small(attackers=2, attack="nan", rounds=6, rule="median", f=1, v=3))
     byz_seen = 0
     for r in res.records:
         for w in r["workers"]:
@@ -144,8 +145,10 @@ def _final_accuracy(**kw: object) -> float:
         dataset="breast-cancer",
         n=20,
         q=16,
+        attackers=5,
         f=5,
-        tau_ms=60.0,
+        tau=60.0,
+        early_close=False,
         mix="default",
         lr=0.3,
         rounds=60,
@@ -159,7 +162,7 @@ def _final_accuracy(**kw: object) -> float:
 
 
 def test_omniscient_foe_breaks_average_not_median() -> None:
-    honest = _final_accuracy(f=0, rule="average")
+    honest = _final_accuracy(attackers=0, f=0, rule="average")
     avg = _final_accuracy(rule="average", attack="foe")
     med = _final_accuracy(rule="median", attack="foe")
     assert honest > 0.9
@@ -184,10 +187,10 @@ def test_omniscient_alie_degrades_average_more_than_median() -> None:
 
 def test_estimated_attack_uses_own_shard_only() -> None:
     """Non-omniscient FOE still runs and is deterministic; it cannot see honest gradients."""
-    a = simulator.run(small(f=2, attack="foe", omniscient=False, rounds=4, rule="median", rule_f=1, v=3))
-    b = simulator.run(small(f=2, attack="foe", omniscient=False, rounds=4, rule="median", rule_f=1, v=3))
+    a = simulator.run(small(attackers=2, attack="foe", omniscient=False, rounds=4, rule="median", f=1, v=3))
+    b = simulator.run(small(attackers=2, attack="foe", omniscient=False, rounds=4, rule="median", f=1, v=3))
     np.testing.assert_array_equal(a.weights, b.weights)
-    c = simulator.run(small(f=2, attack="foe", omniscient=True, rounds=4, rule="median", rule_f=1, v=3))
+    c = simulator.run(small(attackers=2, attack="foe", omniscient=True, rounds=4, rule="median", f=1, v=3))
     assert not np.array_equal(a.weights, c.weights)
 
 
@@ -230,10 +233,10 @@ def test_mnist_from_shared_data(shared_data: Path) -> None:
     ("changes", "needle"),
     [
         (dict(q=7), "q must be in"),
-        (dict(f=1), "need an attack"),
-        (dict(tau_ms=math.inf), "hgo needs a finite"),
+        (dict(attackers=1), "need an attack"),
+        (dict(tau=math.inf), "hgo needs a finite"),
         (dict(rates=(1.0,)), "one rate per worker"),
-        (dict(eval_every=0), "eval_every"),
+        (dict(eval_every=-1), "eval-every"),
     ],
 )
 def test_bad_config_names_the_value(changes: dict[str, object], needle: str) -> None:
@@ -244,9 +247,9 @@ def test_bad_config_names_the_value(changes: dict[str, object], needle: str) -> 
 def test_early_close_clock_follows_the_slowest_full_sender() -> None:
     # tau = 500 ms: every worker sends all 31 coordinates; the slowest (rate 20) needs
     # 31 * 32 / 20 = 49.6 ms, so the round closes then, not at tau.
-    res = simulator.run(small(tau_ms=500.0, early_close=True, rounds=4, q=6))
+    res = simulator.run(small(tau=500.0, early_close=True, rounds=4, q=6))
     assert [r["round_ms"] for r in res.records] == pytest.approx([49.6] * 4)
-    late = simulator.run(small(tau_ms=10.0, early_close=True, rounds=3))
+    late = simulator.run(small(tau=10.0, early_close=True, rounds=3))
     assert [r["round_ms"] for r in late.records] == [10.0] * 3  # partial prefixes: wait for tau
 
 

@@ -1,0 +1,51 @@
+"""The project's exception root: every error HGO raises on purpose derives from :class:`HGOError`.
+
+The tree (a class is listed under its root; each also derives from the builtin named in
+brackets, so callers that catch the builtin keep working)::
+
+    HGOError
+     ├── SpecError [ValueError]        a setting, flag, config key or scenario value out of range
+     │    └── (hgo_server.config.ConfigError is this class)
+     ├── PluginError [ValueError]      a plug-in reference that is unknown, not allowed or broken
+     ├── DataError [ValueError]        a data file or dataset that cannot be used
+     ├── ProtocolError                 a worker message the protocol forbids (hgo_server.errors)
+     └── ClusterError [RuntimeError]   a local cluster that could not run (hgo_lab.cluster)
+
+Edges map this tree to what the outside sees, each in one place: ``hgo_server.servicer``
+maps ``ProtocolError`` subclasses to gRPC status codes; the command-line entry points map
+``SpecError``, ``PluginError`` and ``DataError`` to exit code 2 with the message, and
+``ClusterError`` to exit code 1 (:data:`EXIT_CODES`).
+"""
+
+from __future__ import annotations
+
+
+class HGOError(Exception):
+    """Root of every error HGO raises on purpose."""
+
+
+class SpecError(HGOError, ValueError):
+    """A setting outside its declared kind or range; the message names the value and what was expected."""
+
+
+class PluginError(HGOError, ValueError):
+    """A plug-in reference that is unknown, not allowed here, or fails to load."""
+
+
+class DataError(HGOError, ValueError):
+    """A dataset or data file that cannot be used (missing, malformed, not matching the run)."""
+
+
+EXIT_USAGE = 2
+"""Exit code of every console script for bad input (flags, config, files, plug-ins)."""
+
+EXIT_CODES: dict[type[HGOError], int] = {SpecError: EXIT_USAGE, PluginError: EXIT_USAGE, DataError: EXIT_USAGE}
+"""Exit codes of the command-line edges by error class (the first matching base wins)."""
+
+
+def exit_code(exc: BaseException, default: int = 1) -> int:
+    """The exit code a console script returns for ``exc``."""
+    for cls, code in EXIT_CODES.items():
+        if isinstance(exc, cls):
+            return code
+    return default

@@ -1,0 +1,162 @@
+"""``--mode net``: a scenario's configuration translated for real processes (the cluster
+launcher :mod:`hgo_lab.cluster`: one hgo-server, hgo-worker processes over gRPC), with the
+time stretch and the size reduction a real machine needs."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hgo_lab import simulator
+from hgo_server.config import ServerConfig
+from hgo_server.config import from_mapping as server_config_from
+
+DEFAULT_NET_PROCESSES = 4  # worker processes hosting a net-mode run's n sessions
+
+
+def cluster_config(
+    cfg: simulator.SimConfig, out: Path, processes: int = DEFAULT_NET_PROCESSES
+) -> tuple[Any, list[str]]:
+    """The ``hgo_lab.cluster.ClusterConfig`` that runs ``cfg`` on real processes.
+
+    Returns the config and the notes on what the wire cannot reproduce exactly
+    (omniscient attackers, the choice of Byzantine workers).
+    """
+    from hgo_lab import cluster
+
+    notes: list[str] = []
+    attack_params = [f"{k}={v}" for k, v in cfg.attack_params.items()]
+    if cfg.f and cfg.attack:
+        from hgo_common import attacks
+
+        if attacks.get(cfg.attack).kind == "gradient":
+            attack_params.append(f"estimates={max(2, cfg.estimate_batches)}")
+            if cfg.byzantine_full:
+                attack_params.append("full=1")
+        if cfg.omniscient:
+            notes.append(
+                "NOTE: --mode net: Byzantine workers estimate honest gradients from their own shards "
+                "(not omniscient as in the simulator)"
+            )
+    worker_args = ["--budget-policy", cfg.budget_policy, "--rho", str(cfg.rho)]
+    mix = cfg.mix if isinstance(cfg.mix, str) else ",".join(str(x) for x in cfg.mix)
+    cc = cluster.ClusterConfig(
+        workers=cfg.n,
+        mix=mix,
+        byzantine=cfg.f,
+        attack=cfg.attack or "foe",
+        attack_params=attack_params,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+        rounds=cfg.rounds,
+        dataset=cfg.dataset,
+        out=out,
+        rates=list(cfg.rates) if cfg.rates is not None else None,
+        worker_args=worker_args,
+        progress=False,
+        server=server_config(cfg),
+        per_process=max(1, math.ceil(cfg.n / max(1, processes))),
+    )
+    return cc, notes
+
+
+def server_config(cfg: simulator.SimConfig) -> ServerConfig:
+    """The hgo-server settings that run the scenario ``cfg`` over the wire (no argv round trip)."""
+    settings: dict[str, Any] = {
+        "q": cfg.q_eff, "v": cfg.v, "tau": cfg.tau_ms, "rule": cfg.rule, "f": cfg.f_rule,
+        "rounds": cfg.rounds, "model": cfg.model, "hidden": list(cfg.hidden), "dataset": cfg.dataset,
+        "data_dir": cfg.data_dir, "max_train": cfg.max_train, "partition": cfg.partition,
+        "algorithm": cfg.algorithm, "lr": cfg.lr, "lr_schedule": cfg.lr_schedule, "l2": cfg.l2,
+        "seed": cfg.seed, "eval_every": cfg.eval_every, "min_workers": cfg.n, "num_shards": cfg.n,
+    }  # fmt: skip
+    if cfg.tau_auto:
+        settings.update(tau="auto", tau_target=cfg.tau_target, tau_min=cfg.tau_min, tau_max=cfg.tau_ms)
+    return server_config_from({k: v for k, v in settings.items() if v is not None})
+
+
+def run_net(
+    cfg: simulator.SimConfig,
+    log_path: Path,
+    *,
+    echo: Callable[[str], None] = print,
+    start: Callable[..., Any] | None = None,
+    processes: int = DEFAULT_NET_PROCESSES,
+) -> list[dict[str, Any]]:
+    """Run ``cfg`` as a real local cluster (``hgo-run``'s launcher); copy its round log to ``log_path``.
+
+    ``start`` is passed to :func:`hgo_lab.cluster.run_cluster` (tests give their
+    process-group launcher). The records; :func:`run_net_result` also gives d.
+    """
+    return list(run_net_result(cfg, log_path, echo=echo, start=start, processes=processes).records)
+
+
+def run_net_result(
+    cfg: simulator.SimConfig,
+    log_path: Path,
+    *,
+    echo: Callable[[str], None] = print,
+    start: Callable[..., Any] | None = None,
+    processes: int = DEFAULT_NET_PROCESSES,
+) -> Any:
+    """:func:`run_net`, returning the whole ``hgo_lab.cluster.ClusterResult`` (d from the
+    server's Status reply, wall time, exit codes)."""
+    from hgo_lab import cluster
+
+    if cfg.dataset in simulator.FALLBACKS and not (cfg.data_dir and Path(cfg.data_dir).is_dir()):
+        alt = simulator.FALLBACKS[cfg.dataset]
+        echo(f"WARNING: dataset {cfg.dataset!r} not found at {cfg.data_dir}; using the bundled {alt!r}")
+        cfg = simulator.with_overrides(cfg, dataset=alt, data_dir=None)
+    work = log_path.with_suffix("")
+    cc, notes = cluster_config(cfg, work, processes)
+    for note in notes:
+        echo(note)
+    result = cluster.run_cluster(cc, start=start)
+    text = (work / "round_log.jsonl").read_text(encoding="utf-8")
+    log_path.write_text(text, encoding="utf-8")
+    return result
+
+
+NET_MIN_TAU_MS = 60.0  # the shortest deadline a net-mode run keeps (loopback latency, 2 cores)
+
+
+def scale_time_for_net(cfg: simulator.SimConfig, min_tau_ms: float) -> tuple[simulator.SimConfig, str | None]:
+    """Stretch a deadline too short for real sockets: τ · u and every λ_i / u.
+
+    The simulator's time unit is abstract (the authors' "time unit" is read as 1 ms, and
+    their scenarios use τ = 1). On the wire a 1 ms deadline cannot even carry w_k, so a
+    net run with τ < ``min_tau_ms`` runs at u = min_tau_ms / τ: each worker's prefix
+    b = λτ/s — what the figure is about — is unchanged, the rates are the simulator's own
+    draws (the same λ_i on both sides), and time in the result is wall time at that scale.
+    """
+    tau = cfg.tau_ms
+    if not math.isfinite(tau) or tau >= min_tau_ms:
+        return cfg, None
+    u = min_tau_ms / tau
+    rates = tuple(r / u if r > 0 and math.isfinite(r) else r for r in simulator.worker_rates(cfg))
+    changes: dict[str, Any] = {"tau_ms": tau * u, "rates": rates}
+    if cfg.tau_auto:
+        changes["tau_min"] = cfg.tau_min * u
+    note = (
+        f"NOTE: --mode net stretches time by {u:g}: tau {tau:g} -> {tau * u:g} ms and every rate / {u:g} "
+        "(the prefixes b = rate x tau / s are the simulator's)"
+    )
+    return simulator.with_overrides(cfg, **changes), note
+
+
+def reduce_for_net(cfg: simulator.SimConfig, max_workers: int) -> tuple[simulator.SimConfig, str | None]:
+    """Scale n (and q, f, v proportionally) down to ``max_workers`` worker processes."""
+    if cfg.n <= max_workers:
+        return cfg, None
+    scale = max_workers / cfg.n
+    q = None if cfg.q is None else max(1, min(max_workers, round(cfg.q_eff * scale)))
+    f = min(max_workers, round(cfg.f * scale))
+    v = None if cfg.v is None else max(1, round(cfg.v * scale))
+    rule_f = None if cfg.rule_f is None else round(cfg.rule_f * scale)
+    new = simulator.with_overrides(cfg, n=max_workers, q=q, f=f, v=v, rule_f=rule_f)
+    note = (
+        f"NOTE: --mode net reduces n={cfg.n} -> {max_workers} workers (q={cfg.q_eff} -> {new.q_eff}, "
+        f"f={cfg.f} -> {f}); results are for the reduced setting"
+    )
+    return new, note

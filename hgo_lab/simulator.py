@@ -124,6 +124,11 @@ class SimConfig(RunSpec, Population):
         """q: as given, or all n workers."""
         return self.q_for(self.n)
 
+    @property
+    def quorum(self) -> int:
+        """v as a number for this population."""
+        return self.quorum_for(self.q_eff)
+
     def to_dict(self) -> dict[str, Any]:
         return forms.to_mapping(self, skip_defaults=False)
 

@@ -161,8 +161,7 @@ class ServerConfig(RunSpec, ServerOptions):
 
     def run_spec(self) -> RunSpec:
         """The run specification part (what the simulator would take for the same run)."""
-        names = {f.name for f in dataclasses.fields(RunSpec)}
-        return RunSpec(**{k: getattr(self, k) for k in names})
+        return RunSpec(**RunSpec.values_of(self))
 
     @property
     def quorum(self) -> int:

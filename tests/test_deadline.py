@@ -151,7 +151,7 @@ def test_tau_auto_scenario_meets_its_target_in_the_simulator(tmp_path: Path) -> 
     from hgo_lab import experiment
 
     sc = experiment.load_scenario("tau-auto", quick=True, seeds=1)
-    autos = [v for v in sc.variants if v.config.tau_auto]
+    autos = [v for v in sc.variants if v.config.tau.auto]
     assert len(autos) == 2 and {v.config.mix for v in autos} == {"default", "C_min"}
     res = experiment.run_scenario(sc, tmp_path, echo=lambda m: None)
     for label, seeds in res["runs"].items():

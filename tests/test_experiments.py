@@ -47,7 +47,7 @@ def test_scenarios_encode_the_paper_settings() -> None:
             ("sgd", math.inf, "fixed"),
             ("sgd", 60.0, "fixed"),
         ]
-        assert {v.config.v for v in sc.variants} == {1}  # v = auto with f = 0
+        assert {v.config.quorum for v in sc.variants} == {1}  # v = auto with f = 0
     assert {v.config.partition for v in experiment.load_scenario("fig3").variants} == {"iid"}
     assert {v.config.partition for v in experiment.load_scenario("fig4").variants} == {"classes:2"}
     assert {v.config.partition for v in experiment.load_scenario("fig4-hw").variants} == {"hardware:15:3"}
@@ -55,7 +55,7 @@ def test_scenarios_encode_the_paper_settings() -> None:
     for fig in ("fig5", "fig6", "fig7", "fig8"):
         assert _settings(fig) == {("logistic", 100, 80)}, fig
     f5 = experiment.load_scenario("fig5")
-    assert [(v.config.rule, v.config.f, v.config.attack, v.config.v) for v in f5.variants] == [
+    assert [(v.config.rule, v.config.f, v.config.attack, v.config.quorum) for v in f5.variants] == [
         ("average", 25, "foe", 51),
         ("median", 25, "foe", 51),
         ("krum", 25, "foe", 53),
@@ -68,13 +68,13 @@ def test_scenarios_encode_the_paper_settings() -> None:
     assert {v.config.f for v in f6.variants[:8]} == {25}
     f7 = experiment.load_scenario("fig7")
     assert {v.config.attack for v in f7.variants} == {"foe"}
-    assert [(v.config.rule, v.config.f, v.config.v) for v in f7.variants] == [
+    assert [(v.config.rule, v.config.f, v.config.quorum) for v in f7.variants] == [
         ("median", 0, 1), ("median", 10, 21), ("median", 25, 51), ("median", 39, 79),
         ("median", 0, 79), ("median", 10, 79), ("median", 25, 79), ("median", 39, 79),
         ("average", 0, 1),
     ]  # fmt: skip
     f8 = experiment.load_scenario("fig8")
-    assert [(v.config.mix, v.config.v) for v in f8.variants] == [
+    assert [(v.config.mix, v.config.quorum) for v in f8.variants] == [
         ("C_weak", 1), ("C_min", 1), ("C_1", 1), ("C_2", 1), ("C_3", 1), ("C_powerful", 1),
         ("C_weak", 40), ("C_min", 40), ("C_powerful", 40),
     ]  # fmt: skip
@@ -220,12 +220,12 @@ def test_v_auto_and_rate_model_in_a_scenario(tmp_path: Path) -> None:
     p.write_text(
         '[base]\nmodel = "logistic"\ndataset = "digits-binary"\nn = 20\nq = 16\nf = 3\n'
         'attack = "foe"\nrule = "median"\nv = "auto"\nrate_model = "authors"\nrounds = 3\n'
-        '[[variant]]\nlabel = "a"\n[[variant]]\nlabel = "b"\nv = 5\n[[variant]]\nlabel = "c"\nf = 0\n'
+        '[[variant]]\nlabel = "a"\n[[variant]]\nlabel = "b"\nv = 9\n[[variant]]\nlabel = "c"\nf = 0\n'
     )
     sc = experiment.load_scenario(p)
-    assert [(v.label, v.config.v, v.quorum) for v in sc.variants] == [
+    assert [(v.label, v.config.quorum, v.quorum) for v in sc.variants] == [
         ("a", 7, "auto"),
-        ("b", 5, 5),
+        ("b", 9, 9),
         ("c", 1, "auto"),
     ]
     cfg0, cfg1 = experiment.seed_config(sc.variants[0], 0), experiment.seed_config(sc.variants[0], 1)
@@ -367,7 +367,7 @@ _V = '[[variant]]\nlabel = "a"\n'
         ("latin1.toml", 'title = "Ã©t\xe9"\n'.encode("latin-1"), ("not UTF-8",)),
         ("syntax.toml", b"[base\nn = 3\n", ("not valid TOML", "line 1")),
         ("type.toml", f'[base]\nn = "ten"\n{_V}'.encode(), ("[base]", "'n'", "int", "'ten'")),
-        ("type-tuple.toml", f"[base]\nhidden = 30\n{_V}".encode(), ("'hidden'", "tuple")),
+        ("type-tuple.toml", f'[base]\nhidden = "wide"\n{_V}'.encode(), ("'hidden'", "integers")),
         ("seeds.toml", f'seeds = "three"\n{_V}'.encode(), ("'seeds'", "an integer", "'three'")),
         ("base-scalar.toml", f"base = 5\n{_V}".encode(), ("'base' must be a table", "got 5")),
         ("variant-scalar.toml", b"variant = 3\n", ("'variant'", "an array", "3")),
@@ -377,7 +377,7 @@ _V = '[[variant]]\nlabel = "a"\n'
         ("unknown-quick.toml", f"[quick]\nrounds = 5\n{_V}".encode(), ("[quick]", "unknown key 'rounds'")),
         ("unknown-net.toml", f"[net]\nworkers = 5\n{_V}".encode(), ("[net]", "unknown key 'workers'")),
         ("unknown-setting.toml", f"learning_rate = 0.1\n{_V}".encode(), ("unknown key", "learning_rate")),
-        ("unknown-variant.toml", b'[[variant]]\nlabel = "a"\nrate = 1\n', ("variant 'a'", "setting 'rate'")),
+        ("unknown-variant.toml", b'[[variant]]\nlabel = "a"\nrate = 1\n', ("variant 'a'", "unknown keys ['rate']")),
         ("invalid.toml", b'[[variant]]\nlabel = "a"\nn = 0\n', ("variant 'a'", "n must be >= 1")),
     ],
 )
@@ -448,11 +448,15 @@ def test_net_mode_builds_the_server_config_from_the_scenario(tmp_path: Path) -> 
     cc, _ = experiment.cluster_config(cfg, tmp_path)
     srv = cluster.server_config(cc)
     assert srv is cc.server
-    assert (srv.q, srv.f, srv.rule, srv.tau, srv.rounds, srv.lr, srv.lr_schedule, srv.l2, srv.max_train) == (
-        cfg.q_eff, cfg.f_rule, cfg.rule, cfg.tau_ms, cfg.rounds, cfg.lr, "inv-sqrt-block", 0.01, 500
+    assert (srv.q, srv.f, srv.rule, srv.tau_ms, srv.rounds, srv.lr, srv.lr_schedule, srv.l2, srv.max_train) == (
+        cfg.q_eff, cfg.f, cfg.rule, cfg.tau_ms, cfg.rounds, cfg.lr, "inv-sqrt-block", 0.01, 500
     )
     assert (srv.num_shards, srv.min_workers, srv.seed) == (cfg.n, cfg.n, cfg.seed)
     assert srv.partition == cfg.partition
+    # the run specification itself, not a translation: every setting equal, q and v resolved
+    from hgo_common.spec import Quorum, RunSpec
+
+    assert srv.run_spec() == RunSpec(**{**RunSpec.values_of(cfg), "q": cfg.q_eff, "v": Quorum.fixed(cfg.quorum)})
     path = cluster.write_server_config(cc, tmp_path / "server.toml")
     assert server_config.resolve(server_config.ServerConfig(**server_config.load_toml(path))) == srv
 

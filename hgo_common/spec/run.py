@@ -168,6 +168,11 @@ class RunSpec:
     def replace(self, **changes: Any) -> RunSpec:
         return dataclasses.replace(self, **changes)
 
+    @classmethod
+    def values_of(cls, obj: Any) -> dict[str, Any]:
+        """The run-specification settings of ``obj`` (a RunSpec or a config built on one)."""
+        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(cls)}
+
     def to_mapping(self, *, skip_defaults: bool = True) -> dict[str, Any]:
         return forms.to_mapping(self, skip_defaults=skip_defaults)
 

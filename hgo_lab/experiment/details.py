@@ -47,18 +47,15 @@ def heterogeneity(recs: list[dict[str, Any]], d: int) -> dict[str, Any]:
 
 def class_accuracy(cfg: simulator.SimConfig, weights: np.ndarray) -> dict[str, float]:
     """Test accuracy per class of the model ``weights`` (classification datasets only)."""
-    from hgo_common import models
+    from hgo_common.spec import build_model
 
     ds, _ = simulator.load_dataset(
-        cfg.dataset, cfg.data_dir, seed=cfg.seed if cfg.data_seed is None else cfg.data_seed,
-        max_train=cfg.max_train, test_fraction=cfg.test_fraction, warn=lambda m: None,
+        cfg.dataset, cfg.data_dir, seed=cfg.split_seed, max_train=cfg.max_train,
+        test_fraction=cfg.test_fraction, warn=lambda m: None,
     )  # fmt: skip
     if ds.task != "classification":
         return {}
-    n_classes = max(int(ds.n_classes), 2)
-    model = models.create(
-        cfg.model, n_features=int(ds.n_features), n_classes=n_classes, hidden=cfg.hidden, l2=cfg.l2
-    )
+    model, _ = build_model(cfg, ds)
     with np.errstate(all="ignore"):
         pred = np.asarray(model.predict(weights, ds.X_test))
     y = np.asarray(ds.y_test).astype(np.int64)

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from hgo_lab import simulator
-from hgo_server.config import ServerConfig
-from hgo_server.config import from_mapping as server_config_from
+from hgo_common.spec import Quorum, RunSpec
+from hgo_server.config import ServerConfig, resolve
 
 DEFAULT_NET_PROCESSES = 4  # worker processes hosting a net-mode run's n sessions
 
@@ -28,7 +28,7 @@ def cluster_config(
 
     notes: list[str] = []
     attack_params = [f"{k}={v}" for k, v in cfg.attack_params.items()]
-    if cfg.f and cfg.attack:
+    if cfg.attackers and cfg.attack:
         from hgo_common import attacks
 
         if attacks.get(cfg.attack).kind == "gradient":
@@ -45,7 +45,7 @@ def cluster_config(
     cc = cluster.ClusterConfig(
         workers=cfg.n,
         mix=mix,
-        byzantine=cfg.f,
+        byzantine=cfg.attackers,
         attack=cfg.attack or "foe",
         attack_params=attack_params,
         seed=cfg.seed,
@@ -63,17 +63,10 @@ def cluster_config(
 
 
 def server_config(cfg: simulator.SimConfig) -> ServerConfig:
-    """The hgo-server settings that run the scenario ``cfg`` over the wire (no argv round trip)."""
-    settings: dict[str, Any] = {
-        "q": cfg.q_eff, "v": cfg.v, "tau": cfg.tau_ms, "rule": cfg.rule, "f": cfg.f_rule,
-        "rounds": cfg.rounds, "model": cfg.model, "hidden": list(cfg.hidden), "dataset": cfg.dataset,
-        "data_dir": cfg.data_dir, "max_train": cfg.max_train, "partition": cfg.partition,
-        "algorithm": cfg.algorithm, "lr": cfg.lr, "lr_schedule": cfg.lr_schedule, "l2": cfg.l2,
-        "seed": cfg.seed, "eval_every": cfg.eval_every, "min_workers": cfg.n, "num_shards": cfg.n,
-    }  # fmt: skip
-    if cfg.tau_auto:
-        settings.update(tau="auto", tau_target=cfg.tau_target, tau_min=cfg.tau_min, tau_max=cfg.tau_ms)
-    return server_config_from({k: v for k, v in settings.items() if v is not None})
+    """The hgo-server settings that run the scenario ``cfg`` over the wire: its run
+    specification itself, with every worker of the population joined before training."""
+    values = {**RunSpec.values_of(cfg), "q": cfg.q_eff}
+    return resolve(ServerConfig(**values, min_workers=cfg.n, num_shards=cfg.n))
 
 
 def run_net(
@@ -135,9 +128,11 @@ def scale_time_for_net(cfg: simulator.SimConfig, min_tau_ms: float) -> tuple[sim
         return cfg, None
     u = min_tau_ms / tau
     rates = tuple(r / u if r > 0 and math.isfinite(r) else r for r in simulator.worker_rates(cfg))
-    changes: dict[str, Any] = {"tau_ms": tau * u, "rates": rates}
-    if cfg.tau_auto:
-        changes["tau_min"] = cfg.tau_min * u
+    changes: dict[str, Any] = {"rates": rates}
+    if cfg.tau.auto:
+        changes.update(tau_max=tau * u, tau_min=cfg.tau_min * u)
+    else:
+        changes["tau"] = tau * u
     note = (
         f"NOTE: --mode net stretches time by {u:g}: tau {tau:g} -> {tau * u:g} ms and every rate / {u:g} "
         "(the prefixes b = rate x tau / s are the simulator's)"
@@ -151,12 +146,12 @@ def reduce_for_net(cfg: simulator.SimConfig, max_workers: int) -> tuple[simulato
         return cfg, None
     scale = max_workers / cfg.n
     q = None if cfg.q is None else max(1, min(max_workers, round(cfg.q_eff * scale)))
+    attackers = min(max_workers, round(cfg.attackers * scale))
     f = min(max_workers, round(cfg.f * scale))
-    v = None if cfg.v is None else max(1, round(cfg.v * scale))
-    rule_f = None if cfg.rule_f is None else round(cfg.rule_f * scale)
-    new = simulator.with_overrides(cfg, n=max_workers, q=q, f=f, v=v, rule_f=rule_f)
+    v = Quorum.fixed(max(1, round(cfg.v.value * scale))) if cfg.v.kind == "fixed" else cfg.v
+    new = simulator.with_overrides(cfg, n=max_workers, q=q, attackers=attackers, f=f, v=v)
     note = (
         f"NOTE: --mode net reduces n={cfg.n} -> {max_workers} workers (q={cfg.q_eff} -> {new.q_eff}, "
-        f"f={cfg.f} -> {f}); results are for the reduced setting"
+        f"attackers={cfg.attackers} -> {attackers}, f={cfg.f} -> {f}); results are for the reduced setting"
     )
     return new, note

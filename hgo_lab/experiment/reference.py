@@ -19,7 +19,7 @@ def centralized_reference(cfg: simulator.SimConfig) -> dict[str, Any]:
     import warnings as _w
 
     ds, _ = simulator.load_dataset(
-        cfg.dataset, cfg.data_dir, seed=cfg.seed if cfg.data_seed is None else cfg.data_seed,
+        cfg.dataset, cfg.data_dir, seed=cfg.split_seed,
         max_train=cfg.max_train, test_fraction=cfg.test_fraction, warn=lambda m: None,
     )  # fmt: skip
     if ds.task != "classification" or cfg.model not in ("logistic", "mlp"):

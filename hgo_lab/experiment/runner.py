@@ -87,7 +87,7 @@ def run_scenario(
                 d = int(net.dim or longest)
             runs[var.label].append(recs)
             det = seed_details(recs, d, sc.metric, sc.thresholds)
-            det.update(seed=int(cfg.seed), v=cfg.v, per_class=per_class)
+            det.update(seed=int(cfg.seed), v=cfg.quorum_for(cfg.q_eff), per_class=per_class)
             details[var.label].append(det)
             last: dict[str, Any] = next((r for r in reversed(recs) if sc.metric in r), {})
             progress.end_run(

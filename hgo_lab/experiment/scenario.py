@@ -10,8 +10,6 @@ A scenario is a TOML file with a shared ``[base]`` configuration (the fields of
 from __future__ import annotations
 
 import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from hgo_lab import simulator
-from hgo_server.config import parse_duration_ms
+from hgo_common.spec import forms
 
 # The scenario files ship inside the package (package data), so `hgo-experiment list` and
 # `run fig5` work from any directory after a plain `pip install`.
@@ -31,19 +29,19 @@ METRICS = ("accuracy", "loss")
 
 @dataclass
 class Variant:
-    """One curve of a figure: a label, its simulator configuration (seed 0) and the
-    scenario-level settings the simulator does not hold itself.
-
-    ``rate_model``: a key of :data:`hgo_common.profiles.RATE_MODELS`; with a model other
-    than ``"hgo"`` every seed's per-worker rates are drawn here (:func:`seed_config`).
-    ``quorum``: what the file said for v (an integer, ``"auto"`` or None); ``"auto"`` is
-    resolved into ``config.v`` by :func:`hgo_common.rounds.auto_quorum`.
-    """
+    """One curve of a figure: a label and its simulator configuration (seed 0)."""
 
     label: str
     config: simulator.SimConfig
-    rate_model: str = "hgo"
-    quorum: int | str | None = None
+
+    @property
+    def rate_model(self) -> str:
+        return self.config.rate_model
+
+    @property
+    def quorum(self) -> int | str | None:
+        """What the file said for v: an integer, ``"auto"`` or None (the default)."""
+        return self.config.v.to_value()
 
 
 @dataclass
@@ -65,16 +63,22 @@ class ScenarioError(ValueError):
     """A scenario file is unreadable or wrong; the message names the file and the problem."""
 
 
-# The keys a scenario file may hold besides the SimConfig fields, with their TOML types.
+# The keys a scenario file may hold besides the run's settings, with their TOML types.
 _TOP_KEYS: dict[str, type | tuple[type, ...]] = {
     "name": str, "title": str, "claim": str, "metric": str, "seeds": int, "notes": list,
     "base": dict, "quick": dict, "variant": list, "net": dict, "thresholds": list, "reference": bool,
+    "format": int,
 }  # fmt: skip
-# Settings a [base] / [[variant]] table may hold that hgo-experiment handles itself.
-_SPECIAL = ("rate_model", "v")
 _QUICK_KEYS: dict[str, type | tuple[type, ...]] = {"base": dict, "seeds": int}
 _NET_KEYS: dict[str, type | tuple[type, ...]] = {"max_workers": int, "processes": int}
 _TOML_TYPE = {str: "a string", int: "an integer", list: "an array", dict: "a table"}
+FORMATS = (1, 2)
+"""Scenario formats. 2: the keys are the run specification's (``hgo_common.spec``: ``f`` is
+the tolerated f, ``attackers`` the Byzantine workers present, ``tau`` the deadline).
+1 (files without ``format``): the keys of before the spec, read as they were meant — ``f``
+the attackers present (and the tolerated f unless ``rule_f`` says otherwise), ``tau_ms``
+the deadline, ``tau_auto = true`` with ``tau_ms`` its upper bound, and rounds of exactly
+tau unless ``early_close`` is set (the simulator's old default)."""
 
 
 def _check_table(table: dict[str, Any], keys: dict[str, type | tuple[type, ...]], where: str) -> None:
@@ -88,73 +92,41 @@ def _check_table(table: dict[str, Any], keys: dict[str, type | tuple[type, ...]]
             raise ValueError(f"{where}: {key!r} must be {what}, got {value!r}")
 
 
-def _value_ok(value: Any, hint: Any) -> bool:
-    """Does a TOML value (arrays already tuples) fit a SimConfig field's type hint?"""
-    if hint is Any:
-        return True
-    if hint is type(None):
-        return value is None
-    origin = typing.get_origin(hint)
-    if origin in (types.UnionType, typing.Union):
-        return any(_value_ok(value, h) for h in typing.get_args(hint))
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:  # TOML writes 60 for 60.0
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    if origin is tuple:
-        args = typing.get_args(hint)
-        if not isinstance(value, tuple):
-            return False
-        if len(args) == 2 and args[1] is Ellipsis:
-            return all(_value_ok(x, args[0]) for x in value)
-        return len(value) == len(args) and all(_value_ok(x, h) for x, h in zip(value, args, strict=True))
-    if origin is dict:
-        return isinstance(value, dict)
-    return isinstance(value, hint) if isinstance(hint, type) else True
-
-
-def _special(table: Any, where: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split off ``rate_model`` and ``v = "auto"`` (handled here, not by SimConfig)."""
-    from hgo_common import profiles, rounds
-
+def _table(table: Any, where: str) -> dict[str, Any]:
     if not isinstance(table, dict):
         raise ValueError(f"{where}: expected a table of settings, got {table!r}")
-    rest, spec = dict(table), {}
-    if "rate_model" in rest:
-        rm = rest.pop("rate_model")
-        if not isinstance(rm, str) or rm not in profiles.RATE_MODELS:
-            raise ValueError(f"{where}: rate_model must be one of {list(profiles.RATE_MODELS)}, got {rm!r}")
-        spec["rate_model"] = rm
-    if isinstance(rest.get("v"), str):
-        v = rest.pop("v")
-        if v != rounds.QUORUM_AUTO:
-            raise ValueError(f"{where}: v must be an integer >= 1 or {rounds.QUORUM_AUTO!r}, got {v!r}")
-        spec["v"] = v
-    return rest, spec
+    return dict(table)
 
 
-def _normalize(table: Any, where: str) -> dict[str, Any]:
-    if not isinstance(table, dict):
-        raise ValueError(f"{where}: expected a table of settings, got {table!r}")
-    fields = set(simulator.config_fields())
-    hints = typing.get_type_hints(simulator.SimConfig)
-    out: dict[str, Any] = {}
-    for key, value in table.items():
-        if key not in fields:
-            raise ValueError(f"{where}: unknown setting {key!r}; expected one of {sorted(fields)}")
-        if key == "tau_ms":
-            # the same duration syntax as hgo-server --tau: 60, "250ms", "2s", "inf"
-            value = parse_duration_ms(value, "tau_ms")
-        if isinstance(value, list):
-            value = tuple(tuple(x) if isinstance(x, list) else x for x in value)
-        if not _value_ok(value, hints[key]):
-            want = simulator.SimConfig.__dataclass_fields__[key].type
-            raise ValueError(f"{where}: setting {key!r} must be of type {want}, got {value!r}")
-        out[key] = value
+_FORMAT_1_KEYS = {"f": "attackers", "rule_f": "f", "tau_ms": "tau"}
+
+
+def _check_layer(table: Any, where: str, fmt: int) -> dict[str, Any]:
+    """One settings table on its own: known keys and values of the right kind, named with ``where``."""
+    t = _table(table, where)
+    probe = dict(t)
+    if fmt == 1:
+        if "tau_auto" in probe and not isinstance(probe.pop("tau_auto"), bool):
+            raise ValueError(f"{where}: 'tau_auto' must be true or false, got {t['tau_auto']!r}")
+        probe = {_FORMAT_1_KEYS.get(k, k): v for k, v in probe.items()}
+    forms.coerce(simulator.SimConfig, probe, where=f"{where}: ", flags=False)
+    return t
+
+
+def _from_format_1(merged: dict[str, Any]) -> dict[str, Any]:
+    """Format-1 keys of a merged variant as the run specification's (see :data:`FORMATS`)."""
+    out = dict(merged)
+    if "f" in out:
+        out["attackers"] = out.pop("f")
+        out.setdefault("f", out["attackers"])
+    if "rule_f" in out:
+        out["f"] = out.pop("rule_f")
+    if "tau_ms" in out:
+        out["tau"] = out.pop("tau_ms")
+    if out.pop("tau_auto", False):
+        out["tau_max"] = out.get("tau", 1000.0)
+        out["tau"] = "auto"
+    out.setdefault("early_close", False)
     return out
 
 
@@ -222,7 +194,8 @@ def _check_plugins(cfg: simulator.SimConfig) -> None:
     from hgo_common import plugins
 
     plugins.check("dataset", cfg.dataset)
-    plugins.check("model", cfg.model)
+    if cfg.model is not None:
+        plugins.check("model", cfg.model)
     plugins.check("rule", cfg.rule)
     if cfg.attack:
         plugins.check("attack", cfg.attack)
@@ -234,12 +207,6 @@ def _build_scenario(
     _check_table(doc, _TOP_KEYS, "top level")
     _check_table(doc.get("quick", {}), _QUICK_KEYS, "[quick]")
     _check_table(doc.get("net", {}), _NET_KEYS, "[net]")
-    base_t, base_s = _special(doc.get("base", {}), "[base]")
-    base = _normalize(base_t, "[base]")
-    quick_t, quick_s = _special(doc.get("quick", {}).get("base", {}), "[quick.base]")
-    quick_over = _normalize(quick_t, "[quick.base]") if quick else {}
-    if not quick:
-        quick_s = {}
     thresholds = doc.get("thresholds", [])
     if not all(isinstance(x, int | float) and not isinstance(x, bool) and 0 < x <= 1 for x in thresholds):
         raise ValueError(f"'thresholds' must be an array of numbers in (0, 1], got {thresholds!r}")
@@ -257,47 +224,31 @@ def _build_scenario(
         raise ValueError(f"'variant' must be an array of tables ([[variant]]), got {raw_variants!r}")
     if not all(isinstance(x, str) for x in doc.get("notes", [])):
         raise ValueError(f"'notes' must be an array of strings, got {doc['notes']!r}")
+    fmt = doc.get("format", 1)
+    if fmt not in FORMATS:
+        raise ValueError(f"'format' must be one of {list(FORMATS)}, got {fmt!r}")
+    base = _check_layer(doc.get("base", {}), "[base]", fmt)
+    quick_over = _check_layer(doc.get("quick", {}).get("base", {}), "[quick.base]", fmt) if quick else {}
     variants: list[Variant] = []
     for j, vt in enumerate(raw_variants):
         vt = dict(vt)
         label = vt.pop("label", f"variant{j}")
         if not isinstance(label, str):
             raise ValueError(f"variant {j}: 'label' must be a string, got {label!r}")
-        qv_t, qv_s = _special(vt.pop("quick", {}), f"variant {label!r} quick")
-        quick_v = _normalize(qv_t, f"variant {label!r} quick")
-        if not quick:
-            quick_v, qv_s = {}, {}
-        vt_t, vt_s = _special(vt, f"variant {label!r}")
-        merged = {**base, **_normalize(vt_t, f"variant {label!r}"), **quick_over, **quick_v}
-        spec = {**base_s, **vt_s, **quick_s, **qv_s}
-        # the last table that sets v wins, whether it says an integer or "auto"
-        last_v: Any = None
-        for layer_t, layer_s in ((base, base_s), (vt_t, vt_s), (quick_over, quick_s), (quick_v, qv_s)):
-            if "v" in layer_t:
-                last_v = layer_t["v"]
-            elif "v" in layer_s:
-                last_v = layer_s["v"]
-        if last_v == "auto":
-            merged.pop("v", None)
-        else:
-            spec.pop("v", None)
+        quick_v = _check_layer(vt.pop("quick", {}), f"variant {label!r} quick", fmt)
+        vt = _check_layer(vt, f"variant {label!r}", fmt)
+        merged = {**base, **vt, **quick_over, **(quick_v if quick else {})}
+        if fmt == 1:
+            merged = _from_format_1(merged)
         if rounds is not None:
             merged["rounds"] = rounds
         merged["data_dir"] = _resolve_data_dir(merged.get("data_dir"), path)
         try:
-            config = simulator.SimConfig(**merged)
+            config = simulator.SimConfig(**forms.coerce(simulator.SimConfig, merged, flags=False))
             _check_plugins(config)
-            if spec.get("v") == "auto":
-                from hgo_common import rounds as rounds_mod
-
-                config = simulator.with_overrides(
-                    config, v=rounds_mod.auto_quorum(config.q_eff, config.rule, config.f_rule)
-                )
         except (ValueError, TypeError) as exc:
             raise ValueError(f"variant {label!r}: {exc}") from None
-        variants.append(
-            Variant(label, config, rate_model=spec.get("rate_model", "hgo"), quorum=spec.get("v", config.v))
-        )
+        variants.append(Variant(label, config))
     title = str(doc.get("title", path.stem))
     if quick:
         c0 = variants[0].config
@@ -327,8 +278,8 @@ def seed_config(var: Variant, s: int) -> simulator.SimConfig:
     from hgo_common import profiles
 
     cfg = simulator.with_overrides(var.config, seed=var.config.seed + s)
-    if var.rate_model != "hgo" and cfg.rates is None:
+    if cfg.rate_model != "hgo" and cfg.rates is None:
         rng = np.random.default_rng([int(cfg.seed) % 2**32, RATE_STREAM])
-        rates = profiles.draw_rates(profiles.assign(cfg.n, cfg.mix), rng, var.rate_model)
+        rates = profiles.draw_rates(profiles.assign(cfg.n, cfg.mix), rng, cfg.rate_model)
         cfg = simulator.with_overrides(cfg, rates=tuple(rates))
     return cfg

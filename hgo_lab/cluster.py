@@ -28,10 +28,10 @@ Python API (used by the experiment runner, ``--mode net``)::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -42,6 +42,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from hgo_common import profiles, roundlog
+from hgo_common.spec import Population, RunSpec, forms
+from hgo_common.spec.declare import lookup
 from hgo_server import config
 from hgo_server.config import ConfigError, ServerConfig
 
@@ -52,40 +54,36 @@ class ClusterError(RuntimeError):
     """The cluster could not run to completion (the message names the process and its log)."""
 
 
+# hgo-run's own defaults for the run specification and the population (``make demo``: a
+# 64-512-10 MLP on digits, 10 workers, tau = 100 ms, lr = 1, 300 rounds). Declared here once:
+# they feed the parser's help and :meth:`ClusterConfig.make`.
+RUN_DEFAULTS: dict[str, Any] = {"model": "mlp", "hidden": (512,), "lr": 1.0, "rounds": 300, "tau": 100.0}
+POPULATION_DEFAULTS: dict[str, Any] = {"attack": "foe", "byzantine_full": False}
+# Population settings that only the simulator can honour (hgo-run has no flag for them).
+SIM_ONLY = ("omniscient", "estimate_batches", "byzantine_full", "rate_model")
+
+
 @dataclass
 class ClusterConfig:
-    """A local cluster run. ``None`` leaves a setting to the server's default."""
+    """A local cluster run: the run specification, its population and the launcher's options.
 
-    workers: int = 10
-    mix: str = "default"
-    byzantine: int = 0
-    attack: str = "foe"
-    attack_params: list[str] = field(default_factory=list)
-    rule: str = "average"
-    f: int | None = None  # the f the rule tolerates; None: = byzantine
-    q: int | None = None  # None: all initial workers
-    v: int | None = None
-    tau: str = "100"
-    rounds: int = 300
-    model: str | None = "mlp"
-    hidden: str | None = "512"
-    dataset: str = "digits"
-    data_dir: Path | None = None
-    partition: str = "iid"
-    algorithm: str = "hgo"
-    lr: float | None = 1.0
-    seed: int = 0
-    batch_size: int = 32
-    eval_every: int = 10
+    ``spec`` goes to ``hgo-server`` as its ``--config`` file (the spec itself, written by
+    ``hgo_common.spec.forms``); ``population`` decides the worker processes (n, profiles or
+    rates, batch size, budget policy, attackers). Build one from flat keyword arguments
+    with :meth:`make` (the same names as the flags).
+    """
+
+    spec: RunSpec = field(default_factory=lambda: RunSpec(**RUN_DEFAULTS))
+    population: Population = field(default_factory=lambda: Population(**POPULATION_DEFAULTS))
+    attack_params: list[str] = field(default_factory=list)  # --attack-param KEY=VALUE, for the attackers
     out: Path = Path("runs/demo")
-    rates: list[float] | None = None  # explicit λ per worker (overrides the profile draws)
-    profiles: list[str] | None = None  # explicit profile per worker (overrides --mix)
+    profiles: list[str] | None = None  # explicit profile per worker (overrides the mix)
     late: int = 0  # extra workers that join once the server reached ``late_round``
     late_round: int = 0
     server_args: list[str] = field(default_factory=list)  # extra hgo-server flags, over the config
     worker_args: list[str] = field(default_factory=list)
-    # The server's settings as one ServerConfig (net mode builds it from the scenario);
-    # None: built from the fields above by :func:`server_config`.
+    # The server's settings as one ServerConfig; None: the spec with this launcher's
+    # min-workers and shards (:func:`server_config`).
     server: ServerConfig | None = None
     export: Path | None = None  # the trained model file (hgo-server --export); None: not written
     timeout_s: float = 900.0
@@ -94,35 +92,66 @@ class ClusterConfig:
     # as on real hardware; a lab emulating n = 100 devices on one machine packs them.
     per_process: int = 1
 
+    @classmethod
+    def make(cls, **kw: Any) -> ClusterConfig:
+        """A config from flat keyword arguments: run-spec and population settings by their names
+        (``workers`` and ``byzantine`` are old spellings of ``n`` and ``attackers``), the
+        launcher's options by theirs. ``f`` defaults to ``attackers``; None means "not set"."""
+        spec_keys, pop_keys = lookup(RunSpec), lookup(Population)
+        launcher = {f.name for f in dataclasses.fields(cls)} - {"spec", "population"}
+        spec_kw: dict[str, Any] = dict(RUN_DEFAULTS)
+        pop_kw: dict[str, Any] = dict(POPULATION_DEFAULTS)
+        own: dict[str, Any] = {}
+        for key, value in kw.items():
+            if key in launcher:
+                own[key] = value
+            elif key in spec_keys:
+                spec_kw[key] = value
+            elif key in pop_keys or key == "byzantine":
+                pop_kw["attackers" if key == "byzantine" else key] = value
+            else:
+                raise TypeError(f"ClusterConfig.make: unknown setting {key!r}")
+        spec_kw = {k: v for k, v in spec_kw.items() if v is not None}
+        pop_kw = {k: v for k, v in pop_kw.items() if v is not None}
+        spec_kw.setdefault("f", pop_kw.get("attackers", 0))
+        population = Population(**forms.coerce(Population, pop_kw))
+        return cls(spec=RunSpec(**forms.coerce(RunSpec, spec_kw)), population=population, **own)
+
+    # -- what the launcher reads of the population and the spec
+    @property
+    def workers(self) -> int:
+        return self.population.n
+
+    @property
+    def byzantine(self) -> int:
+        return self.population.attackers
+
+    @property
+    def rounds(self) -> int:
+        return self.spec.rounds
+
     def validate(self) -> None:
-        """Raise ValueError naming the first bad value."""
-        if self.workers < 1:
-            raise ValueError(f"--workers must be >= 1, got {self.workers}")
-        if not 0 <= self.byzantine <= self.workers:
-            raise ValueError(f"--byzantine must be in 0..{self.workers} (--workers), got {self.byzantine}")
-        if self.rounds < 1:
-            raise ValueError(f"--rounds must be >= 1, got {self.rounds}")
-        if self.batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        """Raise ValueError (SpecError) naming the first bad value."""
+        pop = self.population.checked(late=self.late)
+        self.spec.checked(n=pop.n)
         if not self.timeout_s > 0:
             raise ValueError(f"--timeout must be > 0 seconds, got {self.timeout_s}")
-        if self.byzantine:
+        if pop.attackers:
             from hgo_common import attacks
 
             try:
-                attacks.get(self.attack)  # built-in, package.module:Name or installed plug-in
+                attacks.get(str(pop.attack))  # built-in, package.module:Name or installed plug-in
             except ValueError as exc:
-                raise ValueError(f"--attack {self.attack!r}: {exc}") from None
+                raise ValueError(f"--attack {pop.attack!r}: {exc}") from None
             attacks.parse_params(self.attack_params)  # KEY=VALUE shape; the worker checks the keys
         if self.per_process < 1:
             raise ValueError(f"--sessions-per-process must be >= 1, got {self.per_process}")
         if self.late < 0 or self.late_round < 0:
             raise ValueError(f"--late and --late-round must be >= 0, got {self.late}, {self.late_round}")
-        for name, lst in (("rates", self.rates), ("profiles", self.profiles)):
-            if lst is not None and len(lst) != self.workers + self.late:
-                raise ValueError(
-                    f"{name} lists {len(lst)} values, expected one per worker ({self.workers + self.late})"
-                )
+        if self.profiles is not None and len(self.profiles) != pop.n + self.late:
+            raise ValueError(
+                f"profiles lists {len(self.profiles)} values, expected one per worker ({pop.n + self.late})"
+            )
         if self.profiles is None:
             self.worker_profiles()  # validates the mix
         else:
@@ -134,11 +163,11 @@ class ClusterConfig:
         """Profile of each worker (initial ones, then late ones)."""
         if self.profiles is not None:
             return list(self.profiles)
-        mix: Any = self.mix
-        if self.mix not in profiles.MIXES:
-            mix = profiles.parse_mix(self.mix)
+        mix: Any = self.population.mix
+        if isinstance(mix, str) and mix not in profiles.MIXES:
+            mix = profiles.parse_mix(mix)
         late = list(profiles.assign(self.late, mix)) if self.late else []
-        return list(profiles.assign(self.workers, mix)) + late
+        return list(profiles.assign(self.population.n, mix)) + late
 
     def byzantine_indices(self) -> list[int]:
         """The Byzantine workers, spread evenly over the (profile-sorted) initial workers."""
@@ -233,7 +262,8 @@ def _tail(path: Path, n: int = 3000) -> str:
 
 
 def server_config(cfg: ClusterConfig) -> ServerConfig:
-    """The hgo-server settings of the run: ``cfg.server``, or built from the cluster's fields.
+    """The hgo-server settings of the run: ``cfg.server``, or the run specification itself
+    with q resolved for the population.
 
     Training starts once every initial worker has joined (``--min-workers`` = workers),
     so the first rounds sample from the whole fleet, not from the fastest starters. Port,
@@ -241,18 +271,9 @@ def server_config(cfg: ClusterConfig) -> ServerConfig:
     """
     if cfg.server is not None:
         return cfg.server
-    q = cfg.q if cfg.q is not None else cfg.workers
-    settings: dict[str, Any] = {
-        "q": q, "tau": cfg.tau, "rule": cfg.rule, "f": cfg.f if cfg.f is not None else cfg.byzantine,
-        "rounds": cfg.rounds, "dataset": cfg.dataset, "partition": cfg.partition, "algorithm": cfg.algorithm,
-        "seed": cfg.seed, "eval_every": cfg.eval_every, "min_workers": cfg.workers,
-        "num_shards": cfg.workers + cfg.late,
-    }  # fmt: skip
-    optional = {"v": cfg.v, "model": cfg.model, "lr": cfg.lr, "data_dir": cfg.data_dir}
-    settings.update({k: (str(v) if isinstance(v, Path) else v) for k, v in optional.items() if v is not None})
-    if cfg.hidden is not None and cfg.model in (None, "mlp"):
-        settings["hidden"] = cfg.hidden
-    return config.from_mapping(settings)
+    n = cfg.population.n
+    values = {**RunSpec.values_of(cfg.spec), "q": cfg.spec.q_for(n)}
+    return config.resolve(ServerConfig(**values, min_workers=n, num_shards=n + cfg.late))
 
 
 def server_argv(cfg: ClusterConfig, config_file: Path, port_file: Path, log_file: Path) -> list[str]:
@@ -273,16 +294,17 @@ def write_server_config(cfg: ClusterConfig, path: Path) -> Path:
 
 def worker_session(cfg: ClusterConfig, i: int, profile: str) -> dict[str, Any]:
     """Worker i's own settings (an ``hgo-worker --fleet`` entry): name, profile, seed, rate, attack."""
-    sess: dict[str, Any] = {"name": f"w{i}-{profile}", "profile": profile, "seed": cfg.seed * 1000 + i}
-    if cfg.rates is not None:
-        sess["rate"] = float(cfg.rates[i])
+    pop = cfg.population
+    sess: dict[str, Any] = {"name": f"w{i}-{profile}", "profile": profile, "seed": cfg.spec.seed * 1000 + i}
+    if pop.rates is not None:
+        sess["rate"] = float(pop.rates[i])
     if i in cfg.byzantine_indices():
         from hgo_common import attacks
 
-        items = list(cfg.attack_params)
-        if cfg.attack not in ("label-flip", "silent"):
+        items = [f"{k}={v}" for k, v in pop.attack_params.items()] + list(cfg.attack_params)
+        if pop.attack not in ("label-flip", "silent"):
             items = [f"n={cfg.workers + cfg.late}", f"f={cfg.byzantine}", *items]
-        sess["byzantine"] = cfg.attack
+        sess["byzantine"] = pop.attack
         sess["attack_params"] = attacks.parse_params(items)
     return sess
 
@@ -290,7 +312,9 @@ def worker_session(cfg: ClusterConfig, i: int, profile: str) -> dict[str, Any]:
 def _common_worker_argv(cfg: ClusterConfig, port: int) -> list[str]:
     return [
         *_module_argv("hgo-worker", "hgo_worker.cli"),
-        "--server", f"127.0.0.1:{port}", "--batch-size", str(cfg.batch_size), "--reconnect-timeout", "30",
+        "--server", f"127.0.0.1:{port}", "--batch-size", str(cfg.population.batch_size),
+        "--budget-policy", cfg.population.budget_policy, "--rho", str(cfg.population.rho),
+        "--reconnect-timeout", "30",
     ]  # fmt: skip
 
 
@@ -549,7 +573,8 @@ def run_cluster(
     evals = [m for r in records if (m := _metric_of(r)) is not None]
     metric_name, metric = evals[-1] if evals else ("accuracy", math.nan)
     t_last = float(records[-1]["t"]) if records else 0.0
-    title = f"{cfg.algorithm} {cfg.rule} on {cfg.dataset}: {cfg.workers} workers, tau={cfg.tau}"
+    sp = cfg.spec
+    title = f"{sp.algorithm} {sp.rule} on {sp.dataset}: {cfg.workers} workers, tau = {sp.tau}"
     result = ClusterResult(
         out=out,
         metric_name=metric_name,
@@ -572,82 +597,56 @@ def run_cluster(
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """hgo-run's parser: the run specification's and the population's flags (generated from their
+    declarations, with hgo-run's defaults), then the launcher's own."""
     d = ClusterConfig()
     p = argparse.ArgumentParser(
         prog="hgo-run",
         description="Run an HGO server and N worker processes on this machine, show progress, "
         "write the round log and a plot.",
     )
-    p.add_argument("--workers", type=int, default=d.workers, help="number of workers (default 10)")
-    p.add_argument("--mix", default=d.mix, help="hardware mix: default, C_weak, C_min, C_1..C_3, C_powerful, "
-                   "or W,A,P fractions (default: default)")  # fmt: skip
-    p.add_argument("--byzantine", type=int, default=0, help="how many workers are Byzantine (default 0)")
-    p.add_argument("--attack", default=d.attack, help="attack of the Byzantine workers or "
-                   "package.module:Name (default foe)")  # fmt: skip
-    p.add_argument("--attack-param", action="append", default=[], metavar="KEY=VALUE",
-                   help="attack parameter for the Byzantine workers (repeatable), e.g. eps=10")  # fmt: skip
-    p.add_argument("--rule", default=d.rule, help="aggregation rule or package.module:Name "
-                   "(default average)")  # fmt: skip
-    p.add_argument("--f", type=int, default=None, help="f the rule tolerates (default: --byzantine)")
-    p.add_argument("--q", type=int, default=None, help="workers sampled per round (default: all)")
-    p.add_argument("--v", type=int, default=None, help="quorum v (default: the server's default_quorum)")
-    p.add_argument("--tau", default=d.tau, help="round deadline in ms, or 250ms, 2s, inf (default 100)")
-    p.add_argument("--rounds", type=int, default=d.rounds, help=f"rounds (default {d.rounds})")
-    p.add_argument("--model", default=d.model, help="linear | logistic | svm | mlp | cnn | "
-                   "package.module:Name | an installed plug-in (default mlp)")  # fmt: skip
-    p.add_argument("--hidden", default=d.hidden, help="mlp hidden widths, comma-separated (default 512)")
-    p.add_argument("--dataset", default=d.dataset, help="dataset or package.module:Name "
-                   "(default digits, bundled)")  # fmt: skip
-    p.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
-                   help="directory of the file-based datasets (mnist, phishing, boston, ...)")  # fmt: skip
-    p.add_argument("--partition", default=d.partition, help="iid | classes:K | dirichlet:ALPHA (default iid)")
-    p.add_argument("--algorithm", default=d.algorithm, help="hgo | sgd (default hgo)")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default {d.lr})")
-    p.add_argument("--seed", type=int, default=d.seed, help=f"run seed (default {d.seed})")
-    p.add_argument("--batch-size", type=int, default=d.batch_size,
-                   help=f"workers' mini-batch size s (default {d.batch_size})")  # fmt: skip
-    p.add_argument("--eval-every", type=int, default=d.eval_every,
-                   help=f"evaluate every N rounds; 0 = at the end only (default {d.eval_every})")  # fmt: skip
-    p.add_argument("--sessions-per-process", type=int, default=d.per_process, metavar="K",
-                   help="host K worker sessions per hgo-worker process (--fleet), to emulate a large "
-                   "fleet on few cores (default 1: one process per worker)")  # fmt: skip
-    p.add_argument("--late", type=int, default=0, help="extra workers joining during training (default 0)")
-    p.add_argument("--late-round", type=int, default=0,
-                   help="round after which the late workers start (default 0)")  # fmt: skip
-    p.add_argument("--out", type=Path, default=d.out, metavar="DIR",
-                   help="output directory, created if missing; a previous run's round_log.jsonl, "
-                   "summary.json, plot and logs in it are replaced (default runs/demo)")  # fmt: skip
-    p.add_argument("--export", nargs="?", const="", default=None, metavar="FILE",
-                   help="write the trained model (.npz; hgo_common.models.load reads it) to FILE, "
-                   "or to OUT/model.npz when FILE is omitted (default: not written)")  # fmt: skip
-    p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
-                   help="pass ARG to hgo-server (repeatable, e.g. --server-arg=--rounds=5)")  # fmt: skip
-    p.add_argument("--extra-server-args", default="", metavar="ARGS",
-                   help="space-separated arguments for hgo-server (default none)")  # fmt: skip
-    p.add_argument(
-        "--worker-arg", action="append", default=[], metavar="ARG", help="pass ARG to every worker"
-    )
-    p.add_argument("--timeout", type=float, default=d.timeout_s,
-                   help=f"give up (and stop every process) after this many seconds "
-                   f"(default {d.timeout_s:g})")  # fmt: skip
-    p.add_argument("--no-progress", action="store_true", help="do not print progress lines")
+    spec = p.add_argument_group("the run (the same settings as hgo-server and hgo-experiment)")
+    forms.add_arguments(spec, RunSpec, defaults={**RUN_DEFAULTS, "f": None},
+                        help_defaults={"f": "--attackers", "q": "every worker"})  # fmt: skip
+    pop = p.add_argument_group("the workers")
+    forms.add_arguments(pop, Population, exclude=SIM_ONLY, defaults=POPULATION_DEFAULTS)
+    own = p.add_argument_group("the launcher")
+    own.add_argument("--attack-param", action="append", default=[], metavar="KEY=VALUE",
+                     help="attack parameter for the Byzantine workers (repeatable), e.g. eps=10")  # fmt: skip
+    own.add_argument("--sessions-per-process", type=int, default=d.per_process, metavar="K",
+                     help="host K worker sessions per hgo-worker process (--fleet), to emulate a large "
+                     "fleet on few cores (default 1: one process per worker)")  # fmt: skip
+    own.add_argument("--late", type=int, default=0, help="extra workers joining during training (default 0)")
+    own.add_argument("--late-round", type=int, default=0,
+                     help="round after which the late workers start (default 0)")  # fmt: skip
+    own.add_argument("--out", type=Path, default=d.out, metavar="DIR",
+                     help="output directory, created if missing; a previous run's round_log.jsonl, "
+                     "summary.json, plot and logs in it are replaced (default runs/demo)")  # fmt: skip
+    own.add_argument("--export", nargs="?", const="", default=None, metavar="FILE",
+                     help="write the trained model (.npz; hgo_common.models.load reads it) to FILE, "
+                     "or to OUT/model.npz when FILE is omitted (default: not written)")  # fmt: skip
+    own.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                     help="pass ARG to hgo-server (repeatable, e.g. --server-arg=--heartbeat-ms=500)")  # fmt: skip
+    own.add_argument("--extra-server-args", default="", metavar="ARGS",
+                     help="space-separated arguments for hgo-server (default none)")  # fmt: skip
+    own.add_argument("--worker-arg", action="append", default=[], metavar="ARG", help="pass ARG to every worker")
+    own.add_argument("--timeout", type=float, default=d.timeout_s,
+                     help=f"give up (and stop every process) after this many seconds "
+                     f"(default {d.timeout_s:g})")  # fmt: skip
+    own.add_argument("--no-progress", action="store_true", help="do not print progress lines")
     return p
 
 
 def check_server_settings(cfg: ClusterConfig) -> None:
-    """Validate, in this process, the hgo-server flags the run would pass.
+    """Validate, in this process, the hgo-server settings the run would use.
 
-    A typo (``--rule mediam``, ``--tau 5h``) then fails before any process starts, with
-    the server's own message; raises :class:`hgo_server.config.ConfigError`.
+    A typo (``--rule mediam``, ``--server-arg=--tau=5h``) then fails before any process
+    starts, with the server's own message; raises :class:`hgo_server.config.ConfigError`
+    (or SystemExit from argparse for an unknown ``--server-arg`` flag).
     """
-    out = Path(cfg.out)
-    config_file = write_server_config(cfg, out / "server.toml")
-    argv = server_argv(cfg, config_file, out / "server.port", out / "round_log.jsonl")
-    config.parse_args(argv[len(_module_argv("hgo-server", "hgo_server.cli")) :])
-
-
-def _tau_text(tau: str) -> str:
-    return f"{tau} ms" if re.fullmatch(r"\s*[0-9.]+\s*", tau) else tau
+    srv = server_config(cfg)
+    if cfg.server_args:
+        config.parse_args(cfg.server_args, base=srv)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -657,17 +656,14 @@ def _interrupt(signum: int, frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
-    cfg = ClusterConfig(
-        workers=a.workers, mix=a.mix, byzantine=a.byzantine, attack=a.attack, attack_params=a.attack_param,
-        rule=a.rule, f=a.f, q=a.q, v=a.v, tau=a.tau, rounds=a.rounds, model=a.model, hidden=a.hidden,
-        dataset=a.dataset, data_dir=a.data_dir, partition=a.partition, algorithm=a.algorithm, lr=a.lr,
-        seed=a.seed, batch_size=a.batch_size, eval_every=a.eval_every, out=a.out, late=a.late,
-        late_round=a.late_round, server_args=[*a.server_arg, *a.extra_server_args.split()],
-        worker_args=a.worker_arg, timeout_s=a.timeout, progress=not a.no_progress,
-        per_process=a.sessions_per_process,
-        export=None if a.export is None else (Path(a.export) if a.export else a.out / "model.npz"),
-    )  # fmt: skip
+    flat = {**forms.from_namespace(a, RunSpec), **forms.from_namespace(a, Population)}
     try:
+        cfg = ClusterConfig.make(
+            **flat, attack_params=a.attack_param, out=a.out, late=a.late, late_round=a.late_round,
+            server_args=[*a.server_arg, *a.extra_server_args.split()], worker_args=a.worker_arg,
+            timeout_s=a.timeout, progress=not a.no_progress, per_process=a.sessions_per_process,
+            export=None if a.export is None else (Path(a.export) if a.export else a.out / "model.npz"),
+        )  # fmt: skip
         cfg.validate()
     except ValueError as exc:
         parser.error(str(exc))
@@ -685,11 +681,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     profs = cfg.worker_profiles()
     counts = {p: profs[: cfg.workers].count(p) for p in dict.fromkeys(profs)}
+    sp, pop = cfg.spec, cfg.population
+    byz = f"; {pop.attackers} of them Byzantine, attack {pop.attack}" if pop.attackers else ""
     print(
-        f"hgo-run: {cfg.workers} workers ({', '.join(f'{n} {p}' for p, n in counts.items())}"
-        f"{f', {cfg.byzantine} Byzantine ({cfg.attack})' if cfg.byzantine else ''}), "
-        f"{cfg.algorithm}/{cfg.rule}, tau={_tau_text(cfg.tau)}, {cfg.rounds} rounds, "
-        f"{cfg.dataset} -> {cfg.out}",
+        f"hgo-run: {cfg.workers} workers ({', '.join(f'{n} {p}' for p, n in counts.items())}{byz}), "
+        f"{sp.algorithm}/{sp.rule}, tau = {sp.tau}, {sp.rounds} rounds, {sp.dataset} -> {cfg.out}",
         flush=True,
     )
     try:

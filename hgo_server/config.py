@@ -195,14 +195,14 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     return forms.coerce(ServerConfig, table, where=where, flags=False)
 
 
-def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
-    """Defaults, then ``--config FILE``, then flags; resolved and validated.
+def parse_args(argv: Sequence[str] | None = None, *, base: ServerConfig | None = None) -> ServerConfig:
+    """Defaults (or ``base``'s settings), then ``--config FILE``, then flags; resolved and validated.
 
     Raises ConfigError (never SystemExit) for bad values; argparse itself still exits
     on unknown flags and ``--help``.
     """
     ns = build_parser().parse_args(argv)
-    settings: dict[str, Any] = {}
+    settings: dict[str, Any] = {} if base is None else forms.coerce(ServerConfig, forms.to_mapping(base))
     config_file = getattr(ns, "config", None)
     if config_file is not None:
         settings.update(load_toml(config_file))

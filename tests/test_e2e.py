@@ -29,7 +29,7 @@ S = 32
 
 
 def run(procs: ProcessGroup, out: Path, **kw: Any) -> ClusterResult:
-    cfg = ClusterConfig(
+    cfg = ClusterConfig.make(
         model="logistic", hidden=None, dataset="digits-binary", batch_size=S, progress=False,
         out=out, timeout_s=240, **kw,
     )  # fmt: skip

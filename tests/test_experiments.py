@@ -378,7 +378,7 @@ _V = '[[variant]]\nlabel = "a"\n'
         ("unknown-net.toml", f"[net]\nworkers = 5\n{_V}".encode(), ("[net]", "unknown key 'workers'")),
         ("unknown-setting.toml", f"learning_rate = 0.1\n{_V}".encode(), ("unknown key", "learning_rate")),
         ("unknown-variant.toml", b'[[variant]]\nlabel = "a"\nrate = 1\n', ("variant 'a'", "unknown keys ['rate']")),
-        ("invalid.toml", b'[[variant]]\nlabel = "a"\nn = 0\n', ("variant 'a'", "n must be >= 1")),
+        ("invalid.toml", b'[[variant]]\nlabel = "a"\nn = 0\n', ("variant 'a'", "(key 'n') must be >= 1")),
     ],
 )
 def test_bad_scenario_file_names_file_and_problem(

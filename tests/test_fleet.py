@@ -143,7 +143,7 @@ def test_hgo_run_packs_sessions_into_few_processes(procs: ProcessGroup, tmp_path
     """hgo-run --sessions-per-process 4: 12 workers in 3 processes, 2 of them Byzantine."""
     from hgo_lab.cluster import ClusterConfig, run_cluster
 
-    cfg = ClusterConfig(
+    cfg = ClusterConfig.make(
         workers=12, per_process=4, byzantine=2, attack="sign-flip", rule="median", model="logistic",
         hidden=None, dataset="digits-binary", tau="150", rounds=30, lr=0.5, out=tmp_path / "run",
         progress=False, timeout_s=240,

@@ -302,15 +302,17 @@ class Setting:
     unit: str = ""
     check: Check | None = None
     aliases: tuple[str, ...] = ()  # old spellings: accepted, with a deprecation note
+    synonyms: tuple[str, ...] = ()  # other spellings, accepted as they are (e.g. workers for n)
     flag: bool = True  # has a command-line flag
     metavar: str | None = None
     secret: bool = False  # never written to a file, masked in dumps
     default_text: str | None = None  # what help says when the default is computed (e.g. "q")
+    cli: str | None = None  # the flag's spelling when it is not the name (n: --workers)
     name: str = ""
 
     @property
     def flag_name(self) -> str:
-        return flag_of(self.name)
+        return flag_of(self.cli or self.name)
 
 
 META = "hgo.setting"
@@ -324,13 +326,15 @@ def setting(
     unit: str = "",
     check: Check | None = None,
     aliases: Sequence[str] = (),
+    synonyms: Sequence[str] = (),
     flag: bool = True,
     metavar: str | None = None,
     secret: bool = False,
     default_text: str | None = None,
+    cli: str | None = None,
 ) -> Any:
     """A dataclass field declaring one setting (its default, kind, help, unit, constraint)."""
-    meta = Setting(kind, help, unit, check, tuple(aliases), flag, metavar, secret, default_text)
+    meta = Setting(kind, help, unit, check, tuple(aliases), tuple(synonyms), flag, metavar, secret, default_text, cli)
     if isinstance(default, dict | list):
         factory = (lambda d=default: type(d)(d))
         return field(default_factory=factory, metadata={META: meta}, repr=not secret)
@@ -352,6 +356,6 @@ def lookup(cls: type) -> dict[str, Setting]:
     out: dict[str, Setting] = {}
     for s, _ in declared(cls):
         out[s.name] = s
-        for alias in s.aliases:
+        for alias in (*s.aliases, *s.synonyms):
             out[alias] = s
     return out

@@ -14,6 +14,7 @@ One function per form a run specification takes:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import json
 import math
@@ -50,21 +51,27 @@ def add_arguments(
     *,
     exclude: Iterable[str] = (),
     defaults: Mapping[str, Any] | None = None,
+    help_defaults: Mapping[str, str] | None = None,
 ) -> None:
     """Add a ``--flag`` for every declared setting of ``cls`` (and each old spelling).
 
     Every flag defaults to "not given" (``argparse.SUPPRESS``): :func:`from_namespace`
     returns only what the user typed, so files and program defaults stay beneath it.
-    ``defaults`` changes what help says for an entry point with defaults of its own.
+    ``defaults`` (values) and ``help_defaults`` (words) change what help says for an entry
+    point with defaults of its own. Synonyms are extra spellings of the same flag; old
+    spellings (aliases) get flags of their own that say they are deprecated.
     """
     skip = set(exclude)
     defaults = defaults or {}
+    words = help_defaults or {}
     for s, default in declared(cls):
         if not s.flag or s.name in skip:
             continue
+        if s.name in words or s.name in defaults:  # the entry point's own default
+            s = dataclasses.replace(s, default_text=words.get(s.name))
         default = defaults.get(s.name, default)
         text = help_text(s, default)
-        names = [s.flag_name]
+        names = [s.flag_name, *(flag_of(x) for x in (s.name, *s.synonyms) if flag_of(x) != s.flag_name)]
         if s.kind is BOOL:
             parser.add_argument(
                 *names, dest=s.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text
@@ -77,7 +84,7 @@ def add_arguments(
             if s.kind is BOOL:
                 kwargs["action"] = argparse.BooleanOptionalAction
             else:
-                kwargs["metavar"] = s.metavar
+                kwargs["metavar"] = s.metavar or s.name.upper()
             parser.add_argument(flag_of(alias), **kwargs)
 
 
@@ -124,7 +131,7 @@ def coerce(
         if s is None:
             unknown.append(str(key))
             continue
-        if spelled != s.name:
+        if spelled != s.name and spelled not in s.synonyms:
             deprecation(spelled.replace("_", "-") if flags else spelled, s.name.replace("_", "-") if flags else s.name, where)
         if value is None:
             continue
@@ -159,7 +166,8 @@ def check(obj: Any, *, where: str = "") -> None:
             ok = False
         if not ok:
             shown = list(value) if isinstance(value, tuple) else s.kind.text(value)
-            raise SpecError(f"{where}{s.flag_name} must {s.check.text}, got {shown}")
+            label = f"{s.flag_name} (key {s.name!r})" if s.cli else s.flag_name
+            raise SpecError(f"{where}{label} must {s.check.text}, got {shown}")
 
 
 def to_mapping(obj: Any, *, skip_defaults: bool = True, exclude: Iterable[str] = ()) -> dict[str, Any]:

@@ -295,7 +295,8 @@ def _check_names(spec: RunSpec, where: str) -> None:
 class Population:
     """Who takes part in a simulated or launched run: n devices, their hardware and the attackers."""
 
-    n: int = setting(10, INT, "workers (devices) in the run", check=at_least(1), aliases=("workers",))
+    n: int = setting(10, INT, "workers (devices) in the run, n", check=at_least(1), synonyms=("workers",),
+                     cli="workers")  # fmt: skip
     mix: Any = setting("default", MIX, "hardware mix: default, C_weak, C_min, C_1..C_3, C_powerful, or "
                        "W,A,P fractions")  # fmt: skip
     rates: tuple[float, ...] | None = setting(None, FLOATS, "explicit compute rate per worker (overrides "
@@ -307,7 +308,8 @@ class Population:
                                  "(Algorithm 1), data-first, coordinates-first (the authors' code), hybrid")  # fmt: skip
     rho: float = setting(0.5, FLOAT, "the hybrid budget policy's mix: 0 = coordinates-first .. 1 = data-first",
                          check=within(0, 1))  # fmt: skip
-    attackers: int = setting(0, INT, "Byzantine workers present in the population", check=at_least(0))
+    attackers: int = setting(0, INT, "Byzantine workers present in the population", check=at_least(0),
+                             aliases=("byzantine",))  # fmt: skip
     attack: str | None = setting(None, STR, "the attackers' attack: a built-in (hgo-plugins lists them), "
                                  "package.module:Name or an installed plug-in", default_text="none")  # fmt: skip
     attack_params: dict[str, Any] = setting({}, TABLE, "attack parameters, e.g. eps=10", flag=False)
@@ -319,14 +321,22 @@ class Population:
                                    "throttle allows)")  # fmt: skip
 
     @classmethod
+    def values_of(cls, obj: Any) -> dict[str, Any]:
+        """The population settings of ``obj`` (a Population or a config built on one)."""
+        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(cls)}
+
+    @classmethod
     def from_mapping(cls, raw: dict[str, Any], *, where: str = "") -> Population:
         return cls(**forms.coerce(cls, raw, where=where)).checked(where=where)
 
     def replace(self, **changes: Any) -> Population:
         return dataclasses.replace(self, **changes)
 
-    def checked(self, *, where: str = "") -> Population:
-        """Every declared range and the rules between the population's settings; returns self."""
+    def checked(self, *, where: str = "", late: int = 0) -> Population:
+        """Every declared range and the rules between the population's settings; returns self.
+
+        ``late``: workers that join during training (a launcher's), who need rates too.
+        """
         forms.check(self, where=where)
         if self.attackers > self.n:
             raise SpecError(f"{where}--attackers must be in [0, n={self.n}], got {self.attackers}")
@@ -335,8 +345,8 @@ class Population:
                 f"{where}--attackers {self.attackers}: Byzantine workers need an attack name (--attack), "
                 f"got {self.attack!r}"
             )
-        if self.rates is not None and len(self.rates) != self.n:
+        if self.rates is not None and len(self.rates) != self.n + late:
             raise SpecError(
-                f"{where}rates must give one rate per worker (n={self.n}), got {len(self.rates)}"
+                f"{where}rates must give one rate per worker (n={self.n + late}), got {len(self.rates)}"
             )
         return self

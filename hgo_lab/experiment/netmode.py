@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hgo_lab import simulator
-from hgo_common.spec import Quorum, RunSpec
+from hgo_common.spec import Population, Quorum, RunSpec
 from hgo_server.config import ServerConfig, resolve
 
 DEFAULT_NET_PROCESSES = 4  # worker processes hosting a net-mode run's n sessions
@@ -27,7 +27,7 @@ def cluster_config(
     from hgo_lab import cluster
 
     notes: list[str] = []
-    attack_params = [f"{k}={v}" for k, v in cfg.attack_params.items()]
+    attack_params: list[str] = []  # the population's own parameters travel with it
     if cfg.attackers and cfg.attack:
         from hgo_common import attacks
 
@@ -40,21 +40,11 @@ def cluster_config(
                 "NOTE: --mode net: Byzantine workers estimate honest gradients from their own shards "
                 "(not omniscient as in the simulator)"
             )
-    worker_args = ["--budget-policy", cfg.budget_policy, "--rho", str(cfg.rho)]
-    mix = cfg.mix if isinstance(cfg.mix, str) else ",".join(str(x) for x in cfg.mix)
     cc = cluster.ClusterConfig(
-        workers=cfg.n,
-        mix=mix,
-        byzantine=cfg.attackers,
-        attack=cfg.attack or "foe",
+        spec=RunSpec(**RunSpec.values_of(cfg)),
+        population=Population(**{**Population.values_of(cfg), "attack": cfg.attack or "foe"}),
         attack_params=attack_params,
-        seed=cfg.seed,
-        batch_size=cfg.batch_size,
-        rounds=cfg.rounds,
-        dataset=cfg.dataset,
         out=out,
-        rates=list(cfg.rates) if cfg.rates is not None else None,
-        worker_args=worker_args,
         progress=False,
         server=server_config(cfg),
         per_process=max(1, math.ceil(cfg.n / max(1, processes))),

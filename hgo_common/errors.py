@@ -39,7 +39,11 @@ class DataError(HGOError, ValueError):
 EXIT_USAGE = 2
 """Exit code of every console script for bad input (flags, config, files, plug-ins)."""
 
-EXIT_CODES: dict[type[HGOError], int] = {SpecError: EXIT_USAGE, PluginError: EXIT_USAGE, DataError: EXIT_USAGE}
+EXIT_CODES: dict[type[HGOError], int] = {
+    SpecError: EXIT_USAGE,
+    PluginError: EXIT_USAGE,
+    DataError: EXIT_USAGE,
+}
 """Exit codes of the command-line edges by error class (the first matching base wins)."""
 
 

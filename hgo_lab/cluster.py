@@ -41,8 +41,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
+
 from hgo_common import profiles, roundlog
 from hgo_common.spec import Population, RunSpec, forms
+from hgo_common.spec.build import Devices, devices
 from hgo_common.spec.declare import lookup
 from hgo_server import config
 from hgo_server.config import ConfigError, ServerConfig
@@ -169,12 +172,14 @@ class ClusterConfig:
         late = list(profiles.assign(self.late, mix)) if self.late else []
         return list(profiles.assign(self.population.n, mix)) + late
 
+    def devices(self) -> Devices:
+        """Who is who among the initial workers: the simulator's draw (``hgo_common.spec.devices``)."""
+        names = self.worker_profiles()[: self.population.n]
+        return devices(self.population, self.spec.seed, profile_names=names)
+
     def byzantine_indices(self) -> list[int]:
-        """The Byzantine workers, spread evenly over the (profile-sorted) initial workers."""
-        if self.byzantine == 0:
-            return []
-        n, f = self.workers, self.byzantine
-        return sorted({math.floor((i + 0.5) * n / f) for i in range(f)})
+        """The Byzantine workers: the same draw among the n as the simulator's."""
+        return [int(i) for i in np.flatnonzero(self.devices().byzantine)]
 
 
 @dataclass
@@ -294,11 +299,15 @@ def write_server_config(cfg: ClusterConfig, path: Path) -> Path:
 
 def worker_session(cfg: ClusterConfig, i: int, profile: str) -> dict[str, Any]:
     """Worker i's own settings (an ``hgo-worker --fleet`` entry): name, profile, seed, rate, attack."""
-    pop = cfg.population
-    sess: dict[str, Any] = {"name": f"w{i}-{profile}", "profile": profile, "seed": cfg.spec.seed * 1000 + i}
+    pop, fleet = cfg.population, cfg.devices()
+    initial = i < pop.n  # late workers: their own seed and draw
+    seed = fleet.seeds[i] if initial else cfg.spec.seed * 1000 + i
+    sess: dict[str, Any] = {"name": f"w{i}-{profile}", "profile": profile, "seed": seed}
     if pop.rates is not None:
         sess["rate"] = float(pop.rates[i])
-    if i in cfg.byzantine_indices():
+    elif initial:
+        sess["rate"] = fleet.rates[i]
+    if initial and bool(fleet.byzantine[i]):
         from hgo_common import attacks
 
         items = [f"{k}={v}" for k, v in pop.attack_params.items()] + list(cfg.attack_params)
@@ -626,10 +635,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="write the trained model (.npz; hgo_common.models.load reads it) to FILE, "
                      "or to OUT/model.npz when FILE is omitted (default: not written)")  # fmt: skip
     own.add_argument("--server-arg", action="append", default=[], metavar="ARG",
-                     help="pass ARG to hgo-server (repeatable, e.g. --server-arg=--heartbeat-ms=500)")  # fmt: skip
+                     help="pass ARG to hgo-server (repeatable, e.g. --server-arg=--heartbeat-ms=500)")
     own.add_argument("--extra-server-args", default="", metavar="ARGS",
                      help="space-separated arguments for hgo-server (default none)")  # fmt: skip
-    own.add_argument("--worker-arg", action="append", default=[], metavar="ARG", help="pass ARG to every worker")
+    own.add_argument(
+        "--worker-arg", action="append", default=[], metavar="ARG", help="pass ARG to every worker"
+    )
     own.add_argument("--timeout", type=float, default=d.timeout_s,
                      help=f"give up (and stop every process) after this many seconds "
                      f"(default {d.timeout_s:g})")  # fmt: skip

@@ -61,7 +61,7 @@ import contextlib
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -70,9 +70,9 @@ import numpy as np
 from hgo_common import throttle
 from hgo_common.driver import RoundDriver, RoundPlan, Timing, WorkerEntry, evaluate
 from hgo_common.errors import SpecError
-from hgo_common.spec import Population, RunSpec, build_run, driver_settings, forms
-from hgo_common.spec.build import n_classes_of
 from hgo_common.roundlog import RoundLog
+from hgo_common.spec import Population, RunSpec, build_run, driver_settings, forms
+from hgo_common.spec.build import devices, n_classes_of
 
 __all__ = [
     "FALLBACKS",
@@ -114,10 +114,22 @@ class SimConfig(RunSpec, Population):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.checked(n=self.n)
-        Population.checked(self)
+        self.checked()
         if self.tau.infinite and self.algorithm == "hgo":
             raise SpecError("hgo needs a finite deadline tau; tau = inf is the sgd baseline")
+
+    # RunSpec and Population both define these; a simulated run is both at once.
+    def checked(self, *, where: str = "", n: int | None = None, late: int = 0) -> SimConfig:
+        RunSpec.checked(self, where=where, n=self.n if n is None else n)
+        Population.checked(self, where=where, late=late)
+        return self
+
+    @classmethod
+    def from_mapping(cls, raw: dict[str, Any], *, where: str = "") -> SimConfig:
+        return cls(**forms.coerce(cls, raw, where=where))
+
+    def replace(self, **changes: Any) -> SimConfig:
+        return replace(self, **changes)
 
     @property
     def q_eff(self) -> int:
@@ -258,7 +270,7 @@ class Simulation:
     """
 
     def __init__(self, cfg: SimConfig, *, warn: Callable[[str], None] | None = None) -> None:
-        from hgo_common import local, profiles
+        from hgo_common import local
 
         self.cfg = cfg
         spec: RunSpec = cfg
@@ -273,19 +285,15 @@ class Simulation:
         self.d = int(self.model.dim)
         # Shards, w_0 and sampling come from the rounds.* run-seed conventions that
         # hgo-server uses too (hgo_common.spec.build_run): same seed, same model and shards.
-        seed = int(cfg.seed)
-        ss = np.random.SeedSequence([seed % 2**32, 0x48474F])  # "HGO": the simulator's own streams
-        (s_byz, _s_rate, s_attack, s_workers) = ss.spawn(4)  # rates: worker_rates()
-        self.attack_rng = np.random.default_rng(s_attack)
+        fleet = devices(cfg, cfg.seed)  # placement, rates, worker seeds: hgo_common.spec.devices
+        self.attack_rng = np.random.default_rng(fleet.attack_seed)
         self.shards = self.run_.shards
-        self.byzantine = np.zeros(cfg.n, dtype=bool)
-        if cfg.attackers:
-            self.byzantine[np.random.default_rng(s_byz).permutation(cfg.n)[: cfg.attackers]] = True
-        self.profiles = profiles.assign(cfg.n, cfg.mix)
-        self.rates = worker_rates(cfg)
+        self.byzantine = fleet.byzantine
+        self.profiles = fleet.profiles
+        self.rates = fleet.rates
         # Worker i's seed: its mini-batches are local.round_rng(seed_i, k, salt=i), as an
         # hgo-worker started with --seed seed_i and welcomed as worker i draws them.
-        self.worker_seeds = [int(x) for x in s_workers.generate_state(cfg.n)]
+        self.worker_seeds = fleet.seeds
         self.local_cfgs = [
             local.LocalConfig(rate=r, batch_size=cfg.batch_size, budget_policy=cfg.budget_policy, rho=cfg.rho)
             for r in self.rates
@@ -300,7 +308,7 @@ class Simulation:
         self.y_train = np.asarray(ds.y_train)
         self.y_poison: np.ndarray | None = None
         if self.behaviour is not None and self.behaviour.kind == "data" and cfg.attackers:
-            poison_rng = np.random.default_rng(s_attack)
+            poison_rng = np.random.default_rng(fleet.attack_seed)
             self.y_poison = self.behaviour.transform_labels(self.y_train, n_classes, poison_rng)
         settings = driver_settings(spec, self.run_, cfg.q_eff)
         round_cfg = settings.round_cfg
@@ -441,16 +449,9 @@ class Simulation:
 
 
 def worker_rates(cfg: SimConfig) -> list[float]:
-    """λ_i of the n workers of a run: ``cfg.rates``, or drawn from the mix's profiles with
-    the run seed (the stream :class:`Simulation` uses; the wire's net mode reuses it)."""
-    from hgo_common import profiles
-
-    if cfg.rates is not None:
-        return [float(r) for r in cfg.rates]
-    ss = np.random.SeedSequence([int(cfg.seed) % 2**32, 0x48474F])
-    s_rate = ss.spawn(4)[1]
-    rng = np.random.default_rng(s_rate)
-    return [float(profiles.draw_rate(p, rng)) for p in profiles.assign(cfg.n, cfg.mix)]
+    """λ_i of the n workers of a run (``hgo_common.spec.devices``: the rates the simulator and
+    the launchers both use)."""
+    return devices(cfg, cfg.seed).rates
 
 
 def run(

@@ -46,7 +46,7 @@ from hgo_common.spec.declare import (
     finite_at_least,
     setting,
     within,
-)  # fmt: skip
+)
 from hgo_common.spec.run import RunSpec
 from hgo_common.spec.types import Quorum, parse_duration_ms
 
@@ -63,10 +63,10 @@ __all__ = [
     "parse_duration_ms",
     "resolve",
     "to_toml",
-]  # fmt: skip
+]
 
 ConfigError = SpecError
-"""A setting outside its allowed range (the project's SpecError): the message names the value and the range."""
+"""A setting outside its allowed range (the project's SpecError): the message names the value and range."""
 
 DEFAULT_MAX_CHUNK_VALUES = 16384
 
@@ -88,62 +88,135 @@ class ServerOptions:
     """How one hgo-server process serves a run: address, auth, limits, persistence (docs/server.md)."""
 
     port: int = setting(50051, INT, "TCP port; 0 picks a free one and prints it", check=_port())
-    bind: str = setting("127.0.0.1", STR, "address to listen on (0.0.0.0 for every interface)", check=_address())
+    bind: str = setting(
+        "127.0.0.1", STR, "address to listen on (0.0.0.0 for every interface)", check=_address()
+    )
     port_file: str | None = setting(None, STR, "write the bound port to FILE once serving", metavar="FILE")
-    min_workers: int | None = setting(None, INT, "active sessions before training starts", check=at_least(1),
-                                      default_text="q")  # fmt: skip
-    num_shards: int | None = setting(None, INT, "data shards", check=at_least(1), default_text="--min-workers")
+    min_workers: int | None = setting(
+        None, INT, "active sessions before training starts", check=at_least(1), default_text="q"
+    )
+    num_shards: int | None = setting(
+        None, INT, "data shards", check=at_least(1), default_text="--min-workers"
+    )
     max_chunk_values: int = setting(DEFAULT_MAX_CHUNK_VALUES, INT, "most float32 values per gradient chunk")
-    sgd_timeout: float = setting(60_000.0, DURATION, "hard round timeout for sgd with tau=inf: ms, or 2s, 2min",
-                                 check=above(0))  # fmt: skip
-    heartbeat_ms: float = setting(2000.0, DURATION, "heartbeat interval (ms, or 2s); silent for 3 intervals = "
-                                  "dropped", check=Check(lambda x: 10 <= x < math.inf, "be in [10 ms, inf)"))  # fmt: skip
-    max_message_mb: int = setting(64, INT, "gRPC message size limit in MiB, both directions",
-                                  check=within(1, 2047))  # fmt: skip
-    log: str | None = setting(None, STR, "per-round JSON-lines log; an existing file is appended to, never "
-                              "truncated", metavar="FILE")  # fmt: skip
-    metrics_port: int | None = setting(None, INT, "serve Prometheus metrics on this port", check=_port(),
-                                       default_text="off")  # fmt: skip
-    metrics_bind: str | None = setting(None, STR, "address of the metrics endpoint", check=_address(),
-                                       metavar="ADDR", default_text="--bind's")  # fmt: skip
-    checkpoint_dir: str | None = setting(None, STR, "write checkpoints here", metavar="DIR",
-                                         default_text="no checkpoints")  # fmt: skip
+    sgd_timeout: float = setting(
+        60_000.0, DURATION, "hard round timeout for sgd with tau=inf: ms, or 2s, 2min", check=above(0)
+    )
+    heartbeat_ms: float = setting(
+        2000.0,
+        DURATION,
+        "heartbeat interval (ms, or 2s); silent for 3 intervals = dropped",
+        check=Check(lambda x: 10 <= x < math.inf, "be in [10 ms, inf)"),
+    )
+    max_message_mb: int = setting(
+        64, INT, "gRPC message size limit in MiB, both directions", check=within(1, 2047)
+    )
+    log: str | None = setting(
+        None,
+        STR,
+        "per-round JSON-lines log; an existing file is appended to, never truncated",
+        metavar="FILE",
+    )
+    metrics_port: int | None = setting(
+        None, INT, "serve Prometheus metrics on this port", check=_port(), default_text="off"
+    )
+    metrics_bind: str | None = setting(
+        None,
+        STR,
+        "address of the metrics endpoint",
+        check=_address(),
+        metavar="ADDR",
+        default_text="--bind's",
+    )
+    checkpoint_dir: str | None = setting(
+        None, STR, "write checkpoints here", metavar="DIR", default_text="no checkpoints"
+    )
     checkpoint_every: int = setting(10, INT, "checkpoint every N rounds", check=at_least(1))
     resume: bool = setting(False, BOOL, "resume from the latest checkpoint in --checkpoint-dir")
-    export: str | None = setting(None, STR, "write the trained model to FILE (.npz, hgo_common.models.load "
-                                 "reads it) when training ends", metavar="FILE", default_text="not written")  # fmt: skip
-    export_every: int = setting(0, INT, "also write --export every N rounds (0: only at the end)",
-                                check=at_least(0, "0: only at the end"))  # fmt: skip
-    stop_exit_code: int = setting(0, INT, "exit status after a SIGTERM/SIGINT that ends training early (the "
-                                  "Kubernetes Job uses 143 so that an evicted server is retried)",
-                                  check=within(0, 255))  # fmt: skip
-    token: str | None = setting(None, STR, "require this bearer token from workers (visible in ps: prefer "
-                                "--token-file or $HGO_TOKEN)", secret=True)  # fmt: skip
-    token_file: str | None = setting(None, STR, "require the bearer token in FILE (one line)", metavar="FILE",
-                                     default_text="$HGO_TOKEN when set, else no token")  # fmt: skip
-    tokens_file: str | None = setting(None, STR, "require one of the tokens in FILE (one identity each)",
-                                      metavar="FILE")  # fmt: skip
+    export: str | None = setting(
+        None,
+        STR,
+        "write the trained model to FILE (.npz, hgo_common.models.load reads it) when training ends",
+        metavar="FILE",
+        default_text="not written",
+    )
+    export_every: int = setting(
+        0,
+        INT,
+        "also write --export every N rounds (0: only at the end)",
+        check=at_least(0, "0: only at the end"),
+    )
+    stop_exit_code: int = setting(
+        0,
+        INT,
+        "exit status after a SIGTERM/SIGINT that ends training early (the "
+        "Kubernetes Job uses 143 so that an evicted server is retried)",
+        check=within(0, 255),
+    )
+    token: str | None = setting(
+        None,
+        STR,
+        "require this bearer token from workers (visible in ps: prefer --token-file or $HGO_TOKEN)",
+        secret=True,
+    )
+    token_file: str | None = setting(
+        None,
+        STR,
+        "require the bearer token in FILE (one line)",
+        metavar="FILE",
+        default_text="$HGO_TOKEN when set, else no token",
+    )
+    tokens_file: str | None = setting(
+        None, STR, "require one of the tokens in FILE (one identity each)", metavar="FILE"
+    )
     tls_cert: str | None = setting(None, STR, "server certificate (PEM)", metavar="FILE")
     tls_key: str | None = setting(None, STR, "server private key (PEM)", metavar="FILE")
     tls_ca: str | None = setting(None, STR, "CA for client certificates (mutual TLS)", metavar="FILE")
-    join_timeout: float = setting(5000.0, DURATION, "a new stream must send its Join within this",
-                                  check=_finite_duration())  # fmt: skip
-    idle_timeout: float = setting(10_000.0, DURATION, "close a connection that carries no call for this long; "
-                                  "also the TLS/HTTP2 handshake timeout", check=_finite_duration())  # fmt: skip
-    session_msg_rate: float = setting(1000.0, FLOAT, "messages per second one session may send (token bucket, "
-                                      "1 s burst; 0 = no limit)", check=finite_at_least(0, "0: no limit"))  # fmt: skip
+    join_timeout: float = setting(
+        5000.0, DURATION, "a new stream must send its Join within this", check=_finite_duration()
+    )
+    idle_timeout: float = setting(
+        10_000.0,
+        DURATION,
+        "close a connection that carries no call for this long; also the TLS/HTTP2 handshake timeout",
+        check=_finite_duration(),
+    )
+    session_msg_rate: float = setting(
+        1000.0,
+        FLOAT,
+        "messages per second one session may send (token bucket, 1 s burst; 0 = no limit)",
+        check=finite_at_least(0, "0: no limit"),
+    )
     session_byte_rate_mb: float | None = setting(
-        None, FLOAT, "MiB per second one session may send (token bucket, 1 s burst)",
-        check=finite_at_least(0, "0: no limit"), default_text="2 full gradients per tau plus 1 MiB",
-    )  # fmt: skip
-    join_rate: float = setting(1.0, FLOAT, "Joins per second one identity may make (burst 5; 0 = no limit)",
-                               check=finite_at_least(0, "0: no limit"))  # fmt: skip
-    max_sessions_per_peer: int = setting(1024, INT, "active sessions from one peer address; 0 = no cap",
-                                         check=at_least(0))  # fmt: skip
-    evict_after: int = setting(20, INT, "end a session sampled into this many rounds in a row without sending "
-                               "a value (and silent for 3 heartbeats); 0 = never", check=at_least(0))  # fmt: skip
-    nofile: int | None = setting(None, INT, "raise the open-file limit (RLIMIT_NOFILE) to this at start",
-                                 check=at_least(64), default_text="the hard limit")  # fmt: skip
+        None,
+        FLOAT,
+        "MiB per second one session may send (token bucket, 1 s burst)",
+        check=finite_at_least(0, "0: no limit"),
+        default_text="2 full gradients per tau plus 1 MiB",
+    )
+    join_rate: float = setting(
+        1.0,
+        FLOAT,
+        "Joins per second one identity may make (burst 5; 0 = no limit)",
+        check=finite_at_least(0, "0: no limit"),
+    )
+    max_sessions_per_peer: int = setting(
+        1024, INT, "active sessions from one peer address; 0 = no cap", check=at_least(0)
+    )
+    evict_after: int = setting(
+        20,
+        INT,
+        "end a session sampled into this many rounds in a row without sending "
+        "a value (and silent for 3 heartbeats); 0 = never",
+        check=at_least(0),
+    )
+    nofile: int | None = setting(
+        None,
+        INT,
+        "raise the open-file limit (RLIMIT_NOFILE) to this at start",
+        check=at_least(64),
+        default_text="the hard limit",
+    )
 
 
 @dataclass(frozen=True)
@@ -173,13 +246,17 @@ FIELDS = {f.name for f in dataclasses.fields(ServerConfig)}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The hgo-server argument parser, generated from the declarations (every option defaults to 'not given')."""
+    """The hgo-server parser, generated from the declarations (every flag defaults to 'not given')."""
     p = argparse.ArgumentParser(
         prog="hgo-server",
         description="HGO parameter server (Boubouh et al., SRDS 2022): asyncio gRPC, robust aggregation.",
     )
-    p.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
-                   help="TOML file with the same keys as the flags (flags override it)")  # fmt: skip
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="TOML file with the same keys as the flags (flags override it)",
+    )
     forms.add_arguments(p, ServerConfig)
     return p
 
@@ -340,10 +417,12 @@ def load_token(cfg: ServerConfig, env: Mapping[str, str] | None = None) -> Serve
     from hgo_common.net import credentials
 
     source = (
-        "--token" if cfg.token is not None
-        else f"--token-file {cfg.token_file!r}" if cfg.token_file is not None
+        "--token"
+        if cfg.token is not None
+        else f"--token-file {cfg.token_file!r}"
+        if cfg.token_file is not None
         else f"${credentials.TOKEN_ENV}"
-    )  # fmt: skip
+    )
     try:
         token = credentials.resolve_token(cfg.token, cfg.token_file, env)
         if token is not None:
@@ -351,5 +430,3 @@ def load_token(cfg: ServerConfig, env: Mapping[str, str] | None = None) -> Serve
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     return cfg.replace(token=token)
-
-

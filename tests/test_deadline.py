@@ -74,7 +74,8 @@ def test_one_byzantine_row_moves_tau_by_at_most_one_rank() -> None:
 
 def _auto_sim(**kw: object) -> simulator.SimResult:
     base: dict[str, object] = dict(
-        model="logistic", dataset="breast-cancer", n=8, q=8, v=4, tau=1000.0, early_close=False, rounds=40, eval_every=10,
+        model="logistic", dataset="breast-cancer", n=8, q=8, v=4, tau=1000.0, early_close=False, rounds=40,
+        eval_every=10,
         rates=(0.2, 0.4, 0.8, 1.2, 1.6, 2.0, 3.0, 0.0), batch_size=32, lr=0.5, order="flat", seed=1,
     )  # fmt: skip
     base.update(kw)

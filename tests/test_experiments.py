@@ -89,11 +89,11 @@ def test_weak_workers_are_partial_in_the_committed_scenarios() -> None:
     for fig, d in (("fig3", 23_860), ("fig5", 785), ("fig8", 785)):
         v = experiment.load_scenario(fig).variants[0]
         cfg = experiment.seed_config(v, 0)
-        assert cfg.rates is not None
+        rates = simulator.worker_rates(cfg)
         names = profiles.assign(cfg.n, cfg.mix)
         weak = [
             budget.plan("coordinates-first", rate=r, tau_ms=cfg.tau_ms, d=d, batch_size=cfg.batch_size)
-            for r, p in zip(cfg.rates, names, strict=True)
+            for r, p in zip(rates, names, strict=True)
             if p == "weak"
         ]
         assert weak and all(0 < p.coords < d and p.batch_size == 1 for p in weak), fig
@@ -229,9 +229,10 @@ def test_v_auto_and_rate_model_in_a_scenario(tmp_path: Path) -> None:
         ("c", 1, "auto"),
     ]
     cfg0, cfg1 = experiment.seed_config(sc.variants[0], 0), experiment.seed_config(sc.variants[0], 1)
-    assert cfg0.rates is not None and cfg1.rates is not None and cfg0.rates != cfg1.rates
-    assert cfg0.rates == experiment.seed_config(sc.variants[1], 0).rates  # same seed, same draws
-    assert all(r == int(r) for r in cfg0.rates)  # the authors' int(...) draw
+    r0, r1 = simulator.worker_rates(cfg0), simulator.worker_rates(cfg1)
+    assert r0 != r1
+    assert r0 == simulator.worker_rates(experiment.seed_config(sc.variants[1], 0))  # same seed, same draws
+    assert all(r == int(r) for r in r0)  # the authors' int(...) draw
     p.write_text('[base]\nv = "half"\n[[variant]]\nlabel = "a"\n')
     with pytest.raises(experiment.ScenarioError, match="'half'"):
         experiment.load_scenario(p)
@@ -377,7 +378,8 @@ _V = '[[variant]]\nlabel = "a"\n'
         ("unknown-quick.toml", f"[quick]\nrounds = 5\n{_V}".encode(), ("[quick]", "unknown key 'rounds'")),
         ("unknown-net.toml", f"[net]\nworkers = 5\n{_V}".encode(), ("[net]", "unknown key 'workers'")),
         ("unknown-setting.toml", f"learning_rate = 0.1\n{_V}".encode(), ("unknown key", "learning_rate")),
-        ("unknown-variant.toml", b'[[variant]]\nlabel = "a"\nrate = 1\n', ("variant 'a'", "unknown keys ['rate']")),
+        ("unknown-variant.toml", b'[[variant]]\nlabel = "a"\nrate = 1\n',
+         ("variant 'a'", "unknown keys ['rate']")),
         ("invalid.toml", b'[[variant]]\nlabel = "a"\nn = 0\n', ("variant 'a'", "(key 'n') must be >= 1")),
     ],
 )
@@ -448,7 +450,8 @@ def test_net_mode_builds_the_server_config_from_the_scenario(tmp_path: Path) -> 
     cc, _ = experiment.cluster_config(cfg, tmp_path)
     srv = cluster.server_config(cc)
     assert srv is cc.server
-    assert (srv.q, srv.f, srv.rule, srv.tau_ms, srv.rounds, srv.lr, srv.lr_schedule, srv.l2, srv.max_train) == (
+    got = (srv.q, srv.f, srv.rule, srv.tau_ms, srv.rounds, srv.lr, srv.lr_schedule, srv.l2, srv.max_train)
+    assert got == (
         cfg.q_eff, cfg.f, cfg.rule, cfg.tau_ms, cfg.rounds, cfg.lr, "inv-sqrt-block", 0.01, 500
     )
     assert (srv.num_shards, srv.min_workers, srv.seed) == (cfg.n, cfg.n, cfg.seed)
@@ -456,7 +459,8 @@ def test_net_mode_builds_the_server_config_from_the_scenario(tmp_path: Path) -> 
     # the run specification itself, not a translation: every setting equal, q and v resolved
     from hgo_common.spec import Quorum, RunSpec
 
-    assert srv.run_spec() == RunSpec(**{**RunSpec.values_of(cfg), "q": cfg.q_eff, "v": Quorum.fixed(cfg.quorum)})
+    want = {**RunSpec.values_of(cfg), "q": cfg.q_eff, "v": Quorum.fixed(cfg.quorum)}
+    assert srv.run_spec() == RunSpec(**want)
     path = cluster.write_server_config(cc, tmp_path / "server.toml")
     assert server_config.resolve(server_config.ServerConfig(**server_config.load_toml(path))) == srv
 

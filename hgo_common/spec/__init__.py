@@ -13,12 +13,23 @@ from __future__ import annotations
 
 from hgo_common.errors import SpecError
 
+from . import forms as forms
 from .build import Run, build_model, build_run, driver_settings, round_config
 from .run import SERVER_DEFAULT_Q, Population, RunSpec
-from . import forms
 from .types import Deadline, Quorum, duration_text, parse_duration_ms
 
 __all__ = [
-    "SERVER_DEFAULT_Q", "Deadline", "Population", "Quorum", "Run", "RunSpec", "SpecError", "build_model",
-    "build_run", "driver_settings", "duration_text", "parse_duration_ms", "round_config",
-]  # fmt: skip
+    "SERVER_DEFAULT_Q",
+    "Deadline",
+    "Population",
+    "Quorum",
+    "Run",
+    "RunSpec",
+    "SpecError",
+    "build_model",
+    "build_run",
+    "driver_settings",
+    "duration_text",
+    "parse_duration_ms",
+    "round_config",
+]

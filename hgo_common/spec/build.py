@@ -76,7 +76,9 @@ def build_model(spec: RunSpec, ds: Any) -> tuple[Any, str]:
     except ValueError as exc:
         raise SpecError(f"--model {name!r} on --dataset {spec.dataset!r}: {exc}") from None
     if model.task != ds.task:
-        raise SpecError(f"--model {name!r} is a {model.task} model but --dataset {spec.dataset!r} is {ds.task}")
+        raise SpecError(
+            f"--model {name!r} is a {model.task} model but --dataset {spec.dataset!r} is {ds.task}"
+        )
     return model, name
 
 
@@ -94,9 +96,12 @@ def build_run(spec: RunSpec, num_shards: int, *, dataset: Any = None, data_warni
     if dataset is None:
         try:
             dataset = datasets.load(
-                spec.dataset, data_dir=spec.data_dir, seed=spec.split_seed,
-                test_fraction=spec.test_fraction, max_train=spec.max_train,
-            )  # fmt: skip
+                spec.dataset,
+                data_dir=spec.data_dir,
+                seed=spec.split_seed,
+                test_fraction=spec.test_fraction,
+                max_train=spec.max_train,
+            )
         except ValueError as exc:
             raise SpecError(f"--dataset {spec.dataset!r}: {exc}") from None
     model, name = build_model(spec, dataset)
@@ -115,9 +120,15 @@ def round_config(spec: RunSpec, d: int, q: int) -> Any:
     from hgo_common import rounds
 
     return rounds.RoundConfig(
-        d=int(d), v=spec.quorum_for(q), rule=spec.rule, f=spec.f, lr=spec.lr, lr_schedule=spec.lr_schedule,
-        algorithm=spec.algorithm, row_bound=rounds.RowBound.parse(spec.row_bound_text),
-    )  # fmt: skip
+        d=int(d),
+        v=spec.quorum_for(q),
+        rule=spec.rule,
+        f=spec.f,
+        lr=spec.lr,
+        lr_schedule=spec.lr_schedule,
+        algorithm=spec.algorithm,
+        row_bound=rounds.RowBound.parse(spec.row_bound_text),
+    )
 
 
 def driver_settings(spec: RunSpec, run: Run, q: int) -> Any:
@@ -127,6 +138,70 @@ def driver_settings(spec: RunSpec, run: Run, q: int) -> Any:
 
     auto = AutoTau(spec.tau_target, spec.tau_min, spec.tau_max) if spec.tau.auto else None
     return RunSettings(
-        seed=spec.seed, rounds=spec.rounds, eval_every=spec.eval_every, q=q, tau_ms=spec.tau_bound_ms,
-        order_kind=run.order, groups=run.groups, round_cfg=round_config(spec, run.d, q), auto_tau=auto,
-    )  # fmt: skip
+        seed=spec.seed,
+        rounds=spec.rounds,
+        eval_every=spec.eval_every,
+        q=q,
+        tau_ms=spec.tau_bound_ms,
+        order_kind=run.order,
+        groups=run.groups,
+        round_cfg=round_config(spec, run.d, q),
+        auto_tau=auto,
+    )
+
+
+SIM_STREAM = 0x48474F  # "HGO": the population's seed streams (placement, rates, attacks, workers)
+RATE_STREAM = 0x52415445  # "RATE": rates of a named rate model other than "hgo"
+
+
+@dataclass(frozen=True)
+class Devices:
+    """Who is who in a population, drawn once from the run seed: the one place the simulator
+    and the launchers (``hgo-run``, ``hgo-experiment --mode net``) decide it.
+
+    Attributes
+    ----------
+    profiles : list of str
+        Each worker's hardware profile (``profiles.assign(n, mix)``, sorted weak first).
+    rates : list of float
+        λ_i: the population's ``rates``, or one draw per worker from its profile's
+        distribution in the population's rate model.
+    byzantine : ndarray of bool, shape (n,)
+        The ``attackers`` Byzantine workers, a uniform draw among the n.
+    seeds : list of int
+        Worker i's own seed (its mini-batches: ``local.round_rng(seeds[i], k, salt=i)``).
+    attack_seed : numpy.random.SeedSequence
+        The attacks' stream (label poisoning, estimates).
+    """
+
+    profiles: list[str]
+    rates: list[float]
+    byzantine: np.ndarray
+    seeds: list[int]
+    attack_seed: np.random.SeedSequence
+
+
+def devices(pop: Any, seed: int, *, profile_names: list[str] | None = None) -> Devices:
+    """The devices of population ``pop`` for run seed ``seed`` (see :class:`Devices`).
+
+    ``profile_names`` overrides the mix's profiles (a launcher's explicit list).
+    """
+    from hgo_common import profiles
+
+    n = int(pop.n)
+    ss = np.random.SeedSequence([int(seed) % 2**32, SIM_STREAM])
+    s_byz, s_rate, s_attack, s_workers = ss.spawn(4)
+    names = list(profile_names) if profile_names is not None else list(profiles.assign(n, pop.mix))
+    if pop.rates is not None:
+        rates = [float(r) for r in pop.rates]
+    elif pop.rate_model == "hgo":
+        rng = np.random.default_rng(s_rate)
+        rates = [float(profiles.draw_rate(p, rng)) for p in names[:n]]
+    else:
+        rng = np.random.default_rng([int(seed) % 2**32, RATE_STREAM])
+        rates = [float(r) for r in profiles.draw_rates(names[:n], rng, pop.rate_model)]
+    byzantine = np.zeros(n, dtype=bool)
+    if pop.attackers:
+        byzantine[np.random.default_rng(s_byz).permutation(n)[: pop.attackers]] = True
+    seeds = [int(x) for x in s_workers.generate_state(n)]
+    return Devices(names, rates, byzantine, seeds, s_attack)

@@ -12,6 +12,7 @@ constraints (``sklearn.utils._param_validation``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -86,7 +87,16 @@ class Bool(Kind):
     def parse(self, value: object, name: str) -> bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+        if isinstance(value, str) and value.strip().lower() in (
+            "true",
+            "false",
+            "1",
+            "0",
+            "yes",
+            "no",
+            "on",
+            "off",
+        ):
             return value.strip().lower() in ("true", "1", "yes", "on")
         raise self.bad(value, name)
 
@@ -287,7 +297,9 @@ def positive_finite() -> Check:
 
 
 def finite_at_least(lo: float, why: str = "") -> Check:
-    return Check(lambda x: x >= lo and math.isfinite(x), f"be a finite number >= {lo:g}{f' ({why})' if why else ''}")
+    return Check(
+        lambda x: x >= lo and math.isfinite(x), f"be a finite number >= {lo:g}{f' ({why})' if why else ''}"
+    )
 
 
 # ------------------------------------------------------------------------------- settings
@@ -334,10 +346,12 @@ def setting(
     cli: str | None = None,
 ) -> Any:
     """A dataclass field declaring one setting (its default, kind, help, unit, constraint)."""
-    meta = Setting(kind, help, unit, check, tuple(aliases), tuple(synonyms), flag, metavar, secret, default_text, cli)
+    meta = Setting(
+        kind, help, unit, check, tuple(aliases), tuple(synonyms), flag, metavar, secret, default_text, cli
+    )
     if isinstance(default, dict | list):
-        factory = (lambda d=default: type(d)(d))
-        return field(default_factory=factory, metadata={META: meta}, repr=not secret)
+        return field(default_factory=functools.partial(type(default), default), metadata={META: meta},
+                     repr=not secret)  # fmt: skip
     return field(default=default, metadata={META: meta}, repr=not secret)
 
 
@@ -347,7 +361,9 @@ def declared(cls: type) -> Iterator[tuple[Setting, Any]]:
         meta = f.metadata.get(META)
         if meta is None:
             continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        missing = f.default_factory is dataclasses.MISSING
+        factory: Callable[[], Any] | None = None if missing else f.default_factory
+        default = factory() if factory is not None else f.default
         yield dataclasses.replace(meta, name=f.name), default
 
 

@@ -74,13 +74,20 @@ def add_arguments(
         names = [s.flag_name, *(flag_of(x) for x in (s.name, *s.synonyms) if flag_of(x) != s.flag_name)]
         if s.kind is BOOL:
             parser.add_argument(
-                *names, dest=s.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text
+                *names,
+                dest=s.name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=text,
             )
         else:
             parser.add_argument(*names, dest=s.name, metavar=s.metavar, default=argparse.SUPPRESS, help=text)
         for alias in s.aliases:
-            kwargs: dict[str, Any] = {"dest": f"{ALIAS_DEST}{alias}", "default": argparse.SUPPRESS,
-                                      "help": f"old spelling of {s.flag_name} (deprecated)"}  # fmt: skip
+            kwargs: dict[str, Any] = {
+                "dest": f"{ALIAS_DEST}{alias}",
+                "default": argparse.SUPPRESS,
+                "help": f"old spelling of {s.flag_name} (deprecated)",
+            }
             if s.kind is BOOL:
                 kwargs["action"] = argparse.BooleanOptionalAction
             else:
@@ -132,7 +139,11 @@ def coerce(
             unknown.append(str(key))
             continue
         if spelled != s.name and spelled not in s.synonyms:
-            deprecation(spelled.replace("_", "-") if flags else spelled, s.name.replace("_", "-") if flags else s.name, where)
+            deprecation(
+                spelled.replace("_", "-") if flags else spelled,
+                s.name.replace("_", "-") if flags else s.name,
+                where,
+            )
         if value is None:
             continue
         if s.name in out:

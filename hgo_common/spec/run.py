@@ -43,7 +43,7 @@ from .declare import (
     positive_finite,
     setting,
     within,
-)  # fmt: skip
+)
 from .types import Deadline, Quorum
 
 SERVER_DEFAULT_Q = 10
@@ -103,57 +103,112 @@ class RunSpec:
     # -- data and model
     dataset: str = setting("digits", STR, "dataset name, package.module:Name or an installed plug-in")
     data_dir: str | None = setting(
-        None, STR, "directory with the file-based datasets (mnist, phishing, boston, cifar10); bundled "
-        "scikit-learn datasets need none", metavar="DIR",
-    )  # fmt: skip
-    max_train: int | None = setting(None, INT, "use at most this many training examples", check=at_least(1),
-                                    default_text="all")  # fmt: skip
-    test_fraction: float = setting(0.2, FLOAT, "share of the data held out as the test split",
-                                   check=Check(lambda x: 0 < x < 1, "be in (0, 1)"))  # fmt: skip
+        None,
+        STR,
+        "directory with the file-based datasets (mnist, phishing, boston, cifar10); bundled "
+        "scikit-learn datasets need none",
+        metavar="DIR",
+    )
+    max_train: int | None = setting(
+        None, INT, "use at most this many training examples", check=at_least(1), default_text="all"
+    )
+    test_fraction: float = setting(
+        0.2,
+        FLOAT,
+        "share of the data held out as the test split",
+        check=Check(lambda x: 0 < x < 1, "be in (0, 1)"),
+    )
     partition: str = setting("iid", STR, "iid | classes:K | dirichlet:ALPHA: how the training set is split")
     model: str | None = setting(
-        None, STR, "linear | logistic | svm | mlp | cnn (torch extra) | package.module:Name | an installed "
-        "plug-in", default_text="the dataset's default model",
-    )  # fmt: skip
+        None,
+        STR,
+        "linear | logistic | svm | mlp | cnn (torch extra) | package.module:Name | an installed plug-in",
+        default_text="the dataset's default model",
+    )
     hidden: tuple[int, ...] = setting((30,), INTS, "mlp hidden layer widths, comma-separated", check=_WIDTHS)
-    l2: float | None = setting(None, FLOAT, "l2 regularization", check=Check(
-        lambda x: x >= 0 and x < float("inf"), "be a finite number >= 0"),
-        default_text="the model's: 1e-4 for svm, 0 otherwise")  # fmt: skip
+    l2: float | None = setting(
+        None,
+        FLOAT,
+        "l2 regularization",
+        check=Check(lambda x: x >= 0 and x < float("inf"), "be a finite number >= 0"),
+        default_text="the model's: 1e-4 for svm, 0 otherwise",
+    )
     seed: int = setting(0, INT, "run seed: model init, orders, sampling, partition", check=_SEED)
-    data_seed: int | None = setting(None, INT, "seed of the train/test split", check=_SEED,
-                                    default_text="--seed")  # fmt: skip
+    data_seed: int | None = setting(
+        None, INT, "seed of the train/test split", check=_SEED, default_text="--seed"
+    )
     # -- the round rule
     algorithm: str = setting("hgo", Choice(_algorithms), "hgo | sgd (the paper's SGD baselines)")
-    rule: str = setting("average", STR, "aggregation rule, e.g. average, median, nnm+krum, "
-                        "package.module:Name or an installed plug-in")  # fmt: skip
+    rule: str = setting(
+        "average",
+        STR,
+        "aggregation rule, e.g. average, median, nnm+krum, package.module:Name or an installed plug-in",
+    )
     f: int = setting(0, INT, "Byzantine workers the rule must tolerate (the paper's f)", check=at_least(0))
-    q: int | None = setting(None, INT, "workers sampled per round", check=at_least(1),
-                            default_text=f"every worker (simulator, hgo-run); {SERVER_DEFAULT_Q} for hgo-server")
-    v: Quorum = setting(Quorum(), QUORUM, "quorum: the block is the v-th longest prefix; an integer, or auto: "
-                        "the paper's floor(f/0.5)+1", default_text="max(ceil(q/2), what the rule needs)")
+    q: int | None = setting(
+        None,
+        INT,
+        "workers sampled per round",
+        check=at_least(1),
+        default_text=f"every worker (simulator, hgo-run); {SERVER_DEFAULT_Q} for hgo-server",
+    )
+    v: Quorum = setting(
+        Quorum(),
+        QUORUM,
+        "quorum: the block is the v-th longest prefix; an integer, or auto: the paper's floor(f/0.5)+1",
+        default_text="max(ceil(q/2), what the rule needs)",
+    )
     row_bound: str = setting(
-        "", STR, "the most one row may contribute before aggregation: coord:B, norm:B, off, or a bound "
-        "relative to the round's rows (docs/reliability.md)", default_text="rounds.DEFAULT_ROW_BOUND",
-    )  # fmt: skip
-    order: str = setting("stratified", Choice(_orders), "coordinate order C_k: flat, or stratified over the "
-                         "model's parameter groups (paper appendix C.3; flat for one group)")  # fmt: skip
+        "",
+        STR,
+        "the most one row may contribute before aggregation: coord:B, norm:B, off, or a bound "
+        "relative to the round's rows (docs/reliability.md)",
+        default_text="rounds.DEFAULT_ROW_BOUND",
+    )
+    order: str = setting(
+        "stratified",
+        Choice(_orders),
+        "coordinate order C_k: flat, or stratified over the "
+        "model's parameter groups (paper appendix C.3; flat for one group)",
+    )
     # -- deadline
-    tau: Deadline = setting(Deadline(), DEADLINE, "round deadline tau: ms (a bare number), or 250ms, 2s, "
-                            "inf, or auto: chosen each round to meet --tau-target")  # fmt: skip
-    tau_target: float = setting(0.5, FLOAT, "--tau auto: the block fraction b_v/d to reach",
-                                check=Check(lambda x: 0 < x <= 1, "be in (0, 1]"))  # fmt: skip
+    tau: Deadline = setting(
+        Deadline(),
+        DEADLINE,
+        "round deadline tau: ms (a bare number), or 250ms, 2s, "
+        "inf, or auto: chosen each round to meet --tau-target",
+    )
+    tau_target: float = setting(
+        0.5,
+        FLOAT,
+        "--tau auto: the block fraction b_v/d to reach",
+        check=Check(lambda x: 0 < x <= 1, "be in (0, 1]"),
+    )
     tau_min: float = setting(10.0, DURATION, "--tau auto: the shortest deadline", check=above(0))
-    tau_max: float = setting(1000.0, DURATION, "--tau auto: the longest deadline",
-                             check=Check(lambda x: 0 < x < float("inf"), "be a finite duration > 0"))  # fmt: skip
-    early_close: bool = setting(True, BOOL, "close a round as soon as every sampled worker is finished "
-                                "(off: every round lasts exactly tau, the paper's round)")  # fmt: skip
+    tau_max: float = setting(
+        1000.0,
+        DURATION,
+        "--tau auto: the longest deadline",
+        check=Check(lambda x: 0 < x < float("inf"), "be a finite duration > 0"),
+    )
+    early_close: bool = setting(
+        True,
+        BOOL,
+        "close a round as soon as every sampled worker is finished "
+        "(off: every round lasts exactly tau, the paper's round)",
+    )
     # -- schedule
     lr: float = setting(0.1, FLOAT, "learning rate gamma", check=positive_finite())
-    lr_schedule: str = setting("constant", Choice(_schedules), "constant | inv-sqrt-block (gamma/sqrt|B_k|, "
-                               "the paper's suggestion)")  # fmt: skip
+    lr_schedule: str = setting(
+        "constant", Choice(_schedules), "constant | inv-sqrt-block (gamma/sqrt|B_k|, the paper's suggestion)"
+    )
     rounds: int = setting(100, INT, "training rounds", check=at_least(1))
-    eval_every: int = setting(10, INT, "evaluate on the test split every N rounds; 0 = at the end only",
-                              check=at_least(0, "0: only at the end"))  # fmt: skip
+    eval_every: int = setting(
+        10,
+        INT,
+        "evaluate on the test split every N rounds; 0 = at the end only",
+        check=at_least(0, "0: only at the end"),
+    )
 
     def __post_init__(self) -> None:
         normalize_loose(self)
@@ -295,30 +350,59 @@ def _check_names(spec: RunSpec, where: str) -> None:
 class Population:
     """Who takes part in a simulated or launched run: n devices, their hardware and the attackers."""
 
-    n: int = setting(10, INT, "workers (devices) in the run, n", check=at_least(1), synonyms=("workers",),
-                     cli="workers")  # fmt: skip
-    mix: Any = setting("default", MIX, "hardware mix: default, C_weak, C_min, C_1..C_3, C_powerful, or "
-                       "W,A,P fractions")  # fmt: skip
-    rates: tuple[float, ...] | None = setting(None, FLOATS, "explicit compute rate per worker (overrides "
-                                              "the mix's draws)", unit="coords/ms per data point")  # fmt: skip
-    rate_model: str = setting("hgo", Choice(_rate_models), "rate distributions of the profiles: hgo (ours) or "
-                              "authors (karimboubouh/HgO v1.0 src/config.py)")  # fmt: skip
+    n: int = setting(
+        10, INT, "workers (devices) in the run, n", check=at_least(1), synonyms=("workers",), cli="workers"
+    )
+    mix: Any = setting(
+        "default", MIX, "hardware mix: default, C_weak, C_min, C_1..C_3, C_powerful, or W,A,P fractions"
+    )
+    rates: tuple[float, ...] | None = setting(
+        None,
+        FLOATS,
+        "explicit compute rate per worker (overrides the mix's draws)",
+        unit="coords/ms per data point",
+    )
+    rate_model: str = setting(
+        "hgo",
+        Choice(_rate_models),
+        "rate distributions of the profiles: hgo (ours) or authors (karimboubouh/HgO v1.0 src/config.py)",
+    )
     batch_size: int = setting(32, INT, "workers' mini-batch size s", check=at_least(1))
-    budget_policy: str = setting("fixed", Choice(_policies), "how a worker spends its round budget: fixed "
-                                 "(Algorithm 1), data-first, coordinates-first (the authors' code), hybrid")  # fmt: skip
-    rho: float = setting(0.5, FLOAT, "the hybrid budget policy's mix: 0 = coordinates-first .. 1 = data-first",
-                         check=within(0, 1))  # fmt: skip
-    attackers: int = setting(0, INT, "Byzantine workers present in the population", check=at_least(0),
-                             aliases=("byzantine",))  # fmt: skip
-    attack: str | None = setting(None, STR, "the attackers' attack: a built-in (hgo-plugins lists them), "
-                                 "package.module:Name or an installed plug-in", default_text="none")  # fmt: skip
+    budget_policy: str = setting(
+        "fixed",
+        Choice(_policies),
+        "how a worker spends its round budget: fixed "
+        "(Algorithm 1), data-first, coordinates-first (the authors' code), hybrid",
+    )
+    rho: float = setting(
+        0.5,
+        FLOAT,
+        "the hybrid budget policy's mix: 0 = coordinates-first .. 1 = data-first",
+        check=within(0, 1),
+    )
+    attackers: int = setting(
+        0, INT, "Byzantine workers present in the population", check=at_least(0), aliases=("byzantine",)
+    )
+    attack: str | None = setting(
+        None,
+        STR,
+        "the attackers' attack: a built-in (hgo-plugins lists them), "
+        "package.module:Name or an installed plug-in",
+        default_text="none",
+    )
     attack_params: dict[str, Any] = setting({}, TABLE, "attack parameters, e.g. eps=10", flag=False)
-    omniscient: bool = setting(True, BOOL, "simulator: attackers see the round's honest gradients (the "
-                               "paper's evaluation); off: they estimate from their own shards as on the wire")  # fmt: skip
-    estimate_batches: int = setting(5, INT, "mini-batches a non-omniscient attacker estimates from",
-                                    check=at_least(1))  # fmt: skip
-    byzantine_full: bool = setting(True, BOOL, "gradient attackers send all d coordinates (off: what their "
-                                   "throttle allows)")  # fmt: skip
+    omniscient: bool = setting(
+        True,
+        BOOL,
+        "simulator: attackers see the round's honest gradients (the "
+        "paper's evaluation); off: they estimate from their own shards as on the wire",
+    )
+    estimate_batches: int = setting(
+        5, INT, "mini-batches a non-omniscient attacker estimates from", check=at_least(1)
+    )
+    byzantine_full: bool = setting(
+        True, BOOL, "gradient attackers send all d coordinates (off: what their throttle allows)"
+    )
 
     @classmethod
     def values_of(cls, obj: Any) -> dict[str, Any]:

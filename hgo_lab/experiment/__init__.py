@@ -55,7 +55,6 @@ from hgo_lab.experiment.report import details_report, report
 from hgo_lab.experiment.runner import run_scenario
 from hgo_lab.experiment.scenario import (
     METRICS,
-    RATE_STREAM,
     SCENARIOS,
     SOURCE_ROOT,
     Scenario,
@@ -74,7 +73,7 @@ from hgo_lab.experiment.stats import (
 )
 
 __all__ = [
-    "DEFAULT_NET_PROCESSES", "METRICS", "NET_MIN_TAU_MS", "RATE_STREAM", "SCENARIOS", "SOURCE_ROOT",
+    "DEFAULT_NET_PROCESSES", "METRICS", "NET_MIN_TAU_MS", "SCENARIOS", "SOURCE_ROOT",
     "SUMMARY_FIELDS", "Progress", "Scenario", "ScenarioError", "Variant", "centralized_reference",
     "class_accuracy", "cluster_config", "details_report", "final_values", "heterogeneity",
     "load_scenario", "main", "plot_runs", "read_summary", "reduce_for_net", "report",

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hgo_lab import simulator
 from hgo_common.spec import Population, Quorum, RunSpec
+from hgo_lab import simulator
 from hgo_server.config import ServerConfig, resolve
 
 DEFAULT_NET_PROCESSES = 4  # worker processes hosting a net-mode run's n sessions

@@ -14,10 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from hgo_lab import simulator
 from hgo_common.spec import forms
+from hgo_lab import simulator
 
 # The scenario files ship inside the package (package data), so `hgo-experiment list` and
 # `run fig5` work from any directory after a plain `pip install`.
@@ -268,18 +266,7 @@ def _build_scenario(
     )
 
 
-RATE_STREAM = 0x52415445  # "RATE": keeps the rates drawn here apart from other seed streams
-
-
 def seed_config(var: Variant, s: int) -> simulator.SimConfig:
-    """The configuration of seed index ``s`` of ``var``: seed + s, and for a rate model
-    other than ``"hgo"`` the per-worker rates drawn from it (``profiles.assign`` order,
-    generator ``default_rng([seed, RATE_STREAM])``)."""
-    from hgo_common import profiles
-
-    cfg = simulator.with_overrides(var.config, seed=var.config.seed + s)
-    if cfg.rate_model != "hgo" and cfg.rates is None:
-        rng = np.random.default_rng([int(cfg.seed) % 2**32, RATE_STREAM])
-        rates = profiles.draw_rates(profiles.assign(cfg.n, cfg.mix), rng, cfg.rate_model)
-        cfg = simulator.with_overrides(cfg, rates=tuple(rates))
-    return cfg
+    """The configuration of seed index ``s`` of ``var``: its seed + s (the rates, placement and
+    worker seeds follow from the seed: ``hgo_common.spec.devices``)."""
+    return simulator.with_overrides(var.config, seed=var.config.seed + s)

@@ -73,9 +73,12 @@ __all__ = [
     "Device",
     "DeviceLimits",
     "Lab",
+    "LimitTable",
     "NetLink",
+    "add_run_flags",
     "check_support",
     "clean",
+    "constrain_argv",
     "delivered_rates",
     "leftovers",
     "parse_bandwidth",
@@ -944,6 +947,102 @@ def delivered_rates(record: Mapping[str, Any]) -> dict[int, float]:
     if not tau:
         return {}
     return {int(w["id"]): float(w["prefix"]) / float(tau) for w in record.get("workers", [])}
+
+
+# ---------------------------------------------------------------------------------- hgo-run
+
+#: The per-device settings of ``hgo-run`` (flags ``--cpu-share``, ``--uplink``, ``--downlink``,
+#: ``--latency``) and of ``--fleet`` JSON entries (keys with underscores).
+LIMIT_KEYS = ("cpu_share", "uplink", "downlink", "latency")
+
+
+def add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """The device flags of ``hgo-run``: each ``[PROFILE=]VALUE``, repeatable (no profile: all)."""
+    helps = {
+        "cpu_share": "CPU share of a device, a fraction of one core (0.1 = 10 %%): a cgroup quota",
+        "uplink": "device -> server bandwidth, e.g. 1mbit: tbf on the device's veth",
+        "downlink": "server -> device bandwidth, e.g. 10mbit: tbf on the host's veth",
+        "latency": "one-way latency added each way, e.g. 40ms (application-level relay: no netem here)",
+    }
+    for key in LIMIT_KEYS:
+        parser.add_argument(
+            "--" + key.replace("_", "-"), action="append", default=[], metavar="[PROFILE=]VALUE",
+            help=helps[key] + "; repeatable, e.g. weak=0.1 (default: unconstrained; needs root)",
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LimitTable:
+    """Device limits per profile, from ``hgo-run``'s flags; ``"*"`` applies to every profile."""
+
+    by_profile: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+    @classmethod
+    def from_flags(
+        cls, values: Mapping[str, Sequence[str]], known_profiles: Sequence[str] = ()
+    ) -> LimitTable:
+        """``{"cpu_share": ["weak=0.1", "0.5"], ...}`` -> table (ValueError naming a bad item)."""
+        table: dict[str, dict[str, str]] = {}
+        for key, items in values.items():
+            if key not in LIMIT_KEYS:
+                raise ValueError(f"unknown device setting {key!r}; expected one of {list(LIMIT_KEYS)}")
+            for item in items:
+                prof, sep, value = item.rpartition("=")
+                prof = prof if sep else "*"
+                if known_profiles and prof != "*" and prof not in known_profiles:
+                    raise ValueError(
+                        f"--{key.replace('_', '-')} {item!r}: unknown profile {prof!r}; "
+                        f"expected one of {sorted(known_profiles)}"
+                    )
+                table.setdefault(prof, {})[key] = value
+        out = cls(table)
+        for prof in table:
+            out.limits(prof)  # validates every value now, before anything starts
+        return out
+
+    def limits(self, profile: str, entry: Mapping[str, Any] | None = None) -> DeviceLimits:
+        """The limits of one device: ``"*"``, then its profile's, then its fleet entry's own keys."""
+        merged: dict[str, Any] = {**self.by_profile.get("*", {}), **self.by_profile.get(profile, {})}
+        if entry:
+            merged.update({k: entry[k] for k in LIMIT_KEYS if entry.get(k) is not None})
+        return DeviceLimits.parse(
+            merged.get("cpu_share"), merged.get("uplink"), merged.get("downlink"), merged.get("latency")
+        )
+
+    def any(self) -> bool:
+        return bool(self.by_profile)
+
+
+def split_entry(entry: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A ``--fleet`` entry -> (the hgo-worker session keys, the device keys of :data:`LIMIT_KEYS`)."""
+    session = {k: v for k, v in entry.items() if k not in LIMIT_KEYS}
+    device = {k: entry[k] for k in LIMIT_KEYS if k in entry}
+    return session, device
+
+
+def constrain_argv(
+    lab: Lab, limits: DeviceLimits, argv: Sequence[str], *, name: str | None = None
+) -> list[str]:
+    """A worker command line run as a device with ``limits`` (unchanged when unconstrained).
+
+    Creates the device in ``lab``, points ``--server HOST:PORT`` at the device's relay when
+    it has a link, and puts the exec launcher in front. One device is one process: a
+    ``--fleet`` process hosting several sessions cannot be given per-session limits.
+    """
+    if not limits.any:
+        return list(argv)
+    out = list(argv)
+    if "--fleet" in out or "--sessions" in out:
+        raise ValueError("device limits apply to a process: give each constrained device its own hgo-worker")
+    dev = lab.device(limits, name=name)
+    if dev.link is not None:
+        try:
+            i = out.index("--server")
+        except ValueError:
+            raise ValueError("a worker command with a link constraint needs --server HOST:PORT") from None
+        host, _, port = out[i + 1].rpartition(":")
+        out[i + 1] = dev.server_address(host, int(port))
+    return dev.wrap(out)
 
 
 # ---------------------------------------------------------------------------------- CLI

@@ -449,3 +449,44 @@ def test_round_meter_measures_release_and_compute_rates() -> None:
     rec = {"tau_ms": 200.0, "workers": [{"id": 3, "prefix": 1000}, {"id": 4, "prefix": 0}]}
     assert constraints.delivered_rates(rec) == {3: 5.0, 4: 0.0}
     assert constraints.delivered_rates({"tau_ms": None, "workers": []}) == {}
+
+
+# ------------------------------------------------------------------ hgo-run integration
+
+
+def test_limit_table_merges_all_profile_and_fleet_entry_settings() -> None:
+    table = constraints.LimitTable.from_flags(
+        {"cpu_share": ["0.5", "weak=0.1"], "uplink": ["weak=1mbit"], "latency": ["20ms"]},
+        known_profiles=("weak", "average", "powerful"),
+    )
+    weak = table.limits("weak")
+    assert (weak.cpu_share, weak.uplink, weak.latency_ms) == (0.1, 1_000_000, 20.0)
+    avg = table.limits("average")
+    assert (avg.cpu_share, avg.uplink, avg.latency_ms) == (0.5, None, 20.0)
+    own = table.limits("weak", {"cpu_share": 0.05, "downlink": "2mbit", "profile": "weak"})
+    assert (own.cpu_share, own.uplink, own.downlink) == (0.05, 1_000_000, 2_000_000)
+    assert not constraints.LimitTable().limits("weak").any
+    with pytest.raises(ValueError, match="unknown profile 'wek'"):
+        constraints.LimitTable.from_flags({"cpu_share": ["wek=0.1"]}, known_profiles=("weak",))
+    with pytest.raises(ValueError, match="bandwidth"):
+        constraints.LimitTable.from_flags({"uplink": ["weak=fast"]})
+    session, device = constraints.split_entry(
+        {"name": "w0", "profile": "weak", "cpu_share": 0.1, "latency": 5}
+    )
+    assert session == {"name": "w0", "profile": "weak"} and device == {"cpu_share": 0.1, "latency": 5}
+
+
+@pytest.mark.netns
+def test_constrain_argv_points_the_worker_at_its_relay_and_wraps_it(lab: Lab) -> None:
+    limits = DeviceLimits.parse(cpu_share=0.5, uplink="4mbit", latency="5ms")
+    _skip_unless(limits)
+    argv = ["hgo-worker", "--server", "127.0.0.1:50999", "--name", "w0"]
+    assert constraints.constrain_argv(lab, DeviceLimits(), argv) == argv  # unconstrained: untouched
+    out = constraints.constrain_argv(lab, limits, argv, name="w0")
+    (dev,) = lab.devices
+    assert dev.link is not None and dev.relay is not None and dev.cgroup is not None
+    assert out[-5:] == ["hgo-worker", "--server", f"{dev.link.host_ip}:{dev.relay.port}", "--name", "w0"]
+    assert out[out.index("--cgroup") + 1] == str(dev.cgroup.path)
+    assert out[out.index("--netns") + 1] == dev.link.ns
+    with pytest.raises(ValueError, match="own hgo-worker"):
+        constraints.constrain_argv(lab, limits, ["hgo-worker", "--server", "h:1", "--fleet", "f.json"])

@@ -83,7 +83,7 @@ def measure(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                 "--port-file", str(port_file), "--dataset", args.dataset, "--model", args.model,
                 "--hidden", args.hidden, "--tau", args.tau, "--q", "2", "--v", "1", "--no-early-close",
                 "--rounds", "1000000", "--min-workers", "2", "--eval-every", "0", "--log", str(rlog),
-                "--max-chunk-values", str(args.max_chunk_values),
+                "--max-chunk-values", str(args.max_chunk_values), "--evict-after", "0",
             ]  # fmt: skip
             procs.append(_start(server_argv, out / "server.log"))
             end = time.monotonic() + 60

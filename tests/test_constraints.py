@@ -282,8 +282,14 @@ def test_a_lab_removes_its_cgroup_namespace_link_and_qdiscs_on_close() -> None:
         assert "tbf" in q["host"] and "rate 2Mbit" in q["host"], q
         sleeper = subprocess.Popen(dev.wrap(["sleep", "60"]), start_new_session=True)
         _until(lambda: sleeper.pid in dev.cgroup.pids(), 20, "the sleeper inside the cgroup")  # type: ignore[union-attr]
-        ns_pids = subprocess.run(["ip", "netns", "pids", dev.link.ns], capture_output=True, text=True).stdout
-        assert str(sleeper.pid) in ns_pids.split()
+        ns = dev.link.ns
+
+        def in_ns() -> bool:
+            # The launcher joins the cgroup first, then the namespace, then execs: wait for both.
+            out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout
+            return str(sleeper.pid) in out.split()
+
+        _until(in_ns, 20, "the sleeper inside the namespace")
         host_if = dev.link.host_if
     assert sleeper.wait(10) == -signal.SIGKILL  # what ran inside the device went with it
     assert _mine(os.getpid()).empty(), _mine(os.getpid()).as_dict()

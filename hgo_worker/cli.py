@@ -32,7 +32,7 @@ from pathlib import Path
 from hgo_common import attacks
 from hgo_common.net import credentials
 
-from . import fleet
+from . import fleet, pacing
 from .client import Worker, WorkerConfig
 
 
@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--rate", type=_rate, default=None,
         help="compute rate lambda_i in partial derivatives per ms per data point (overrides the profile's "
         "draw; 0 = unthrottled; default: drawn from --profile)",
+    )
+    p.add_argument(
+        "--throttle", choices=pacing.THROTTLE_MODES, default="on",
+        help="on: release no faster than the rate lambda_i (emulated device); off: release each piece as "
+        "soon as it is computed (a really constrained device, e.g. under a CPU quota) (default on)",
     )
     p.add_argument("--batch-size", type=int, default=32, help="mini-batch size s_i (default 32)")
     p.add_argument(
@@ -173,7 +178,8 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
     """
     if args.seed is not None and not 0 <= args.seed < 2**32:
         raise ValueError(f"--seed must be in [0, 2**32), got {args.seed}")
-    profile = args.profile or ("custom" if args.rate is not None else "average")
+    rate = pacing.throttle_rate(args.throttle, args.rate, args.budget_policy)
+    profile = args.profile or ("custom" if rate is not None else "average")
     if args.token is not None and args.token_file is not None:
         raise ValueError("--token and --token-file are two sources of one token; give one of them")
     if not args.metrics_bind.strip():
@@ -181,7 +187,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
     return WorkerConfig(
         server=args.server,
         profile=profile,
-        rate=args.rate,
+        rate=rate,
         batch_size=args.batch_size,
         byzantine=args.byzantine,
         attack_params=attacks.parse_params(args.attack_param),

@@ -20,6 +20,12 @@ therefore wakes
 After the local deadline τ the worker stops: the server closed the round by then (its
 clock started earlier, when it broadcast the task), so anything later would only be
 counted as late.
+
+``hgo-worker --throttle off`` (issue 21, real constraints) drops the emulated rate: the
+schedule is unthrottled, so each piece of the gradient is released as soon as it is
+computed and the prefix by τ is what the device (e.g. under a CPU quota,
+``hgo_lab.constraints``) really computes. :class:`RoundMeter` measures that rate, so λ is an
+observation rather than an assumption.
 """
 
 from __future__ import annotations
@@ -34,6 +40,100 @@ MAX_TICK_MS = 50.0
 INF_TICK_MS = 20.0  # tick for tau = inf (SGD(τ=∞)): only the granularity of progress
 MIN_MARGIN_MS = 1.0
 MAX_MARGIN_MS = 5.0
+THROTTLE_MODES = ("on", "off")
+UNTHROTTLED = 0.0  # the rate that means "no throttle" (hgo_common.throttle.is_unthrottled)
+
+
+def throttle_rate(mode: str, rate: float | None, budget_policy: str = "fixed") -> float | None:
+    """The ``--rate`` a worker runs with under ``--throttle MODE``.
+
+    ``on``: ``rate`` unchanged (``None``: drawn from the profile). ``off``: unthrottled, so
+    the release follows the real computation. ``off`` refuses an explicit rate (two
+    contradicting sources of λ) and the adaptive budget policies (they size s_i and b_i
+    from an assumed λ, which ``off`` is meant to stop assuming).
+
+    Raises
+    ------
+    ValueError
+        Naming the offending setting.
+    """
+    if mode not in THROTTLE_MODES:
+        raise ValueError(f"--throttle must be one of {list(THROTTLE_MODES)}, got {mode!r}")
+    if mode == "on":
+        return rate
+    if rate is not None:
+        raise ValueError(
+            f"--throttle off releases coordinates as fast as the device computes them; --rate {rate:g} "
+            "asks for an emulated rate: give one or the other"
+        )
+    if budget_policy != "fixed":
+        raise ValueError(
+            f"--throttle off needs --budget-policy fixed: {budget_policy!r} plans the batch and the prefix "
+            "from an assumed rate, which --throttle off does not have"
+        )
+    return UNTHROTTLED
+
+
+def measured_rate(coords: int, elapsed_ms: float) -> float:
+    """Coordinates per ms: ``coords / elapsed_ms`` (0 when nothing was delivered or no time passed)."""
+    if coords < 0 or math.isnan(elapsed_ms) or elapsed_ms < 0:
+        raise ValueError(f"need coords >= 0 and elapsed_ms >= 0, got {coords}, {elapsed_ms}")
+    if coords == 0 or elapsed_ms == 0:
+        return 0.0
+    return coords / elapsed_ms
+
+
+@dataclass
+class RoundMeter:
+    """What one round really computed and released, and when (ms since the task arrived).
+
+    The release loop calls :meth:`on_compute` around each piece it computes and
+    :meth:`on_release` when it queues chunks. ``release_rate`` is the delivered rate
+    (coordinates per ms up to the last release); ``lam`` is the compute rate in λ's unit
+    (partial derivatives per ms per data point: coordinates per ms of compute × s_i),
+    directly comparable to a profile's λ.
+    """
+
+    batch_size: int
+    computed: int = 0
+    compute_ms: float = 0.0
+    released: int = 0
+    last_release_ms: float = 0.0
+
+    def on_compute(self, coords: int, ms: float) -> None:
+        """``coords`` new values took ``ms`` of wall time to compute."""
+        self.computed += int(coords)
+        self.compute_ms += max(0.0, float(ms))
+
+    def on_release(self, upto: int, at_ms: float) -> None:
+        """The prefix ``[0, upto)`` is out ``at_ms`` into the round."""
+        if upto > self.released:
+            self.released = int(upto)
+            self.last_release_ms = float(at_ms)
+
+    @property
+    def release_rate(self) -> float:
+        return measured_rate(self.released, self.last_release_ms)
+
+    @property
+    def compute_rate(self) -> float:
+        return measured_rate(self.computed, self.compute_ms)
+
+    @property
+    def lam(self) -> float:
+        return self.compute_rate * self.batch_size
+
+    def as_dict(self) -> dict[str, float]:
+        """The fields a round-log entry can carry: ``computed``, ``released``, ``compute_ms``,
+        ``release_ms``, ``rate`` (coordinates per ms released) and ``lambda``."""
+        return {
+            "computed": self.computed,
+            "released": self.released,
+            "compute_ms": round(self.compute_ms, 3),
+            "release_ms": round(self.last_release_ms, 3),
+            "rate": self.release_rate,
+            "lambda": self.lam,
+        }
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from typing import IO, Any
 import numpy as np
 
 from hgo_common import profiles, roundlog
+from hgo_common.errors import HGOError
 from hgo_common.spec import Population, RunSpec, forms
 from hgo_common.spec.build import Devices, devices
 from hgo_common.spec.declare import lookup
@@ -53,7 +54,7 @@ from hgo_server.config import ConfigError, ServerConfig
 Launcher = Callable[..., "subprocess.Popen[bytes]"]
 
 
-class ClusterError(RuntimeError):
+class ClusterError(HGOError, RuntimeError):
     """The cluster could not run to completion (the message names the process and its log)."""
 
 
@@ -94,6 +95,9 @@ class ClusterConfig:
     # Device sessions per worker process (hgo-worker --fleet): 1 is one device per process,
     # as on real hardware; a lab emulating n = 100 devices on one machine packs them.
     per_process: int = 1
+    # Real device constraints per profile (hgo_lab.constraints: CPU share, uplink, downlink,
+    # latency); None or empty: every worker runs unconstrained on loopback.
+    limits: Any = None
 
     @classmethod
     def make(cls, **kw: Any) -> ClusterConfig:
@@ -149,6 +153,11 @@ class ClusterConfig:
             attacks.parse_params(self.attack_params)  # KEY=VALUE shape; the worker checks the keys
         if self.per_process < 1:
             raise ValueError(f"--sessions-per-process must be >= 1, got {self.per_process}")
+        if self.limits is not None and self.limits.any() and self.per_process > 1:
+            raise ValueError(
+                f"--sessions-per-process {self.per_process} with device limits: a constrained device is one "
+                "process (its own cgroup and network namespace); use --sessions-per-process 1"
+            )
         if self.late < 0 or self.late_round < 0:
             raise ValueError(f"--late and --late-round must be >= 0, got {self.late}, {self.late_round}")
         if self.profiles is not None and len(self.profiles) != pop.n + self.late:
@@ -349,14 +358,27 @@ def worker_groups(cfg: ClusterConfig, ids: Sequence[int]) -> list[list[int]]:
 
 def launch_workers(
     cfg: ClusterConfig, ids: Sequence[int], port: int, profs: Sequence[str], out: Path,
-    launch_one: Callable[[list[str], str], subprocess.Popen[bytes]],
+    launch_one: Callable[[list[str], str], subprocess.Popen[bytes]], lab: Any = None,
 ) -> list[tuple[str, subprocess.Popen[bytes]]]:  # fmt: skip
-    """Start workers ``ids``: one process each, or ``--fleet`` processes of ``per_process``."""
+    """Start workers ``ids``: one process each, or ``--fleet`` processes of ``per_process``.
+
+    With device limits (``cfg.limits``) and a ``hgo_lab.constraints.Lab``, each worker runs
+    as a real constrained device (cgroup CPU quota, its own network namespace and shaped
+    link) with the emulated throttle off: it releases what its CPU and link really deliver.
+    """
     started = []
     for group in worker_groups(cfg, ids):
         if cfg.per_process <= 1:
-            name = f"worker-{group[0]}"
-            started.append((name, launch_one(worker_argv(cfg, group[0], port, profs[group[0]]), name)))
+            i = group[0]
+            name = f"worker-{i}"
+            argv = worker_argv(cfg, i, port, profs[i])
+            limits = cfg.limits.limits(profs[i]) if cfg.limits is not None else None
+            if lab is not None and limits is not None and limits.any:
+                from hgo_lab import constraints
+
+                argv = [*_without_rate(argv), "--throttle", "off"]
+                argv = constraints.constrain_argv(lab, limits, argv, name=name)
+            started.append((name, launch_one(argv, name)))
             continue
         from hgo_worker.fleet import write_fleet
 
@@ -365,6 +387,20 @@ def launch_workers(
         argv = [*_common_worker_argv(cfg, port), "--fleet", str(fleet), *cfg.worker_args]
         started.append((name, launch_one(argv, name)))
     return started
+
+
+def _without_rate(argv: list[str]) -> list[str]:
+    """``argv`` less ``--rate X`` (a really constrained device has no emulated rate)."""
+    out: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--rate":
+            skip = True
+        else:
+            out.append(a)
+    return out
 
 
 class _Progress:
@@ -537,13 +573,18 @@ def run_cluster(
 
     profs = cfg.worker_profiles()
     progress = _Progress(cfg.rounds, stream, cfg.progress)
+    lab = None
+    if cfg.limits is not None and cfg.limits.any():
+        from hgo_lab import constraints
+
+        lab = constraints.Lab()  # removed in the finally: cgroups, namespaces, qdiscs, relays
     t0 = time.monotonic()
     try:
         server = launch_one(server_argv(cfg, config_file, port_file, log_file), "server")
         server_log = out / "server.log"
         port = _wait_port(port_file, server, server_log, 120.0)
         dim = server_dim(port)
-        workers += launch_workers(cfg, range(cfg.workers), port, profs, out, launch_one)
+        workers += launch_workers(cfg, range(cfg.workers), port, profs, out, launch_one, lab)
         records: list[dict[str, Any]] = []
         late_started = cfg.late == 0
         while True:
@@ -554,7 +595,7 @@ def run_cluster(
                 records = new
             if not late_started and records and int(records[-1]["round"]) + 1 >= cfg.late_round:
                 late_ids = range(cfg.workers, cfg.workers + cfg.late)
-                workers += launch_workers(cfg, late_ids, port, profs, out, launch_one)
+                workers += launch_workers(cfg, late_ids, port, profs, out, launch_one, lab)
                 late_started = True
             if server.poll() is not None:
                 break
@@ -578,6 +619,8 @@ def run_cluster(
         codes = [w.poll() for _, w in workers]
     finally:
         _kill_all(started)
+        if lab is not None:
+            lab.close()
     wall = time.monotonic() - t0
     evals = [m for r in records if (m := _metric_of(r)) is not None]
     metric_name, metric = evals[-1] if evals else ("accuracy", math.nan)
@@ -645,6 +688,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"give up (and stop every process) after this many seconds "
                      f"(default {d.timeout_s:g})")  # fmt: skip
     own.add_argument("--no-progress", action="store_true", help="do not print progress lines")
+    from hgo_lab import constraints
+
+    devices_group = p.add_argument_group(
+        "real device constraints (root; docs/worker-and-cluster.md 'Real constraints'); a constrained "
+        "worker runs with --throttle off"
+    )
+    constraints.add_run_flags(devices_group)  # type: ignore[arg-type]
     return p
 
 
@@ -658,6 +708,19 @@ def check_server_settings(cfg: ClusterConfig) -> None:
     srv = server_config(cfg)
     if cfg.server_args:
         config.parse_args(cfg.server_args, base=srv)
+
+
+def _limit_table(a: argparse.Namespace) -> Any:
+    """The device limits of hgo-run's flags (None when none is given)."""
+    from hgo_lab import constraints
+
+    values = {k: getattr(a, k) for k in constraints.LIMIT_KEYS}
+    if not any(values.values()):
+        return None
+    table = constraints.LimitTable.from_flags(values, list(profiles.PROFILES))
+    for prof in profiles.PROFILES:
+        constraints.check_support(table.limits(prof))  # refuse now, naming what the host lacks
+    return table
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -674,9 +737,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             server_args=[*a.server_arg, *a.extra_server_args.split()], worker_args=a.worker_arg,
             timeout_s=a.timeout, progress=not a.no_progress, per_process=a.sessions_per_process,
             export=None if a.export is None else (Path(a.export) if a.export else a.out / "model.npz"),
+            limits=_limit_table(a),
         )  # fmt: skip
         cfg.validate()
-    except ValueError as exc:
+    except (ValueError, HGOError) as exc:  # a bad setting, or a device limit this host cannot give
         parser.error(str(exc))
     try:
         cfg.out.mkdir(parents=True, exist_ok=True)

@@ -65,6 +65,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hgo_common.errors import HGOError
+
 __all__ = [
     "PREFIX",
     "ConstraintError",
@@ -98,7 +100,7 @@ RELAY_READ = 64 * 1024
 RELAY_BUFFER = 256  # pieces a relay direction may hold (x 64 KiB) before it stops reading
 
 
-class ConstraintError(RuntimeError):
+class ConstraintError(HGOError, RuntimeError):
     """The kernel or the privileges lack a feature a constraint needs (the message names it)."""
 
 

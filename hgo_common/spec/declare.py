@@ -361,9 +361,8 @@ def declared(cls: type) -> Iterator[tuple[Setting, Any]]:
         meta = f.metadata.get(META)
         if meta is None:
             continue
-        missing = f.default_factory is dataclasses.MISSING
-        factory: Callable[[], Any] | None = None if missing else f.default_factory
-        default = factory() if factory is not None else f.default
+        has_factory = f.default_factory is not dataclasses.MISSING
+        default = f.default_factory() if has_factory else f.default  # type: ignore[misc]
         yield dataclasses.replace(meta, name=f.name), default
 
 

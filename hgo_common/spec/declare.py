@@ -362,7 +362,7 @@ def declared(cls: type) -> Iterator[tuple[Setting, Any]]:
         if meta is None:
             continue
         has_factory = f.default_factory is not dataclasses.MISSING
-        default = f.default_factory() if has_factory else f.default  # type: ignore[misc,operator]
+        default = f.default_factory() if has_factory else f.default  # type: ignore[operator]
         yield dataclasses.replace(meta, name=f.name), default
 
 

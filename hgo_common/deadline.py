@@ -14,8 +14,9 @@ ms, measured as (prefix delivered) / (time of its last delivered chunk since the
 smoothed over the rounds it was sampled in (an exponential moving average with weight
 ``memory`` on the newest round). Round k's deadline, for the sampled workers S_k:
 
-    r_(v) = the v-th largest r_i over S_k        (unknown workers: the median of the known)
-    τ_k   = clamp((1 + headroom) · ceil(target · d) / r_(v), tau_min, tau_max)
+    r_(j) = the j-th largest r_i over S_k        (unknown workers: the median of the known)
+    j     = min(max(v, f + 1), |S_k| - f)          (f: the Byzantine workers the rule tolerates)
+    τ_k   = clamp((1 + headroom) · ceil(target · d) / r_(j), tau_min, tau_max)
 
 since a worker delivering r_i positions per ms holds min(d, r_i·τ) by τ, and b_v(τ) is
 the v-th largest of those. The round also closes as soon as the target is met (the v-th
@@ -26,9 +27,13 @@ right the round ends at the estimate anyway, and when the v-th worker is a littl
 this round the target is still met instead of missed by a few coordinates.
 
 Robustness: r_i is computed from worker i's own row only, and τ_k from an order statistic
-of the sampled rows, so a Byzantine worker (any prefix, any timing) moves r_(v) by at most
-one rank among q — no more than its row moves b_v itself. It cannot stretch τ beyond
-``tau_max`` nor shrink it below ``tau_min``.
+of the sampled rows that ignores the f fastest and the f slowest rates: with f = 0 it is
+r_(v), the rate that decides b_v. Up to f Byzantine workers that deliver slowly on purpose
+(one value just before τ, every round) are then never the rank τ is taken from, as they
+were when fewer than v honest workers were sampled (issue 20: two identities kept every
+round at ``tau_max``); the configuration check ``q - f >= v``
+(``hgo_common.spec.RunSpec.checked``) makes the rank exist. A Byzantine worker cannot
+stretch τ beyond ``tau_max`` nor shrink it below ``tau_min``.
 """
 
 from __future__ import annotations
@@ -92,14 +97,17 @@ class DeadlinePolicy:
         Model dimension.
     v : int
         The quorum: the block is the v-th longest prefix.
+    f : int, optional
+        Byzantine workers tolerated: the f fastest and f slowest rates are not used.
     """
 
-    def __init__(self, spec: AutoTau, d: int, v: int) -> None:
-        if d < 1 or v < 1:
-            raise ValueError(f"need d >= 1 and v >= 1, got d={d}, v={v}")
+    def __init__(self, spec: AutoTau, d: int, v: int, f: int = 0) -> None:
+        if d < 1 or v < 1 or f < 0:
+            raise ValueError(f"need d >= 1, v >= 1 and f >= 0, got d={d}, v={v}, f={f}")
         self.spec = spec
         self.d = int(d)
         self.v = int(v)
+        self.f = int(f)
         self.target_coords = max(1, math.ceil(spec.target * d))
         self.rates: dict[int, float] = {}
 
@@ -114,8 +122,8 @@ class DeadlinePolicy:
             return Choice(self.spec.tau_max, math.inf, "no-estimate", 0)
         prior = float(np.median(list(self.rates.values())))
         rates = np.array([self.rates.get(int(w), prior) for w in workers], dtype=np.float64)
-        v = min(self.v, rates.size)
-        r_v = float(np.sort(rates)[::-1][v - 1])
+        rank = max(1, min(max(self.v, self.f + 1), rates.size - self.f, rates.size))
+        r_v = float(np.sort(rates)[::-1][rank - 1])
         estimate = (1.0 + self.spec.headroom) * self.target_coords / r_v if r_v > 0 else math.inf
         tau = min(max(estimate, self.spec.tau_min), self.spec.tau_max)
         reason = "estimate"

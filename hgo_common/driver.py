@@ -233,7 +233,7 @@ class RoundDriver:
         self.rounds_without_quorum = 0
         self.last_block = 0
         self.deadline = (
-            DeadlinePolicy(settings.auto_tau, d, round_quorum(self.round_cfg))
+            DeadlinePolicy(settings.auto_tau, d, round_quorum(self.round_cfg), self.round_cfg.f)
             if settings.auto_tau is not None
             else None
         )

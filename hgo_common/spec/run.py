@@ -145,6 +145,12 @@ class RunSpec:
         "aggregation rule, e.g. average, median, nnm+krum, package.module:Name or an installed plug-in",
     )
     f: int = setting(0, INT, "Byzantine workers the rule must tolerate (the paper's f)", check=at_least(0))
+    allow_unsafe: bool = setting(
+        False,
+        BOOL,
+        "run a configuration refused as unsafe: a rule without a robustness guarantee with f > 0, or a "
+        "quorum that f Byzantine workers can deny (q - f < v); for experiments that study exactly that",
+    )
     q: int | None = setting(
         None,
         INT,
@@ -300,6 +306,8 @@ class RunSpec:
                 f"{where}--rule {self.rule} with --f {self.f} needs at least {need} rows per coordinate, "
                 f"but the quorum v is {v}; raise --v (and --q) to >= {need} or lower --f"
             )
+        if not self.allow_unsafe:
+            _check_safety(self, rule, q, v, where)
         if self.tau.auto:
             if self.algorithm != "hgo":
                 raise SpecError(
@@ -312,6 +320,32 @@ class RunSpec:
                     f"{self.tau_min:g} --tau-max {self.tau_max:g}"
                 )
         return self
+
+
+def robust(rule: Any, f: int) -> bool:
+    """Whether ``rule`` claims a guarantee against ``f`` Byzantine rows: it needs more rows as f
+    grows (median 2f+1, Krum 2f+3, ...). A rule that needs no more rows for f than for 0
+    (average, and compositions ending in it without a robust first stage) claims none."""
+    return f == 0 or int(rule.min_rows(f)) > int(rule.min_rows(0))
+
+
+def _check_safety(spec: RunSpec, rule: Any, q: int, v: int, where: str) -> None:
+    """Refuse what lets f Byzantine identities break or stall the run (issue 20, break 2)."""
+    f = spec.f
+    if not robust(rule, f):
+        raise SpecError(
+            f"{where}--rule {spec.rule} has no robustness guarantee, yet --f {f} says up to {f} workers may "
+            "be Byzantine: one of them can move the model anywhere; use a robust rule (median, "
+            "trimmed-mean, krum, nnm+average, ...), or confirm with --allow-unsafe (allow_unsafe = true)"
+        )
+    need = v if spec.algorithm == "hgo" else max(1, int(rule.min_rows(f)))
+    if f and q - f < need:
+        what = "quorum v" if spec.algorithm == "hgo" else "complete gradients the rule needs"
+        raise SpecError(
+            f"{where}--q {q}, --f {f}: q - f = {q - f} honest workers are fewer than the {what} ({need}), so "
+            f"f Byzantine workers that send nothing (or one value late) can deny every round its quorum; "
+            f"raise --q to >= {need + f}, lower --v to <= {q - f}, or confirm with --allow-unsafe"
+        )
 
 
 def normalize_loose(cfg: Any) -> None:

@@ -76,7 +76,8 @@ the tolerated f, ``attackers`` the Byzantine workers present, ``tau`` the deadli
 1 (files without ``format``): the keys of before the spec, read as they were meant — ``f``
 the attackers present (and the tolerated f unless ``rule_f`` says otherwise), ``tau_ms``
 the deadline, ``tau_auto = true`` with ``tau_ms`` its upper bound, and rounds of exactly
-tau unless ``early_close`` is set (the simulator's old default)."""
+tau unless ``early_close`` is set (the simulator's old default), and no safety refusal
+(``allow_unsafe``: the files were written before the check and mean what they say)."""
 
 
 def _check_table(table: dict[str, Any], keys: dict[str, type | tuple[type, ...]], where: str) -> None:
@@ -125,6 +126,8 @@ def _from_format_1(merged: dict[str, Any]) -> dict[str, Any]:
         out["tau_max"] = out.get("tau", 1000.0)
         out["tau"] = "auto"
     out.setdefault("early_close", False)
+    # Format 1 predates the safety check (issue 20): its files meant what they said.
+    out.setdefault("allow_unsafe", True)
     return out
 
 

@@ -37,7 +37,9 @@ class Progress:
             self.stream.write("\r" + self.line() + " ")
             self.stream.flush()
 
-    def end_run(self, rounds: int, summary: str) -> None:
+    def end_run(self, rounds: int, summary: str, label: str | None = None) -> None:
+        if label is not None:  # runs in parallel end without having started here
+            self._label = label
         self.runs_done += 1
         self.rounds_done += rounds
         self._in_run = 0

@@ -109,7 +109,7 @@ def test_a_failed_run_is_reported_with_its_traceback_and_the_others_finish(
     assert all("DataFileError" in x["error"] for x in meta["failed"])
     # the other runs finished and are in the statistics; the failed variant is not
     assert sorted(p.name for p in (out / "logs").iterdir()) == [
-        "average_seed0.jsonl", "average_seed1.jsonl", "median_seed0.jsonl", "median_seed1.jsonl",
+        "average_seed0.jsonl.gz", "average_seed1.jsonl.gz", "median_seed0.jsonl.gz", "median_seed1.jsonl.gz",
     ]  # fmt: skip
     variants = {line.split(",")[0] for line in (out / "summary.csv").read_text().splitlines()[1:]}
     assert variants == {"average", "median"}

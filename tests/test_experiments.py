@@ -162,12 +162,12 @@ def test_cli_run_writes_logs_summary_and_plots(tmp_path: Path) -> None:
     scen.write_text(TINY)
     out = tmp_path / "out"
     assert experiment.main(["run", str(scen), "--out", str(out), "--rounds", "10"]) == 0
-    logs = sorted((out / "logs").glob("*.jsonl"))
+    logs = sorted((out / "logs").glob("*.jsonl.gz"))  # gzip-compressed JSON lines (issue 23.2)
     assert [p.name for p in logs] == [
-        "average_seed0.jsonl",
-        "average_seed1.jsonl",
-        "median_seed0.jsonl",
-        "median_seed1.jsonl",
+        "average_seed0.jsonl.gz",
+        "average_seed1.jsonl.gz",
+        "median_seed0.jsonl.gz",
+        "median_seed1.jsonl.gz",
     ]
     recs = roundlog.read(logs[0])
     assert len(recs) == 10 and [r["round"] for r in recs if "accuracy" in r] == [4, 9]
@@ -185,8 +185,8 @@ def test_cli_run_writes_logs_summary_and_plots(tmp_path: Path) -> None:
     # Same seeds -> same logs: the runner adds nothing stochastic of its own.
     out2 = tmp_path / "out2"
     assert experiment.main(["run", str(scen), "--out", str(out2), "--rounds", "10", "--seeds", "1"]) == 0
-    assert (out2 / "logs" / "median_seed0.jsonl").read_bytes() == (
-        out / "logs" / "median_seed0.jsonl"
+    assert (out2 / "logs" / "median_seed0.jsonl.gz").read_bytes() == (
+        out / "logs" / "median_seed0.jsonl.gz"
     ).read_bytes()
 
 

@@ -125,8 +125,9 @@ def run_scenario(
                     _note(notes, note, echo)
 
                 def net_echo(m: str) -> None:
-                    if "not found" in m and m.startswith("WARNING: dataset") and m[9:] not in data_warnings:
-                        data_warnings.append(m[9:])
+                    m = m.removeprefix("WARNING: ")  # _note adds it (once)
+                    if m.startswith("dataset ") and " not found " in m and m not in data_warnings:
+                        data_warnings.append(m)  # the data-set fallback of run_net_result
                     _note(notes, m, echo)
 
                 # the cluster's log is copied plain, then compressed like the simulator's

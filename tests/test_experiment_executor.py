@@ -138,3 +138,21 @@ def test_default_jobs_follow_the_cores() -> None:
     assert isinstance(executor.make_executor(1, None, n_tasks=4), executor.InlineExecutor)
     default = executor.make_executor(None, None, n_tasks=4)
     assert isinstance(default, executor.InlineExecutor if n == 1 else executor.PoolExecutor)
+
+
+def test_progress_counts_runs_in_progress_side_by_side(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pool reports rounds of several runs at once: the share and the ETA count all of
+    them, and a report that arrives after its run ended is not counted twice."""
+    import io
+
+    lines: list[str] = []
+    clock = iter([0.0] + [10.0] * 20)
+    monkeypatch.setattr(experiment.time, "monotonic", lambda: next(clock))
+    prog = experiment.Progress("figX", total_runs=4, total_rounds=80, echo=lines.append, stream=io.StringIO())
+    prog.round_done(n=5, run="a seed 0")
+    prog.round_done(n=15, run="a seed 1")
+    assert prog.line().startswith("run 2/4")
+    assert "25%" in prog.line() and "ETA 0:30" in prog.line()  # 20 of 80 rounds in 10 s
+    prog.end_run(20, "a seed 1: done", label="a seed 1")
+    prog.round_done(n=3, run="a seed 1")  # late: already counted by end_run
+    assert lines[-1].startswith("[figX] a seed 1: done | run 2/4 a seed 1 | 31%")  # 20 + 5 of 80

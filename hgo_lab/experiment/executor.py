@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import time
 import traceback
 from collections.abc import Callable, Generator, Sequence
@@ -101,8 +102,9 @@ def _failed(task: SimTask, error: str) -> SimOutcome:
 class Executor(Protocol):
     """Runs tasks and yields their outcomes as they finish (in any order).
 
-    ``on_start`` and ``on_round`` are called where the executor can (in this process):
-    before a run and after each of its rounds.
+    ``on_start(task)`` is called before a run where the executor knows (in this process),
+    ``on_rounds(task, n)`` when n more rounds of a run are done (every round in this
+    process, about every 0.2 s from a pool process, not at all from Ray).
     """
 
     name: str
@@ -111,7 +113,7 @@ class Executor(Protocol):
         self,
         tasks: Sequence[SimTask],
         on_start: Callable[[SimTask], None] | None = None,
-        on_round: Callable[[dict[str, Any]], None] | None = None,
+        on_rounds: Callable[[SimTask, int], None] | None = None,
     ) -> Generator[SimOutcome, None, None]: ...
 
 
@@ -124,7 +126,7 @@ def default_jobs() -> int:
 
 
 class InlineExecutor:
-    """One run after another in this process; ``on_round`` sees every round."""
+    """One run after another in this process; ``on_rounds`` sees every round."""
 
     name = "inline"
 
@@ -132,12 +134,16 @@ class InlineExecutor:
         self,
         tasks: Sequence[SimTask],
         on_start: Callable[[SimTask], None] | None = None,
-        on_round: Callable[[dict[str, Any]], None] | None = None,
+        on_rounds: Callable[[SimTask, int], None] | None = None,
     ) -> Generator[SimOutcome, None, None]:
         for task in tasks:
             if on_start is not None:
                 on_start(task)
-            yield run_sim_task(task, on_round)
+            yield run_sim_task(task, None if on_rounds is None else _one_round(on_rounds, task))
+
+
+def _one_round(on_rounds: Callable[[SimTask, int], None], task: SimTask) -> Callable[[dict[str, Any]], None]:
+    return lambda rec: on_rounds(task, 1)
 
 
 class PoolExecutor:
@@ -154,17 +160,31 @@ class PoolExecutor:
         self,
         tasks: Sequence[SimTask],
         on_start: Callable[[SimTask], None] | None = None,
-        on_round: Callable[[dict[str, Any]], None] | None = None,
+        on_rounds: Callable[[SimTask, int], None] | None = None,
     ) -> Generator[SimOutcome, None, None]:
         import multiprocessing
         from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(self.jobs, len(tasks)), mp_context=ctx) as pool:
-            pending: dict[Future[SimOutcome], SimTask] = {pool.submit(run_sim_task, t): t for t in tasks}
+        rounds_q: Any = ctx.Queue()
+        by_key = {(t.label, t.seed_index): t for t in tasks}
+        with ProcessPoolExecutor(
+            max_workers=min(self.jobs, len(tasks)),
+            mp_context=ctx,
+            initializer=_pool_init,
+            initargs=(rounds_q,),
+        ) as pool:
+            pending: dict[Future[SimOutcome], SimTask] = {pool.submit(_pool_task, t): t for t in tasks}
             try:
                 while pending:
-                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    done, _ = wait(pending, timeout=_TICK_S, return_when=FIRST_COMPLETED)
+                    while True:  # the rounds reported since the last look
+                        try:
+                            label, seed_index, n = rounds_q.get_nowait()
+                        except queue.Empty:
+                            break
+                        if on_rounds is not None and (label, seed_index) in by_key:
+                            on_rounds(by_key[(label, seed_index)], n)
                     for fut in done:
                         task = pending.pop(fut)
                         exc = fut.exception()
@@ -176,6 +196,31 @@ class PoolExecutor:
             finally:
                 for fut in pending:
                     fut.cancel()
+        rounds_q.close()
+
+
+_TICK_S = 0.2  # how often a pool process reports its rounds, and the parent looks
+_ROUNDS_Q: Any = None  # in a pool process: the queue to the parent
+
+
+def _pool_init(rounds_q: Any) -> None:
+    global _ROUNDS_Q
+    _ROUNDS_Q = rounds_q
+
+
+def _pool_task(task: SimTask) -> SimOutcome:
+    """:func:`run_sim_task` in a pool process, sending its rounds to the parent every ~0.2 s."""
+    n, last = 0, time.monotonic()
+
+    def tick(rec: dict[str, Any]) -> None:
+        nonlocal n, last
+        n += 1
+        now = time.monotonic()
+        if now - last >= _TICK_S and _ROUNDS_Q is not None:
+            _ROUNDS_Q.put((task.label, task.seed_index, n))
+            n, last = 0, now
+
+    return run_sim_task(task, tick)
 
 
 class RayExecutor:
@@ -192,7 +237,7 @@ class RayExecutor:
         self,
         tasks: Sequence[SimTask],
         on_start: Callable[[SimTask], None] | None = None,
-        on_round: Callable[[dict[str, Any]], None] | None = None,
+        on_rounds: Callable[[SimTask, int], None] | None = None,
     ) -> Generator[SimOutcome, None, None]:
         ray = import_ray()
         started = False

@@ -92,7 +92,7 @@ def run_scenario(
     if mode == "sim":
         with contextlib.closing(
             ex.run(tasks, on_start=lambda t: progress.start_run(f"{t.label} seed {t.seed_index}"),
-                   on_round=progress.round_done)
+                   on_rounds=lambda t, n: progress.round_done(n=n, run=f"{t.label} seed {t.seed_index}"))
         ) as outcomes:  # fmt: skip
             for res in outcomes:
                 task = next(t for t in tasks if (t.label, t.seed_index) == (res.label, res.seed_index))

@@ -9,7 +9,7 @@ scenario's order. A run that raises becomes an outcome carrying its traceback; t
 finish.
 
 - :class:`InlineExecutor`: one run after another in this process (per-round progress).
-- :class:`PoolExecutor`: a process pool of the *spawn* kind (grpc and ``fork`` do not mix,
+- :class:`PoolExecutor`: a process pool (default size: the cores) of the *spawn* kind (grpc and ``fork`` do not mix,
   and a forked child would inherit the parent's BLAS thread pools).
 - :class:`RayExecutor`: one Ray task per run (``pip install 'hgo[ray]'``); the address is
   ``auto`` (a running cluster), ``ray://host:10001`` (Ray client) or ``local`` (a Ray
@@ -147,7 +147,7 @@ def _one_round(on_rounds: Callable[[SimTask, int], None], task: SimTask) -> Call
 
 
 class PoolExecutor:
-    """``jobs`` spawned processes on this machine; a run's rounds are reported when it ends."""
+    """``jobs`` spawned processes on this machine; each reports its rounds about every 0.2 s."""
 
     name = "pool"
 

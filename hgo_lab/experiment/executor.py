@@ -9,8 +9,9 @@ scenario's order. A run that raises becomes an outcome carrying its traceback; t
 finish.
 
 - :class:`InlineExecutor`: one run after another in this process (per-round progress).
-- :class:`PoolExecutor`: a process pool (default size: the cores) of the *spawn* kind (grpc and ``fork`` do not mix,
-  and a forked child would inherit the parent's BLAS thread pools).
+- :class:`PoolExecutor`: a process pool (default size: the cores) of the *spawn* kind
+  (grpc and ``fork`` do not mix, and a forked child would inherit the parent's BLAS
+  thread pools).
 - :class:`RayExecutor`: one Ray task per run (``pip install 'hgo[ray]'``); the address is
   ``auto`` (a running cluster), ``ray://host:10001`` (Ray client) or ``local`` (a Ray
   instance started here on demand and shut down afterwards). Every node needs hgo installed

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 TORCH_STAMP := $(VENV)/.torch
 
-.PHONY: install install-torch demo test test-fast lint proto bench bench-deadline bench-flower experiments clean
+.PHONY: install install-torch install-ray demo test test-fast lint proto bench bench-deadline bench-flower experiments clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -25,6 +25,15 @@ $(TORCH_STAMP): $(STAMP)
 	touch $(TORCH_STAMP)
 
 install-torch: $(TORCH_STAMP)  ## add PyTorch (CPU) to .venv for the cnn model and the torch tests
+
+# The optional Ray executor of hgo-experiment (hgo[ray]; the wheel is about 79 MB). Without
+# it, `hgo-experiment run --ray` says how to install it and the Ray test skips with the reason.
+RAY_STAMP := $(VENV)/.ray
+$(RAY_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[ray]'
+	touch $(RAY_STAMP)
+
+install-ray: $(RAY_STAMP)  ## add Ray to .venv for hgo-experiment run --ray and its test
 
 demo: $(STAMP)  ## a local cluster training on a bundled dataset (about 1-2 minutes on 2 cores)
 	$(BIN)/hgo-run --out runs/demo

@@ -1,7 +1,8 @@
 """Figures from round logs: ``hgo-plot LOG... --out DIR``.
 
 Reads the JSON-lines round log (schema in :mod:`hgo_common.roundlog`) written by the
-server and the simulator and draws, for one or several runs overlaid with labels:
+server and the simulator, plain or gzip-compressed (``hgo-experiment``'s ``*.jsonl.gz``),
+and draws, for one or several runs overlaid with labels:
 
 * ``metric_vs_time.png``  — test accuracy (or loss) against wall-clock seconds, the
   paper's Figures 3-4 axis (HGO against SGD in wall time);
@@ -190,15 +191,24 @@ def load_series(path: str | Path, label: str | None = None) -> RunSeries:
             f"round log {str(p)!r} holds no records (empty, or no line is a JSON object); "
             "expected the JSON lines written by hgo-server --log"
         )
-    return series_from_records(records, label if label is not None else p.stem)
+    return series_from_records(records, label if label is not None else log_stem(p))
+
+
+def log_stem(path: Path) -> str:
+    """A log's name without ``.jsonl`` / ``.jsonl.gz`` (``a_seed0.jsonl.gz`` -> ``a_seed0``)."""
+    name = path.name
+    for suffix in (".jsonl.gz", ".json.gz", ".gz"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
 
 
 def default_labels(paths: Sequence[Path]) -> list[str]:
     """Legend labels for logs: the file stem, or ``parent/stem`` when stems collide."""
-    stems = [p.stem for p in paths]
+    stems = [log_stem(p) for p in paths]
     if len(set(stems)) == len(stems):
         return stems
-    return [f"{p.parent.name}/{p.stem}" for p in paths]
+    return [f"{p.parent.name}/{s}" for p, s in zip(paths, stems, strict=True)]
 
 
 def choose_metric(runs: Sequence[RunSeries], metric: str = "auto") -> str:
@@ -250,7 +260,9 @@ def _save(fig: Any, ax: Any, path: Path) -> dict[str, Curve]:
             np.asarray(line.get_ydata(), dtype=np.float64),
         )
     if drawn:
-        ax.legend(loc="best", fontsize="small")
+        # Outside the axes, on the right: inside ("best") it hid a curve of the prefix
+        # figure whenever the profiles' lines filled the plot (issue 24.8).
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize="small")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return drawn
@@ -401,8 +413,12 @@ def plot_bands(
     title: str | None = None,
     confidence: float = 0.95,
     points: int = 200,
+    bounds: tuple[float, float] | None = None,
 ) -> dict[str, Band]:
     """Draw, per label, the mean over its curves (seeds) with a confidence band, into one PNG.
+
+    The band is clipped to ``bounds``, by default [0, 1] when ``ylabel`` names an accuracy
+    (a t band over few seeds otherwise reaches 1.3); the returned bands are what was drawn.
 
     Parameters
     ----------
@@ -418,10 +434,15 @@ def plot_bands(
     """
     if not curves:
         raise ValueError("plot_bands needs at least one label; got none")
+    if bounds is None and "accuracy" in ylabel.lower():
+        bounds = (0.0, 1.0)
     fig, ax = _figure(title or f"{ylabel} (mean, {confidence:.0%} CI)", xlabel, ylabel)
     bands: dict[str, Band] = {}
     for label, group in curves.items():
         band = mean_ci(group, confidence=confidence, points=points)
+        if bounds is not None:
+            lo, hi = bounds
+            band = Band(band.x, band.mean, np.clip(band.lower, lo, hi), np.clip(band.upper, lo, hi), band.n)
         (line,) = ax.plot(band.x, band.mean, label=f"{label} (n={band.n})")
         ax.fill_between(band.x, band.lower, band.upper, color=line.get_color(), alpha=0.25, linewidth=0)
         bands[label] = band
@@ -435,7 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Plot HGO round logs (JSON lines): accuracy or loss against time and round, "
         "block size by round, prefix length by profile.",
     )
-    parser.add_argument("logs", nargs="+", type=Path, metavar="LOG", help="round log files (JSON lines)")
+    parser.add_argument(
+        "logs", nargs="+", type=Path, metavar="LOG", help="round log files (JSON lines, plain or .jsonl.gz)"
+    )
     parser.add_argument(
         "--out", type=Path, default=Path("plots"), metavar="DIR",
         help="output directory, created if missing; only metric_vs_time.png, metric_vs_round.png, "

@@ -4,6 +4,7 @@ reduced settings (docs/results.md has the full-size numbers)."""
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -162,12 +163,12 @@ def test_cli_run_writes_logs_summary_and_plots(tmp_path: Path) -> None:
     scen.write_text(TINY)
     out = tmp_path / "out"
     assert experiment.main(["run", str(scen), "--out", str(out), "--rounds", "10"]) == 0
-    logs = sorted((out / "logs").glob("*.jsonl"))
+    logs = sorted((out / "logs").glob("*.jsonl.gz"))  # gzip-compressed JSON lines (issue 23.2)
     assert [p.name for p in logs] == [
-        "average_seed0.jsonl",
-        "average_seed1.jsonl",
-        "median_seed0.jsonl",
-        "median_seed1.jsonl",
+        "average_seed0.jsonl.gz",
+        "average_seed1.jsonl.gz",
+        "median_seed0.jsonl.gz",
+        "median_seed1.jsonl.gz",
     ]
     recs = roundlog.read(logs[0])
     assert len(recs) == 10 and [r["round"] for r in recs if "accuracy" in r] == [4, 9]
@@ -185,8 +186,8 @@ def test_cli_run_writes_logs_summary_and_plots(tmp_path: Path) -> None:
     # Same seeds -> same logs: the runner adds nothing stochastic of its own.
     out2 = tmp_path / "out2"
     assert experiment.main(["run", str(scen), "--out", str(out2), "--rounds", "10", "--seeds", "1"]) == 0
-    assert (out2 / "logs" / "median_seed0.jsonl").read_bytes() == (
-        out / "logs" / "median_seed0.jsonl"
+    assert (out2 / "logs" / "median_seed0.jsonl.gz").read_bytes() == (
+        out / "logs" / "median_seed0.jsonl.gz"
     ).read_bytes()
 
 
@@ -514,3 +515,39 @@ def test_plots_survive_seeds_whose_times_do_not_overlap(tmp_path: Path) -> None:
     written = experiment.plot_runs(runs, "accuracy", "t", tmp_path / "x")
     assert [p.name for p in written] == ["x_accuracy_vs_round.png", "x_accuracy_vs_time.png"]
     assert all(p.stat().st_size > 0 for p in written)
+
+
+def test_run_help_tells_the_truth() -> None:
+    """Issue 24.5: the --out default is the real one, --mode is explained, no reST markup."""
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), pytest.raises(SystemExit):
+        experiment.main(["run", "--help"])
+    text = " ".join(buf.getvalue().split())
+    assert "results/NAME-MODE" in text and "results/fig5-sim" in text and "NAME[-quick]" not in text
+    assert "--mode {sim,net} sim: the in-process simulator" in text
+    assert "--jobs N" in text and "--ray [ADDRESS]" in text
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), pytest.raises(SystemExit):
+        experiment.main(["--help"])
+    assert "``" not in buf.getvalue() and "hgo-experiment: reproduce the paper" in buf.getvalue()
+
+
+def test_the_dataset_fallback_is_recorded_in_run_json_and_the_log(tmp_path: Path) -> None:
+    """docs/experiments.md: a missing MNIST folder falls back to the bundled set, and the
+    warning is in run.json (data_warning) and in the first record of every run's log."""
+    missing = tmp_path / "no-mnist"
+    scen = tmp_path / "fallback.toml"
+    scen.write_text(
+        f'seeds = 1\n[base]\nmodel = "logistic"\ndataset = "mnist-binary"\ndata_dir = "{missing}"\n'
+        'n = 6\nq = 4\nrounds = 4\neval_every = 2\n[[variant]]\nlabel = "a"\n'
+    )
+    out = tmp_path / "out"
+    assert experiment.main(["run", str(scen), "--out", str(out), "--jobs", "1"]) == 0
+    meta = json.loads((out / "run.json").read_text())
+    assert str(missing) in meta["data_warning"] and "digits-binary" in meta["data_warning"]
+    assert meta["data_warning"] in meta["notes"]
+    first = roundlog.read(out / "logs" / "a_seed0.jsonl.gz")[0]
+    assert first["data_warning"] == meta["data_warning"] and first["data"] == "digits-binary"

@@ -73,6 +73,6 @@ def test_experiment_list_and_quick_fig5_from_any_directory(installed: Path, tmp_
     assert (out / "summary.csv").is_file()
     from hgo_lab import experiment
 
-    logs = sorted((out / "logs").glob("*.jsonl"))
+    logs = sorted((out / "logs").glob("*.jsonl.gz"))
     variants = experiment.load_scenario("fig5", quick=True).variants
     assert len(logs) == len(variants) >= 4, logs  # one log per variant x 1 seed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import subprocess
 from pathlib import Path
 
@@ -191,3 +192,87 @@ def test_plot_bands_writes_png_and_returns_bands(tmp_path: Path) -> None:
     np.testing.assert_allclose(bands["HGO"].mean, 0.5 + 0.04 * rounds)
     # sample std of (0.5, 0.52, 0.48) + c is 0.02 everywhere
     np.testing.assert_allclose(bands["HGO"].upper - bands["HGO"].mean, T975[2] * 0.02 / np.sqrt(3), rtol=1e-9)
+
+
+def test_compressed_logs_read_like_plain_ones(tmp_path: Path) -> None:
+    """hgo-experiment keeps gzip JSON lines (issue 23.2): the same lines, read by roundlog and
+    hgo-plot as the plain form; the file is reproducible and several times smaller."""
+    from hgo_common import roundlog
+
+    plain = tmp_path / "run.jsonl"
+    records = _write_log(plain, n_rounds=200, eval_every=10, acc0=0.3, slope=0.002, dt=0.2)
+    gz = roundlog.write(tmp_path / "run.jsonl.gz", records)
+    assert gz.read_bytes()[:2] == roundlog.GZIP_MAGIC
+    assert gzip.decompress(gz.read_bytes()) == plain.read_bytes()  # byte for byte RoundLog's lines
+    assert roundlog.read(gz) == roundlog.read(plain) == records
+    assert gz.stat().st_size * 5 < plain.stat().st_size, (gz.stat().st_size, plain.stat().st_size)
+    again = roundlog.write(tmp_path / "again.jsonl.gz", records)
+    assert again.read_bytes() == gz.read_bytes()  # no timestamp in the gzip header
+    # compressing a plain log in place
+    copy = tmp_path / "copy.jsonl"
+    copy.write_bytes(plain.read_bytes())
+    moved = roundlog.compress_file(copy)
+    assert moved.name == "copy.jsonl.gz" and not copy.exists() and roundlog.read(moved) == records
+    # gzip is recognised by its bytes, not its name
+    odd = tmp_path / "odd.jsonl"
+    odd.write_bytes(gz.read_bytes())
+    assert roundlog.read(odd) == records
+    # the plots of both forms are the same, and the legend label drops .jsonl.gz
+    a = plots.plot_logs([gz], tmp_path / "a")
+    b = plots.plot_logs([plain], tmp_path / "b")
+    assert list(a.data["metric_vs_round"]) == ["run"]
+    for fig in ("metric_vs_round", "metric_vs_time", "block_by_round", "prefix_by_profile"):
+        for label, (x, y) in b.data[fig].items():
+            np.testing.assert_array_equal(a.data[fig][label][0], x)
+            np.testing.assert_array_equal(a.data[fig][label][1], y)
+    # a damaged file is named, not a traceback
+    broken = tmp_path / "broken.jsonl.gz"
+    broken.write_bytes(gz.read_bytes()[: gz.stat().st_size // 2])
+    with pytest.raises(ValueError, match=r"broken\.jsonl\.gz.*damaged gzip"):
+        plots.plot_logs([broken], tmp_path / "c")
+    with pytest.raises(ValueError, match="lacks required keys"):
+        roundlog.write(tmp_path / "x.jsonl.gz", [{"round": 0}])
+
+
+def test_hgo_plot_cli_reads_a_compressed_log(tmp_path: Path) -> None:
+    from hgo_common import roundlog
+
+    records = _write_log(tmp_path / "p.jsonl", n_rounds=5, eval_every=2, acc0=0.3, slope=0.05, dt=0.2)
+    log = roundlog.write(tmp_path / "run.jsonl.gz", records)
+    done = subprocess.run([*console("hgo-plot"), str(log), "--out", str(tmp_path / "figs")],
+                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.split()) == 4
+    for line in done.stdout.split():
+        _assert_png(Path(line))
+
+
+def test_accuracy_bands_are_clipped_to_0_1(tmp_path: Path) -> None:
+    """Three seeds that disagree near 1 give a t band beyond 1; an accuracy cannot be > 1."""
+    rounds = np.arange(5.0)
+    curves = {"HGO": [(rounds, np.full(5, a)) for a in (0.99, 0.9, 0.6)]}
+    raw = plots.mean_ci(curves["HGO"])
+    assert raw.upper.max() > 1.0 and raw.lower.min() < 0.9  # the unclipped band, for the record
+    bands = plots.plot_bands(curves, tmp_path / "acc.png", ylabel="test accuracy")
+    np.testing.assert_allclose(bands["HGO"].upper, np.minimum(raw.upper, 1.0))
+    np.testing.assert_allclose(bands["HGO"].lower, np.maximum(raw.lower, 0.0))
+    np.testing.assert_allclose(bands["HGO"].mean, raw.mean)
+    loss = plots.plot_bands(curves, tmp_path / "loss.png", ylabel="test loss")
+    np.testing.assert_allclose(loss["HGO"].upper, raw.upper)  # a loss is not bounded by 1
+
+
+def test_legend_hides_no_curve(tmp_path: Path) -> None:
+    """The legend sits outside the axes, so it covers no drawn point (issue 24.8: the
+    prefix-by-profile legend hid a curve)."""
+    log = tmp_path / "hgo.jsonl"
+    _write_log(log, n_rounds=12, eval_every=4, acc0=0.5, slope=0.02, dt=0.25)
+    series = plots.load_series(log)
+    fig, ax = plots._figure("prefix", "round", "prefix")
+    for profile, values in series.prefix.items():
+        ax.plot(series.rounds, values, marker=".", label=profile)
+    plots._save(fig, ax, tmp_path / "p.png")
+    renderer = fig.canvas.get_renderer()
+    legend = ax.get_legend().get_window_extent(renderer)
+    axes = ax.get_window_extent(renderer)
+    assert legend.x0 >= axes.x1, (legend, axes)  # entirely to the right of the plotting area
+    assert legend.x1 <= fig.bbox.x1 + 1  # and inside the figure

@@ -4,4 +4,5 @@ import sys
 
 from hgo_lab.experiment.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not in a spawned pool process, which imports this as __mp_main__
+    sys.exit(main())

@@ -9,6 +9,7 @@ import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
+from hgo_lab.experiment.executor import default_jobs, make_executor
 from hgo_lab.experiment.report import report
 from hgo_lab.experiment.runner import run_scenario
 from hgo_lab.experiment.scenario import SCENARIOS, load_scenario
@@ -18,7 +19,8 @@ from hgo_lab.experiment.stats import read_summary
 def _description() -> str:
     from hgo_lab import experiment
 
-    return (experiment.__doc__ or "").split("\n\n")[0]
+    # the first paragraph of the package docstring, without its reST markup
+    return (experiment.__doc__ or "").split("\n\n")[0].replace("``", "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -26,11 +28,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run a scenario (a packaged name such as fig5, or a path to a TOML file)")
     r.add_argument("scenario", help="scenario name (fig3..fig8) or path to a TOML file")
-    r.add_argument("--mode", choices=("sim", "net"), default="sim")
+    r.add_argument(
+        "--mode",
+        choices=("sim", "net"),
+        default="sim",
+        help="sim: the in-process simulator (virtual clock; default); net: a real hgo-server and "
+        "hgo-worker processes over gRPC on this machine (wall clock)",
+    )
     r.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the scenario's)")
-    r.add_argument("--out", type=Path, default=None, help="output directory (default results/NAME[-quick])")
+    r.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output directory (default: results/NAME-MODE, or results/NAME-quick-MODE with --quick, "
+        "e.g. results/fig5-sim)",
+    )
     r.add_argument("--rounds", type=int, default=None, help="override the number of rounds")
     r.add_argument("--quick", action="store_true", help="use the scenario's reduced [quick] setting")
+    r.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help=f"simulated runs (variant x seed) at once in N processes on this machine (default: the "
+        f"cores, here {default_jobs()}); with --ray, the CPUs of a Ray started here; --mode net runs "
+        "one after another",
+    )
+    r.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="run the simulated runs on Ray (pip install 'hgo[ray]'): 'auto' (a running cluster), "
+        "ray://HOST:10001 (Ray client), or no ADDRESS for a Ray started here and stopped after",
+    )
     sub.add_parser("list", help="list the packaged scenarios")
     rep = sub.add_parser("report", help="markdown table of the final values in a run's summary.csv")
     rep.add_argument("out", type=Path, help="an output directory of 'run'")
@@ -58,9 +90,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or Path("results") / (sc.name + ("-quick" if args.quick else "") + f"-{args.mode}")
     from hgo_common.plugins import PluginError
 
+    n_runs = len(sc.variants) * sc.seeds
     try:
-        run_scenario(sc, out, mode=args.mode)
+        executor = make_executor(args.jobs, args.ray, n_runs)
+    except ImportError as exc:
+        print(f"hgo-experiment: {exc}", file=sys.stderr)
+        return 2
+    try:
+        res = run_scenario(sc, out, mode=args.mode, executor=executor)
     except PluginError as exc:  # a plug-in model that fails its probe on the real data width
         print(f"hgo-experiment: {sc.path}: {exc}", file=sys.stderr)
         return 2
-    return 0
+    return 1 if res["failed"] else 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {n}")
+    return n

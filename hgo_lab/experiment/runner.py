@@ -3,16 +3,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from hgo_lab import simulator
-from hgo_lab.experiment.details import class_accuracy, seed_details
+from hgo_common import roundlog
+from hgo_common.plugins import PluginError
+from hgo_lab.experiment.details import seed_details
+from hgo_lab.experiment.executor import Executor, InlineExecutor, SimTask
 from hgo_lab.experiment.netmode import (
     DEFAULT_NET_PROCESSES,
     NET_MIN_TAU_MS,
@@ -38,41 +40,82 @@ def run_scenario(
     *,
     mode: str = "sim",
     echo: Callable[[str], None] = print,
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
-    """Run every variant x seed, write logs, summary.csv and plots into ``out``."""
+    """Run every variant x seed, write logs, summary.csv and plots into ``out``.
+
+    Simulated runs go to ``executor`` (default: one after another in this process; see
+    :mod:`hgo_lab.experiment.executor`); net-mode runs always run here, one after another.
+    A run that fails is reported with its traceback and left out of the statistics; the
+    others finish (the result's ``"failed"`` lists them, and so does ``run.json``).
+    """
     if mode not in ("sim", "net"):
         raise ValueError(f"mode must be 'sim' or 'net', got {mode!r}")
     out.mkdir(parents=True, exist_ok=True)
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
-    runs: dict[str, list[list[dict[str, Any]]]] = {}
     notes: list[str] = []
-    max_workers = int(sc.net.get("max_workers", 0))
-    processes = int(sc.net.get("processes", DEFAULT_NET_PROCESSES))
     used_data: set[str] = set()
+    data_warnings: list[str] = []
     progress = Progress(
         sc.name, len(sc.variants) * sc.seeds, sum(v.config.rounds for v in sc.variants) * sc.seeds, echo
     )
-    details: dict[str, list[dict[str, Any]]] = {}
-    for var in sc.variants:
-        runs[var.label] = []
-        details[var.label] = []
-        for s in range(sc.seeds):
-            cfg = seed_config(var, s)
-            log_path = logs / f"{_slug(var.label)}_seed{s}.jsonl"
-            log_path.unlink(missing_ok=True)
-            progress.start_run(f"{var.label} seed {s}")
-            per_class: dict[str, float] = {}
-            if mode == "sim":
-                res = simulator.run(
-                    cfg, log_path, warn=lambda m: _note(notes, m, echo), progress=progress.round_done
-                )
-                recs = res.records
-                d = int(np.asarray(res.weights).size)
-                per_class = class_accuracy(cfg, res.weights)
-                if res.dataset != cfg.dataset:
+    done: dict[tuple[str, int], tuple[list[dict[str, Any]], dict[str, Any]]] = {}
+    failed: list[dict[str, Any]] = []
+    tasks = [SimTask(v.label, s, seed_config(v, s)) for v in sc.variants for s in range(sc.seeds)]
+    for t in tasks:
+        log_path(logs, t.label, t.seed_index).unlink(missing_ok=True)
+        _plain(log_path(logs, t.label, t.seed_index)).unlink(missing_ok=True)
+
+    def finish(
+        task: SimTask, cfg: Any, recs: list[dict[str, Any]], d: int, per_class: dict[str, float]
+    ) -> None:
+        name = f"{task.label} seed {task.seed_index}"
+        det = seed_details(recs, d, sc.metric, sc.thresholds)
+        det.update(seed=int(cfg.seed), v=cfg.quorum_for(cfg.q_eff), per_class=per_class)
+        done[(task.label, task.seed_index)] = (recs, det)
+        last: dict[str, Any] = next((r for r in reversed(recs) if sc.metric in r), {})
+        progress.end_run(
+            cfg.rounds,
+            f"{name}: {len(recs)} rounds, {sc.metric}={_fmt(last.get(sc.metric))} "
+            f"t={last.get('t', 0.0):.2f}s",
+            label=name,
+        )
+
+    def fail(task: SimTask, error: str) -> None:
+        failed.append({"variant": task.label, "seed": task.seed_index, "error": error})
+        echo(f"[{sc.name}] {task.label} seed {task.seed_index} FAILED:\n{error.rstrip()}")
+        progress.end_run(task.cfg.rounds, f"{task.label} seed {task.seed_index}: FAILED",
+                         label=f"{task.label} seed {task.seed_index}")  # fmt: skip
+
+    ex: Executor = executor or InlineExecutor()
+    if mode == "sim":
+        with contextlib.closing(
+            ex.run(tasks, on_start=lambda t: progress.start_run(f"{t.label} seed {t.seed_index}"),
+                   on_rounds=lambda t, n: progress.round_done(n=n, run=f"{t.label} seed {t.seed_index}"))
+        ) as outcomes:  # fmt: skip
+            for res in outcomes:
+                task = next(t for t in tasks if (t.label, t.seed_index) == (res.label, res.seed_index))
+                for msg in res.warnings:
+                    _note(notes, msg, echo)
+                if res.plugin_error is not None:
+                    raise PluginError(res.plugin_error)
+                if res.error is not None:
+                    fail(task, res.error)
+                    continue
+                write_log(log_path(logs, task.label, task.seed_index), res.records)
+                if res.dataset != task.cfg.dataset:
                     used_data.add(res.dataset)
-            else:
+                if res.data_warning and res.data_warning not in data_warnings:
+                    data_warnings.append(res.data_warning)
+                finish(task, task.cfg, res.records, res.d, res.per_class)
+    else:
+        max_workers = int(sc.net.get("max_workers", 0))
+        processes = int(sc.net.get("processes", DEFAULT_NET_PROCESSES))
+        for task in tasks:
+            progress.start_run(f"{task.label} seed {task.seed_index}")
+            try:
+                cfg = task.cfg
                 if max_workers:
                     cfg, note = reduce_for_net(cfg, max_workers)
                     if note:
@@ -80,21 +123,37 @@ def run_scenario(
                 cfg, note = scale_time_for_net(cfg, float(sc.net.get("min_tau_ms", NET_MIN_TAU_MS)))
                 if note:
                     _note(notes, note, echo)
-                net = run_net_result(cfg, log_path, echo=lambda m: _note(notes, m, echo), processes=processes)
+
+                def net_echo(m: str) -> None:
+                    m = m.removeprefix("WARNING: ")  # _note adds it (once)
+                    if m.startswith("dataset ") and " not found " in m and m not in data_warnings:
+                        data_warnings.append(m)  # the data-set fallback of run_net_result
+                    _note(notes, m, echo)
+
+                # the cluster's log is copied plain, then compressed like the simulator's
+                path = _plain(log_path(logs, task.label, task.seed_index))
+                net = run_net_result(cfg, path, echo=net_echo, processes=processes)
+                roundlog.compress_file(path)
                 recs = list(net.records)
-                # d from the server's Status reply (no worker need have delivered all of it)
-                longest = max((int(w["prefix"]) for r in recs for w in r.get("workers", [])), default=1)
-                d = int(net.dim or longest)
-            runs[var.label].append(recs)
-            det = seed_details(recs, d, sc.metric, sc.thresholds)
-            det.update(seed=int(cfg.seed), v=cfg.quorum_for(cfg.q_eff), per_class=per_class)
-            details[var.label].append(det)
-            last: dict[str, Any] = next((r for r in reversed(recs) if sc.metric in r), {})
-            progress.end_run(
-                cfg.rounds,
-                f"{var.label} seed {s}: {len(recs)} rounds, {sc.metric}={_fmt(last.get(sc.metric))} "
-                f"t={last.get('t', 0.0):.2f}s",
-            )
+            except PluginError:
+                raise
+            except Exception:
+                fail(task, traceback.format_exc())
+                continue
+            # d from the server's Status reply (no worker need have delivered all of it)
+            longest = max((int(w["prefix"]) for r in recs for w in r.get("workers", [])), default=1)
+            finish(task, cfg, recs, int(net.dim or longest), {})
+    runs: dict[str, list[list[dict[str, Any]]]] = {}
+    details: dict[str, list[dict[str, Any]]] = {}
+    for var in sc.variants:
+        got = [done[(var.label, s)] for s in range(sc.seeds) if (var.label, s) in done]
+        runs[var.label] = [recs for recs, _ in got]
+        details[var.label] = [det for _, det in got]
+    order = {(t.label, t.seed_index): i for i, t in enumerate(tasks)}
+    failed.sort(key=lambda x: order[(x["variant"], x["seed"])])  # the scenario's order, not completion's
+    if failed:
+        echo(f"[{sc.name}] {len(failed)} of {len(tasks)} runs FAILED: "
+             + ", ".join(f"{x['variant']} seed {x['seed']}" for x in failed))  # fmt: skip
     rows = summarize(runs)
     write_summary(rows, out / "summary.csv")
     ref: dict[str, Any] = {}
@@ -110,6 +169,7 @@ def run_scenario(
         "variants": {
             v.label: {"rate_model": v.rate_model, "quorum": v.quorum, "seeds": details[v.label]}
             for v in sc.variants
+            if details[v.label]
         },
     }
     (out / "details.json").write_text(json.dumps(_nan_to_none(doc), indent=2), encoding="utf-8")
@@ -123,6 +183,10 @@ def run_scenario(
         "seeds": sc.seeds,
         "claim": sc.claim,
         "notes": notes,
+        # the data-set fallback (also in the first round-log record of each run, as data_warning)
+        "data_warning": "; ".join(data_warnings) or None,
+        "executor": ex.name if mode == "sim" else "inline",
+        "failed": failed,
         "variants": {
             v.label: {**_jsonable(v.config.to_dict()), "rate_model": v.rate_model, "quorum": v.quorum}
             for v in sc.variants
@@ -131,7 +195,7 @@ def run_scenario(
     (out / "run.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
     echo(f"[{sc.name}] wrote {out / 'summary.csv'} and {', '.join(p.name for p in plots)}")
     echo(report(rows, sc.metric, details=doc))
-    return {"rows": rows, "plots": plots, "notes": notes, "runs": runs, "details": doc}
+    return {"rows": rows, "plots": plots, "notes": notes, "runs": runs, "details": doc, "failed": failed}
 
 
 def _nan_to_none(x: Any) -> Any:
@@ -148,6 +212,22 @@ def _note(notes: list[str], msg: str, echo: Callable[[str], None]) -> None:
     if msg not in notes:
         notes.append(msg)
         echo(f"WARNING: {msg}" if not msg.startswith("NOTE") else msg)
+
+
+def log_path(logs: Path, label: str, seed_index: int) -> Path:
+    """The round log of one run in ``logs``: gzip-compressed JSON lines (issue 23.2: a fig5
+    run's 15 MB log is about a tenth of that compressed; ``hgo_common.roundlog.read`` and
+    ``hgo-plot`` read it as they read the plain form)."""
+    return logs / f"{_slug(label)}_seed{seed_index}.jsonl.gz"
+
+
+def _plain(path: Path) -> Path:
+    return path.with_name(path.name.removesuffix(".gz"))
+
+
+def write_log(path: Path, records: list[dict[str, Any]]) -> None:
+    """Write one run's round log (the server's schema, :mod:`hgo_common.roundlog`)."""
+    roundlog.write(path, records)
 
 
 def _slug(label: str) -> str:

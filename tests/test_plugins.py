@@ -282,7 +282,7 @@ def test_server_spec_carries_the_plugin_and_a_worker_rebuilds_it(onpath: Path) -
     spec = setup.spec
     assert (spec.model, spec.model_plugin, spec.model_plugin_version) == ("fake-tiny", "fakeplug", "1.2.3")
     assert (spec.dataset_plugin, spec.dataset_plugin_version) == ("fakeplug", "1.2.3")
-    assert spec.order == "stratified" and spec.blocks == tuple(setup.model.groups)
+    assert spec.order == "stratified" and spec.groups == tuple(setup.model.groups)
     model = model_from_spec(spec)
     assert model.dim == spec.dim
     other = type(spec)(**{**spec.__dict__, "model_plugin_version": "2.0"})

@@ -54,6 +54,7 @@ __all__ = [
     "check",
     "check_installed",
     "entry_points",
+    "is_builtin",
     "is_reference",
     "listing",
     "load",
@@ -316,9 +317,8 @@ def resolve(
             kind,
             str(name),
         )
-    if distribution:
-        check_installed(kind, name, distribution, version)
-    return load(kind, name)[1]
+    check_installed(kind, name, distribution, version)
+    return load(kind, name)[1]  # cached by check_installed's load
 
 
 def check_installed(kind: str, name: str, distribution: str, version: str) -> None:
@@ -369,6 +369,12 @@ def _builtin_names(kind: str) -> list[str]:
 
 def _builtin(kind: str, name: str) -> bool:
     return not is_reference(name) and name in _builtin_names(kind)
+
+
+def is_builtin(kind: str, name: str) -> bool:
+    """True when ``name`` is a built-in of ``kind`` (a worker loads those without ``--allow-plugin``)."""
+    _check_kind(kind)
+    return isinstance(name, str) and _builtin(kind, name)
 
 
 @dataclass(frozen=True)

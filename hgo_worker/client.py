@@ -227,6 +227,16 @@ def plaintext_warning(server: str, tls: bool) -> str | None:
 _WARNED_PLAINTEXT: set[str] = set()
 
 
+def warn_plaintext_once(server: str, tls: bool) -> bool:
+    """Log :func:`plaintext_warning` for ``server`` once per process (a fleet shares it); True if logged."""
+    warning = plaintext_warning(server, tls)
+    if warning is None or server in _WARNED_PLAINTEXT:
+        return False
+    _WARNED_PLAINTEXT.add(server)
+    log.warning("%s", warning)
+    return True
+
+
 def resolve_rate(cfg: WorkerConfig, rng: np.random.Generator) -> float:
     """λ_i: ``--rate`` when given, else a draw from the profile's distribution."""
     if cfg.rate is not None:
@@ -305,10 +315,7 @@ class Worker:
     def _channel(self) -> grpc.aio.Channel:
         cfg = self.cfg
         if cfg.tls_ca is None and cfg.tls_cert is None:
-            warning = plaintext_warning(cfg.server, tls=False)
-            if warning is not None and cfg.server not in _WARNED_PLAINTEXT:
-                _WARNED_PLAINTEXT.add(cfg.server)  # once per process and address: a fleet shares it
-                log.warning("%s", warning)
+            warn_plaintext_once(cfg.server, tls=False)
             return grpc.aio.insecure_channel(cfg.server, options=CHANNEL_OPTIONS)
         creds = credentials.channel_credentials(cfg.tls_ca, cfg.tls_cert, cfg.tls_key)
         options: list[tuple[str, int | str]] = list(CHANNEL_OPTIONS)

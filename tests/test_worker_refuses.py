@@ -274,3 +274,16 @@ def test_plaintext_warning_is_logged_once_per_address(caplog: pytest.LogCaptureF
     assert not client.warn_plaintext_once("127.0.0.1:50051", tls=False)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and warnings[0].startswith(f"PLAINTEXT: connecting to {server} without TLS")
+
+
+def test_a_fleet_entry_adds_to_the_command_lines_allow_list(tmp_path: Path) -> None:
+    from hgo_worker import fleet
+
+    base = client.WorkerConfig(server="127.0.0.1:1", allow_plugins=("softmax",))
+    path = tmp_path / "fleet.json"
+    fleet.write_fleet(path, [{"name": "a"}, {"name": "b", "allow_plugins": ["blobs"]}])
+    a, b = fleet.load_fleet(path, base)
+    assert a.allow_plugins == ("softmax",) and b.allow_plugins == ("softmax", "blobs")
+    fleet.write_fleet(path, [{"allow_plugins": "blobs"}])
+    with pytest.raises(fleet.FleetError, match="session 0: allow_plugins must be a list of plug-in names"):
+        fleet.load_fleet(path, base)

@@ -23,6 +23,7 @@ import numpy as np
 
 from hgo_common import roundlog, wire
 from hgo_common.net.proto import hgo_pb2, hgo_pb2_grpc
+from hgo_common.net.protocol import DEFAULT_MAX_CHUNK_VALUES
 from hgo_server import config
 from hgo_server.servicer import start_server
 
@@ -83,7 +84,7 @@ if __name__ == "__main__":
     p.add_argument("--hidden", type=int, default=300)
     p.add_argument("--rule", default="average")
     p.add_argument("--rounds", type=int, default=30)
-    p.add_argument("--max-chunk-values", type=int, default=16384)
+    p.add_argument("--max-chunk-values", type=int, default=DEFAULT_MAX_CHUNK_VALUES)
     import uvloop
 
     uvloop.run(main(p.parse_args()))

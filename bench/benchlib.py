@@ -40,7 +40,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 ME = Path(__file__).resolve()
 
-CHUNK = 16_384  # values per gradient chunk, as the worker sends them
+from hgo_common.wire import DEFAULT_MAX_CHUNK_VALUES  # noqa: E402 (after the sys.path set-up)
+
+CHUNK = DEFAULT_MAX_CHUNK_VALUES  # values per gradient chunk, as the worker sends them
 RAW_METHOD = "/bench.Raw/Stream"
 OPTIONS = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
 CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -92,7 +92,7 @@ class RoundCollector:
         The most float32 values one chunk may carry (``TrainingSpec.max_chunk_values``).
     """
 
-    def __init__(self, d: int, max_chunk_values: int = 16384) -> None:
+    def __init__(self, d: int, max_chunk_values: int = wire.DEFAULT_MAX_CHUNK_VALUES) -> None:
         if d < 1:
             raise ValueError(f"d must be >= 1, got {d}")
         if max_chunk_values < 1:

@@ -25,6 +25,12 @@ the plug-in, its kind and what is wrong; a plug-in that is not installed raises
 The :class:`Origin` of a plug-in (its distribution and version) travels in the server's
 TrainingSpec, so that a worker trains exactly the model the server names.
 
+A name that arrives from the network is not a name the operator chose: importing it
+would let a server (or anyone on a plaintext path) run any installed module on the
+device. Such names go through :func:`resolve`, which loads only built-ins and the names
+of an explicit allow-list (``hgo-worker --allow-plugin``) and refuses anything else with
+:class:`PluginRefused` *before* importing anything.
+
 This module is pure Python (importlib only): no grpc, no numpy at import.
 """
 
@@ -34,7 +40,7 @@ import argparse
 import importlib
 import importlib.metadata as md
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,14 +50,17 @@ __all__ = [
     "Origin",
     "PluginError",
     "PluginMissing",
+    "PluginRefused",
     "check",
     "check_installed",
     "entry_points",
+    "is_builtin",
     "is_reference",
     "listing",
     "load",
     "main",
     "origin",
+    "resolve",
 ]
 
 GROUPS: dict[str, str] = {
@@ -80,6 +89,21 @@ class PluginMissing(PluginError):
     def __init__(self, message: str, requirement: str) -> None:
         super().__init__(message)
         self.requirement = requirement
+
+
+class PluginRefused(PluginError):
+    """A name this process was not allowed to load (it is not built in nor allow-listed).
+
+    Attributes
+    ----------
+    kind, name : str
+        What was refused (``name`` as received; print it with ``!r``).
+    """
+
+    def __init__(self, message: str, kind: str, name: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.name = name
 
 
 @dataclass(frozen=True)
@@ -249,6 +273,54 @@ def origin(kind: str, name: str) -> Origin | None:
     return load(kind, name)[1]
 
 
+def _shown(name: str, limit: int = 120) -> str:
+    """``repr`` of a name received from elsewhere, cut to ``limit`` characters (log-safe)."""
+    text = repr(name)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def resolve(
+    kind: str,
+    name: str,
+    allowed: Collection[str],
+    *,
+    distribution: str = "",
+    version: str = "",
+    source: str = "the server's spec",
+    flag: str = "--allow-plugin",
+) -> Origin | None:
+    """Load ``name`` of ``kind`` only if it is built in or listed in ``allowed``.
+
+    For names a process did not choose itself (a worker's TrainingSpec): a built-in
+    resolves to None; a name in ``allowed`` (compared as given: an entry-point name or a
+    ``package.module:Name`` reference) is loaded, checked against ``distribution`` and
+    ``version`` when they are given (:func:`check_installed`), and its origin returned.
+    Anything else is refused before any import.
+
+    Raises
+    ------
+    PluginRefused
+        ``name`` is neither built in nor allowed; the message names it, ``source`` and
+        the ``flag`` that would allow it.
+    PluginMissing, PluginError
+        An allowed plug-in that is not installed (or another version), or is broken.
+    """
+    _check_kind(kind)
+    if isinstance(name, str) and name and _builtin(kind, name):
+        return None
+    if not isinstance(name, str) or name not in allowed:
+        listed = sorted(allowed)
+        raise PluginRefused(
+            f"{source} names {kind} {_shown(name)}, an unknown {kind}: not built in and not allowed here "
+            f"(built-in {kind}s: {_builtin_names(kind)}; allowed plug-ins: {listed or 'none'}): refusing to "
+            f"import it. If you trust it, start the worker with {flag} {_shown(name)}",
+            kind,
+            str(name),
+        )
+    check_installed(kind, name, distribution, version)
+    return load(kind, name)[1]  # cached by check_installed's load
+
+
 def check_installed(kind: str, name: str, distribution: str, version: str) -> None:
     """Raise PluginMissing unless ``name`` loads here from ``distribution`` at ``version``.
 
@@ -297,6 +369,12 @@ def _builtin_names(kind: str) -> list[str]:
 
 def _builtin(kind: str, name: str) -> bool:
     return not is_reference(name) and name in _builtin_names(kind)
+
+
+def is_builtin(kind: str, name: str) -> bool:
+    """True when ``name`` is a built-in of ``kind`` (a worker loads those without ``--allow-plugin``)."""
+    _check_kind(kind)
+    return isinstance(name, str) and _builtin(kind, name)
 
 
 @dataclass(frozen=True)

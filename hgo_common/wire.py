@@ -10,6 +10,11 @@ import numpy as np
 
 WIRE_DTYPE = np.dtype("<f4")
 
+DEFAULT_MAX_CHUNK_VALUES = 16384
+"""Default ``TrainingSpec.max_chunk_values``: float32 values per ``GradientChunk`` (64 KiB,
+docs/server.md "chunk size"). Defined here, in the core, because the collector sizes its
+checks by it; ``hgo_common.net.protocol`` re-exports it for the wire."""
+
 
 class WireFormatError(ValueError):
     """A bytes field that is not a whole number of float32 values."""

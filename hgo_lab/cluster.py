@@ -327,12 +327,24 @@ def worker_session(cfg: ClusterConfig, i: int, profile: str) -> dict[str, Any]:
     return sess
 
 
+def worker_plugins(cfg: ClusterConfig) -> list[str]:
+    """The plug-in model and dataset the run's spec names, which its workers must be allowed
+    (``hgo-worker --allow-plugin``: a worker refuses a spec naming anything else)."""
+    from hgo_common import datasets, plugins
+
+    sc = server_config(cfg)
+    model = sc.model or datasets.source(sc.dataset).default_model
+    named = (("model", model), ("dataset", sc.dataset))
+    return [name for kind, name in named if not plugins.is_builtin(kind, name)]
+
+
 def _common_worker_argv(cfg: ClusterConfig, port: int) -> list[str]:
     return [
         *_module_argv("hgo-worker", "hgo_worker.cli"),
         "--server", f"127.0.0.1:{port}", "--batch-size", str(cfg.population.batch_size),
         "--budget-policy", cfg.population.budget_policy, "--rho", str(cfg.population.rho),
         "--reconnect-timeout", "30",
+        *[arg for name in worker_plugins(cfg) for arg in ("--allow-plugin", name)],
     ]  # fmt: skip
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from hgo_common.errors import SpecError
+from hgo_common.net.protocol import DEFAULT_MAX_CHUNK_VALUES, max_vector_values
 from hgo_common.spec import forms
 from hgo_common.spec.declare import (
     BOOL,
@@ -68,7 +69,6 @@ __all__ = [
 ConfigError = SpecError
 """A setting outside its allowed range (the project's SpecError): the message names the value and range."""
 
-DEFAULT_MAX_CHUNK_VALUES = 16384
 
 
 def _port() -> Check:
@@ -315,7 +315,7 @@ def resolve(cfg: ServerConfig) -> ServerConfig:
     min_workers = q if cfg.min_workers is None else cfg.min_workers
     num_shards = min_workers if cfg.num_shards is None else cfg.num_shards
     # A chunk message carries 4 bytes per value plus a few dozen bytes of framing.
-    max_values = (cfg.max_message_mb * 2**20 - 1024) // 4
+    max_values = max_vector_values(cfg.max_message_mb * 2**20)
     if not 1 <= cfg.max_chunk_values <= max_values:
         raise ConfigError(
             f"--max-chunk-values must be in [1, {max_values}] (fits --max-message-mb {cfg.max_message_mb}), "

@@ -29,8 +29,9 @@ import grpc
 import grpc.aio
 from google.protobuf.message import DecodeError
 
+from hgo_common.net import mapping
 from hgo_common.net.proto import hgo_pb2
-from hgo_common.net.protocol import SERVICE
+from hgo_common.net.protocol import SERVICE, vector_fit_error
 
 from . import auth, errors, health_service, messages
 from .config import ConfigError, ServerConfig
@@ -48,7 +49,6 @@ WRITE_GRACE_S = 2.0  # a write still pending when its session ends waits this lo
 RECEIVE_MARGIN = 4096
 """Bytes a worker message may carry beyond its chunk values: the envelope, round, offset,
 session id, and the Join's name/profile or a Leave's reason (a few hundred bytes)."""
-SEND_MARGIN = 1024  # a RoundTask's framing around w_k
 STATUS_CODES: dict[type[errors.ProtocolError], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
@@ -114,70 +114,11 @@ def channel_options(cfg: ServerConfig) -> list[tuple[str, Any]]:
 # ---------------------------------------------------------------------------- encoding
 
 
-def _spec(spec: messages.Spec) -> hgo_pb2.TrainingSpec:
-    return hgo_pb2.TrainingSpec(
-        model=spec.model,
-        layer_sizes=list(spec.layer_sizes),
-        dim=spec.dim,
-        order=spec.order,
-        blocks=list(spec.blocks),
-        dataset=spec.dataset,
-        n_features=spec.n_features,
-        n_classes=spec.n_classes,
-        algorithm=spec.algorithm,
-        max_chunk_values=spec.max_chunk_values,
-        seed=spec.seed,
-        partition=spec.partition,
-        num_shards=spec.num_shards,
-        l2=spec.l2,
-        model_plugin=spec.model_plugin,
-        model_plugin_version=spec.model_plugin_version,
-        dataset_plugin=spec.dataset_plugin,
-        dataset_plugin_version=spec.dataset_plugin_version,
-    )
-
-
 def encode(msg: messages.Outgoing) -> bytes:
     """The serialized ``ServerMessage`` for one outbox entry (a Task is serialized once)."""
-    if isinstance(msg, messages.Task):
-        if msg.encoded is None:
-            msg.encoded = hgo_pb2.ServerMessage(
-                task=hgo_pb2.RoundTask(
-                    round=msg.round, order_seed=msg.order_seed, weights=msg.weights, tau_ms=msg.tau_ms
-                )
-            ).SerializeToString()
-        return bytes(msg.encoded)
-    if isinstance(msg, messages.Beat):
-        out = hgo_pb2.ServerMessage(heartbeat=hgo_pb2.Heartbeat(unix_ns=msg.unix_ns))
-    elif isinstance(msg, messages.Closed):
-        out = hgo_pb2.ServerMessage(closed=hgo_pb2.RoundClosed(round=msg.round))
-    elif isinstance(msg, messages.ShardSlice):
-        out = hgo_pb2.ServerMessage(
-            shard=hgo_pb2.ShardPart(
-                row_offset=msg.row_offset,
-                rows=msg.rows,
-                cols=msg.cols,
-                features=msg.features,
-                labels=msg.labels,
-                last=msg.last,
-                total_rows=msg.total_rows,
-            )
-        )
-    elif isinstance(msg, messages.Welcome):
-        out = hgo_pb2.ServerMessage(
-            welcome=hgo_pb2.Welcome(
-                session_id=msg.session_id,
-                worker_id=msg.worker_id,
-                spec=_spec(msg.spec),
-                shard_index=msg.shard_index,
-                heartbeat_ms=msg.heartbeat_ms,
-            )
-        )
-    elif isinstance(msg, messages.Stop):
-        out = hgo_pb2.ServerMessage(stop=hgo_pb2.Stop(reason=msg.reason))
-    else:
-        raise TypeError(f"cannot encode {type(msg).__name__}")
-    return out.SerializeToString()
+    if isinstance(msg, messages.End):
+        raise TypeError("End is not a wire message")
+    return mapping.server_bytes(msg)
 
 
 def _consume(fut: asyncio.Future[Any]) -> None:
@@ -203,18 +144,6 @@ class BadMessage:
     """Stands in for a worker message that could not be accepted as bytes (too big, not protobuf)."""
 
     error: errors.ProtocolError
-
-
-def _join_request(join: hgo_pb2.Join) -> messages.JoinRequest:
-    return messages.JoinRequest(
-        protocol_version=join.protocol_version,
-        name=join.name,
-        profile=join.profile,
-        rate=join.rate,
-        batch_size=join.batch_size,
-        wants_shard=join.wants_shard,
-        byzantine=join.byzantine,
-    )
 
 
 # ---------------------------------------------------------------------------- servicer
@@ -253,7 +182,9 @@ class HGOServicer:
                 f"the first message of a session must be a Join, got {first.WhichOneof('kind')!r}",
             )
         try:
-            sess = core.join(_join_request(first.join), auth.session_identity(context), peer_host(context))
+            join = mapping.worker_from_proto(first)
+            assert isinstance(join, messages.JoinRequest)  # the kind was checked above
+            sess = core.join(join, auth.session_identity(context), peer_host(context))
         except errors.ProtocolError as exc:
             await context.abort(status_code(exc), str(exc))
         reader = asyncio.create_task(self._read(requests, sess))
@@ -317,16 +248,15 @@ class HGOServicer:
                 # Over the session's rate: handle this message, then stop reading for as long
                 # as the buckets need to refill. The peer's flood waits in HTTP/2 flow control.
                 wait_msgs, wait_bytes = msgs.take(1.0), data.take(float(size))
-                kind = msg.WhichOneof("kind")
-                if kind == "chunk":
-                    c = msg.chunk
-                    core.on_chunk(sess, c.round, c.offset, c.values, c.session_id)
-                elif kind == "heartbeat":
+                m = mapping.worker_from_proto(msg)
+                if isinstance(m, messages.Chunk):
+                    core.on_chunk(sess, m.round, m.offset, m.values, m.session_id)
+                elif isinstance(m, messages.Beat):
                     core.on_heartbeat(sess)
-                elif kind == "leave":
-                    core.leave(sess, f"leave: {escape(msg.leave.reason, 200)}")
+                elif isinstance(m, messages.Leave):
+                    core.leave(sess, f"leave: {escape(m.reason, 200)}")
                     return
-                elif kind == "join":
+                elif isinstance(m, messages.JoinRequest):
                     core.reject("duplicate-join")
                     raise errors.InvalidArgument("duplicate-join", "a session sends exactly one Join, first")
                 else:
@@ -360,19 +290,7 @@ class HGOServicer:
     async def Status(
         self, request: hgo_pb2.StatusRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> hgo_pb2.StatusReply:
-        s = self.core.status()
-        return hgo_pb2.StatusReply(
-            state=s.state,
-            round=s.round,
-            active_sessions=s.active_sessions,
-            dim=s.dim,
-            rule=s.rule,
-            algorithm=s.algorithm,
-            last_metric=s.last_metric,
-            metric_name=s.metric_name,
-            last_block=s.last_block,
-            rounds_without_quorum=s.rounds_without_quorum,
-        )
+        return mapping.status_proto(self.core.status())
 
 
 def _status_request(data: bytes) -> hgo_pb2.StatusRequest:
@@ -535,13 +453,11 @@ async def start_server(
     else:
         store = None
     _identities(core, cfg, store)
-    send_need = 4 * core.d + SEND_MARGIN
-    if send_need > cfg.max_message_mb * 2**20:
+    limit = f"--max-message-mb {cfg.max_message_mb}"
+    why = vector_fit_error(f"a RoundTask of d={core.d}", core.d, cfg.max_message_mb * 2**20, limit)
+    if why is not None:
         core.close()
-        raise ConfigError(
-            f"--max-message-mb {cfg.max_message_mb}: a RoundTask of d={core.d} needs {send_need} bytes; "
-            f"raise it to at least {-(-send_need // 2**20)}"
-        )
+        raise ConfigError(f"{why}; raise --max-message-mb")
     gs = grpc.aio.server(interceptors=interceptors, options=channel_options(cfg))
     gs.add_generic_rpc_handlers((_handlers(HGOServicer(core), core.metrics, receive_limits(cfg)[0]),))
     health = health_service.add_to_server(core, gs)

@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 
 from hgo_common import wire
-from hgo_common.net.protocol import SHARD_PART_BYTES
+from hgo_common.net.messages import ShardSlice, Spec
+from hgo_common.net.protocol import SHARD_PART_BYTES, vector_fit_error
 from hgo_common.spec import Run, build_run
 
 from .config import ConfigError, ServerConfig
-from .messages import ShardSlice, Spec
 
 
 @dataclass
@@ -43,19 +43,19 @@ def load_setup(cfg: ServerConfig) -> Setup:
     ds, model, name = run.dataset, run.model, run.model_name
     ds_origin = plugins.origin("dataset", cfg.dataset)
     model_origin = plugins.origin("model", name)
-    max_bytes = cfg.max_message_mb * 2**20
-    if 4 * model.dim + 1024 > max_bytes:
-        raise ConfigError(
-            f"model {name!r} has d={model.dim}: its weights ({4 * model.dim} bytes) do not fit "
-            f"--max-message-mb {cfg.max_message_mb}; raise it to >= {(4 * model.dim) // 2**20 + 1}"
-        )
+    why = vector_fit_error(
+        f"the weights of model {name!r} (d={model.dim})", model.dim, cfg.max_message_mb * 2**20,
+        f"--max-message-mb {cfg.max_message_mb}",
+    )  # fmt: skip
+    if why is not None:
+        raise ConfigError(f"{why}; raise --max-message-mb")
     stratified = run.order != "flat"
     spec = Spec(
         model=name,
         layer_sizes=tuple(int(s) for s in model.layer_sizes),
         dim=int(model.dim),
         order=run.order,
-        blocks=run.groups if stratified else (),
+        groups=run.groups if stratified else (),
         dataset=cfg.dataset,
         n_features=int(ds.n_features),
         n_classes=int(ds.n_classes),

@@ -7,8 +7,10 @@ Example::
 
 Exit codes: 0 the server said training is done; 1 gave up reconnecting after
 ``--reconnect-timeout`` seconds; 2 bad command line, or ``--shard i/n`` and the worker
-cannot load its own shard (files missing from ``--data-dir``, a dataset error); 3 rejected
-by the server (bad token, protocol violation).
+cannot load its own shard (files missing from ``--data-dir``, a dataset error), or the
+worker refuses what the server sent (a model or dataset that is neither built in nor
+``--allow-plugin``, a size over its limits); 3 rejected by the server (bad token,
+protocol violation).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pathlib import Path
 from hgo_common import attacks
 from hgo_common.net import credentials
 
-from . import fleet, pacing
+from . import checks, fleet, pacing
 from .client import Worker, WorkerConfig
 
 
@@ -136,6 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
         "also sent as the :authority (default: the host of --server)",
     )
     p.add_argument(
+        "--allow-plugin", action="append", default=[], metavar="NAME_OR_REF",
+        help="a plug-in model or dataset the server's spec may name (repeatable): an installed "
+        "plug-in's name or a package.module:Name reference, exactly as the server names it. Built-ins "
+        "are always allowed; a spec naming anything else is refused (exit 2) before it is imported "
+        "(default: none)",
+    )
+    p.add_argument(
+        "--max-shard-mb", type=int, default=checks.DEFAULT_MAX_SHARD_MB, metavar="MIB",
+        help="refuse a data shard from the server larger than this (features + labels as float32) "
+        f"(default {checks.DEFAULT_MAX_SHARD_MB})",
+    )
+    p.add_argument(
         "--sessions", type=int, default=1, metavar="K",
         help="host K independent device sessions in this process (a lab emulating a fleet): seeds "
         "seed+j, names NAME-j, each its own rate draw, shard and throttle (default 1)",
@@ -205,6 +219,8 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_server_name=args.tls_server_name,
+        allow_plugins=tuple(args.allow_plugin),
+        max_shard_mb=args.max_shard_mb,
     )
 
 

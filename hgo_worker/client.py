@@ -28,12 +28,23 @@ missing from ``--data-dir``, a malformed file, a dataset it does not know) ends 
 code 2: the failure is local, and neither retrying nor the server can fix it. So does a
 worker that lacks the plug-in (or the ``hgo[torch]`` extra) providing the model the
 server's spec names, or has another version of it: the log line names what to install.
+
+What the worker receives is checked before it is used (issue 20, break 1): a model or
+dataset the spec names is loaded only if it is built in or allowed by the operator
+(``--allow-plugin``, ``hgo_common.plugins.resolve``), and every size and count is
+checked before allocation (:mod:`hgo_worker.checks`). A refusal names what was refused
+and ends the worker with exit code 2. A worker connecting without TLS to a host that
+is not a loopback address says so once, loudly (:func:`plaintext_warning`).
+
+The session logic handles the wire's domain messages (:mod:`hgo_common.net.messages`);
+:class:`~hgo_common.net.mapping.SessionStream` converts to and from protobuf.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import math
 import os
@@ -49,17 +60,16 @@ import numpy as np
 from hgo_common import local, plugins, profiles, rounds, wire
 from hgo_common.models import ModelProtocol
 from hgo_common.net import credentials, protocol
-from hgo_common.net.proto import hgo_pb2, hgo_pb2_grpc
+from hgo_common.net import messages as msgs
+from hgo_common.net.mapping import SessionStream
 
+from . import checks
 from .byzantine import parse_behaviour
 from .compute import cached_order, model_from_spec
 from .metrics import WorkerMetrics
 from .pacing import Schedule
 
 log = logging.getLogger("hgo_worker")
-
-# The Session stream as the worker sees it (typed by grpc-stubs and the generated .pyi).
-SessionCall = grpc.aio.StreamStreamCall[hgo_pb2.WorkerMessage, hgo_pb2.ServerMessage]
 
 CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.max_send_message_length", protocol.MAX_MESSAGE_BYTES),
@@ -84,6 +94,7 @@ FATAL_CODES = frozenset(
     }
 )
 EXIT_DONE, EXIT_GAVE_UP, EXIT_LOCAL_DATA, EXIT_REJECTED = 0, 1, 2, 3
+EXIT_REFUSED = EXIT_LOCAL_DATA  # refuses what it was sent: fixed here (allow, install) or at the server
 
 
 class SessionLost(Exception):
@@ -125,6 +136,10 @@ class WorkerConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_server_name: str | None = None  # the name checked in the server's certificate
+    # Plug-ins (models, datasets) a server's spec may name: compared as given, entry-point
+    # names or package.module:Name references. Built-ins are always allowed.
+    allow_plugins: tuple[str, ...] = ()
+    max_shard_mb: int = checks.DEFAULT_MAX_SHARD_MB
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad value."""
@@ -163,6 +178,11 @@ class WorkerConfig:
                 )
         if not 0.0 <= self.rho <= 1.0:
             raise ValueError(f"--rho must be in [0, 1], got {self.rho}")
+        for name in self.allow_plugins:
+            if not isinstance(name, str) or not name.strip() or any(c.isspace() for c in name):
+                raise ValueError(f"--allow-plugin must be a plug-in name or module:Name, got {name!r}")
+        if not 1 <= self.max_shard_mb <= 1 << 20:
+            raise ValueError(f"--max-shard-mb must be in [1, {1 << 20}] MiB, got {self.max_shard_mb}")
         if self.byzantine is not None:
             parse_behaviour(self.byzantine, self.attack_params)
 
@@ -175,6 +195,46 @@ def parse_shard(text: str) -> tuple[int, int] | None:
     if sep and i.isdigit() and n.isdigit() and 0 <= int(i) < int(n):
         return int(i), int(n)
     raise ValueError(f"--shard must be 'auto' or 'i/n' with 0 <= i < n, got {text!r}")
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1); names are not resolved."""
+    host = host.strip().strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve anywhere
+
+
+def plaintext_warning(server: str, tls: bool) -> str | None:
+    """The warning a worker logs before connecting to ``server`` (HOST:PORT); None if none is due.
+
+    Without TLS, anyone on the path between worker and server can read the token and
+    the data and can stand in for the server; on loopback there is no such path.
+    """
+    host = server.rpartition(":")[0]
+    if tls or is_loopback(host):
+        return None
+    return (
+        f"PLAINTEXT: connecting to {server} without TLS: anyone on the network path can read the "
+        "bearer token and the data shard, and can pose as the server (it can only name built-in or "
+        "--allow-plugin models and datasets). Use --tls-ca FILE (docs/operations.md)"
+    )
+
+
+_WARNED_PLAINTEXT: set[str] = set()
+
+
+def warn_plaintext_once(server: str, tls: bool) -> bool:
+    """Log :func:`plaintext_warning` for ``server`` once per process (a fleet shares it); True if logged."""
+    warning = plaintext_warning(server, tls)
+    if warning is None or server in _WARNED_PLAINTEXT:
+        return False
+    _WARNED_PLAINTEXT.add(server)
+    log.warning("%s", warning)
+    return True
 
 
 def resolve_rate(cfg: WorkerConfig, rng: np.random.Generator) -> float:
@@ -231,6 +291,9 @@ class Worker:
             except LocalDataError as exc:
                 log.error("%s: %s", self.name, exc)
                 return EXIT_LOCAL_DATA
+            except checks.Refused as exc:
+                log.error("%s: refusing what the server sent: %s", self.name, exc)
+                return EXIT_REFUSED
             except (SessionLost, grpc.aio.AioRpcError, OSError, TimeoutError) as exc:
                 log.info("%s: session ended: %s", self.name, _describe(exc))
             finally:
@@ -252,6 +315,7 @@ class Worker:
     def _channel(self) -> grpc.aio.Channel:
         cfg = self.cfg
         if cfg.tls_ca is None and cfg.tls_cert is None:
+            warn_plaintext_once(cfg.server, tls=False)
             return grpc.aio.insecure_channel(cfg.server, options=CHANNEL_OPTIONS)
         creds = credentials.channel_credentials(cfg.tls_ca, cfg.tls_cert, cfg.tls_key)
         options: list[tuple[str, int | str]] = list(CHANNEL_OPTIONS)
@@ -271,12 +335,13 @@ class Worker:
         """One session; returns on Stop{done}, raises SessionLost / Rejected otherwise."""
         metadata = credentials.bearer_metadata(self.cfg.token or None)
         channel = self._channel()
-        call: SessionCall | None = None
+        call: SessionStream | None = None
         try:
-            stub = hgo_pb2_grpc.HGOStub(channel)
-            call = stub.Session(metadata=metadata)
+            call = SessionStream(channel, metadata)
             try:
                 state = await self._handshake(call)
+            except plugins.PluginRefused as exc:  # local: only this worker's operator may allow it
+                raise checks.Refused(f"TrainingSpec.{exc.kind}", exc.name, "", message=str(exc)) from exc
             except plugins.PluginMissing as exc:  # local: installing the plug-in fixes it
                 raise LocalDataError(f"cannot train what the server asks: {exc}") from exc
             except ValueError as exc:  # a spec this worker cannot train, data it cannot load
@@ -296,11 +361,11 @@ class Worker:
             await channel.close(grace=None)
 
     async def _handshake(
-        self, call: SessionCall
-    ) -> tuple[hgo_pb2.Welcome, ModelProtocol, np.ndarray, np.ndarray]:
+        self, call: SessionStream
+    ) -> tuple[msgs.Welcome, ModelProtocol, np.ndarray, np.ndarray]:
         cfg = self.cfg
         own_shard = parse_shard(cfg.shard)
-        join = hgo_pb2.Join(
+        join = msgs.JoinRequest(
             protocol_version=protocol.PROTOCOL_VERSION,
             name=self.name,
             profile=cfg.profile,
@@ -309,17 +374,17 @@ class Worker:
             wants_shard=own_shard is None,
             byzantine=self.behaviour is not None,
         )
-        await call.write(hgo_pb2.WorkerMessage(join=join))
-        msg = await _read(call)
-        if msg.WhichOneof("kind") == "stop":
-            raise SessionLost(f"server stopped before welcoming us: {msg.stop.reason!r}")
-        if msg.WhichOneof("kind") != "welcome":
-            raise SessionLost(f"expected a Welcome, got {msg.WhichOneof('kind')!r}")
-        welcome = msg.welcome
+        await call.write(join)
+        welcome = await _read(call)
+        if isinstance(welcome, msgs.Stop):
+            raise SessionLost(f"server stopped before welcoming us: {welcome.reason!r}")
+        if not isinstance(welcome, msgs.Welcome):
+            raise SessionLost(f"expected a Welcome, got {_kind(welcome)!r}")
+        checks.check_welcome(welcome)  # sizes before anything is built from them
         spec = welcome.spec
-        model = model_from_spec(spec)
+        model = model_from_spec(spec, self._allowed())
         if own_shard is None:
-            X, y = await _receive_shard(call, spec)
+            X, y = await _receive_shard(call, spec, cfg.max_shard_mb)
         else:
             X, y = self._load_own_shard(spec, *own_shard)
         # Warm up (first BLAS call, allocator) now rather than in the first round's budget.
@@ -333,19 +398,27 @@ class Worker:
         )
         return welcome, model, X, y
 
-    def _load_own_shard(self, spec: hgo_pb2.TrainingSpec, i: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    def _allowed(self) -> frozenset[str]:
+        """Plug-in names a spec may name here: ``--allow-plugin`` (built-ins need no listing)."""
+        return frozenset(self.cfg.allow_plugins)
+
+    def _load_own_shard(self, spec: msgs.Spec, i: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         if self._own_data is not None and self._own_data[0] == spec.dataset:
             return self._own_data[1], self._own_data[2]
         from hgo_common import datasets  # imports scikit-learn: only when loading data ourselves
 
         where = "no --data-dir" if self.cfg.data_dir is None else f"--data-dir {str(self.cfg.data_dir)!r}"
         try:
-            if spec.dataset_plugin:
-                plugins.check_installed(
-                    "dataset", spec.dataset, spec.dataset_plugin, spec.dataset_plugin_version
-                )
+            # Before anything is read or imported: the dataset name came from the network.
+            plugins.resolve(
+                "dataset", spec.dataset, self._allowed(),
+                distribution=spec.dataset_plugin, version=spec.dataset_plugin_version,
+            )  # fmt: skip
             ds = datasets.load(spec.dataset, data_dir=self.cfg.data_dir, seed=int(spec.seed))
             parts = rounds.shard_split(ds.y_train, n, spec.partition or "iid", int(spec.seed))
+        except plugins.PluginRefused as exc:
+            why = f"--shard {i}/{n}: cannot load dataset {exc.name[:80]!r} ({where}): {exc}"
+            raise checks.Refused("TrainingSpec.dataset", exc.name, "", message=why) from exc
         except (ValueError, OSError) as exc:
             raise LocalDataError(
                 f"--shard {i}/{n}: cannot load dataset {spec.dataset!r} ({where}): {exc}"
@@ -364,46 +437,40 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-async def _read(call: SessionCall) -> hgo_pb2.ServerMessage:
+def _kind(msg: msgs.ServerMessage | msgs.Unknown) -> str:
+    """The protocol name of a message's kind, for errors."""
+    return msg.kind if isinstance(msg, msgs.Unknown) else type(msg).__name__
+
+
+async def _read(call: SessionStream) -> msgs.ServerMessage | msgs.Unknown:
     msg = await call.read()
-    if not isinstance(msg, hgo_pb2.ServerMessage):  # grpc.aio.EOF: the stream ended
+    if msg is None:
         raise SessionLost("the server closed the stream")
     return msg
 
 
-async def _receive_shard(call: SessionCall, spec: hgo_pb2.TrainingSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Assemble the ``ShardPart``s (in order, last one flagged) into (X, y)."""
-    X: np.ndarray | None = None
-    y: np.ndarray | None = None
+async def _receive_shard(call: SessionStream, spec: msgs.Spec, max_mb: int) -> tuple[np.ndarray, np.ndarray]:
+    """Assemble the ``ShardPart``s (in order, last one flagged) into (X, y), each part checked."""
+    shard = checks.ShardAssembler(spec, max_mb * 2**20, f"--max-shard-mb {max_mb}")
     while True:
         msg = await _read(call)
-        if msg.WhichOneof("kind") == "heartbeat":
+        if isinstance(msg, msgs.Beat):
             continue
-        if msg.WhichOneof("kind") != "shard":
-            raise SessionLost(f"expected the shard, got {msg.WhichOneof('kind')!r}")
-        part = msg.shard
-        if X is None:
-            X = np.empty((part.total_rows, part.cols), dtype=np.float32)
-            y = np.empty(part.total_rows, dtype=np.float32)
-        assert y is not None
-        lo, hi = part.row_offset, part.row_offset + part.rows
-        if hi > len(y) or part.cols != X.shape[1]:
-            raise SessionLost(f"shard part rows {lo}..{hi} x {part.cols} outside {X.shape}")
-        X[lo:hi] = wire.decode(part.features, part.rows * part.cols).reshape(part.rows, part.cols)
-        y[lo:hi] = wire.decode(part.labels, part.rows)
-        if part.last:
+        if not isinstance(msg, msgs.ShardSlice):
+            raise SessionLost(f"expected the shard, got {_kind(msg)!r}")
+        if shard.add(msg):
             break
-    if X is None or y is None or len(y) == 0:
+    X, y = shard.result()
+    if len(y) == 0:
         raise SessionLost("the server sent an empty shard")
-    labels = y.astype(np.int64) if spec.n_classes else y.astype(np.float64)
-    return X, labels
+    return X, y
 
 
 class WorkerSession:
     """The three tasks of a welcomed session (reader, writer, heartbeat)."""
 
     def __init__(
-        self, worker: Worker, call: SessionCall, welcome: hgo_pb2.Welcome, model: ModelProtocol,
+        self, worker: Worker, call: SessionStream, welcome: msgs.Welcome, model: ModelProtocol,
         X: np.ndarray, y: np.ndarray,
     ) -> None:
         self.w = worker
@@ -416,7 +483,7 @@ class WorkerSession:
         self.heartbeat_s = welcome.heartbeat_ms / 1000.0
         self.loop = asyncio.get_running_loop()
         self.last_recv = self.loop.time()
-        self.out: asyncio.Queue[hgo_pb2.WorkerMessage] = asyncio.Queue(maxsize=8)
+        self.out: asyncio.Queue[msgs.WorkerMessage] = asyncio.Queue(maxsize=8)
         # Rounds only grow within a session (a restarted server means a new session), so
         # two counters replace ever-growing sets of served and closed rounds.
         self.last_served = -1
@@ -448,7 +515,7 @@ class WorkerSession:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.out.join(), timeout=1.0)
             try:
-                await self.call.write(hgo_pb2.WorkerMessage(leave=hgo_pb2.Leave(reason="done")))
+                await self.call.write(msgs.Leave(reason="done"))
                 await self.call.done_writing()
             except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
                 pass  # the server may already have ended the call; leaving is best effort
@@ -463,27 +530,26 @@ class WorkerSession:
             msg = await _read(self.call)
             now = self.loop.time()
             self.last_recv = now
-            kind = msg.WhichOneof("kind")
-            if kind == "task":
-                self._on_task(msg.task, now)
-            elif kind == "closed":
+            if isinstance(msg, msgs.Task):
+                self._on_task(msg, now)
+            elif isinstance(msg, msgs.Closed):
                 # RoundClosed{k} closes every round <= k: the server coalesces the closes
                 # queued for a slow reader into the newest one (hgo_server.server.Outbox).
-                self.last_closed = max(self.last_closed, msg.closed.round)
+                self.last_closed = max(self.last_closed, msg.round)
                 if self.current is not None and self.current[0] <= self.last_closed:
                     self._cancel_round()
-            elif kind == "stop":
-                if msg.stop.reason == "done":
+            elif isinstance(msg, msgs.Stop):
+                if msg.reason == "done":
                     self._cancel_round()
                     return
-                raise SessionLost(f"server stopped the session: {msg.stop.reason!r}")
+                raise SessionLost(f"server stopped the session: {msg.reason!r}")
             # heartbeats only refresh last_recv; a late Welcome/ShardPart is ignored
 
     async def _writer(self) -> None:
         while True:
             msg = await self.out.get()
             try:
-                if msg.WhichOneof("kind") == "chunk" and msg.chunk.round <= self.last_closed:
+                if isinstance(msg, msgs.Chunk) and msg.round <= self.last_closed:
                     continue  # the round closed while the chunk waited: it would only be late
                 await self.call.write(msg)
             finally:
@@ -495,8 +561,7 @@ class WorkerSession:
             silent = self.loop.time() - self.last_recv
             if silent > SILENT_INTERVALS * self.heartbeat_s:
                 raise SessionLost(f"server silent for {silent:.1f} s")
-            hb = hgo_pb2.Heartbeat(unix_ns=time.time_ns())
-            await self.out.put(hgo_pb2.WorkerMessage(heartbeat=hb))
+            await self.out.put(msgs.Beat(unix_ns=time.time_ns()))
 
     # ------------------------------------------------------------------ rounds
 
@@ -505,9 +570,14 @@ class WorkerSession:
             self.current[1].cancel()
             self.current = None
 
-    def _on_task(self, task: hgo_pb2.RoundTask, received: float) -> None:
+    def _on_task(self, task: msgs.Task, received: float) -> None:
         if task.round <= self.last_served or task.round <= self.last_closed:
             return  # a duplicate of a round this session already served, or one already closed
+        try:
+            checks.check_task(task, self.spec.dim)
+        except checks.Refused as exc:  # this round only: the session and the next rounds go on
+            log.error("%s: round %d skipped: %s", self.w.name, task.round, exc)
+            return
         if self.w.trace is not None:
             self.w.trace.append(("task", int(task.round), time.time()))
         self.last_served = task.round
@@ -523,21 +593,20 @@ class WorkerSession:
             # A bug or bad data, not a network problem: say it loudly, keep serving.
             log.error("%s: %s failed", self.w.name, t.get_name(), exc_info=t.exception())
 
-    async def _serve_round(self, task: hgo_pb2.RoundTask, t0: float) -> None:
+    async def _serve_round(self, task: msgs.Task, t0: float) -> None:
         """Round ``task.round``: the core's local step, released no faster than the throttle."""
         spec, w = self.spec, self.w
         try:
             tau = task.tau_ms if task.tau_ms > 0 else math.inf
-            d = int(spec.dim)
-            c_k = cached_order(task.order_seed, d, spec.order or "flat", tuple(spec.blocks))
+            d = spec.dim
+            c_k = cached_order(task.order_seed, d, spec.order or "flat", spec.groups)
             weights = wire.decode(task.weights, d).astype(np.float64)
             rng = local.round_rng(w.seed, task.round, salt=self.welcome.worker_id)
             work = local.local_step(
                 self.model, weights, self.X, self.y, c_k, tau, w.local_cfg, rng, byzantine=w.behaviour
             )
-            sched = Schedule(
-                work.rate, work.batch_size, d, tau, max(1, spec.max_chunk_values or 16384), work.limit
-            )
+            chunk = spec.max_chunk_values or protocol.DEFAULT_MAX_CHUNK_VALUES
+            sched = Schedule(work.rate, work.batch_size, d, tau, chunk, work.limit)
             await self._release(task.round, sched, work.source, t0)
         finally:
             w.rounds_served += 1
@@ -570,13 +639,7 @@ class WorkerSession:
                     compute_to(allowed)  # one piece: send it before computing more
                 upto = min(allowed, source.computed)
                 for a, b in sched.chunks(sent, upto):
-                    # Fill the oneof in place: WorkerMessage(chunk=GradientChunk(...)) would
-                    # copy the 64 KiB payload once more.
-                    msg = hgo_pb2.WorkerMessage()
-                    chunk = msg.chunk
-                    chunk.round, chunk.offset, chunk.session_id = rnd, a, sid
-                    chunk.values = wire.encode(source.values[a:b])
-                    await self.out.put(msg)
+                    await self.out.put(msgs.Chunk(rnd, a, wire.encode(source.values[a:b]), sid))
                 if first_ms < 0 and upto > sent:
                     first_ms = elapsed()
                     if self.w.trace is not None:

@@ -8,34 +8,43 @@ wire-side descriptions into the objects it needs.
 from __future__ import annotations
 
 import functools
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
 
 from hgo_common import models, order, plugins
 from hgo_common.models import ModelProtocol
-from hgo_common.net.proto import hgo_pb2
+from hgo_common.net.messages import Spec
 
 
-def model_from_spec(spec: hgo_pb2.TrainingSpec) -> ModelProtocol:
+def model_from_spec(spec: Spec, allowed: Collection[str] = ()) -> ModelProtocol:
     """The model a ``TrainingSpec`` describes (checks that its dimension matches ``spec.dim``).
+
+    ``spec.model`` came from the network: it is built only if it is a built-in model or
+    one of ``allowed`` (the worker's ``--allow-plugin``), see ``plugins.resolve``. The
+    spec's sizes are checked before (``hgo_worker.checks.check_spec``).
 
     Raises
     ------
+    plugins.PluginRefused
+        The spec names a model that is neither built in nor allowed (nothing is imported).
     plugins.PluginMissing
         The spec names a plug-in (or the torch extra) this machine does not have, or another
         version of it; the message says what to install.
     ValueError
         A spec this worker cannot build (dimension mismatch, bad shape).
     """
-    sizes = tuple(int(x) for x in spec.layer_sizes)
-    kwargs: dict[str, Any] = {"n_features": int(spec.n_features), "l2": float(spec.l2)}
+    sizes = spec.layer_sizes
+    kwargs: dict[str, Any] = {"n_features": spec.n_features, "l2": spec.l2}
     if spec.n_classes:
-        kwargs["n_classes"] = int(spec.n_classes)
+        kwargs["n_classes"] = spec.n_classes
     if spec.model == "mlp" and len(sizes) > 2:
         kwargs["hidden"] = sizes[1:-1]
-    if spec.model_plugin or spec.model not in models.names():
-        plugins.check_installed("model", spec.model, spec.model_plugin, spec.model_plugin_version)
+    plug = plugins.resolve(
+        "model", spec.model, allowed, distribution=spec.model_plugin, version=spec.model_plugin_version
+    )
+    if plug is not None:
         # The plug-in's own l2 default first; the server's --l2 only if it differs.
         l2 = kwargs.pop("l2")
         model = models.create(spec.model, **kwargs)

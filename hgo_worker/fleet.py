@@ -35,7 +35,7 @@ from .metrics import WorkerMetrics
 
 FLEET_KEYS = (
     "profile", "rate", "seed", "name", "byzantine", "attack_params", "batch_size", "token", "shard",
-    "budget_policy", "rho",
+    "budget_policy", "rho", "allow_plugins",
 )  # fmt: skip
 MAX_SESSIONS = 10_000
 _SEVERITY = {EXIT_DONE: 0, EXIT_GAVE_UP: 1, EXIT_LOCAL_DATA: 2, EXIT_REJECTED: 3}
@@ -81,6 +81,11 @@ def load_fleet(path: Path, base: WorkerConfig) -> list[WorkerConfig]:
         unknown = sorted(set(entry) - set(FLEET_KEYS))
         if unknown:
             raise FleetError(f"{where}: unknown key {unknown[0]!r}; known: {list(FLEET_KEYS)}")
+        allow = entry.get("allow_plugins", [])
+        if not isinstance(allow, list) or not all(isinstance(a, str) for a in allow):
+            raise FleetError(f"{where}: allow_plugins must be a list of plug-in names, got {allow!r}")
+        if "allow_plugins" in entry:  # the session's own list, added to the command line's --allow-plugin
+            entry = {**entry, "allow_plugins": (*base.allow_plugins, *allow)}
         try:
             cfg = dataclasses.replace(base, **entry)
             if "rate" in entry and "profile" not in entry and base.profile == "average":

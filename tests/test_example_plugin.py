@@ -107,15 +107,19 @@ def test_a_worker_without_the_package_is_told_what_to_install(
         name="server",
         env=installed,
     )  # fmt: skip
+    allow = ["--allow-plugin", "softmax"]  # the operator trusts it; this worker lacks the package
     bare = procs.start(
-        [*console("hgo-worker"), "--server", f"127.0.0.1:{port}", "--reconnect-timeout", "30"], name="bare"
+        [*console("hgo-worker"), "--server", f"127.0.0.1:{port}", "--reconnect-timeout", "30", *allow],
+        name="bare",
     )
     assert procs.wait(bare, timeout=60) == 2, procs.log(bare)
     log = procs.log(bare)
     assert "the server trains model 'softmax' from plug-in hgo-example-plugin 0.1.0" in log, log
     assert "install hgo-example-plugin==0.1.0" in log and "Traceback" not in log
     oks = [
-        procs.start([*console("hgo-worker"), "--server", f"127.0.0.1:{port}"], name=f"ok{i}", env=installed)
+        procs.start(
+            [*console("hgo-worker"), "--server", f"127.0.0.1:{port}", *allow], name=f"ok{i}", env=installed
+        )
         for i in range(2)
     ]
     for ok in oks:

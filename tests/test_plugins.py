@@ -282,12 +282,14 @@ def test_server_spec_carries_the_plugin_and_a_worker_rebuilds_it(onpath: Path) -
     spec = setup.spec
     assert (spec.model, spec.model_plugin, spec.model_plugin_version) == ("fake-tiny", "fakeplug", "1.2.3")
     assert (spec.dataset_plugin, spec.dataset_plugin_version) == ("fakeplug", "1.2.3")
-    assert spec.order == "stratified" and spec.blocks == tuple(setup.model.groups)
-    model = model_from_spec(spec)
+    assert spec.order == "stratified" and spec.groups == tuple(setup.model.groups)
+    with pytest.raises(plugins.PluginRefused, match=r"model 'fake-tiny'.*--allow-plugin 'fake-tiny'"):
+        model_from_spec(spec)  # a worker loads a plug-in only when its operator allows it
+    model = model_from_spec(spec, {"fake-tiny"})
     assert model.dim == spec.dim
     other = type(spec)(**{**spec.__dict__, "model_plugin_version": "2.0"})
     with pytest.raises(plugins.PluginMissing, match=r"install fakeplug==2\.0"):
-        model_from_spec(other)
+        model_from_spec(other, {"fake-tiny"})
     builtin = load_setup(resolve(ServerConfig(dataset="digits", model="mlp", q=2))).spec
     assert builtin.model_plugin == "" and builtin.dataset_plugin == ""
 
@@ -421,9 +423,11 @@ def test_worker_without_the_plugin_exits_2_naming_what_to_install(plugdir: Path,
         name="server",
         env=_env(plugdir),
     )  # fmt: skip
-    # No PYTHONPATH: this worker does not have goodplug.
+    # No PYTHONPATH: this worker does not have goodplug (its operator allows it all the same).
+    allow = ["--allow-plugin", "goodplug:Tiny"]
     bare = procs.start(
-        [*console("hgo-worker"), "--server", f"127.0.0.1:{port}", "--reconnect-timeout", "30"], name="bare"
+        [*console("hgo-worker"), "--server", f"127.0.0.1:{port}", "--reconnect-timeout", "30", *allow],
+        name="bare",
     )
     rc = procs.wait(bare, timeout=60)
     log = procs.log(bare)
@@ -435,7 +439,9 @@ def test_worker_without_the_plugin_exits_2_naming_what_to_install(plugdir: Path,
     assert "Traceback" not in log
     oks = [
         procs.start(
-            [*console("hgo-worker"), "--server", f"127.0.0.1:{port}"], name=f"ok{i}", env=_env(plugdir)
+            [*console("hgo-worker"), "--server", f"127.0.0.1:{port}", *allow],
+            name=f"ok{i}",
+            env=_env(plugdir),
         )
         for i in range(2)
     ]

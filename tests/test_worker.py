@@ -560,7 +560,7 @@ async def test_mlp_gradient_in_stratified_order_on_a_fresh_batch_each_round() ->
     model = models.create("mlp", n_features=p, n_classes=classes, hidden=(hidden,))
     spec = hgo_pb2.TrainingSpec(
         model="mlp", layer_sizes=[p, hidden, classes], dim=model.dim, order="stratified",
-        blocks=list(model.groups), dataset="synthetic", n_features=p, n_classes=classes,
+        groups=list(model.groups), dataset="synthetic", n_features=p, n_classes=classes,
         algorithm="hgo", max_chunk_values=16, seed=1, partition="iid", num_shards=1,
     )  # fmt: skip
     fake = FakeHGO(X, y, spec)
@@ -708,7 +708,7 @@ async def test_release_by_the_workers_own_clock_never_exceeds_the_throttle() -> 
     class Out:
         async def put(self, msg: Any) -> None:
             t = (loop.time() - t0) * 1000.0
-            sent.append((t, msg.chunk.offset, msg.chunk.offset + len(msg.chunk.values) // 4))
+            sent.append((t, msg.offset, msg.offset + len(msg.values) // 4))  # a net.messages.Chunk
 
     sess = object.__new__(WorkerSession)
     sess.w = SimpleNamespace(metrics=WorkerMetrics("custom"), trace=None)  # type: ignore[assignment]

@@ -76,12 +76,12 @@ class ServerMessage(_message.Message):
     def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., shard: _Optional[_Union[ShardPart, _Mapping]] = ..., task: _Optional[_Union[RoundTask, _Mapping]] = ..., closed: _Optional[_Union[RoundClosed, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., stop: _Optional[_Union[Stop, _Mapping]] = ...) -> None: ...
 
 class TrainingSpec(_message.Message):
-    __slots__ = ("model", "layer_sizes", "dim", "order", "blocks", "dataset", "n_features", "n_classes", "algorithm", "max_chunk_values", "seed", "partition", "num_shards", "l2", "model_plugin", "model_plugin_version", "dataset_plugin", "dataset_plugin_version")
+    __slots__ = ("model", "layer_sizes", "dim", "order", "groups", "dataset", "n_features", "n_classes", "algorithm", "max_chunk_values", "seed", "partition", "num_shards", "l2", "model_plugin", "model_plugin_version", "dataset_plugin", "dataset_plugin_version")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     LAYER_SIZES_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     ORDER_FIELD_NUMBER: _ClassVar[int]
-    BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     N_FEATURES_FIELD_NUMBER: _ClassVar[int]
     N_CLASSES_FIELD_NUMBER: _ClassVar[int]
@@ -99,7 +99,7 @@ class TrainingSpec(_message.Message):
     layer_sizes: _containers.RepeatedScalarFieldContainer[int]
     dim: int
     order: str
-    blocks: _containers.RepeatedScalarFieldContainer[int]
+    groups: _containers.RepeatedScalarFieldContainer[int]
     dataset: str
     n_features: int
     n_classes: int
@@ -113,7 +113,7 @@ class TrainingSpec(_message.Message):
     model_plugin_version: str
     dataset_plugin: str
     dataset_plugin_version: str
-    def __init__(self, model: _Optional[str] = ..., layer_sizes: _Optional[_Iterable[int]] = ..., dim: _Optional[int] = ..., order: _Optional[str] = ..., blocks: _Optional[_Iterable[int]] = ..., dataset: _Optional[str] = ..., n_features: _Optional[int] = ..., n_classes: _Optional[int] = ..., algorithm: _Optional[str] = ..., max_chunk_values: _Optional[int] = ..., seed: _Optional[int] = ..., partition: _Optional[str] = ..., num_shards: _Optional[int] = ..., l2: _Optional[float] = ..., model_plugin: _Optional[str] = ..., model_plugin_version: _Optional[str] = ..., dataset_plugin: _Optional[str] = ..., dataset_plugin_version: _Optional[str] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., layer_sizes: _Optional[_Iterable[int]] = ..., dim: _Optional[int] = ..., order: _Optional[str] = ..., groups: _Optional[_Iterable[int]] = ..., dataset: _Optional[str] = ..., n_features: _Optional[int] = ..., n_classes: _Optional[int] = ..., algorithm: _Optional[str] = ..., max_chunk_values: _Optional[int] = ..., seed: _Optional[int] = ..., partition: _Optional[str] = ..., num_shards: _Optional[int] = ..., l2: _Optional[float] = ..., model_plugin: _Optional[str] = ..., model_plugin_version: _Optional[str] = ..., dataset_plugin: _Optional[str] = ..., dataset_plugin_version: _Optional[str] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("session_id", "worker_id", "spec", "shard_index", "heartbeat_ms")

@@ -103,7 +103,8 @@ class ClusterConfig:
     def make(cls, **kw: Any) -> ClusterConfig:
         """A config from flat keyword arguments: run-spec and population settings by their names
         (``workers`` and ``byzantine`` are old spellings of ``n`` and ``attackers``), the
-        launcher's options by theirs. ``f`` defaults to ``attackers``; None means "not set"."""
+        launcher's options by theirs. ``f`` defaults to ``attackers`` for a rule that claims
+        robustness, else 0 (average tolerates nothing); None means "not set"."""
         spec_keys, pop_keys = lookup(RunSpec), lookup(Population)
         launcher = {f.name for f in dataclasses.fields(cls)} - {"spec", "population"}
         spec_kw: dict[str, Any] = dict(RUN_DEFAULTS)
@@ -120,7 +121,16 @@ class ClusterConfig:
                 raise TypeError(f"ClusterConfig.make: unknown setting {key!r}")
         spec_kw = {k: v for k, v in spec_kw.items() if v is not None}
         pop_kw = {k: v for k, v in pop_kw.items() if v is not None}
-        spec_kw.setdefault("f", pop_kw.get("attackers", 0))
+        if "f" not in spec_kw:  # the rule tolerates the attackers it is run with, if it claims to
+            from hgo_common import aggregators
+            from hgo_common.spec.run import robust
+
+            attackers = int(pop_kw.get("attackers", 0))
+            try:
+                claims = robust(aggregators.get(str(spec_kw.get("rule", "average"))), attackers)
+            except ValueError:
+                claims = True  # an unknown rule: the spec's own check names it
+            spec_kw["f"] = attackers if claims else 0
         population = Population(**forms.coerce(Population, pop_kw))
         return cls(spec=RunSpec(**forms.coerce(RunSpec, spec_kw)), population=population, **own)
 

@@ -32,7 +32,8 @@ from hgo_server import config as server_config
 NON_DEFAULT: dict[str, Any] = {
     "dataset": "breast-cancer", "data_dir": "/nonexistent-but-unused", "max_train": 300,
     "test_fraction": 0.25, "partition": "classes:1", "model": "logistic", "hidden": (8, 4), "l2": 0.01,
-    "seed": 7, "data_seed": 9, "algorithm": "sgd", "rule": "median", "f": 1, "allow_unsafe": True, "q": 5, "v": Quorum.fixed(4),
+    "seed": 7, "data_seed": 9, "algorithm": "sgd", "rule": "median", "f": 1, "allow_unsafe": True,
+    "q": 5, "v": Quorum.fixed(4),
     "row_bound": "norm:100", "order": "flat", "tau": Deadline.of_ms(250.0), "tau_target": 0.7,
     "tau_min": 20.0, "tau_max": 900.0, "early_close": False, "lr": 0.3, "lr_schedule": "inv-sqrt-block",
     "rounds": 12, "eval_every": 3,
@@ -153,7 +154,7 @@ def test_f_is_tolerated_and_attackers_are_present() -> None:
 def test_old_spellings_still_work_with_a_note(tmp_path: Path) -> None:
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        cc = cluster.ClusterConfig.make(byzantine=2, workers=5)
+        cc = cluster.ClusterConfig.make(byzantine=2, workers=5, rule="median")
         raw = forms.coerce(Population, {"byzantine": 2})
     assert cc.population.attackers == 2 and cc.spec.f == 2 and raw == {"attackers": 2}
     assert any("old spelling" in str(w.message) and "attackers" in str(w.message) for w in seen)
@@ -202,3 +203,12 @@ def test_the_reference_table_lists_every_setting() -> None:
         for s, _ in declared(cls):
             assert f"`{s.name}`" in table
     assert dataclasses.is_dataclass(RunSpec)
+
+
+def test_hgo_run_tolerates_its_attackers_only_with_a_robust_rule() -> None:
+    assert cluster.ClusterConfig.make(byzantine=2, workers=7, rule="median").spec.f == 2
+    assert cluster.ClusterConfig.make(byzantine=2, workers=7).spec.f == 0  # average claims nothing
+    with pytest.raises(SpecError, match="--allow-unsafe"):
+        cluster.ClusterConfig.make(byzantine=2, workers=7, f=2).validate()
+    with pytest.raises(SpecError, match="q - f = 3"):
+        RunSpec.from_mapping({"q": 5, "f": 2, "rule": "median", "v": 5})  # median needs 5, 3 honest

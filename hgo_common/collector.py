@@ -36,6 +36,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hgo_common.errors import WireError
+
 from . import wire
 
 # Fatal reasons (the session ends; the transport maps each to a status code).
@@ -53,7 +55,7 @@ NON_FINITE = "non-finite"
 FATAL_REASONS = (BAD_LENGTH, GAP, OVERLAP, PAST_D, OVERSIZED, WRONG_ROUND, BAD_SLOT)
 
 
-class ChunkRejected(ValueError):
+class ChunkRejected(WireError):
     """A chunk that breaks the protocol; ``reason`` labels it, ``fatal`` ends the session."""
 
     def __init__(self, reason: str, message: str, *, fatal: bool = True) -> None:

@@ -5,11 +5,25 @@ brackets, so callers that catch the builtin keep working)::
 
     HGOError
      ├── SpecError [ValueError]        a setting, flag, config key or scenario value out of range
-     │    └── (hgo_server.config.ConfigError is this class)
+     │    ├── (hgo_server.config.ConfigError is this class)
+     │    ├── ScenarioError            a scenario file (hgo_lab.experiment)
+     │    ├── TokenFileError           a tokens file (hgo_server.auth)
+     │    ├── FleetError               a --fleet file (hgo_worker.fleet)
+     │    └── AttackKindError          an attack used where its kind cannot run (hgo_common.attacks)
      ├── PluginError [ValueError]      a plug-in reference that is unknown, not allowed or broken
+     │    └── PluginMissing, PluginRefused (hgo_common.plugins)
      ├── DataError [ValueError]        a data file or dataset that cannot be used
+     │    └── DataFileError            (hgo_common.datasets)
+     ├── WireError [ValueError]        bytes that break the wire format or a chunk the round refuses
+     │    └── WireFormatError (hgo_common.wire), ChunkRejected (hgo_common.collector)
      ├── ProtocolError                 a worker message the protocol forbids (hgo_server.errors)
-     └── ClusterError [RuntimeError]   a local cluster that could not run (hgo_lab.cluster)
+     │    └── InvalidArgument, FailedPrecondition, PermissionDenied, ResourceExhausted,
+     │        DeadlineExceeded, Aborted — one gRPC status code each (hgo_server.servicer)
+     ├── CheckpointError               a checkpoint that cannot be read or resumed (hgo_server.checkpoint)
+     ├── SessionLost, Rejected, LocalDataError, Refused   a worker's session ends (hgo_worker)
+     ├── ClusterError [RuntimeError]   a local cluster that could not run (hgo_lab.cluster)
+     ├── ConstraintError [RuntimeError] a device limit this host cannot give (hgo_lab.constraints)
+     └── PlottingUnavailable [RuntimeError] matplotlib (the lab extra) is missing (hgo_lab.plots)
 
 Edges map this tree to what the outside sees, each in one place: ``hgo_server.servicer``
 maps ``ProtocolError`` subclasses to gRPC status codes; the command-line entry points map
@@ -34,6 +48,10 @@ class PluginError(HGOError, ValueError):
 
 class DataError(HGOError, ValueError):
     """A dataset or data file that cannot be used (missing, malformed, not matching the run)."""
+
+
+class WireError(HGOError, ValueError):
+    """Bytes that break the wire format, or a chunk the round refuses."""
 
 
 EXIT_USAGE = 2

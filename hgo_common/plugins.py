@@ -44,6 +44,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hgo_common.errors import PluginError as _PluginErrorBase
+
 __all__ = [
     "GROUPS",
     "KINDS",
@@ -72,7 +74,7 @@ GROUPS: dict[str, str] = {
 KINDS: tuple[str, ...] = tuple(GROUPS)
 
 
-class PluginError(ValueError):
+class PluginError(_PluginErrorBase):
     """A plug-in that cannot be loaded or that breaks its contract (the message says which)."""
 
 

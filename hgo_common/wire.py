@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from hgo_common.errors import WireError
+
 WIRE_DTYPE = np.dtype("<f4")
 
 DEFAULT_MAX_CHUNK_VALUES = 16384
@@ -16,7 +18,7 @@ docs/server.md "chunk size"). Defined here, in the core, because the collector s
 checks by it; ``hgo_common.net.protocol`` re-exports it for the wire."""
 
 
-class WireFormatError(ValueError):
+class WireFormatError(WireError):
     """A bytes field that is not a whole number of float32 values."""
 
 

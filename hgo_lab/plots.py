@@ -37,6 +37,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from hgo_common import roundlog
+from hgo_common.errors import HGOError
 
 FloatArray = NDArray[np.float64]
 Curve = tuple[FloatArray, FloatArray]
@@ -221,7 +222,7 @@ def choose_metric(runs: Sequence[RunSeries], metric: str = "auto") -> str:
     return "accuracy" if has_acc else "loss"
 
 
-class PlottingUnavailable(RuntimeError):
+class PlottingUnavailable(HGOError, RuntimeError):
     """matplotlib is not installed (it comes with the ``lab`` extra)."""
 
 

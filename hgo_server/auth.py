@@ -61,6 +61,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from hgo_common.errors import SpecError
 from hgo_common.net.credentials import read_pem
 
 from .logsafe import RateLimitedLog, escape
@@ -114,7 +115,7 @@ def session_identity(context: Any) -> str | None:
     return certificate_identity(context)
 
 
-class TokenFileError(ValueError):
+class TokenFileError(SpecError):
     """A malformed tokens file; the message names ``file:line`` and the problem."""
 
 

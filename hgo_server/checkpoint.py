@@ -65,6 +65,8 @@ from typing import Any
 
 import numpy as np
 
+from hgo_common.errors import HGOError
+
 __all__ = [
     "FORMAT_VERSION",
     "MAGIC",
@@ -89,7 +91,7 @@ _DTYPES: dict[str, np.dtype[Any]] = {"<f4": np.dtype("<f4"), "<f8": np.dtype("<f
 _MAX_METADATA = 64 * 1024 * 1024
 
 
-class CheckpointError(Exception):
+class CheckpointError(HGOError):
     """A checkpoint file that must not be loaded; the message names the file and the problem."""
 
     def __init__(self, path: Path | str, problem: str) -> None:

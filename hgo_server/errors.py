@@ -1,4 +1,5 @@
 """Protocol violations by a worker, as the round loop raises them.
+from hgo_common.errors import HGOError
 
 The servicer maps each class to one gRPC status code, in one place
 (``hgo_server.servicer.STATUS_CODES``); round logic never sees gRPC.
@@ -20,8 +21,10 @@ Exception tree::
 
 from __future__ import annotations
 
+from hgo_common.errors import HGOError
 
-class ProtocolError(Exception):
+
+class ProtocolError(HGOError):
     """A worker message the protocol forbids; ``reason`` is the metric label."""
 
     def __init__(self, reason: str, message: str) -> None:

@@ -20,6 +20,7 @@ import math
 import numpy as np
 
 from hgo_common import order, wire
+from hgo_common.errors import HGOError
 from hgo_common.net import protocol
 from hgo_common.net.messages import ShardSlice, Spec, Task, Welcome
 
@@ -45,7 +46,7 @@ __all__ = [
 ]
 
 
-class Refused(Exception):
+class Refused(HGOError):
     """A value the server sent that this worker will not act on.
 
     Not a ValueError on purpose: the handshake turns ValueErrors (a spec the worker

@@ -58,6 +58,7 @@ import grpc
 import numpy as np
 
 from hgo_common import local, plugins, profiles, rounds, wire
+from hgo_common.errors import HGOError
 from hgo_common.models import ModelProtocol
 from hgo_common.net import credentials, protocol
 from hgo_common.net import messages as msgs
@@ -97,15 +98,15 @@ EXIT_DONE, EXIT_GAVE_UP, EXIT_LOCAL_DATA, EXIT_REJECTED = 0, 1, 2, 3
 EXIT_REFUSED = EXIT_LOCAL_DATA  # refuses what it was sent: fixed here (allow, install) or at the server
 
 
-class SessionLost(Exception):
+class SessionLost(HGOError):
     """The session ended without ``Stop{done}``: reconnect."""
 
 
-class Rejected(Exception):
+class Rejected(HGOError):
     """The server refused this worker for good: do not reconnect."""
 
 
-class LocalDataError(Exception):
+class LocalDataError(HGOError):
     """``--shard i/n``: this worker cannot load its own shard. Local, so not retried.
 
     Not a ValueError on purpose: the handshake turns ValueErrors (a spec the worker

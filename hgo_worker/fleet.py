@@ -30,6 +30,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from hgo_common.errors import SpecError
+
 from .client import EXIT_DONE, EXIT_GAVE_UP, EXIT_LOCAL_DATA, EXIT_REJECTED, Worker, WorkerConfig
 from .metrics import WorkerMetrics
 
@@ -41,7 +43,7 @@ MAX_SESSIONS = 10_000
 _SEVERITY = {EXIT_DONE: 0, EXIT_GAVE_UP: 1, EXIT_LOCAL_DATA: 2, EXIT_REJECTED: 3}
 
 
-class FleetError(ValueError):
+class FleetError(SpecError):
     """A bad ``--sessions`` / ``--fleet`` setting; the message names the file, entry and key."""
 
 

@@ -40,6 +40,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from hgo_common.errors import SpecError
+
 from .. import plugins
 
 __all__ = [
@@ -59,7 +61,7 @@ GradientFn = Callable[..., np.ndarray]
 LabelFn = Callable[..., np.ndarray]
 
 
-class AttackKindError(ValueError):
+class AttackKindError(SpecError):
     """An attack was used as a kind it is not (e.g. ``silent`` called for a gradient)."""
 
 

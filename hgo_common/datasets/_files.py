@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from hgo_common.errors import DataError
 
-class DataFileError(ValueError):
+
+class DataFileError(DataError):
     """A dataset file is missing, truncated or malformed; the message names the file."""
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hgo_common.errors import SpecError
 from hgo_common.spec import forms
 from hgo_lab import simulator
 
@@ -57,7 +58,7 @@ class Scenario:
     reference: bool = True
 
 
-class ScenarioError(ValueError):
+class ScenarioError(SpecError):
     """A scenario file is unreadable or wrong; the message names the file and the problem."""
 
 

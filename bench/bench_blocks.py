@@ -127,7 +127,8 @@ def large(sizes: list[int], rules: list[str], reps: int, seed: int) -> None:
     print(
         f"# q={LARGE_Q} v={LARGE_V} f={LARGE_F} float32, mixed prefixes; numpy {np.__version__}; "
         f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}; HGO_AGG_THREADS -> "
-        f"{getattr(blk, 'threads', lambda: 1)()}; cpus={os.cpu_count()}; load {os.getloadavg()[0]:.2f}; best of {reps}"
+        f"{getattr(blk, 'threads', lambda: 1)()}; cpus={os.cpu_count()}; load {os.getloadavg()[0]:.2f}; "
+        f"best of {reps}"
     )
     header = (
         f"{'d':>11} {'rule':<13}{'b_v':>10}{'segs':>6}{'best ms':>10}{'floor ms':>10}{'x floor':>9}"

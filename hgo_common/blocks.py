@@ -63,6 +63,7 @@ _CHUNK = 8192
 # hand-offs cost more than they save on the paper's d = 23,860.
 _PARALLEL_MIN = 1 << 22
 _POOL: ThreadPoolExecutor | None = None
+_POOL_PID = 0
 _POOL_LOCK = threading.Lock()
 
 
@@ -81,12 +82,15 @@ def threads() -> int:
 
 
 def _pool(n: int) -> ThreadPoolExecutor:
-    global _POOL
+    global _POOL, _POOL_PID
     with _POOL_LOCK:
-        if _POOL is None or _POOL._max_workers != n:
-            if _POOL is not None:
+        # A forked child (a process pool of experiment runs) inherits the pool object but
+        # not its threads: it builds its own.
+        if _POOL is None or _POOL._max_workers != n or os.getpid() != _POOL_PID:
+            if _POOL is not None and os.getpid() == _POOL_PID:
                 _POOL.shutdown(wait=False)
             _POOL = ThreadPoolExecutor(n, thread_name_prefix="hgo-agg")
+            _POOL_PID = os.getpid()
         return _POOL
 
 

@@ -471,3 +471,23 @@ def test_bad_thread_count_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HGO_AGG_THREADS", "zero")
     with pytest.raises(ValueError, match="HGO_AGG_THREADS must be an integer >= 1, got 'zero'"):
         blocks.threads()
+
+
+def test_a_forked_child_builds_its_own_thread_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    import multiprocessing
+
+    monkeypatch.setattr(blocks, "_CHUNK", 97)
+    monkeypatch.setattr(blocks, "_PARALLEL_MIN", 1)
+    monkeypatch.setenv("HGO_AGG_THREADS", "2")
+    values, prefixes = _mixed_round(9, 2000, 4)
+    want = blocks.aggregate(values, prefixes, v=5, rule="median")[1]  # the parent's pool exists now
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        got = pool.apply_async(_aggregate_median, (values, prefixes)).get(timeout=120)
+    np.testing.assert_array_equal(got, want)
+
+
+def _aggregate_median(values: np.ndarray, prefixes: np.ndarray) -> np.ndarray:
+    blocks._CHUNK = 97  # the fork copied the patched values; set them again for clarity
+    blocks._PARALLEL_MIN = 1
+    return blocks.aggregate(values, prefixes, v=5, rule="median")[1]

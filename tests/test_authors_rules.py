@@ -69,6 +69,10 @@ def test_krum_coord_authors_hand_worked_and_order_dependent() -> None:
     rule = aggregators.get("krum-coord-authors")
     assert rule(np.array([[0.0], [10.0], [10.0], [0.0]]))[0] == 10.0
     assert rule(np.array([[10.0], [0.0], [0.0], [10.0]]))[0] == 0.0
+    # [-1, 0, 1] (and a last row that never counts): scores 5-4, 2-1, 5-4 all tie at 1, so
+    # the first row wins; [3, -4, 7]: every candidate's single neighbour is itself
+    assert rule(np.array([[-1.0], [0.0], [1.0], [50.0]]))[0] == -1.0
+    assert rule(np.array([[3.0], [-4.0], [7.0]]))[0] == 3.0
     # one or two rows: the first row (no neighbour is summed)
     np.testing.assert_array_equal(rule(np.array([[3.0, -1.0], [5.0, 7.0]])), [3.0, -1.0])
     # per coordinate, not a vector: each column picks its own row (vector Krum cannot)

@@ -13,16 +13,24 @@ What this rule computes, column by column, for the m rows in the order given
 responding workers is ordered; their NaN padding of short prefixes is dropped per column,
 which is exactly the segment's rows here):
 
-* m = 1: the single value; m = 2: the first row's value (zero neighbours, all scores 0);
+* m <= 3: the first row's value (m = 3: each candidate's one smallest distance is to
+  itself, all scores 0; m = 2: no neighbour at all);
 * otherwise, for each candidate i in 0..m-2 (the last row is never a candidate and is
   not among the neighbours), the squared distances ``(x_i - x_j)^2`` to j in 0..m-2 —
   *including itself* (distance 0) — of which the m - 2 smallest are summed (f = 0);
 * the output is the value of the first candidate with the lowest score (``np.argmin``).
 
 The ``f`` keyword is accepted for the common interface and ignored, as in the source.
-Cost: O(m^2) per coordinate (m = 80: ~6,400 distances per coordinate), computed in column
-tiles so memory stays a few MB; meant for emulating the authors' runs, not for large d.
-tests/test_aggregators.py checks it against a literal transcription of their loop.
+
+Computed in O(m) per coordinate, not with their O(m^2) loop: with f = 0 a candidate sums
+its n - 1 smallest of n squared distances (n = m - 1, itself included), i.e. all of them
+but the largest, and in one dimension the largest is to the column's minimum or maximum.
+So ``score_i = n (x_i - mean)^2 + sum_j (x_j - mean)^2 - max((x_i - min)^2, (x_i - max)^2)``
+over the n candidates, in float64. Equal values get equal scores bit for bit (the same
+expression on the same inputs), so exact ties resolve to the first row as in the source;
+other scores differ from the source's sums of sorted terms only by rounding (so only
+scores that are mathematically equal yet rounded apart may pick another row than theirs).
+tests/test_authors_rules.py checks it against a naive transcription of their loop.
 """
 
 from __future__ import annotations
@@ -31,8 +39,8 @@ import numpy as np
 
 from . import register
 
-# float64 (tile x (m-1) x (m-1)) distance tensor per tile: about 4 MB.
-_TILE_ELEMS = 1 << 19
+# Columns per float64 tile (80 rows: 42 MB).
+_TILE = 65536
 
 
 @register("krum-coord-authors", coordinatewise=True, condition="m >= 1")
@@ -50,19 +58,16 @@ def krum_coord_authors(x: np.ndarray, *, f: int = 0) -> np.ndarray:
     ndarray of shape (k,), float64
     """
     m, k = x.shape
-    if m <= 2:
+    if m <= 3:
         return np.asarray(x[0], dtype=np.float64)
     n = m - 1  # candidates and neighbours: every row but the last
-    nb = m - 2  # neighbours summed per candidate (their nb_workers - f - 2 with f = 0)
     out = np.empty(k, dtype=np.float64)
-    tile = max(1, _TILE_ELEMS // (n * n))
-    for j in range(0, k, tile):
-        cols = np.asarray(x[:n, j : j + tile], dtype=np.float64).T  # (t, n)
-        diff = cols[:, :, None] - cols[:, None, :]  # (t, n, n): candidate i, neighbour j
-        # their np.linalg.norm(scalar) ** 2: sqrt of the square, squared again
-        sq = np.sqrt(diff * diff) ** 2
-        sq.partition(nb - 1, axis=2)
-        scores = sq[:, :, :nb].sum(axis=2)
+    for j in range(0, k, _TILE):
+        c = np.asarray(x[:n, j : j + _TILE], dtype=np.float64).T  # (t, n)
+        dev = c - c.mean(axis=1)[:, None]
+        spread = (dev * dev).sum(axis=1)[:, None]
+        farthest = np.maximum((c - c.min(axis=1)[:, None]) ** 2, (c - c.max(axis=1)[:, None]) ** 2)
+        scores = n * dev * dev + spread - farthest
         pick = np.argmin(scores, axis=1)  # first lowest, as np.argmin in the source
-        out[j : j + tile] = cols[np.arange(cols.shape[0]), pick]
+        out[j : j + _TILE] = c[np.arange(c.shape[0]), pick]
     return out

@@ -115,12 +115,15 @@ class RowBound:
             return cls("off", math.inf)
         kind, sep, num = t.partition(":")
         if not sep or kind not in ("coord", "norm", "median-norm"):
-            raise ValueError(f"expected median-norm:C, coord:B, norm:B or off, got {text!r}")
+            raise ValueError(
+                f"expected coord:B, norm:B or off, or median-norm:C (C times the round's median row norm), "
+                f"got {text!r}"
+            )
         try:
             value = float(num)
         except ValueError:
             raise ValueError(
-                f"expected median-norm:C, coord:B, norm:B or off with B or C a number, got {text!r}"
+                f"expected coord:B, norm:B or off, or median-norm:C, with B or C a number, got {text!r}"
             ) from None
         return cls(kind, value)
 

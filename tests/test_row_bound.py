@@ -31,7 +31,7 @@ def test_default_is_scaled_to_the_round_and_absolute_bounds_stay() -> None:
     for bad in ("median-norm:0", "median-norm:-2", "median-norm:inf"):
         with pytest.raises(ValueError, match="row bound must be a finite number"):
             rounds.RowBound.parse(bad)
-    with pytest.raises(ValueError, match=r"median-norm:C, coord:B, norm:B or off.*'median:10'"):
+    with pytest.raises(ValueError, match=r"expected coord:B, norm:B or off, or median-norm:C .*'median:10'"):
         rounds.RowBound.parse("median:10")
     with pytest.raises(ValueError, match=r"B or C a number, got 'median-norm:ten'"):
         rounds.RowBound.parse("median-norm:ten")

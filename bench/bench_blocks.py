@@ -19,6 +19,14 @@ several repetitions, and its ratio to
     for every j, groups coordinates by identical Q_j and calls the rule per group
     (the reading hgo_common/blocks.py documents). The per-coordinate loop is timed on
     an evenly spaced subset of coordinates and extrapolated to b_v (marked "~").
+
+Large d (issue 23, item 3): ``--large [D ...]`` (default 1,000,000 and 4,000,000) times
+one round at q = 80, v = 40, f = 10 with the mixed prefixes, best of ``--reps`` (default
+2 there), against ``values.sum(axis=0)`` (the memory floor) and one Gram product
+``values @ values.T`` of the whole (q x d) buffer, and reports the round's peak extra
+memory (tracemalloc, which numpy reports its buffers to) as a multiple of the (q x d)
+buffer: "peak / buffer" = (buffer + extra) / buffer. ``--threads N`` sets
+HGO_AGG_THREADS for the coordinate-wise rules (hgo_common.blocks).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import argparse
 import platform
 import statistics
 import time
+import tracemalloc
 from collections.abc import Callable
 
 import numpy as np
@@ -40,6 +49,8 @@ from hgo_common.rounds import default_quorum
 
 Q, D, F = 80, 23_860, 25
 RULES = ("median", "trimmed-mean", "krum", "geometric-median")
+LARGE_Q, LARGE_V, LARGE_F = 80, 40, 10
+LARGE_RULES = ("average", "median", "trimmed-mean", "krum", "multi-krum")
 
 
 def draw_prefixes(rng: np.random.Generator, q: int, d: int) -> np.ndarray:
@@ -97,13 +108,81 @@ def python_reference_time(values: np.ndarray, prefixes: np.ndarray, v: int, name
     return grouping + (time.perf_counter() - t1)
 
 
+def peak_extra(fn: Callable[[], object]) -> int:
+    """Bytes allocated at the peak of ``fn()`` beyond what was live before it (tracemalloc)."""
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        fn()
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
+def large(sizes: list[int], rules: list[str], reps: int, seed: int) -> None:
+    """One round at q = 80, v = 40, f = 10 per d in ``sizes``: time vs floor and Gram, peak memory."""
+    from hgo_common import blocks as blk
+
+    print(
+        f"# q={LARGE_Q} v={LARGE_V} f={LARGE_F} float32, mixed prefixes; numpy {np.__version__}; "
+        f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}; HGO_AGG_THREADS -> "
+        f"{getattr(blk, 'threads', lambda: 1)()}; cpus={os.cpu_count()}; load {os.getloadavg()[0]:.2f}; "
+        f"best of {reps}"
+    )
+    header = (
+        f"{'d':>11} {'rule':<13}{'b_v':>10}{'segs':>6}{'best ms':>10}{'floor ms':>10}{'x floor':>9}"
+        f"{'gram ms':>10}{'x gram':>8}{'peak/buffer':>13}"
+    )
+    print(header)
+    print("-" * len(header))
+    for d in sizes:
+        large_one(d, rules, reps, seed)
+
+
+def large_one(d: int, rules: list[str], reps: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    values = rng.standard_normal((LARGE_Q, d), dtype=np.float32)
+    prefixes = draw_prefixes(rng, LARGE_Q, d)
+    buffer = values.nbytes
+    b = blocks.block_size(prefixes, LARGE_V)
+    n_seg = len(blocks.segments(prefixes, LARGE_V))
+    for name in rules:
+
+        def agg(name: str = name) -> object:
+            return blocks.aggregate(values, prefixes, v=LARGE_V, rule=name, f=LARGE_F)
+
+        t = timeit({"agg": agg, "floor": lambda: values.sum(axis=0), "gram": lambda: values @ values.T}, reps)
+        extra = peak_extra(agg)
+        best, fbest, gbest = t["agg"][1], t["floor"][1], t["gram"][1]
+        peak = (buffer + extra) / buffer
+        print(
+            f"{d:>11,} {name:<13}{b:>10,}{n_seg:>6}{best * 1e3:>10.0f}{fbest * 1e3:>10.0f}"
+            f"{best / fbest:>9.2f}{gbest * 1e3:>10.0f}{best / gbest:>8.2f}{peak:>13.3f}"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--reps", type=int, default=15, help="timed repetitions per figure (median reported)")
+    ap.add_argument("--reps", type=int, default=None, help="timed repetitions (default 15; --large: 2)")
     ap.add_argument("--sample", type=int, default=1500, help="coordinates timed in the Python reference")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--rules", nargs="+", default=list(RULES), help="rules to time")
+    ap.add_argument("--rules", nargs="+", default=None, help="rules to time")
+    ap.add_argument(
+        "--large", nargs="*", type=int, default=None, metavar="D",
+        help="time q=80, v=40, f=10 rounds at these d (default 1000000 4000000) instead",
+    )  # fmt: skip
+    ap.add_argument("--threads", type=int, default=None, help="HGO_AGG_THREADS for this run")
     args = ap.parse_args()
+    if args.threads is not None:
+        os.environ["HGO_AGG_THREADS"] = str(args.threads)
+    if args.large is not None:
+        large(
+            args.large or [1_000_000, 4_000_000], args.rules or list(LARGE_RULES), args.reps or 2, args.seed
+        )
+        return
+    args.reps = args.reps or 15
+    args.rules = args.rules or list(RULES)
 
     rng = np.random.default_rng(args.seed)
     values = rng.standard_normal((Q, D)).astype(np.float32)

@@ -21,6 +21,22 @@ into 1-d rules and discard what makes them work, so we apply them to each maxima
 segment of coordinates sharing the same Q_j — the coarsest grouping that Algorithm 1's
 Q_j allows. tests/test_blocks.py checks both readings against brute-force references.
 
+Cost at large d (bench/bench_blocks.py, docs/benchmarks.md): no segment's rows are
+copied whole. A coordinate-wise rule runs over column chunks of ``_CHUNK`` coordinates
+(each chunk's rows gathered while cache-resident), on a few threads when the block is
+large (numpy's sort and copies release the GIL; every chunk writes its own output slice,
+so the result does not depend on the threads; a coordinate-wise rule, plug-ins included,
+is therefore called from several threads at once and must be pure, as the registry's
+contract says; ``HGO_AGG_THREADS=1`` turns the threads off). A rule with ``gram_weights`` (Krum,
+multi-Krum) gets each segment's Gram from one product over the segment's columns of the
+buffer, read in place; the per-segment Grams partition the Gram of B_k, so all segments
+together cost one Gram product. Other vector rules receive the segment's rows (a copy
+unless every row covers it).
+
+Row order: each segment's rows are handed to the rule in increasing row index (the
+workers' order), so a rule that depends on row order (``krum-coord-authors``) sees the
+order the authors' code sees.
+
 Randomness: a randomized rule or pre-aggregation step (bucketing) draws from the
 ``rng`` the caller passes, forwarded only to rules that declare an ``rng`` keyword;
 the server and the simulator pass ``rounds.aggregation_rng(seed, k)`` so the draws
@@ -30,13 +46,54 @@ differ from round to round yet replay exactly for the same (seed, k).
 from __future__ import annotations
 
 import inspect
+import os
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from . import aggregators
+from .aggregators import _common
 
 RuleLike = str | Callable[..., np.ndarray]
+
+# Coordinates per chunk of the coordinate-wise path: 80 rows x 8192 float32 = 2.6 MB
+# gathered, transposed and sorted per chunk (measured best of 2,048-32,768 at d = 4M).
+_CHUNK = 8192
+# Below this many values (rows x block coordinates) one thread does it all: a pool's
+# hand-offs cost more than they save on the paper's d = 23,860.
+_PARALLEL_MIN = 1 << 22
+_POOL: ThreadPoolExecutor | None = None
+_POOL_PID = 0
+_POOL_LOCK = threading.Lock()
+
+
+def threads() -> int:
+    """Threads for large coordinate-wise aggregations: ``HGO_AGG_THREADS`` or the cores (<= 4)."""
+    env = os.environ.get("HGO_AGG_THREADS", "").strip()
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            raise ValueError(f"HGO_AGG_THREADS must be an integer >= 1, got {env!r}") from None
+        if n < 1:
+            raise ValueError(f"HGO_AGG_THREADS must be an integer >= 1, got {env!r}")
+        return n
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _pool(n: int) -> ThreadPoolExecutor:
+    global _POOL, _POOL_PID
+    with _POOL_LOCK:
+        # A forked child (a process pool of experiment runs) inherits the pool object but
+        # not its threads: it builds its own.
+        if _POOL is None or _POOL._max_workers != n or os.getpid() != _POOL_PID:
+            if _POOL is not None and os.getpid() == _POOL_PID:
+                _POOL.shutdown(wait=False)
+            _POOL = ThreadPoolExecutor(n, thread_name_prefix="hgo-agg")
+            _POOL_PID = os.getpid()
+        return _POOL
 
 
 def block_size(prefixes: Sequence[int] | np.ndarray, v: int) -> int:
@@ -156,10 +213,87 @@ def aggregate(
     out = np.zeros(b_v, dtype=np.float64)
     if b_v == 0:
         return 0, out
-    for lo, hi, rows in segments(p, v):
-        block = values[rows, lo:hi] if rows.size < q else values[:, lo:hi]
-        out[lo:hi] = fn(block, f=f, **extra)
+    if values.dtype not in (np.float32, np.float64):
+        values = values.astype(np.float64)
+    # Rows of each segment in increasing index (None: every row, a view of the buffer).
+    segs = [(lo, hi, None if rows.size == q else np.sort(rows)) for lo, hi, rows in segments(p, v)]
+    if isinstance(fn, aggregators.Rule) and fn.coordinatewise and not extra:
+        _columnwise(values, segs, fn.fn, f, out)
+    elif isinstance(fn, aggregators.Rule) and fn.gram_weights is not None and not extra:
+        _by_gram(values, segs, fn.gram_weights, f, out)
+    else:
+        for lo, hi, rows in segs:
+            block = values[:, lo:hi] if rows is None else values[rows, lo:hi]
+            out[lo:hi] = fn(block, f=f, **extra)
     return b_v, out
+
+
+def _columnwise(
+    values: np.ndarray,
+    segs: list[tuple[int, int, np.ndarray | None]],
+    fn: Callable[..., np.ndarray],
+    f: int,
+    out: np.ndarray,
+) -> None:
+    """A coordinate-wise rule over column chunks of every segment (identical per column)."""
+    pieces = [(a, min(a + _CHUNK, hi), rows) for lo, hi, rows in segs for a in range(lo, hi, _CHUNK)]
+
+    def run(piece: tuple[int, int, np.ndarray | None]) -> None:
+        a, b, rows = piece
+        out[a:b] = fn(values[:, a:b] if rows is None else values[rows, a:b], f=f)
+
+    work = sum((b - a) * (values.shape[0] if r is None else r.size) for a, b, r in pieces)
+    n = threads()
+    if n == 1 or work < _PARALLEL_MIN or len(pieces) < 2:
+        for piece in pieces:
+            run(piece)
+        return
+    # list() re-raises the first exception of any chunk in the caller's thread
+    list(_pool(n).map(run, pieces))
+
+
+def segment_grams(values: np.ndarray, segs: Sequence[tuple[int, int, np.ndarray | None]]) -> list[np.ndarray]:
+    """Each segment's (m x m) float64 Gram matrix, from one product over its columns.
+
+    The product runs over all q rows of the buffer's column range (a strided view that
+    BLAS reads in place) and the segment's rows are picked from the small (q x q) result,
+    so no row is copied; summed over the segments these are the Gram of the block B_k
+    (tests/test_blocks.py checks both).
+    """
+    out = []
+    for lo, hi, rows in segs:
+        g = _common.gram(values[:, lo:hi])
+        out.append(g if rows is None else g[np.ix_(rows, rows)])
+    return out
+
+
+def _by_gram(
+    values: np.ndarray,
+    segs: list[tuple[int, int, np.ndarray | None]],
+    weights: Callable[..., np.ndarray],
+    f: int,
+    out: np.ndarray,
+) -> None:
+    """A rule that is a weighted mean of rows with Gram-determined weights, per segment."""
+    q = values.shape[0]
+    for (lo, hi, rows), g in zip(segs, segment_grams(values, segs), strict=True):
+        idx = np.arange(q) if rows is None else rows
+
+        def take(i: np.ndarray, lo: int = lo, hi: int = hi, idx: np.ndarray = idx) -> np.ndarray:
+            return np.asarray(values[idx[i], lo:hi])
+
+        w = weights(g, take, f=f)
+        nz = np.flatnonzero(w)
+        if nz.size == 1 and w[nz[0]] == 1.0:
+            # one row chosen (Krum): its values exactly, as the rule itself returns them
+            out[lo:hi] = values[idx[nz[0]], lo:hi]
+        else:
+            # the chosen rows only (rows outside the segment hold stale values there),
+            # gathered per column chunk so no copy of the segment exists at once
+            sel, wn = idx[nz], w[nz]
+            for a in range(lo, hi, _CHUNK):
+                b = min(a + _CHUNK, hi)
+                out[a:b] = _common.weighted_rows(wn, values[sel, a:b])
 
 
 def scatter(order: np.ndarray, agg: np.ndarray, d: int) -> np.ndarray:

@@ -24,6 +24,19 @@ Rejections raise :class:`ChunkRejected`, whose ``reason`` is the label used in
 sender's session must end. Non-fatal outcomes (late, non-finite) are returned in
 :class:`ChunkResult` instead, so the caller's hot path has no exception on them.
 
+Memory (issue 23, item 4): the buffer is (q x d) float32 — 3.5 GB at q = 80, d = 11M —
+but it only ever holds what arrived. Above ``LAZY_MIN_BYTES`` it is an anonymous memory
+map: the OS commits a page on its first write, so rows of workers that sent nothing cost
+nothing, and :meth:`RoundCollector.close` hands back to the OS every whole page past
+each row's prefix (``MADV_DONTNEED``: those values are stale, never read, and read as
+zeros afterwards). Resident memory is therefore bounded by the values received in the
+current and the previous round, ``sum_i max(p_i(k-1), p_i(k))`` float32 values plus a
+page per row, never more than q x d; results are unchanged (the aggregation reads
+``[:prefix]`` only). Not chosen: float16 storage (not exact: float32 gradients lose 13
+mantissa bits and anything outside about [6e-5, 65504]); aggregating segments as
+prefixes close (Krum and every vector rule need all rows of a segment at once, and a
+prefix is final only when the round closes).
+
 Exception tree::
 
     ValueError
@@ -32,6 +45,7 @@ Exception tree::
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +67,21 @@ LATE = "late"
 NON_FINITE = "non-finite"
 
 FATAL_REASONS = (BAD_LENGTH, GAP, OVERLAP, PAST_D, OVERSIZED, WRONG_ROUND, BAD_SLOT)
+
+# Buffers from this size on are memory maps whose unused pages go back to the OS (below
+# it the bookkeeping is not worth it: 64 MB is q = 80 at d = 200,000).
+LAZY_MIN_BYTES = 64 << 20
+
+
+def _allocate(q: int, d: int) -> tuple[mmap.mmap | None, np.ndarray]:
+    """A zeroed (q x d) float32 buffer: an anonymous map (pages committed on first write)
+    when it is large and the platform can release pages, a plain array otherwise."""
+    nbytes = q * d * 4
+    if nbytes < LAZY_MIN_BYTES or not hasattr(mmap, "MADV_DONTNEED"):
+        return None, np.zeros((q, d), dtype=np.float32)
+    # private: MADV_DONTNEED then frees the pages (a shared map would keep them)
+    mm = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return mm, np.frombuffer(mm, dtype=np.float32).reshape(q, d)
 
 
 class ChunkRejected(WireError):
@@ -101,6 +130,7 @@ class RoundCollector:
             raise ValueError(f"max_chunk_values must be >= 1, got {max_chunk_values}")
         self.d = int(d)
         self.max_chunk_values = int(max_chunk_values)
+        self._map: mmap.mmap | None = None
         self._buffer = np.zeros((0, self.d), dtype=np.float32)
         self._prefix = np.zeros(0, dtype=np.int64)
         self._truncated = np.zeros(0, dtype=bool)
@@ -120,7 +150,8 @@ class RoundCollector:
         if q < 0:
             raise ValueError(f"q must be >= 0, got {q}")
         if q > self._buffer.shape[0]:
-            self._buffer = np.zeros((q, self.d), dtype=np.float32)
+            # the old map is unmapped when its last view goes (a caller may still hold one)
+            self._map, self._buffer = _allocate(q, self.d)
             self._prefix = np.zeros(q, dtype=np.int64)
             self._truncated = np.zeros(q, dtype=bool)
             self._gone = np.zeros(q, dtype=bool)
@@ -132,9 +163,32 @@ class RoundCollector:
         self.closed = False
 
     def close(self) -> np.ndarray:
-        """Close the round: every later chunk is late. Returns the prefixes, shape (q,)."""
+        """Close the round: every later chunk is late. Returns the prefixes, shape (q,).
+
+        The whole pages past each row's prefix go back to the OS (see the module
+        docstring); the values up to every prefix are untouched.
+        """
         self.closed = True
+        self.release_unused()
         return self.prefixes
+
+    def release_unused(self) -> int:
+        """Hand back to the OS the whole pages past each row's prefix; bytes released.
+
+        No-op (0) for a plain in-memory buffer. Released pages read as zeros later.
+        """
+        if self._map is None:
+            return 0
+        page, row_bytes = mmap.PAGESIZE, self.d * 4
+        released = 0
+        for i in range(self._buffer.shape[0]):
+            p = int(self._prefix[i]) if i < self.q else 0
+            start = -(-(i * row_bytes + p * 4) // page) * page  # first whole page past the prefix
+            end = ((i + 1) * row_bytes // page) * page  # last whole page of the row
+            if end > start:
+                self._map.madvise(mmap.MADV_DONTNEED, start, end - start)
+                released += end - start
+        return released
 
     def drop_slot(self, slot: int) -> None:
         """The slot's session ended: its prefix stays what it delivered, nothing more comes."""

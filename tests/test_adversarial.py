@@ -275,7 +275,8 @@ def test_poison_guard_in_the_core_also_guards_the_simulator() -> None:
     w = np.full(d, -3.4e38)
     new = rounds.apply_update(w, out)
     assert new is w and out.refused == rounds.REFUSED_NON_FINITE  # refused, w unchanged
-    clip = rounds.RoundConfig(d=d, v=2, rule="average")  # the default bound, coord:1e6
+    # the former default bound (the default is now median-norm:10, tests/test_row_bound.py)
+    clip = rounds.RoundConfig(d=d, v=2, rule="average", row_bound=rounds.RowBound.parse("coord:1e6"))
     out = rounds.close_round(vals, p, order, clip)
     assert out.bounded == 1 and out.update is not None
     np.testing.assert_allclose(out.update, (1e6 + 3) / 4, rtol=1e-6)
@@ -285,6 +286,10 @@ def test_poison_guard_in_the_core_also_guards_the_simulator() -> None:
     np.testing.assert_allclose(np.linalg.norm(out.update), 2.0, rtol=1e-5)
     with pytest.raises(ValueError, match="coord:B"):
         rounds.RowBound.parse("clip:3")
+    # the default: the 3e38 row is held to 10 times the median row norm (here: the ones rows)
+    out = rounds.close_round(vals, p, order, rounds.RoundConfig(d=d, v=2, rule="average"))
+    assert out.bounded == 1 and out.update is not None
+    np.testing.assert_allclose(out.update, (10 + 3) / 4, rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------- 3. shards

@@ -19,8 +19,11 @@ from hgo_common.aggregators.nnm import nnm
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-ROBUST = [n for n in aggregators.names() if n != "average"]
-COORDINATEWISE = ["average", "median", "trimmed-mean", "meamed", "phocas"]
+# The authors' per-coordinate emulations (tests/test_authors_rules.py) make no robustness
+# claim (their Krum runs with f = 0) and their Krum depends on row order by design.
+AUTHORS = ["aksel-coord-authors", "krum-coord-authors"]
+ROBUST = [n for n in aggregators.names() if n != "average" and n not in AUTHORS]
+COORDINATEWISE = ["average", "median", "trimmed-mean", "meamed", "phocas", *AUTHORS]
 COMPOSED = ["nnm+krum", "nnm+median", "bucketing+median", "bucketing+krum"]
 
 
@@ -300,6 +303,7 @@ def test_integer_and_float32_inputs() -> None:
 # Properties
 
 ALL = [*aggregators.names(), *COMPOSED]
+ORDER_FREE = [n for n in ALL if n != "krum-coord-authors"]
 
 
 @st.composite
@@ -312,7 +316,7 @@ def problems(draw: st.DrawFn, name: str) -> tuple[np.ndarray, int]:
     return np.random.default_rng(seed).standard_normal((m, k)) * draw(st.sampled_from([1e-3, 1.0, 1e3])), f
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", ORDER_FREE)
 @SETTINGS
 @given(data=st.data())
 def test_row_permutation_invariance(name: str, data: st.DataObject) -> None:

@@ -402,3 +402,92 @@ def test_run_seed_conventions_are_reproducible_and_shared() -> None:
         assert np.array_equal(s, run.sample_workers(r2, 12, 5))
         assert s.size == 5 and np.all(np.diff(s) > 0) and s.max() < 12
     assert np.array_equal(run.sample_workers(r1, 3, 5), np.arange(3))  # fewer than q: all of them
+
+
+# ------------------------------------------------------------ the large-d code paths
+
+
+def _mixed_round(q: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    values = rng.standard_normal((q, d)).astype(np.float32)
+    prefixes = rng.integers(0, d + 1, size=q)
+    prefixes[: q // 3] = d
+    return values, prefixes
+
+
+def test_segment_grams_partition_the_gram_of_the_block() -> None:
+    values, prefixes = _mixed_round(12, 3000, 1)
+    v = 5
+    segs = [(lo, hi, None if r.size == 12 else np.sort(r)) for lo, hi, r in blocks.segments(prefixes, v)]
+    grams = blocks.segment_grams(values, segs)
+    b = blocks.block_size(prefixes, v)
+    total = np.zeros((12, 12))
+    for (lo, hi, rows), g in zip(segs, grams, strict=True):
+        idx = np.arange(12) if rows is None else rows
+        direct = values[idx, lo:hi].astype(np.float64) @ values[idx, lo:hi].astype(np.float64).T
+        np.testing.assert_allclose(g, direct, rtol=1e-5, atol=1e-3)  # float32 product
+        total[np.ix_(idx, idx)] += g
+    full = values[:, :b].astype(np.float64)
+    # the Grams of the segments add up to the Gram of B_k on the entries both rows cover
+    covered = np.minimum.outer(prefixes, prefixes) >= b
+    np.testing.assert_allclose(total[covered], (full @ full.T)[covered], rtol=1e-5, atol=1e-2)
+
+
+def test_gram_overflow_fallback_is_chunked_float64(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hgo_common.aggregators import _common
+
+    monkeypatch.setattr(_common, "_GRAM_CHUNK", 7)
+    x = np.random.default_rng(2).standard_normal((6, 50)).astype(np.float32)
+    x[2] = 3e38
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(_common.gram(x), x64 @ x64.T, rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["median", "trimmed-mean", "average", "krum", "multi-krum", "aksel"])
+def test_chunked_and_threaded_paths_equal_one_call_per_segment(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Small chunks and a low threshold force many chunks over 3 threads; the result must
+    # be the rule applied to each whole segment (rows in index order), bit for bit for the
+    # coordinate-wise rules and Krum, within float32 rounding for the weighted means.
+    values, prefixes = _mixed_round(15, 5000, 3)
+    v, f = 9, 3
+    rule = aggregators.get(name)
+    want = np.zeros(blocks.block_size(prefixes, v))
+    for lo, hi, rows in blocks.segments(prefixes, v):
+        want[lo:hi] = rule(values[np.sort(rows), lo:hi], f=f)
+    monkeypatch.setattr(blocks, "_CHUNK", 97)
+    monkeypatch.setattr(blocks, "_PARALLEL_MIN", 1)
+    monkeypatch.setenv("HGO_AGG_THREADS", "3")
+    b, got = blocks.aggregate(values, prefixes, v=v, rule=name, f=f)
+    assert b == want.size
+    if name == "multi-krum":
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    else:
+        np.testing.assert_array_equal(got, want)
+
+
+def test_bad_thread_count_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HGO_AGG_THREADS", "zero")
+    with pytest.raises(ValueError, match="HGO_AGG_THREADS must be an integer >= 1, got 'zero'"):
+        blocks.threads()
+
+
+def test_a_forked_child_builds_its_own_thread_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    import multiprocessing
+
+    monkeypatch.setattr(blocks, "_CHUNK", 97)
+    monkeypatch.setattr(blocks, "_PARALLEL_MIN", 1)
+    monkeypatch.setenv("HGO_AGG_THREADS", "2")
+    values, prefixes = _mixed_round(9, 2000, 4)
+    want = blocks.aggregate(values, prefixes, v=5, rule="median")[1]  # the parent's pool exists now
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        got = pool.apply_async(_aggregate_median, (values, prefixes)).get(timeout=120)
+    np.testing.assert_array_equal(got, want)
+
+
+def _aggregate_median(values: np.ndarray, prefixes: np.ndarray) -> np.ndarray:
+    blocks._CHUNK = 97  # the fork copied the patched values; set them again for clarity
+    blocks._PARALLEL_MIN = 1
+    return blocks.aggregate(values, prefixes, v=5, rule="median")[1]

@@ -138,3 +138,58 @@ def test_float64_values_beyond_float32_range_count_as_non_finite() -> None:
     r = c.add(0, 3, 0, np.array([1.0, 2.0, 1e300, 4.0]))
     assert (r.prefix, r.reason) == (2, collector.NON_FINITE)
     assert np.isfinite(c.values[0, :2]).all()
+
+
+# ------------------------------------------------------------ memory at large d
+
+
+def test_large_buffer_returns_pages_past_each_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mmap
+
+    from hgo_common import collector
+
+    monkeypatch.setattr(collector, "LAZY_MIN_BYTES", 0)
+    d, q = 5000, 4  # rows of 20,000 bytes: not page-aligned
+    c = RoundCollector(d, max_chunk_values=d)
+    assert c.release_unused() == 0  # nothing allocated yet
+    rng = np.random.default_rng(0)
+    c.start(0, q)
+    full = rng.standard_normal((q, d)).astype(np.float32)
+    for i in range(q):
+        c.add(i, 0, 0, full[i])
+    c.close()
+    np.testing.assert_array_equal(c.values, full)  # full rows: nothing released
+    # round 1: shorter prefixes; the values up to each prefix are exactly what was sent
+    prefixes = [3000, 0, 4999, 17]
+    c.start(1, q)
+    for i, p in enumerate(prefixes):
+        if p:
+            c.add(i, 1, 0, full[i, :p] * 2)
+    got = c.close()
+    assert got.tolist() == prefixes
+    page, row = mmap.PAGESIZE, d * 4
+    for i, p in enumerate(prefixes):
+        np.testing.assert_array_equal(c.values[i, :p], full[i, :p] * 2)
+        # every whole page past the prefix was handed back: it reads as zeros now
+        start = -(-(i * row + p * 4) // page) * page
+        end = ((i + 1) * row // page) * page
+        if end > start:
+            lo, hi = (start - i * row) // 4, (end - i * row) // 4
+            assert not c.values[i, lo:hi].any()
+    # blocks.aggregate on the buffer gives what it gives on a plain copy of the prefixes
+    from hgo_common import blocks
+
+    plain = np.zeros((q, d), dtype=np.float32)
+    for i, p in enumerate(prefixes):
+        plain[i, :p] = full[i, :p] * 2
+    for rule in ("median", "krum"):
+        np.testing.assert_array_equal(
+            blocks.aggregate(c.values, got, v=3, rule=rule)[1],
+            blocks.aggregate(plain, got, v=3, rule=rule)[1],
+        )
+
+
+def test_small_buffers_stay_plain_arrays() -> None:
+    c = RoundCollector(100)
+    c.start(0, 3)
+    assert c.release_unused() == 0 and isinstance(c.values.base, np.ndarray)

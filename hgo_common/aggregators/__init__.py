@@ -83,6 +83,13 @@ class Rule:
         ``min_rows(f)``: the fewest rows the rule accepts.
     condition : str
         The precondition in the paper's notation, used in error messages.
+    gram_weights : callable or None
+        For rules whose output is a weighted mean of their rows with weights that depend
+        on the rows only through their Gram matrix (Krum, multi-Krum):
+        ``gram_weights(g, rows, *, f, **kwargs) -> (m,)`` with ``g`` the (m x m) float64
+        Gram matrix and ``rows(idx)`` the rows' values (read only to break exact ties).
+        hgo_common.blocks then computes each segment's Gram in place on the round buffer
+        instead of copying the segment's rows.
     """
 
     name: str
@@ -91,6 +98,7 @@ class Rule:
     min_rows: Callable[[int], int] = _one_row
     condition: str = ""
     keywords: frozenset[str] = field(default=frozenset())
+    gram_weights: RuleFn | None = None
 
     def __call__(self, x: np.ndarray, *, f: int = 0, **kwargs: object) -> np.ndarray:
         arr = _check_matrix(x, self.name)
@@ -162,11 +170,12 @@ def make_rule(
     coordinatewise: bool,
     min_rows: Callable[[int], int] = _one_row,
     condition: str = "",
+    gram_weights: RuleFn | None = None,
 ) -> Rule:
     """A :class:`Rule` around ``fn(x, *, f, **keywords) -> (k,)``, without registering it
     (what a plug-in module exports). ``name`` defaults to ``fn.__name__``; the keywords
-    ``fn`` accepts are read from its signature."""
-    return Rule(name or fn.__name__, fn, coordinatewise, min_rows, condition, _keywords(fn))
+    ``fn`` accepts are read from its signature. ``gram_weights``: see :class:`Rule`."""
+    return Rule(name or fn.__name__, fn, coordinatewise, min_rows, condition, _keywords(fn), gram_weights)
 
 
 def register(
@@ -175,6 +184,7 @@ def register(
     coordinatewise: bool,
     min_rows: Callable[[int], int] = _one_row,
     condition: str = "",
+    gram_weights: RuleFn | None = None,
 ) -> Callable[[RuleFn], RuleFn]:
     """Decorator: register ``fn`` as the aggregation rule ``name``.
 
@@ -187,8 +197,9 @@ def register(
         if name in _RULES or name in _PRE or "+" in name:
             raise ValueError(f"aggregation rule {name!r} registered twice or contains '+'")
         _RULES[name] = make_rule(
-            fn, name=name, coordinatewise=coordinatewise, min_rows=min_rows, condition=condition
-        )
+            fn, name=name, coordinatewise=coordinatewise, min_rows=min_rows, condition=condition,
+            gram_weights=gram_weights,
+        )  # fmt: skip
         return fn
 
     return deco

@@ -9,6 +9,8 @@ sorts its contiguous rows. Pairwise squared distances come from ONE Gram product
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 # Columns per tile in sorted_columns: 256 x m float32 fits in L2 with room to spare.
@@ -99,7 +101,11 @@ def gram(x: np.ndarray) -> np.ndarray:
     A Byzantine row of huge but finite float32 values (|v| around 1e19 or more)
     overflows float32 products to inf, and inf * 0 later turns weights into NaN. Only
     then (checked on the small (m x m) result) the product is redone in float64, where
-    no product of float32 values can overflow.
+    no product of float32 values can overflow, over column chunks so that the float64
+    copy never exceeds ``_GRAM_CHUNK`` columns (memory stays bounded at large k).
+
+    ``x`` may be a strided view (a column range of the server's (q x d) buffer): BLAS
+    reads it in place, no copy.
 
     Parameters
     ----------
@@ -112,19 +118,21 @@ def gram(x: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore", invalid="ignore"):
         g = np.asarray(x @ x.T, dtype=np.float64)
     if x.dtype != np.float64 and not np.isfinite(g).all():
-        x64 = x.astype(np.float64)
-        g = np.asarray(x64 @ x64.T)
+        g = np.zeros((x.shape[0], x.shape[0]))
+        for j in range(0, x.shape[1], _GRAM_CHUNK):
+            x64 = x[:, j : j + _GRAM_CHUNK].astype(np.float64)
+            g += x64 @ x64.T
     return g
+
+
+# Columns per float64 chunk in gram's overflow fallback (80 rows: 42 MB).
+_GRAM_CHUNK = 1 << 16
 
 
 def pairwise_sq_distances(x: np.ndarray) -> np.ndarray:
     """Squared Euclidean distances between the rows of ``x`` via one Gram product.
 
-    ``|x_i - x_j|^2 = |x_i|^2 + |x_j|^2 - 2 x_i.x_j``. The product runs in the input
-    dtype (float64 on overflow, see ``gram``); its rounding error on an entry is about
-    eps * (|x_i|^2 + |x_j|^2) (eps = 6e-8 for float32), below the float32 quantization
-    of the inputs themselves for typical gradients. Negative round-off is clipped to 0
-    and the diagonal is exactly 0.
+    See :func:`sq_distances_from_gram` (rounding) and :func:`gram` (overflow).
 
     Parameters
     ----------
@@ -134,7 +142,18 @@ def pairwise_sq_distances(x: np.ndarray) -> np.ndarray:
     -------
     ndarray of shape (m, m), float64
     """
-    g = gram(x)
+    return sq_distances_from_gram(gram(x))
+
+
+def sq_distances_from_gram(g: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances between rows from their (m x m) Gram matrix ``g``.
+
+    ``|x_i - x_j|^2 = |x_i|^2 + |x_j|^2 - 2 x_i.x_j``. The product runs in the input
+    dtype (float64 on overflow, see ``gram``); its rounding error on an entry is about
+    eps * (|x_i|^2 + |x_j|^2) (eps = 6e-8 for float32), below the float32 quantization
+    of the inputs themselves for typical gradients. Negative round-off is clipped to 0
+    and the diagonal is exactly 0.
+    """
     sq = np.diag(g).copy()
     d = sq[:, None] + sq[None, :] - 2.0 * g
     np.maximum(d, 0.0, out=d)
@@ -160,7 +179,9 @@ def weighted_rows(w: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.asarray(w.astype(x.dtype) @ x, dtype=np.float64)
 
 
-def select_lowest(scores: np.ndarray, x: np.ndarray, c: int) -> np.ndarray:
+def select_lowest(
+    scores: np.ndarray, x: np.ndarray | Callable[[np.ndarray], np.ndarray], c: int
+) -> np.ndarray:
     """Indices of the ``c`` rows with the lowest scores, independent of row order.
 
     Rows tied at the boundary score are taken in lexicographic order of their values
@@ -170,7 +191,9 @@ def select_lowest(scores: np.ndarray, x: np.ndarray, c: int) -> np.ndarray:
     Parameters
     ----------
     scores : ndarray of shape (m,)
-    x : ndarray of shape (m, k)
+    x : ndarray of shape (m, k), or a callable ``rows(idx) -> x[idx]``
+        The rows' values, read only for tied rows (a callable spares the caller a copy
+        of all rows: hgo_common.blocks passes one over the round buffer).
     c : int, 1 <= c <= m
 
     Returns
@@ -183,7 +206,8 @@ def select_lowest(scores: np.ndarray, x: np.ndarray, c: int) -> np.ndarray:
     t = scores[order[c - 1]]
     below = np.flatnonzero(scores < t)
     tied = np.flatnonzero(scores == t)
-    tied = tied[np.lexsort(x[tied].T[::-1])]
+    tied_rows = x(tied) if callable(x) else x[tied]
+    tied = tied[np.lexsort(np.asarray(tied_rows).T[::-1])]
     return np.concatenate([below, tied[: c - below.size]])
 
 

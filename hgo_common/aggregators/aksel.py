@@ -1,19 +1,26 @@
 """AKSEL (Boussetta, El Mhamdi, Guerraoui, Maurer, Rouault, "AKSEL: Fast Byzantine
-SGD", OPODIS 2020, LIPIcs 184, 8:1-8:16) — the robust rule the HGO paper evaluates.
+SGD", OPODIS 2020, LIPIcs 184, 8:1-8:16), the vector rule.
 
-Variant: compute the coordinate-wise median ``med`` of the m rows (mean of the two
-middle values for an even m), the squared distance ``|x_i - med|^2`` of every row to
-it, and return the plain mean of the ``c`` rows closest to ``med`` (rows tied at the cut are
-taken in lexicographic order, so row order never matters). ``c`` depends on ``mode``:
+What this follows: S. Rouault's reference ``aksel.py`` (EPFL, 2020-2021, the Garfield
+library's GAR; read from a public copy of the file, its repository commit not pinned):
+compute the coordinate-wise median ``med`` of the m rows, the squared distance
+``|x_i - med|^2`` of every row to it, and return the plain mean of the ``c`` rows closest
+to ``med``. ``c`` depends on ``mode``:
 
-* ``"mid"`` (default): c = ceil(m / 2) = (m + 1) // 2. This is the default of the
-  authors' reference implementation (S. Rouault's ``aksel.py`` in EPFL's Garfield
-  library, mode ``"mid"``) and of the HGO authors' numpy port, and is what the paper
-  analyses: the honest majority guarantees that the selected half is close to the
-  median.
+* ``"mid"`` (default, as in the reference): c = ceil(m / 2) = (m + 1) // 2;
 * ``"n-f"``: c = m - f, keep every row but the f farthest.
 
-Precondition m >= 2f + 1 (an honest majority, as the reference ``check``).
+Differences from that reference: for an even m its ``torch.median`` takes the lower of
+the two middle values, here the median is their mean; rows tied at the cut are taken in
+lexicographic order (so row order never matters), where the reference keeps Python's
+stable sort order. Precondition m >= 2f + 1 (an honest majority, as the reference's
+``check``).
+
+Not what the HGO authors' code runs: their ``src/aggregators.py`` (karimboubouh/HgO,
+commit 372202e) applies AKSEL per coordinate — that is ``aksel-coord-authors``. The same
+file keeps a vector version commented out (``np.nanmedian`` median, rows whose squared
+distance is at most the median squared distance), which keeps the same rows as ``"mid"``
+up to ties.
 """
 
 from __future__ import annotations

@@ -6,18 +6,41 @@ Variant: Krum scores (sum of squared distances to the m - f - 2 nearest other ro
 then the plain mean of the ``n_select`` rows with the lowest scores; ``n_select``
 defaults to m - f (rows tied in score at the cut taken in lexicographic order). ``n_select = 1`` is Krum.
 Precondition m > 2f + 2 and 1 <= n_select <= m.
+
+The weights come from the rows' Gram matrix alone (``multi_krum_weights``), so
+hgo_common.blocks computes each segment's Gram in place on the round buffer.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from . import register
-from ._common import krum_scores, pairwise_sq_distances, select_lowest, weighted_rows
+from ._common import gram, krum_scores, select_lowest, sq_distances_from_gram, weighted_rows
 from .krum import krum_min_rows
 
 
-@register("multi-krum", coordinatewise=False, min_rows=krum_min_rows, condition="m > 2f+2")
+def multi_krum_weights(
+    g: np.ndarray, rows: Callable[[np.ndarray], np.ndarray], *, f: int = 0, n_select: int | None = None
+) -> np.ndarray:
+    """(m,) weights 1 / n_select on the rows with the lowest Krum scores, from the Gram ``g``."""
+    m = g.shape[0]
+    c = m - f if n_select is None else int(n_select)
+    if not 1 <= c <= m:
+        raise ValueError(f"multi-krum: n_select must be in [1, m={m}], got {n_select}")
+    scores = krum_scores(sq_distances_from_gram(g), f)
+    chosen = select_lowest(scores, rows, c)
+    w = np.zeros(m)
+    w[chosen] = 1.0 / c
+    return w
+
+
+@register(
+    "multi-krum", coordinatewise=False, min_rows=krum_min_rows, condition="m > 2f+2",
+    gram_weights=multi_krum_weights,
+)  # fmt: skip
 def multi_krum(x: np.ndarray, *, f: int = 0, n_select: int | None = None) -> np.ndarray:
     """Mean of the ``n_select`` rows with the lowest Krum scores.
 
@@ -32,12 +55,4 @@ def multi_krum(x: np.ndarray, *, f: int = 0, n_select: int | None = None) -> np.
     -------
     ndarray of shape (k,), float64
     """
-    m = x.shape[0]
-    c = m - f if n_select is None else int(n_select)
-    if not 1 <= c <= m:
-        raise ValueError(f"multi-krum: n_select must be in [1, m={m}], got {n_select}")
-    scores = krum_scores(pairwise_sq_distances(x), f)
-    chosen = select_lowest(scores, x, c)
-    w = np.zeros(m)
-    w[chosen] = 1.0 / c
-    return weighted_rows(w, x)
+    return weighted_rows(multi_krum_weights(gram(x), lambda idx: x[idx], f=f, n_select=n_select), x)

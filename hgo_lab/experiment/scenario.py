@@ -78,7 +78,8 @@ the tolerated f, ``attackers`` the Byzantine workers present, ``tau`` the deadli
 the attackers present (and the tolerated f unless ``rule_f`` says otherwise), ``tau_ms``
 the deadline, ``tau_auto = true`` with ``tau_ms`` its upper bound, and rounds of exactly
 tau unless ``early_close`` is set (the simulator's old default), and no safety refusal
-(``allow_unsafe``: the files were written before the check and mean what they say)."""
+(``allow_unsafe``: the files were written before the check and mean what they say), and the
+row bound of their time, ``coord:1e6`` (the default is now relative: ``median-norm:10``)."""
 
 
 def _check_table(table: dict[str, Any], keys: dict[str, type | tuple[type, ...]], where: str) -> None:
@@ -129,6 +130,9 @@ def _from_format_1(merged: dict[str, Any]) -> dict[str, Any]:
     out.setdefault("early_close", False)
     # Format 1 predates the safety check (issue 20): its files meant what they said.
     out.setdefault("allow_unsafe", True)
+    # ... and the relative row bound: their rows were clipped only per coordinate at 1e6
+    # (so the published numbers re-run unchanged; format 2 takes the new default).
+    out.setdefault("row_bound", "coord:1e6")
     return out
 
 

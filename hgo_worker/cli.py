@@ -33,6 +33,8 @@ from pathlib import Path
 
 from hgo_common import attacks
 from hgo_common.net import credentials
+from hgo_common.spec import forms
+from hgo_common.spec.run import Compute
 
 from . import checks, fleet, pacing
 from .client import Worker, WorkerConfig
@@ -71,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="on: release no faster than the rate lambda_i (emulated device); off: release each piece as "
         "soon as it is computed (a really constrained device, e.g. under a CPU quota) (default on)",
     )
-    p.add_argument("--batch-size", type=int, default=32, help="mini-batch size s_i (default 32)")
+    # --batch-size, --budget-policy, --rho: declared once with the population's (hgo_common.spec.Compute)
+    forms.add_arguments(p, Compute)
     p.add_argument(
         "--byzantine", metavar="ATTACK", default=None,
         help=f"behave as a Byzantine worker with this attack: {', '.join(attacks.names())}, "
@@ -109,14 +112,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-bind", default="0.0.0.0", metavar="ADDR",
         help="address of the metrics endpoint (default 0.0.0.0: scraped from other hosts; 127.0.0.1 keeps "
         "it local)",
-    )
-    p.add_argument(
-        "--budget-policy", default="fixed",
-        help="how to spend the round budget: fixed, data-first, coordinates-first, hybrid (default fixed)",
-    )
-    p.add_argument(
-        "--rho", type=float, default=0.5,
-        help="the hybrid budget policy's mix: 0 = coordinates-first .. 1 = data-first (default 0.5)",
     )
     p.add_argument("--name", default="", help="a label for the server's logs (default host-pid)")
     p.add_argument(
@@ -192,7 +187,8 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
     """
     if args.seed is not None and not 0 <= args.seed < 2**32:
         raise ValueError(f"--seed must be in [0, 2**32), got {args.seed}")
-    rate = pacing.throttle_rate(args.throttle, args.rate, args.budget_policy)
+    compute = Compute(**forms.coerce(Compute, forms.from_namespace(args, Compute))).checked()
+    rate = pacing.throttle_rate(args.throttle, args.rate, compute.budget_policy)
     profile = args.profile or ("custom" if rate is not None else "average")
     if args.token is not None and args.token_file is not None:
         raise ValueError("--token and --token-file are two sources of one token; give one of them")
@@ -202,7 +198,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         server=args.server,
         profile=profile,
         rate=rate,
-        batch_size=args.batch_size,
+        batch_size=compute.batch_size,
         byzantine=args.byzantine,
         attack_params=attacks.parse_params(args.attack_param),
         seed=args.seed,
@@ -211,8 +207,8 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         shard=args.shard,
         data_dir=args.data_dir,
         metrics_port=args.metrics_port,
-        budget_policy=args.budget_policy,
-        rho=args.rho,
+        budget_policy=compute.budget_policy,
+        rho=compute.rho,
         name=args.name,
         reconnect_timeout=args.reconnect_timeout,
         tls_ca=args.tls_ca,

@@ -63,6 +63,7 @@ from hgo_common.models import ModelProtocol
 from hgo_common.net import credentials, protocol
 from hgo_common.net import messages as msgs
 from hgo_common.net.mapping import SessionStream
+from hgo_common.spec.run import Compute
 
 from . import checks
 from .byzantine import parse_behaviour
@@ -155,8 +156,7 @@ class WorkerConfig:
             raise ValueError("--profile custom needs an explicit --rate")
         if self.rate is not None and (math.isnan(self.rate) or self.rate < 0):
             raise ValueError(f"--rate must be >= 0 (0 = unthrottled), got {self.rate}")
-        if self.batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        Compute(self.batch_size, self.budget_policy, self.rho).checked()  # declared in hgo_common.spec
         if not self.reconnect_timeout >= 0:
             raise ValueError(f"--reconnect-timeout must be >= 0 seconds, got {self.reconnect_timeout}")
         parse_shard(self.shard)
@@ -170,15 +170,6 @@ class WorkerConfig:
             name = self.tls_server_name
             if not name or any(c.isspace() for c in name) or ":" in name:
                 raise ValueError(f"--tls-server-name must be a host name (no port, no spaces), got {name!r}")
-        if self.budget_policy != "fixed":
-            from hgo_common import budget
-
-            if self.budget_policy not in budget.POLICIES:
-                raise ValueError(
-                    f"--budget-policy must be one of {list(budget.POLICIES)}, got {self.budget_policy!r}"
-                )
-        if not 0.0 <= self.rho <= 1.0:
-            raise ValueError(f"--rho must be in [0, 1], got {self.rho}")
         for name in self.allow_plugins:
             if not isinstance(name, str) or not name.strip() or any(c.isspace() for c in name):
                 raise ValueError(f"--allow-plugin must be a plug-in name or module:Name, got {name!r}")

@@ -381,7 +381,31 @@ def _check_names(spec: RunSpec, where: str) -> None:
 
 
 @dataclass(frozen=True)
-class Population:
+class Compute:
+    """How one device spends its round (Algorithm 1's s_i, or a budget policy): declared once for
+    a population (simulator, launchers) and for one ``hgo-worker``."""
+
+    batch_size: int = setting(32, INT, "workers' mini-batch size s", check=at_least(1))
+    budget_policy: str = setting(
+        "fixed",
+        Choice(_policies),
+        "how a worker spends its round budget: fixed "
+        "(Algorithm 1), data-first, coordinates-first (the authors' code), hybrid",
+    )
+    rho: float = setting(
+        0.5,
+        FLOAT,
+        "the hybrid budget policy's mix: 0 = coordinates-first .. 1 = data-first",
+        check=within(0, 1),
+    )
+
+    def checked(self, *, where: str = "") -> Compute:
+        forms.check(self, where=where)
+        return self
+
+
+@dataclass(frozen=True)
+class Population(Compute):
     """Who takes part in a simulated or launched run: n devices, their hardware and the attackers."""
 
     n: int = setting(
@@ -400,19 +424,6 @@ class Population:
         "hgo",
         Choice(_rate_models),
         "rate distributions of the profiles: hgo (ours) or authors (karimboubouh/HgO v1.0 src/config.py)",
-    )
-    batch_size: int = setting(32, INT, "workers' mini-batch size s", check=at_least(1))
-    budget_policy: str = setting(
-        "fixed",
-        Choice(_policies),
-        "how a worker spends its round budget: fixed "
-        "(Algorithm 1), data-first, coordinates-first (the authors' code), hybrid",
-    )
-    rho: float = setting(
-        0.5,
-        FLOAT,
-        "the hybrid budget policy's mix: 0 = coordinates-first .. 1 = data-first",
-        check=within(0, 1),
     )
     attackers: int = setting(
         0, INT, "Byzantine workers present in the population", check=at_least(0), aliases=("byzantine",)

@@ -212,3 +212,10 @@ def test_hgo_run_tolerates_its_attackers_only_with_a_robust_rule() -> None:
         cluster.ClusterConfig.make(byzantine=2, workers=7, f=2).validate()
     with pytest.raises(SpecError, match="q - f = 3"):
         RunSpec.from_mapping({"q": 5, "f": 2, "rule": "median", "v": 5})  # median needs 5, 3 honest
+
+
+def test_the_settings_reference_in_the_docs_is_generated_and_current() -> None:
+    from hgo_common.spec.__main__ import render
+
+    doc = Path(__file__).resolve().parent.parent / "docs" / "settings.md"
+    assert doc.read_text(encoding="utf-8") == render(), "run: python -m hgo_common.spec > docs/settings.md"

@@ -240,11 +240,16 @@ def read_toml_table(path: str | Path, *, table: str | None = None, what: str = "
     return raw
 
 
-def markdown_table(*classes: type) -> str:
-    """A reference table of the settings of ``classes``: flag, TOML key, default, unit, help."""
+def markdown_table(*classes: type, own_only: bool = False) -> str:
+    """A reference table of the settings of ``classes``: flag, TOML key, default, unit, help
+    (``own_only``: leave out the settings a class inherits)."""
     rows = ["| flag | key | default | unit | meaning |", "|---|---|---|---|---|"]
     for cls in classes:
+        inherited = {f.name for base in cls.__mro__[1:] if dataclasses.is_dataclass(base)
+                     for f in dataclasses.fields(base)} if own_only else set()  # fmt: skip
         for s, default in declared(cls):
+            if s.name in inherited:
+                continue
             flag = s.flag_name if s.flag else ""
             help_ = s.help.replace("|", "\\|")
             if s.aliases:

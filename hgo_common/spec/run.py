@@ -169,7 +169,7 @@ class RunSpec:
         STR,
         "the most one row may contribute before aggregation: coord:B, norm:B, off, or a bound "
         "relative to the round's rows (docs/reliability.md)",
-        default_text="rounds.DEFAULT_ROW_BOUND",
+        default_text="median-norm:10 (rounds.DEFAULT_ROW_BOUND)",
     )
     order: str = setting(
         "stratified",

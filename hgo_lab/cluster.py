@@ -3,7 +3,7 @@
 It starts ``hgo-server`` (``--port 0 --port-file``) and N ``hgo-worker`` processes, each in
 its own process group (``subprocess`` spawns fresh interpreters: no fork of a process with
 live gRPC state, docs/design.md §8). Hardware profiles come from ``profiles.assign(n, mix)``
-(weak, average, powerful; paper §6), ``--byzantine F`` of the workers (spread evenly over
+(weak, average, powerful; paper §6), ``--attackers F`` of the workers (drawn as the simulator does,
 the profiles) run ``--attack``. It shows progress from the server's round log, then
 prints a summary (final accuracy or loss, rounds per second, mean prefix per profile) and
 writes ``round_log.jsonl``, ``summary.json``, ``processes.json`` (name -> pid), the
@@ -332,7 +332,7 @@ def worker_session(cfg: ClusterConfig, i: int, profile: str) -> dict[str, Any]:
         items = [f"{k}={v}" for k, v in pop.attack_params.items()] + list(cfg.attack_params)
         if pop.attack not in ("label-flip", "silent"):
             items = [f"n={cfg.workers + cfg.late}", f"f={cfg.byzantine}", *items]
-        sess["byzantine"] = pop.attack
+        sess["attack"] = pop.attack
         sess["attack_params"] = attacks.parse_params(items)
     return sess
 
@@ -365,8 +365,8 @@ def worker_argv(cfg: ClusterConfig, i: int, port: int, profile: str) -> list[str
             "--name", sess["name"]]  # fmt: skip
     if "rate" in sess:
         argv += ["--rate", str(sess["rate"])]
-    if "byzantine" in sess:
-        argv += ["--byzantine", sess["byzantine"]]
+    if "attack" in sess:
+        argv += ["--attack", sess["attack"]]
         for key, value in sess["attack_params"].items():
             argv += ["--attack-param", f"{key}={value}"]
     return argv + list(cfg.worker_args)

@@ -3,7 +3,7 @@
 Example::
 
     hgo-worker --server 127.0.0.1:50051 --profile weak
-    hgo-worker --server 127.0.0.1:50051 --rate 0 --byzantine foe --attack-param eps=10
+    hgo-worker --server 127.0.0.1:50051 --rate 0 --attack foe --attack-param eps=10
 
 Exit codes: 0 the server said training is done; 1 gave up reconnecting after
 ``--reconnect-timeout`` seconds; 2 bad command line, or ``--shard i/n`` and the worker
@@ -76,9 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     # --batch-size, --budget-policy, --rho: declared once with the population's (hgo_common.spec.Compute)
     forms.add_arguments(p, Compute)
     p.add_argument(
-        "--byzantine", metavar="ATTACK", default=None,
+        "--attack", metavar="ATTACK", default=None,
         help=f"behave as a Byzantine worker with this attack: {', '.join(attacks.names())}, "
         "a package.module:Name reference or an installed plug-in (default: honest)",
+    )
+    p.add_argument(
+        "--byzantine", dest="old_byzantine", metavar="ATTACK", default=None,
+        help="old spelling of --attack (deprecated: 'byzantine' names a count in hgo-run)",
     )
     p.add_argument(
         "--attack-param", action="append", default=[], metavar="KEY=VALUE",
@@ -199,7 +203,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         profile=profile,
         rate=rate,
         batch_size=compute.batch_size,
-        byzantine=args.byzantine,
+        byzantine=_attack(args),
         attack_params=attacks.parse_params(args.attack_param),
         seed=args.seed,
         # --token-file is read by main (no file access here)
@@ -218,6 +222,19 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         allow_plugins=tuple(args.allow_plugin),
         max_shard_mb=args.max_shard_mb,
     )
+
+
+def _attack(args: argparse.Namespace) -> str | None:
+    """--attack, or its old spelling --byzantine (said once on stderr)."""
+    if args.old_byzantine is not None:
+        if args.attack is not None and args.attack != args.old_byzantine:
+            raise ValueError(
+                f"--attack {args.attack!r} and --byzantine {args.old_byzantine!r} name two attacks; "
+                "give --attack"
+            )
+        logging.getLogger("hgo_worker").warning("--byzantine is an old spelling of --attack; use --attack")
+        return str(args.old_byzantine)
+    return None if args.attack is None else str(args.attack)
 
 
 async def _main(workers: Sequence[Worker]) -> int:

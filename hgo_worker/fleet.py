@@ -36,7 +36,7 @@ from .client import EXIT_DONE, EXIT_GAVE_UP, EXIT_LOCAL_DATA, EXIT_REJECTED, Wor
 from .metrics import WorkerMetrics
 
 FLEET_KEYS = (
-    "profile", "rate", "seed", "name", "byzantine", "attack_params", "batch_size", "token", "shard",
+    "profile", "rate", "seed", "name", "attack", "byzantine", "attack_params", "batch_size", "token", "shard",
     "budget_policy", "rho", "allow_plugins",
 )  # fmt: skip
 MAX_SESSIONS = 10_000
@@ -86,6 +86,8 @@ def load_fleet(path: Path, base: WorkerConfig) -> list[WorkerConfig]:
         allow = entry.get("allow_plugins", [])
         if not isinstance(allow, list) or not all(isinstance(a, str) for a in allow):
             raise FleetError(f"{where}: allow_plugins must be a list of plug-in names, got {allow!r}")
+        if "attack" in entry:  # the attack's name ("byzantine" is its old spelling)
+            entry = {**{k: v for k, v in entry.items() if k != "attack"}, "byzantine": entry["attack"]}
         if "allow_plugins" in entry:  # the session's own list, added to the command line's --allow-plugin
             entry = {**entry, "allow_plugins": (*base.allow_plugins, *allow)}
         try:

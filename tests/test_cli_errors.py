@@ -93,7 +93,7 @@ CASES = [
     # ---------------------------------------------------------------- hgo-run
     C("run-workers", "hgo-run --workers 0 --out {tmp}/run", "--workers", ">= 1", "got 0"),
     C("run-mix", "hgo-run --mix C_huge --out {tmp}/run", "'C_huge'", "C_min"),
-    C("run-attack", "hgo-run --byzantine 1 --attack evil --out {tmp}/run", "--attack", "'evil'", "foe"),
+    C("run-attack", "hgo-run --attackers 1 --attack evil --out {tmp}/run", "--attack", "'evil'", "foe"),
     C("run-rule", "hgo-run --rule mediam --out {tmp}/run", "--rule", "'mediam'", "median"),
     C("run-tau", "hgo-run --tau 5h --out {tmp}/run", "--tau", "'5h'"),
     C("run-timeout", "hgo-run --timeout 0 --out {tmp}/run", "--timeout", "> 0"),

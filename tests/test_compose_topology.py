@@ -119,7 +119,7 @@ def test_compose_commands_are_accepted_by_the_real_clis() -> None:
         assert args.server == "server:50051"
         assert args.metrics_port == 9101
     byzantine = service_argv(doc["services"]["worker-byzantine"], stages)
-    assert build_parser().parse_args(byzantine[1:]).byzantine == "alie"
+    assert build_parser().parse_args(byzantine[1:]).attack == "alie"
     build_parser().parse_args(stages["worker"]["CMD"])
 
 

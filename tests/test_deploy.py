@@ -348,7 +348,7 @@ def test_k8s_kustomize_base_lifecycle(tmp_path: Path) -> None:
         assert args.server == f"hgo-server:{cfg.port}" and args.token is None
         assert str(args.token_file.parent) in _mounts(wpod, w)
         assert _mounts(wpod, w)[str(args.token_file.parent)]["secret"]["secretName"] == secret
-        profiles[name] = (args.profile, args.byzantine)
+        profiles[name] = (args.profile, args.attack)
         wrules = spec["podFailurePolicy"]["rules"]
         codes = [v for r in wrules if r["action"] == "FailJob" for v in r["onExitCodes"]["values"]]
         assert sorted(codes) == [client.EXIT_LOCAL_DATA, client.EXIT_REJECTED]  # retrying cannot help

@@ -66,7 +66,7 @@ def test_hgo_run_with_the_plugins(installed: dict[str, str], procs: ProcessGroup
     out = tmp_path / "run"
     argv = [
         *console("hgo-run"), "--dataset", "blobs", "--model", "softmax", "--rule", "clipped-mean",
-        "--workers", "6", "--byzantine", "2", "--attack", "random-sign", "--rounds", "60",
+        "--workers", "6", "--attackers", "2", "--attack", "random-sign", "--rounds", "60",
         "--lr", "0.5", "--eval-every", "20", "--no-progress", "--timeout", "120", "--out", str(out),
     ]  # fmt: skip
     run = procs.start(argv, name="hgo-run", env=installed)

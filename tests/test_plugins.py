@@ -393,9 +393,9 @@ def _env(plugdir: Path) -> dict[str, str]:
             ["hgo-server", "--model", "boomplug:X"],
             "importing 'boomplug' failed: RuntimeError: boom at import",
         ),
-        (["hgo-worker", "--byzantine", "badplug:short_attack"], "attack 'badplug:short_attack': on (5 x 6)"),
+        (["hgo-worker", "--attack", "badplug:short_attack"], "attack 'badplug:short_attack': on (5 x 6)"),
         (
-            ["hgo-run", "--attack", "badplug:not_an_attack", "--byzantine", "1"],
+            ["hgo-run", "--attack", "badplug:not_an_attack", "--attackers", "1"],
             "expected a hgo_common.attacks.Attack",
         ),
     ],

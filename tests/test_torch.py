@@ -169,7 +169,7 @@ def test_cnn_trains_over_grpc_with_mixed_profiles_and_a_robust_rule(
     out = tmp_path / "run"
     argv = [
         *console("hgo-run"), "--dataset", "mnist", "--data-dir", str(mnist), "--model", "cnn",
-        "--workers", "6", "--byzantine", "1", "--attack", "sign-flip", "--rule", "median",
+        "--workers", "6", "--attackers", "1", "--attack", "sign-flip", "--rule", "median",
         "--rounds", "150", "--lr", "0.3", "--eval-every", "50", "--server-arg=--max-train=12000",
         "--no-progress", "--timeout", "240", "--out", str(out),
     ]  # fmt: skip

@@ -288,8 +288,8 @@ def test_prefix_view_attacks_in_the_simulator(name: str, expect: str) -> None:
 
     # breast cancer, d = 31; tau 10, s = 4: prefixes floor(rate * 10 / 4) = 10, 15, 20, ...
     cfg = SimConfig(
-        model="logistic", dataset="breast-cancer", n=8, q=8, v=5, f=2, rule_f=1, attack=name,
-        rule="median", tau_ms=10.0, rates=(4.0, 6.0, 8.0, 10.0, 5.0, 7.0, 9.0, 3.0),
+        model="logistic", dataset="breast-cancer", n=8, q=8, v=5, attackers=2, f=1, attack=name,
+        rule="median", tau=10.0, early_close=False, rates=(4.0, 6.0, 8.0, 10.0, 5.0, 7.0, 9.0, 3.0),
         batch_size=4, lr=0.5, rounds=3, eval_every=3,
     )  # fmt: skip
     res = run(cfg)

@@ -287,16 +287,17 @@ def test_units_two_hidden_layers_valid() -> None:
 
 def test_units_kind_round_trips_to_the_worker() -> None:
     """The server sends the order kind as a string (TrainingSpec.order) and the groups as
-    TrainingSpec.blocks; the worker expands C_k with compute.cached_order. "units" needs
-    no protocol change: what the worker expands is what the server's driver expands."""
+    TrainingSpec.groups (hgo_common.net.mapping); the worker expands C_k with
+    compute.cached_order(seed, d, spec.order, spec.groups). "units" needs no protocol
+    change: what the worker expands is what the server's driver expands."""
+    from hgo_common.net import mapping
     from hgo_common.net.proto import hgo_pb2
     from hgo_worker.compute import cached_order
 
-    sent = hgo_pb2.TrainingSpec(order="units", blocks=MLP_GROUPS, dim=23_860)
-    got = hgo_pb2.TrainingSpec.FromString(sent.SerializeToString())
-    assert got.order == "units" and list(got.blocks) == MLP_GROUPS
+    sent = hgo_pb2.TrainingSpec(model="mlp", order="units", groups=MLP_GROUPS, dim=23_860)
+    spec = mapping.spec_from_proto(hgo_pb2.TrainingSpec.FromString(sent.SerializeToString()))
+    assert spec.order == "units" and list(spec.groups) == MLP_GROUPS
     seed = round_seed(4, 17)
     np.testing.assert_array_equal(
-        cached_order(seed, got.dim, got.order, tuple(got.blocks)),
-        make_order(seed, 23_860, "units", MLP_GROUPS),
+        cached_order(seed, spec.dim, spec.order, spec.groups), make_order(seed, 23_860, "units", MLP_GROUPS)
     )

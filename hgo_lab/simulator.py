@@ -372,11 +372,17 @@ class Simulation:
             bool(byz_rows) and self.cfg.omniscient and self.behaviour is not None
             and self.behaviour.kind == "gradient"
         )  # fmt: skip
+        # Attacks with honest_view "prefix" (the HGO authors' statistics) see NaN past each
+        # honest worker's own prefix, as the authors' server holds them (attacks.Attack).
+        pad = needs_honest and self.behaviour is not None and self._honest_view() == "prefix"
         full: list[np.ndarray] = []
         for r in honest_rows:
             works[r] = self.work(int(sampled[r]), c_k, tau_ms=tau)
             if needs_honest:
-                full.append(works[r].source.full())
+                row = np.asarray(works[r].source.full(), dtype=np.float64)
+                if pad:
+                    row = np.where(np.arange(row.size) < int(works[r].limit), row, np.nan)
+                full.append(row)
         honest = np.stack(full) if full else None
         for r in byz_rows:
             works[r] = self.work(int(sampled[r]), c_k, honest=honest, tau_ms=tau)
@@ -388,6 +394,11 @@ class Simulation:
             buf.put(r, work.source.ensure_all(p))
             self.delivered_ms[r] = self._release_ms(work, p) if p else self.close_ms
         return buf, [self._full_time(int(i), w) for i, w in zip(sampled, works, strict=True)]
+
+    def _honest_view(self) -> str:
+        from hgo_common import attacks
+
+        return str(attacks.get(self.behaviour.attack).honest_view) if self.behaviour is not None else "full"
 
     def _released_by(self, work: Any, t_ms: float) -> int:
         """What ``work`` has released ``t_ms`` into the round (all it plans, at or after τ)."""

@@ -10,7 +10,7 @@ import pytest
 
 from hgo_common import attacks
 from hgo_common.attacks import AttackKindError
-from hgo_common.attacks.alie import alie_z
+from hgo_common.attacks.alie import alie_z, alie_z_hgo
 
 RNG = np.random.default_rng(0)
 HONEST = np.array(
@@ -29,7 +29,11 @@ def test_names_match_contract() -> None:
     assert attacks.names() == [
         "alie",
         "alie-authors",
+        "alie-authors-nan",
+        "alie-baruch",
+        "alie-hgo-paper",
         "foe",
+        "foe-authors",
         "gaussian",
         "label-flip",
         "large-value",
@@ -86,6 +90,68 @@ def test_alie_vector_explicit_z_and_single_row() -> None:
     # One honest row (a wire Byzantine worker's own gradient): std 0, v = the row.
     row = np.array([0.25, -4.0])
     np.testing.assert_array_equal(attacks.get("alie")(row, n=10, f=3, rng=RNG), row)
+
+
+def test_alie_baruch_is_the_alie_that_shipped() -> None:
+    # "alie" is kept as a deprecated alias: the same function, the same values.
+    for kw in ({}, {"z": 1.5}):
+        np.testing.assert_array_equal(
+            attacks.get("alie-baruch")(HONEST, n=50, f=24, rng=RNG, **kw),
+            attacks.get("alie")(HONEST, n=50, f=24, rng=RNG, **kw),
+        )
+    assert "deprecated" in attacks.get("alie").summary and "alie-baruch" in attacks.get("alie").summary
+
+
+def test_alie_hgo_paper_z_and_sign() -> None:
+    # HGO paper, Algorithm 2: s = floor(n/2 + 1) - f, z = Phi^-1((n - f - s)/(n - f)).
+    # n = 100, f = 25: s = 26, quantile 49/75 = 0.65333; a normal table gives z = 0.3943.
+    assert alie_z_hgo(100, 25) == pytest.approx(0.3943, abs=1e-4)
+    # n = 50, f = 24: s = 2, quantile 24/26 = 0.923077; the table gives z = 1.4261.
+    assert alie_z_hgo(50, 24) == pytest.approx(1.4261, abs=1e-4)
+    z = alie_z_hgo(100, 25)
+    v = attacks.get("alie-hgo-paper")(HONEST, n=100, f=25, rng=RNG)
+    np.testing.assert_allclose(v, MEAN + z * STD, rtol=1e-12)  # plus sign, unlike alie-baruch
+    assert np.all(v >= MEAN)
+    explicit = attacks.get("alie-hgo-paper")(HONEST, n=5, f=1, rng=RNG, z=2.0)
+    np.testing.assert_allclose(explicit, MEAN + 2 * STD)
+
+
+@pytest.mark.parametrize(("n", "f"), [(50, 26), (4, 4), (60, 31)])
+def test_alie_z_hgo_undefined_raises_naming_values(n: int, f: int) -> None:
+    # (50, 26) and (60, 31): s <= 0, quantile >= 1; (4, 4): no honest worker at all.
+    with pytest.raises(ValueError, match=rf"n={n}, f={f}"):
+        alie_z_hgo(n, f)
+
+
+# Honest prefixes 4, 2, 3 of the rows of HONEST, NaN-padded as the authors' fill_array does.
+PADDED = HONEST.copy()
+PADDED[1, 2:] = np.nan
+PADDED[2, 3:] = np.nan
+
+
+def test_alie_authors_nan_by_hand() -> None:
+    v = attacks.get("alie-authors-nan")(PADDED, n=100, f=25, rng=RNG)
+    # columns 0 and 1: every row present, as alie-authors: mean + 10 std
+    assert v[0] == pytest.approx(3.0 + 10 * math.sqrt(8 / 3), rel=1e-12)
+    assert v[1] == -2.0
+    # columns 2 and 3: some honest prefix stops before them, np.std is NaN there
+    assert np.isnan(v[2]) and np.isnan(v[3])
+    # with full rows it is alie-authors
+    full = attacks.get("alie-authors-nan")(HONEST, n=5, f=1, rng=RNG)
+    np.testing.assert_array_equal(full, attacks.get("alie-authors")(HONEST, n=5, f=1, rng=RNG))
+    assert attacks.get("alie-authors-nan").honest_view == "prefix"
+    assert attacks.get("alie-authors").honest_view == "full"
+
+
+def test_foe_authors_by_hand() -> None:
+    v = attacks.get("foe-authors")(PADDED, n=100, f=25, rng=RNG)
+    # nanmean per column: (1+3+5)/3, -2, (0.5+4)/2 (row 1 stopped), 10 (row 0 only)
+    np.testing.assert_allclose(v, -10.0 * np.array([3.0, -2.0, 2.25, 10.0]), rtol=1e-12)
+    allnan = np.array([[1.0, np.nan], [3.0, np.nan]])  # past the longest honest prefix
+    w = attacks.get("foe-authors")(allnan, n=5, f=1, rng=RNG, eps=0.5)
+    assert w[0] == -1.0 and np.isnan(w[1])
+    np.testing.assert_array_equal(attacks.get("foe-authors")(HONEST, n=5, f=1, rng=RNG), -10.0 * MEAN)
+    assert attacks.get("foe-authors").honest_view == "prefix"
 
 
 def test_foe_vector() -> None:
@@ -207,3 +273,29 @@ def test_parse_params_errors_name_item(items: list[str], bad: str) -> None:
 def test_parse_params_rejects_plain_string() -> None:
     with pytest.raises(ValueError, match="z=1"):
         attacks.parse_params("z=1")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("name", "expect"),
+    [("alie-authors-nan", "shortest"), ("foe-authors", "longest"), ("alie-authors", "d")],
+)
+def test_prefix_view_attacks_in_the_simulator(name: str, expect: str) -> None:
+    """Omniscient attackers with honest_view "prefix" see NaN past each honest prefix (the
+    authors' fill_array); the server's non-finite policy then ends the Byzantine prefix
+    where their statistics stop: the shortest honest prefix for ALIE (np.std is NaN past
+    it), the longest for FoE (nanmean exists up to it). "full" attacks send all d."""
+    from hgo_lab.simulator import SimConfig, run
+
+    # breast cancer, d = 31; tau 10, s = 4: prefixes floor(rate * 10 / 4) = 10, 15, 20, ...
+    cfg = SimConfig(
+        model="logistic", dataset="breast-cancer", n=8, q=8, v=5, attackers=2, f=1, attack=name,
+        rule="median", tau=10.0, early_close=False, rates=(4.0, 6.0, 8.0, 10.0, 5.0, 7.0, 9.0, 3.0),
+        batch_size=4, lr=0.5, rounds=3, eval_every=3,
+    )  # fmt: skip
+    res = run(cfg)
+    for rec in res.records:
+        honest = [w["prefix"] for w in rec["workers"] if not w["byzantine"]]
+        byz = [w["prefix"] for w in rec["workers"] if w["byzantine"]]
+        assert len(byz) == 2 and min(honest) < max(honest) < 31
+        want = {"shortest": min(honest), "longest": max(honest), "d": 31}[expect]
+        assert byz == [want, want], (rec["round"], honest, byz)

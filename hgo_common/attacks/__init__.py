@@ -15,7 +15,7 @@ Each attack declares its parameters with defaults (``attack.params``); an unknow
 raises ValueError naming it and the accepted ones. ``parse_params`` turns the CLIs'
 ``--attack-param KEY=VALUE`` items into a typed dict::
 
-    a = attacks.get("alie")
+    a = attacks.get("alie-baruch")
     v = a(honest, n=50, f=24, rng=np.random.default_rng(0), **attacks.parse_params(["z=1.5"]))
 
 A name that is not registered may be a plug-in (``hgo_common.plugins``): a reference
@@ -25,8 +25,11 @@ a small random matrix and a data attack on a few labels: an exception or a wrong
 shape raises ``PluginError`` naming the plug-in (non-finite values are allowed: sending
 NaN is an attack).
 
-Every attack lives in a module whose docstring cites its paper and gives the exact formula:
-:mod:`.alie`, :mod:`.foe`, :mod:`.simple` (sign-flip, gaussian, large-value, nan),
+Every attack lives in a module whose docstring cites the source it follows (a paper, or
+the HGO authors' code at a named commit) and gives the exact formula: :mod:`.alie`
+(``alie-baruch``, ``alie-hgo-paper``, ``alie-authors``, ``alie-authors-nan``; ``alie`` is a
+deprecated alias of ``alie-baruch``), :mod:`.foe` (``foe``, ``foe-authors``),
+:mod:`.simple` (sign-flip, gaussian, large-value, nan),
 :mod:`.label_flip`, :mod:`.silent`. Calling an attack of the wrong kind (a data or silent
 attack as a gradient attack, or the converse) raises :class:`AttackKindError`.
 """
@@ -56,6 +59,8 @@ __all__ = [
 
 Kind = Literal["gradient", "data", "silent"]
 KINDS: tuple[str, ...] = ("gradient", "data", "silent")
+HonestView = Literal["full", "prefix"]
+HONEST_VIEWS: tuple[str, ...] = ("full", "prefix")
 
 GradientFn = Callable[..., np.ndarray]
 LabelFn = Callable[..., np.ndarray]
@@ -81,7 +86,15 @@ class Param:
 
 @dataclass(frozen=True)
 class Attack:
-    """A named attack; see the package docstring for how each kind is used."""
+    """A named attack; see the package docstring for how each kind is used.
+
+    ``honest_view`` says which honest values an omniscient attacker is given:
+    ``"full"`` (default) every honest worker's gradient on all the coordinates asked
+    for; ``"prefix"`` the same matrix with NaN past each honest worker's own prefix,
+    which is what the HGO authors' server holds when its Byzantine workers attack
+    (``karimboubouh/HgO`` ``src/utils.py`` ``fill_array``). The simulator pads the rows
+    for ``"prefix"`` attacks; on the wire an attacker only has its own full estimates.
+    """
 
     name: str
     kind: Kind
@@ -89,6 +102,7 @@ class Attack:
     params: tuple[Param, ...] = ()
     fn: GradientFn | None = field(default=None, repr=False)
     labels_fn: LabelFn | None = field(default=None, repr=False)
+    honest_view: HonestView = "full"
 
     def param_names(self) -> list[str]:
         """Names of the parameters this attack accepts."""
@@ -226,6 +240,8 @@ def register(attack: Attack) -> Attack:
     """Add ``attack`` to the registry (each module calls this once per attack)."""
     if attack.kind not in KINDS:
         raise ValueError(f"attack {attack.name!r}: kind {attack.kind!r} not in {KINDS}")
+    if attack.honest_view not in HONEST_VIEWS:
+        raise ValueError(f"attack {attack.name!r}: honest_view {attack.honest_view!r} not in {HONEST_VIEWS}")
     if attack.name in _ATTACKS:
         raise ValueError(f"attack {attack.name!r} registered twice")
     _ATTACKS[attack.name] = attack

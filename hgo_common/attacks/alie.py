@@ -1,43 +1,78 @@
-"""A Little Is Enough (Baruch, Baruch, Goldberg, "A Little Is Enough: Circumventing Defenses
-For Distributed Learning", NeurIPS 2019), in two named variants.
+"""A Little Is Enough (ALIE), in four named variants, each saying which source it follows.
 
-``alie`` is the formula of Baruch et al. (below). ``alie-authors`` is ALIE as the HGO
-authors' code runs it (repository ``karimboubouh/HgO``): ``src/network.py``
-``Byzantine.little_is_enough`` computes z from Φ⁻¹ only when the constant ``LIE_Z`` is
-falsy, and ``src/config.py`` sets ``LIE_Z = 10``, so it sends::
+Every variant sends, coordinate by coordinate, the honest mean shifted by z honest standard
+deviations: small enough to hide inside the honest spread, the same for every colluder, so
+that coordinate-wise robust rules (median, trimmed mean) and Krum are pulled along.
+``std`` is the population standard deviation (``ddof=0``), so a single honest row (m = 1,
+e.g. a wire Byzantine worker with one mini-batch gradient) gives σ = 0 and v = that row.
+The variants differ in z, in the sign of the shift and in which honest values the
+statistics are taken over:
 
-    v_j = mean_j(honest) + 10 * std_j(honest)
+``alie-baruch`` (and its deprecated alias ``alie``, the name this attack shipped under)
+    Baruch, Baruch, Goldberg, "A Little Is Enough: Circumventing Defenses For Distributed
+    Learning", NeurIPS 2019, Algorithm 3 lines 1-2 (the z of the original paper)::
 
-(plus sign, population std as ``np.std``). With z = 10 the vectors are far outside the
-honest spread, so averaging breaks; with Baruch's z (≈ 0.64 at n = 100, f = 25) it cannot.
+        s = floor(n/2 + 1) - f          # honest workers the attackers must "recruit"
+        z = Phi^{-1}((n - s) / n)       # Phi: standard normal CDF
+        v_j = mean_j(honest) - z * std_j(honest)
 
-Every Byzantine worker sends, coordinate by coordinate, the honest mean shifted by z honest
-standard deviations, small enough to hide inside the honest spread yet consistent across
-the colluders, so that coordinate-wise robust rules (median, trimmed mean) and Krum pick it::
+    e.g. n = 50, f = 24: s = 2, z = Phi^{-1}(0.96) ≈ 1.751; n = 100, f = 25: s = 26,
+    z = Phi^{-1}(0.74) ≈ 0.643. Sign: minus, as this project has always sent it (a
+    positive z pushes each coordinate below the honest mean); the sign Baruch et al.'s
+    Algorithm 3 prints was not re-checked here (no copy of the paper was at hand), so
+    the minus sign is this project's choice, not a citation.
 
-    v_j = mean_j(honest) - z * std_j(honest)
+``alie-hgo-paper``
+    The HGO paper's own Algorithm 2 (Boubouh et al., SRDS 2022), as quoted by the audit
+    in issue 22 (the paper's PDF could not be read here): the attackers' z counts only
+    the n - f honest workers, and the shift is added::
 
-Sign convention: we *subtract* z·σ (z > 0 pushes each coordinate below the honest mean),
-as the widely used reference implementations do; the paper's Algorithm 3 leaves the
-direction of the shift to the attacker. ``std`` is the population standard deviation
-(``ddof=0``), so a single honest row (m = 1, e.g. a wire Byzantine worker with one
-mini-batch gradient) gives σ = 0 and v = that row.
+        s = floor(n/2 + 1) - f
+        z = Phi^{-1}((n - f - s) / (n - f))
+        v_j = mean_j(honest) + z * std_j(honest)
 
-z defaults to the paper's Algorithm 2 (``z=None``)::
+    n = 100, f = 25: s = 26, z = Phi^{-1}(49/75) ≈ 0.394. (The same (n - f - s)/(n - f)
+    appears in Karimireddy et al.'s bucketing code, epfml/byzantine-robust-noniid-optimizer.)
 
-    s = floor(n/2 + 1) - f          # honest workers the attacker needs to "recruit"
-    z = Phi^{-1}((n - s) / n)       # Phi: standard normal CDF
+``alie-authors``
+    The formula of the HGO authors' code (repository ``karimboubouh/HgO``,
+    ``src/network.py`` ``Byzantine.little_is_enough``, identical at v1.0 372202e and at
+    627b9f7, the newest stored version): z = Phi^{-1}((n - s)/n) only when the constant
+    ``LIE_Z`` is falsy, and ``src/config.py`` sets ``LIE_Z = 10`` (both commits), so::
 
-e.g. n = 50, f = 24: s = 2, z = Phi^{-1}(0.96) ≈ 1.751; n = 100, f = 25: s = 26,
-z = Phi^{-1}(0.74) ≈ 0.643. (Some later code uses (n - f - s)/(n - f) instead; we follow
-the paper.) When (n - s)/n falls outside (0, 1) — s <= 0, i.e. f >= floor(n/2 + 1), or
-s >= n, i.e. tiny n with f = 0 — Phi^{-1} is ±inf or undefined: :func:`alie_z` raises a
+        v_j = mean_j(honest) + 10 * std_j(honest)
+
+    on every coordinate it is given. This is *not* what their code does with partial
+    honest gradients; see ``alie-authors-nan``.
+
+``alie-authors-nan``
+    The authors' code as it runs on partial gradients (logistic and linear models, both
+    commits): the honest rows are NaN-padded to the longest honest prefix
+    (``src/utils.py`` ``fill_array``), the mean is ``np.nanmean`` and the deviation plain
+    ``np.std``, which is NaN wherever *any* honest row is NaN. So::
+
+        v_j = nanmean_j(honest) + 10 * std_j(honest)   where every honest prefix reaches j
+        v_j = NaN                                        past the shortest honest prefix
+
+    Their rules are NaN-aware (``np.nanmedian`` ...), so the attack only touches the
+    coordinates every honest worker sent (the first ~100 of d = 785 in Figures 5-8).
+    Here the honest matrix must carry NaN past each honest worker's prefix: the
+    simulator pads it for attacks whose ``honest_view`` is ``"prefix"``. The server's
+    non-finite policy then ends the Byzantine prefix before its first NaN, which skips
+    the rest as their rules do; deviation: their server still counts the Byzantine row
+    at the longest honest length when it picks b_v, ours at the shortest. With full
+    honest rows (on the wire, or an omniscient attacker without padding) it equals
+    ``alie-authors``.
+
+When z's quantile falls outside (0, 1) (s <= 0, i.e. f >= floor(n/2 + 1); s >= n; or
+n - f = 0), Phi^{-1} is ±inf or undefined: :func:`alie_z` and :func:`alie_z_hgo` raise a
 ValueError naming n, f and s instead of clamping silently; pass ``z`` explicitly then.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from statistics import NormalDist
 from typing import Any
 
@@ -45,21 +80,25 @@ import numpy as np
 
 from . import Attack, Param, real, register
 
-__all__ = ["AUTHORS_Z", "alie", "alie_authors", "alie_z"]
+__all__ = ["AUTHORS_Z", "alie", "alie_authors", "alie_authors_nan", "alie_hgo_paper", "alie_z", "alie_z_hgo"]
 
-AUTHORS_Z = 10.0  # src/config.py LIE_Z in karimboubouh/HgO
+AUTHORS_Z = 10.0  # LIE_Z in karimboubouh/HgO src/config.py (v1.0 372202e and 627b9f7)
+
+
+def _check(n: int, f: int) -> None:
+    if isinstance(n, bool) or isinstance(f, bool) or int(n) != n or int(f) != f or n < 1 or f < 0:
+        raise ValueError(f"ALIE: need integers n >= 1 and f >= 0, got n={n!r}, f={f!r}")
 
 
 def alie_z(n: int, f: int) -> float:
-    """The paper's z_max for n workers of which f are Byzantine (Algorithm 2).
+    """Baruch et al.'s z_max for n workers of which f are Byzantine: Phi^-1((n - s)/n).
 
     Raises
     ------
     ValueError
         If (n - s)/n is not in (0, 1), with s = floor(n/2 + 1) - f.
     """
-    if isinstance(n, bool) or isinstance(f, bool) or int(n) != n or int(f) != f or n < 1 or f < 0:
-        raise ValueError(f"ALIE: need integers n >= 1 and f >= 0, got n={n!r}, f={f!r}")
+    _check(n, f)
     s = math.floor(n / 2 + 1) - f
     p = (n - s) / n
     if not 0.0 < p < 1.0:
@@ -70,10 +109,29 @@ def alie_z(n: int, f: int) -> float:
     return NormalDist().inv_cdf(p)
 
 
+def alie_z_hgo(n: int, f: int) -> float:
+    """The HGO paper's z (its Algorithm 2): Phi^-1((n - f - s)/(n - f)), s = floor(n/2 + 1) - f.
+
+    Raises
+    ------
+    ValueError
+        If n - f = 0 or (n - f - s)/(n - f) is not in (0, 1).
+    """
+    _check(n, f)
+    s = math.floor(n / 2 + 1) - f
+    p = (n - f - s) / (n - f) if n > f else math.nan
+    if not 0.0 < p < 1.0:
+        raise ValueError(
+            f"ALIE: z = Phi^-1((n - f - s)/(n - f)) is undefined for n={n}, f={f} "
+            f"(s = floor(n/2 + 1) - f = {s}, quantile {p:g} not in (0, 1)); pass z explicitly"
+        )
+    return NormalDist().inv_cdf(p)
+
+
 def alie(
     honest: np.ndarray, *, n: int, f: int, rng: np.random.Generator, z: float | None = None
 ) -> np.ndarray:
-    """ALIE vector ``mean(honest) - z * std(honest)`` per column.
+    """``alie-baruch``: ``mean(honest) - z * std(honest)`` per column, z from :func:`alie_z`.
 
     Parameters
     ----------
@@ -93,10 +151,18 @@ def alie(
     return np.asarray(honest.mean(axis=0) - zz * honest.std(axis=0))
 
 
+def alie_hgo_paper(
+    honest: np.ndarray, *, n: int, f: int, rng: np.random.Generator, z: float | None = None
+) -> np.ndarray:
+    """``alie-hgo-paper``: ``mean(honest) + z * std(honest)``, z from :func:`alie_z_hgo`."""
+    zz = alie_z_hgo(n, f) if z is None else z
+    return np.asarray(honest.mean(axis=0) + zz * honest.std(axis=0))
+
+
 def alie_authors(
     honest: np.ndarray, *, n: int, f: int, rng: np.random.Generator, z: float = AUTHORS_Z
 ) -> np.ndarray:
-    """The authors' ALIE vector ``mean(honest) + z * std(honest)`` per column, z = 10 by default.
+    """``alie-authors``: ``mean(honest) + z * std(honest)`` per column, z = 10 by default.
 
     Parameters
     ----------
@@ -109,17 +175,61 @@ def alie_authors(
     return np.asarray(honest.mean(axis=0) + z * honest.std(axis=0))
 
 
+def alie_authors_nan(
+    honest: np.ndarray, *, n: int, f: int, rng: np.random.Generator, z: float = AUTHORS_Z
+) -> np.ndarray:
+    """``alie-authors-nan``: ``nanmean(honest) + z * std(honest)`` over NaN-padded rows.
+
+    Parameters
+    ----------
+    honest : ndarray, shape (m, k)
+        Honest values, NaN past each honest worker's prefix.
+
+    Returns
+    -------
+    ndarray, shape (k,)
+        NaN wherever any honest row is NaN (``np.std`` propagates NaN, as in the
+        authors' code), finite elsewhere.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # nanmean of an all-NaN column
+        mean = np.nanmean(honest, axis=0)
+    return np.asarray(mean + z * honest.std(axis=0))
+
+
 def _z(v: Any) -> Any:
     return real(optional=True)(v)
 
+
+_BARUCH_Z = Param("z", None, _z, "shift in honest std; none: Phi^-1((n-s)/n), s=floor(n/2+1)-f")
+
+register(
+    Attack(
+        name="alie-baruch",
+        kind="gradient",
+        summary="A Little Is Enough, Baruch et al. 2019's z = Phi^-1((n-s)/n): mean - z*std",
+        params=(_BARUCH_Z,),
+        fn=alie,
+    )
+)
 
 register(
     Attack(
         name="alie",
         kind="gradient",
-        summary="A Little Is Enough: mean - z*std of the honest gradients (Baruch et al. 2019)",
-        params=(Param("z", None, _z, "shift in honest std; none: Phi^-1((n-s)/n), s=floor(n/2+1)-f"),),
+        summary="deprecated alias of alie-baruch (same values): mean - z*std, z = Phi^-1((n-s)/n)",
+        params=(_BARUCH_Z,),
         fn=alie,
+    )
+)
+
+register(
+    Attack(
+        name="alie-hgo-paper",
+        kind="gradient",
+        summary="ALIE as the HGO paper's Algorithm 2: mean + z*std, z = Phi^-1((n-f-s)/(n-f))",
+        params=(Param("z", None, _z, "shift in honest std; none: Phi^-1((n-f-s)/(n-f))"),),
+        fn=alie_hgo_paper,
     )
 )
 
@@ -127,8 +237,21 @@ register(
     Attack(
         name="alie-authors",
         kind="gradient",
-        summary="ALIE as the HGO authors' code runs it: mean + 10*std of the honest gradients",
+        summary="the HGO authors' ALIE formula (karimboubouh/HgO LIE_Z = 10): mean + 10*std, "
+        "on every coordinate",
         params=(Param("z", AUTHORS_Z, real(), "shift in honest std (the authors' LIE_Z = 10)"),),
         fn=alie_authors,
+    )
+)
+
+register(
+    Attack(
+        name="alie-authors-nan",
+        kind="gradient",
+        summary="the HGO authors' ALIE as their code runs: nanmean + 10*std over NaN-padded prefixes "
+        "(NaN past the shortest honest prefix)",
+        params=(Param("z", AUTHORS_Z, real(), "shift in honest std (the authors' LIE_Z = 10)"),),
+        fn=alie_authors_nan,
+        honest_view="prefix",
     )
 )

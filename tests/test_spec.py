@@ -219,3 +219,16 @@ def test_the_settings_reference_in_the_docs_is_generated_and_current() -> None:
 
     doc = Path(__file__).resolve().parent.parent / "docs" / "settings.md"
     assert doc.read_text(encoding="utf-8") == render(), "run: python -m hgo_common.spec > docs/settings.md"
+
+
+def test_per_unit_blocks_are_selectable_on_the_server() -> None:
+    """--order units (paper appendix C.3) reaches the TrainingSpec the workers expand C_k from."""
+    from hgo_common import order
+    from hgo_server.setup import load_setup
+
+    cfg = server_config.parse_args(["--order", "units", "--model", "mlp", "--hidden", "16", "--dataset", "digits"])
+    setup = load_setup(cfg)
+    assert setup.spec.order == "units" and sum(setup.spec.groups) == setup.spec.dim
+    c = order.make_order(123, setup.spec.dim, setup.spec.order, setup.spec.groups)
+    assert sorted(c.tolist()) == list(range(setup.spec.dim))
+    assert not np.array_equal(c, order.make_order(123, setup.spec.dim, "stratified", setup.spec.groups))

@@ -32,7 +32,7 @@ from hgo_server import config as server_config
 NON_DEFAULT: dict[str, Any] = {
     "dataset": "breast-cancer", "data_dir": "/nonexistent-but-unused", "max_train": 300,
     "test_fraction": 0.25, "partition": "classes:1", "model": "logistic", "hidden": (8, 4), "l2": 0.01,
-    "seed": 7, "data_seed": 9, "algorithm": "sgd", "rule": "median", "f": 1, "allow_unsafe": True,
+    "seed": 7, "secret_seed": 11, "data_seed": 9, "algorithm": "sgd", "rule": "median", "f": 1, "allow_unsafe": True,
     "q": 5, "v": Quorum.fixed(4),
     "row_bound": "norm:100", "order": "flat", "tau": Deadline.of_ms(250.0), "tau_target": 0.7,
     "tau_min": 20.0, "tau_max": 900.0, "early_close": False, "lr": 0.3, "lr_schedule": "inv-sqrt-block",

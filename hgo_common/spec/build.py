@@ -131,14 +131,20 @@ def round_config(spec: RunSpec, d: int, q: int) -> Any:
     )
 
 
-def driver_settings(spec: RunSpec, run: Run, q: int) -> Any:
-    """The round driver's settings (``driver.RunSettings``) for ``spec`` with ``q`` sampled workers."""
+def driver_settings(spec: RunSpec, run: Run, q: int, secret_seed: int | None = None) -> Any:
+    """The round driver's settings (``driver.RunSettings``) for ``spec`` with ``q`` sampled workers.
+
+    The driver's streams (sampling, C_k seeds, aggregation randomness) come from
+    ``secret_seed``, else the spec's ``secret_seed``, else its public ``seed`` (the
+    simulator: nothing travels). ``hgo-server`` passes a secret it drew at start, so a worker
+    knowing the run's public seed cannot tell who is sampled when nor any future C_k.
+    """
     from hgo_common.deadline import AutoTau
     from hgo_common.driver import RunSettings
 
     auto = AutoTau(spec.tau_target, spec.tau_min, spec.tau_max) if spec.tau.auto else None
     return RunSettings(
-        seed=spec.seed,
+        seed=_secret(spec, secret_seed),
         rounds=spec.rounds,
         eval_every=spec.eval_every,
         q=q,
@@ -148,6 +154,12 @@ def driver_settings(spec: RunSpec, run: Run, q: int) -> Any:
         round_cfg=round_config(spec, run.d, q),
         auto_tau=auto,
     )
+
+
+def _secret(spec: RunSpec, given: int | None) -> int:
+    if given is not None:
+        return int(given)
+    return int(spec.seed if spec.secret_seed is None else spec.secret_seed)
 
 
 SIM_STREAM = 0x48474F  # "HGO": the population's seed streams (placement, rates, attacks, workers)

@@ -134,6 +134,15 @@ class RunSpec:
         default_text="the model's: 1e-4 for svm, 0 otherwise",
     )
     seed: int = setting(0, INT, "run seed: model init, orders, sampling, partition", check=_SEED)
+    secret_seed: int | None = setting(
+        None,
+        INT,
+        "seed of the server's own randomness: who is sampled, C_k, aggregation randomness; never sent to "
+        "workers (C_k of round k is revealed only in round k's task)",
+        check=_SEED,
+        secret=False,
+        default_text="drawn at start by hgo-server (in its log and checkpoints); --seed in the simulator",
+    )
     data_seed: int | None = setting(
         None, INT, "seed of the train/test split", check=_SEED, default_text="--seed"
     )

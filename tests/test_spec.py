@@ -32,7 +32,8 @@ from hgo_server import config as server_config
 NON_DEFAULT: dict[str, Any] = {
     "dataset": "breast-cancer", "data_dir": "/nonexistent-but-unused", "max_train": 300,
     "test_fraction": 0.25, "partition": "classes:1", "model": "logistic", "hidden": (8, 4), "l2": 0.01,
-    "seed": 7, "secret_seed": 11, "data_seed": 9, "algorithm": "sgd", "rule": "median", "f": 1, "allow_unsafe": True,
+    "seed": 7, "secret_seed": 11,
+    "data_seed": 9, "algorithm": "sgd", "rule": "median", "f": 1, "allow_unsafe": True,
     "q": 5, "v": Quorum.fixed(4),
     "row_bound": "norm:100", "order": "flat", "tau": Deadline.of_ms(250.0), "tau_target": 0.7,
     "tau_min": 20.0, "tau_max": 900.0, "early_close": False, "lr": 0.3, "lr_schedule": "inv-sqrt-block",
@@ -226,7 +227,8 @@ def test_per_unit_blocks_are_selectable_on_the_server() -> None:
     from hgo_common import order
     from hgo_server.setup import load_setup
 
-    cfg = server_config.parse_args(["--order", "units", "--model", "mlp", "--hidden", "16", "--dataset", "digits"])
+    argv = ["--order", "units", "--model", "mlp", "--hidden", "16", "--dataset", "digits"]
+    cfg = server_config.parse_args(argv)
     setup = load_setup(cfg)
     assert setup.spec.order == "units" and sum(setup.spec.groups) == setup.spec.dim
     c = order.make_order(123, setup.spec.dim, setup.spec.order, setup.spec.groups)

@@ -23,7 +23,14 @@ from hgo_common import profiles
 from hgo_common.net.protocol import PROTOCOL_VERSION
 
 from .config import ConfigError
-from .errors import Aborted, DeadlineExceeded, InvalidArgument, ProtocolError, ResourceExhausted
+from .errors import (
+    Aborted,
+    DeadlineExceeded,
+    InvalidArgument,
+    PermissionDenied,
+    ProtocolError,
+    ResourceExhausted,
+)
 from .logsafe import RateLimitedLog, escape
 from .messages import Beat, End, JoinRequest, ShardSlice, Stop, Welcome
 from .sessions import SessionRecord, TokenBucket
@@ -36,6 +43,10 @@ JOIN_BURST = 5  # Joins an identity may make at once before --join-rate applies
 
 KNOWN_PROFILES = frozenset({*profiles.PROFILES, "custom"})
 HEARTBEAT_BATCH = 200  # sessions beaten per loop turn (see Admission.heartbeats)
+PENDING_PER_IDENTITY = 4
+"""Streams one identity may hold open before their Join (a reconnecting worker needs 1-2)."""
+PENDING_PER_PEER = 256
+"""Anonymous streams one peer address may hold open before their Join."""
 
 
 class Admission(ServerState):
@@ -50,6 +61,7 @@ class Admission(ServerState):
         self.f_enforceable = False
         self._join_buckets: dict[str, TokenBucket] = {}
         self._peer_sessions: dict[str, int] = {}
+        self._pending: dict[str, int] = {}  # open pre-Join streams per identity or anonymous peer
         self.session_msg_rate = float(self.cfg.session_msg_rate)
         mb = self.cfg.session_byte_rate_mb
         if mb is None:
@@ -82,6 +94,18 @@ class Admission(ServerState):
                 raise ConfigError(f"--tokens-file: {ident!r} has shard={shard}, outside [0, {n}) shards")
         self.f_enforceable = bool(enforceable)
 
+    def revoke(self, identities: set[str], why: str) -> int:
+        """End the sessions of ``identities`` with PERMISSION_DENIED (reason ``revoked``);
+        returns how many were ended. Used when a tokens-file reload removes an identity."""
+        ended = 0
+        for ident in sorted(identities):
+            sess = self.by_identity.get(ident)
+            if sess is not None:
+                self.reject("revoked")
+                self.leave(sess, "revoked", PermissionDenied("revoked", f"identity {ident!r} {why}"))
+                ended += 1
+        return ended
+
     def identity_shard(self, identity: str) -> int:
         """The data shard of ``identity``: a stable function of it (never of who else joined)."""
         n = self.spec.num_shards
@@ -108,12 +132,44 @@ class Admission(ServerState):
                     "join-rate",
                     f"identity {identity!r} joins faster than --join-rate {self.cfg.join_rate:g}/s",
                 )
+        # The per-address cap counts anonymous sessions only: an identity holds one session
+        # whatever its address, and many identities may share one address (NAT).
         cap = self.cfg.max_sessions_per_peer
-        if cap and peer and self._peer_sessions.get(peer, 0) >= cap:
+        if cap and peer and identity is None and self._peer_sessions.get(peer, 0) >= cap:
             self.reject("peer-cap")
             raise ResourceExhausted(
                 "peer-cap", f"peer {peer} already holds {cap} sessions (--max-sessions-per-peer)"
             )
+
+    # ------------------------------------------------------------------ sessions
+
+    def pending_open(self, identity: str | None, peer: str) -> str:
+        """A stream opened and waits for its Join: count it against its identity (or, anonymous,
+        its peer address); ResourceExhausted over :data:`PENDING_PER_IDENTITY` /
+        :data:`PENDING_PER_PEER`. Returns the key to give :meth:`pending_close`.
+
+        Before its Join a stream is nothing but cost (a task, buffers, a --join-timeout
+        wait); without this count one identity opened 30,000 of them.
+        """
+        key, cap = (f"id:{identity}", PENDING_PER_IDENTITY) if identity is not None else (
+            f"peer:{peer}", PENDING_PER_PEER)  # fmt: skip
+        held = self._pending.get(key, 0)
+        if held >= cap:
+            self.reject("pre-join-cap")
+            who = f"identity {identity!r}" if identity is not None else f"peer {peer}"
+            raise ResourceExhausted(
+                "pre-join-cap", f"{who} already holds {cap} streams that have not sent their Join"
+            )
+        self._pending[key] = held + 1
+        return key
+
+    def pending_close(self, key: str) -> None:
+        """The stream counted by :meth:`pending_open` sent its Join or ended."""
+        left = self._pending.get(key, 1) - 1
+        if left > 0:
+            self._pending[key] = left
+        else:
+            self._pending.pop(key, None)
 
     def join(self, req: JoinRequest, identity: str | None = None, peer: str = "") -> SessionRecord:
         """Validate a Join and open a session; its outbox already holds Welcome (+ shard).
@@ -183,11 +239,13 @@ class Admission(ServerState):
             self.sessions[sess.session_id] = sess
             if identity is not None:
                 self.by_identity[identity] = sess
-            if peer:
+            elif peer:
                 self._peer_sessions[peer] = self._peer_sessions.get(peer, 0) + 1
             self._shard_holders[shard] += 1
             self.metrics.active_sessions.labels(profile=sess.profile).inc()
             self._changed.set()
+            if sess.byzantine:
+                self._declared_byzantine()
         log.info(
             # %r escapes control characters in the peer's name (repr quotes non-printables)
             "join worker=%d name=%r profile=%s rate=%g batch=%d shard=%d declared-byzantine=%s identity=%s",
@@ -195,6 +253,17 @@ class Admission(ServerState):
             escape(identity),
         )  # fmt: skip
         return sess
+
+    def _declared_byzantine(self) -> None:
+        """Warn when more active sessions declare themselves Byzantine (the lab's attackers,
+        ``Join.byzantine``) than ``--f`` tolerates: the rule's guarantee no longer holds."""
+        n = sum(1 for s in self.sessions.values() if s.byzantine)
+        if n > self.cfg.f:
+            _limited.log(
+                logging.WARNING, "byzantine-over-f",
+                "%d active sessions declare themselves Byzantine but --f is %d: the rule (%s) tolerates "
+                "at most %d; expect the model to suffer", n, self.cfg.f, self.cfg.rule, self.cfg.f,
+            )  # fmt: skip
 
     def _pick_shard(self) -> int:
         """For an anonymous session: the shard held by the fewest active sessions (lowest index on ties).
@@ -226,7 +295,7 @@ class Admission(ServerState):
             self.metrics.active_sessions.labels(profile=sess.profile).dec()
             if sess.identity is not None and self.by_identity.get(sess.identity) is sess:
                 del self.by_identity[sess.identity]
-            if sess.peer:
+            if sess.peer and sess.identity is None:
                 left = self._peer_sessions.get(sess.peer, 1) - 1
                 if left > 0:
                     self._peer_sessions[sess.peer] = left

@@ -12,10 +12,16 @@ from pathlib import Path
 
 import numpy as np
 
+from hgo_common.errors import HGOError
+
 from .config import ConfigError
 from .state import ServerState
 
 log = logging.getLogger("hgo.server")
+
+
+class ExportError(HGOError, OSError):
+    """``--export`` could not be written at the end of a run; the message names the path."""
 
 
 class Persistence(ServerState):
@@ -34,14 +40,39 @@ class Persistence(ServerState):
             "evaluation": dict(self.last_eval), "settings": self.cfg.as_dict(),
         }  # fmt: skip
         w = self.weights  # a copy, taken between rounds
-        path: Path = await self._in_thread(
-            lambda: save(
-                target, self.setup.model, w, meta=meta,
-                feature_mean=ds.feature_mean, feature_std=ds.feature_std,
-            )
-        )  # fmt: skip
+        try:
+            path: Path = await self._in_thread(
+                lambda: save(
+                    target, self.setup.model, w, meta=meta,
+                    feature_mean=ds.feature_mean, feature_std=ds.feature_std,
+                )
+            )  # fmt: skip
+        except (OSError, ValueError) as exc:
+            # The path passed the start-up check (check_export_path) and failed now (disk full,
+            # a directory removed meanwhile): say so instead of a traceback; the caller decides.
+            raise ExportError(
+                f"--export {str(target)!r}: cannot write the model ({getattr(exc, 'strerror', None) or exc})"
+            ) from None
         log.info("model after %d rounds written to %s", k, path)
         return path
+
+    def check_export_path(self) -> None:
+        """At start: ConfigError unless ``--export`` can be created (the check is a real open,
+        so ``/proc/...`` and read-only mounts fail here, not after training)."""
+        target = self.cfg.export
+        if target is None:
+            return
+        p = Path(target)
+        existed = p.exists()
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)  # as models.save will
+            with p.open("ab"):
+                pass
+        except OSError as exc:
+            why = exc.strerror or exc
+            raise ConfigError(f"--export {str(target)!r}: cannot create the file ({why})") from None
+        if not existed:
+            p.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -61,14 +92,16 @@ class Persistence(ServerState):
             },
         )
         path = await self._in_thread(ck.save, Path(self.cfg.checkpoint_dir), state)
-        log.info("checkpoint round=%d %s", next_round, path)
+        log.info("checkpoint round=%d %s", next_round, path)  # round = the next round to run (0-based)
 
     def _resume(self) -> None:
         """--resume: continue from the newest valid checkpoint in --checkpoint-dir, if any."""
         ck = self._checkpoint
         assert ck is not None and self.cfg.checkpoint_dir is not None
         try:
-            state = ck.load_latest(Path(self.cfg.checkpoint_dir), model=self.spec.model, dim=self.d)
+            state = ck.load_latest(
+                Path(self.cfg.checkpoint_dir), model=self.spec.model, dim=self.d, finite=True
+            )
         except ck.CheckpointError as exc:
             raise ConfigError(f"--resume: {exc}") from None
         if state is None:

@@ -194,7 +194,9 @@ class RoundLoop(ServerState):
                 if cfg.export_every and k % cfg.export_every == 0 and k < cfg.rounds:
                     await self.export_model(k, completed=False)
         completed = k >= cfg.rounds
-        if self._evaluated_round != k - 1 or not self.last_eval:  # the last round was not evaluated
+        # The last round was not evaluated: do it now, unless no round was ever trained (a
+        # stop before training): an untrained model's score is not a result.
+        if k > 0 and (self._evaluated_round != k - 1 or not self.last_eval):
             await self._evaluate()
         if self._checkpoint is not None and self._checkpointed != k and k > self.start_round:
             await self._save_checkpoint(k)
@@ -294,8 +296,8 @@ class RoundLoop(ServerState):
         if self.driver.evaluates(k):
             record.update(await self._evaluate())
             self._evaluated_round = k
-            log.info(
-                "round %d/%d: block=%d responded=%d/%d %s=%.4f (%.1f s)", k + 1, self.cfg.rounds,
+            log.info(  # k is 0-based as in the round log; "n/R done" counts rounds
+                "round %d (%d/%d done): block=%d responded=%d/%d %s=%.4f (%.1f s)", k, k + 1, self.cfg.rounds,
                 outcome.block, record["responded"], len(sampled), self.metric_name,
                 record.get(self.metric_name, math.nan), record["t"],
             )  # fmt: skip

@@ -33,7 +33,7 @@ from hgo_common.spec import driver_settings
 
 from . import checkpoint
 from .admission import HEARTBEAT_BATCH, JOIN_BURST, KNOWN_PROFILES, Admission
-from .config import ServerConfig
+from .config import ConfigError, ServerConfig
 from .messages import Outgoing, ShardSlice, StatusInfo, Task
 from .metrics import ServerMetrics
 from .persistence import Persistence
@@ -89,7 +89,12 @@ class Server(Admission, RoundLoop, Persistence):
         self._last_chunk = np.zeros(0)  # per slot: monotonic time of its last accepted chunk
         self._evaluated_round = -1
         self._checkpointed = -1
-        self.roundlog = RoundLog(cfg.log)
+        try:
+            self.roundlog = RoundLog(cfg.log)
+        except OSError as exc:
+            self._executor.shutdown(wait=False)
+            why = exc.strerror or exc
+            raise ConfigError(f"--log {cfg.log!r}: cannot create the round log ({why})") from None
         self.metrics.tau.set(cfg.tau_ms / 1000.0)
         self._checkpoint = checkpoint if cfg.checkpoint_dir else None
         if cfg.resume:

@@ -22,6 +22,7 @@ from hgo_common.net.proto import hgo_pb2
 
 from . import auth, errors, messages
 from .codec import BadMessage, encode
+from .guard import peer_host
 from .logsafe import RateLimitedLog, escape
 from .server import Server
 from .sessions import SessionRecord, TokenBucket
@@ -54,21 +55,6 @@ def _consume(fut: asyncio.Future[Any]) -> None:
         fut.exception()
 
 
-def peer_host(context: Any) -> str:
-    """The host part of ``context.peer()`` (``ipv4:127.0.0.1:5000`` -> ``ipv4:127.0.0.1``)."""
-    try:
-        peer = str(context.peer() or "")
-    except Exception:
-        return ""
-    if peer.startswith(("ipv4:", "ipv6:")):
-        host, _, _port = peer.rpartition(":")
-        return host
-    return peer
-
-
-# ---------------------------------------------------------------------------- servicer
-
-
 class HGOServicer:
     """``hgo.v1.HGO``: the Session stream and the Status call."""
 
@@ -82,6 +68,15 @@ class HGOServicer:
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> None:
         core = self.core
+        peer = peer_host(context)
+        try:
+            identity = auth.session_identity(context)
+            pending = core.pending_open(identity, peer)
+        except auth.NoUsableName as exc:
+            core.reject("bad-certificate")
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        except errors.ProtocolError as exc:
+            await context.abort(status_code(exc), str(exc))
         try:
             first = await asyncio.wait_for(anext(aiter(requests)), self.join_timeout_s)
         except StopAsyncIteration:
@@ -92,6 +87,8 @@ class HGOServicer:
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"no Join within {self.join_timeout_s:g} s (--join-timeout)",
             )
+        finally:
+            core.pending_close(pending)
         if isinstance(first, BadMessage):
             core.reject(first.error.reason)
             await context.abort(status_code(first.error), str(first.error))
@@ -104,7 +101,7 @@ class HGOServicer:
         try:
             join = mapping.worker_from_proto(first)
             assert isinstance(join, messages.JoinRequest)  # the kind was checked above
-            sess = core.join(join, auth.session_identity(context), peer_host(context))
+            sess = core.join(join, identity, peer)
         except errors.ProtocolError as exc:
             await context.abort(status_code(exc), str(exc))
         reader = asyncio.create_task(self._read(requests, sess))

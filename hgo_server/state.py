@@ -87,6 +87,7 @@ class ServerState:
     session_byte_rate: float
     _join_buckets: dict[str, TokenBucket]
     _peer_sessions: dict[str, int]
+    _pending: dict[str, int]
     _next_worker_id: int
     _shard_cache: dict[int, list[ShardSlice]]
     _shard_holders: np.ndarray

@@ -112,8 +112,13 @@ async def _clients(server: str, n: int, per_channel: int, join_batch: int, base:
     for start in range(0, n, join_batch):
         clients += await asyncio.gather(*(join(i) for i in range(start, min(n, start + join_batch))))
     print(f"client {os.getpid()}: {n} sessions joined", flush=True)
-    while any(c.stop_reason is None for c in clients):
+    # Until every session got Stop or its stream ended otherwise (dropped under load, or the
+    # server gone): a session that never hears Stop must not keep this process waiting.
+    while any(c.stop_reason is None and not c.call.done() for c in clients):
         await asyncio.sleep(0.5)
+    lost = sum(c.stop_reason is None for c in clients)
+    print(f"client {os.getpid()}: {n - lost} sessions stopped by the server, {lost} ended otherwise",
+          flush=True)  # fmt: skip
     for c in clients:
         await c.close()
     for ch in channels:

@@ -150,7 +150,7 @@ class RunningServer:
             await asyncio.sleep(TRIM_EVERY_S)
             lim = self.limits
             if lim is not None and lim.peak >= 256 and lim.active <= lim.peak // 2:
-                trim_memory()
+                await asyncio.to_thread(trim_memory)  # off the loop: it walks the heap
                 lim.peak = lim.active
 
     async def run(self) -> messages.Summary:

@@ -121,7 +121,7 @@ async def test_more_declared_byzantine_sessions_than_f_are_warned_about(
 ) -> None:
     """main: 2 declared-Byzantine workers with --f 1 joined without a word (issue 24, item 9)."""
     caplog.set_level(logging.WARNING, logger="hgo.server")
-    async with serving(q=3, min_workers=50, rule="median", f=1) as s:
+    async with serving(q=5, min_workers=50, rule="median", f=1) as s:
         stub = hgo_pb2_grpc.HGOStub(s.channel)
         clients = [WireClient(stub) for _ in range(3)]
 

@@ -112,6 +112,10 @@ def run_setting(
             "--rounds", str(rounds), "--eval-every", "0", "--seed", "0", *flags]  # fmt: skip
     if needs_dir and data_dir:
         argv += ["--data-dir", data_dir]
+    # one identity per session (the resilience limits apply as in a deployment enforcing f)
+    secret = benchlib.bench_tokens(work / f"{tag}.tokens", sessions)
+    argv += ["--tokens-file", str(work / f"{tag}.tokens")]
+    env = {**os.environ, benchlib.SECRET_ENV: secret}
     mix = profiles.assign(sessions, "default")
     per = split(sessions, procs)
     outs = [work / f"{tag}-client-{i}.json" for i in range(procs)]
@@ -126,7 +130,7 @@ def run_setting(
             cargv = hgo_client_argv(port, per[i], base, outs[i], compute=compute, rate=None,
                                     profiles=mix[base : base + per[i]],
                                     data_dir=data_dir if needs_dir else None)  # fmt: skip
-            started.append(spawn(cargv, work / f"{tag}-client-{i}.log"))
+            started.append(spawn(cargv, work / f"{tag}-client-{i}.log", env=env))
         cpu = CpuSampler({"server": [srv.pid], "clients": [p.pid for p in started[1:]]})
         t_end = time.monotonic() + timeout_s
         while srv.poll() is None:

@@ -40,7 +40,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 BIN = Path(sys.executable).parent
+
+from benchlib import SECRET_ENV, bench_tokens, session_token  # noqa: E402  (needs the path above)
 
 
 def _rss_kib(pid: int) -> int:
@@ -51,20 +54,22 @@ def _rss_kib(pid: int) -> int:
 
 
 def _cpu_sampler(server: int, clients: list[int]) -> Any:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from benchlib import CpuSampler
 
     return CpuSampler({"server": [server], "clients": clients})
 
 
-def _status(port: int) -> Any:
+def _status(port: int, token: str | None = None) -> Any:
     import grpc
 
+    from hgo_common.net import credentials
     from hgo_common.net.proto import hgo_pb2, hgo_pb2_grpc
 
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-            return hgo_pb2_grpc.HGOStub(ch).Status(hgo_pb2.StatusRequest(), timeout=5)
+            return hgo_pb2_grpc.HGOStub(ch).Status(
+                hgo_pb2.StatusRequest(), metadata=credentials.bearer_metadata(token), timeout=5
+            )
     except grpc.RpcError:
         return None
 
@@ -72,11 +77,14 @@ def _status(port: int) -> Any:
 # ----------------------------------------------------------------------------- client processes
 
 
-async def _clients(server: str, n: int, per_channel: int, join_batch: int) -> int:
+async def _clients(server: str, n: int, per_channel: int, join_batch: int, base: int = 0) -> int:
     import grpc.aio
 
+    from hgo_common.net import credentials
     from hgo_common.net.proto import hgo_pb2_grpc
     from tests.wireclient import WireClient, channel_options
+
+    secret = os.environ.get(SECRET_ENV)
 
     # one TCP connection per `per_channel` streams (a local subchannel pool stops channels
     # with the same target from sharing one connection)
@@ -89,7 +97,8 @@ async def _clients(server: str, n: int, per_channel: int, join_batch: int) -> in
 
     async def join(i: int) -> WireClient:
         for attempt in range(20):
-            c = WireClient(stubs[i // per_channel])
+            token = session_token(secret, base + i) if secret else None
+            c = WireClient(stubs[i // per_channel], credentials.bearer_metadata(token))
             try:
                 await c.join(timeout=60, name=f"load-{os.getpid()}-{i}", profile="powerful")
             except Exception:  # e.g. CANCELLED when too many streams open at once: retry
@@ -103,8 +112,13 @@ async def _clients(server: str, n: int, per_channel: int, join_batch: int) -> in
     for start in range(0, n, join_batch):
         clients += await asyncio.gather(*(join(i) for i in range(start, min(n, start + join_batch))))
     print(f"client {os.getpid()}: {n} sessions joined", flush=True)
-    while any(c.stop_reason is None for c in clients):
+    # Until every session got Stop or its stream ended otherwise (dropped under load, or the
+    # server gone): a session that never hears Stop must not keep this process waiting.
+    while any(c.stop_reason is None and not c.call.done() for c in clients):
         await asyncio.sleep(0.5)
+    lost = sum(c.stop_reason is None for c in clients)
+    print(f"client {os.getpid()}: {n - lost} sessions stopped by the server, {lost} ended otherwise",
+          flush=True)  # fmt: skip
     for c in clients:
         await c.close()
     for ch in channels:
@@ -116,9 +130,9 @@ def client_main(args: argparse.Namespace) -> int:
     try:
         import uvloop
 
-        return uvloop.run(_clients(args.server, args.n, args.per_channel, args.join_batch))
+        return uvloop.run(_clients(args.server, args.n, args.per_channel, args.join_batch, args.base))
     except ImportError:
-        return asyncio.run(_clients(args.server, args.n, args.per_channel, args.join_batch))
+        return asyncio.run(_clients(args.server, args.n, args.per_channel, args.join_batch, args.base))
 
 
 # ----------------------------------------------------------------------------- the benchmark
@@ -150,8 +164,12 @@ def run(
         argv += ["--model", model]
     if data_dir:
         argv += ["--data-dir", data_dir]
+    # one identity per session: f is enforceable and the resilience limits apply as deployed
+    # (many identities from one address, one session per identity)
+    secret = bench_tokens(workdir / "tokens", sessions)
+    argv += ["--tokens-file", str(workdir / "tokens")]
     argv += list(server_args)
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "HGO_LOG_LEVEL": "WARNING"}
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "HGO_LOG_LEVEL": "WARNING", SECRET_ENV: secret}
     children: list[subprocess.Popen[bytes]] = []
     server_out = open(workdir / "server.log", "wb")  # noqa: SIM115 - closed below
     server = subprocess.Popen(
@@ -172,7 +190,8 @@ def run(
             out = open(workdir / f"client{i}.log", "wb")  # noqa: SIM115 - closed with the process
             children.append(
                 subprocess.Popen(
-                    [sys.executable, __file__, "--client", "--server", f"127.0.0.1:{port}", "--n", str(n)],
+                    [sys.executable, __file__, "--client", "--server", f"127.0.0.1:{port}", "--n", str(n),
+                     "--base", str(sum(per[:i]))],
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     env=env,
@@ -189,7 +208,7 @@ def run(
         while server.poll() is None:
             if time.monotonic() > deadline:
                 raise RuntimeError("load test timed out")
-            st = _status(port)
+            st = _status(port, session_token(secret, 0))
             if st is not None and not rss_joined and st.active_sessions >= sessions:
                 dim = int(st.dim)
                 joined_s = time.monotonic() - t_join
@@ -269,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--server", help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--base", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--per-channel", type=int, default=50, help=argparse.SUPPRESS)
     p.add_argument("--join-batch", type=int, default=50, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

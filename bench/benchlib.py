@@ -9,7 +9,10 @@
   a generic bytes-in/bytes-out bidi stream moving the same bytes as an HGO round;
 * HGO client processes (:func:`hgo_clients`): ``hgo_worker.client.Worker`` sessions on
   one uvloop loop, each recording when it got each task and queued its first chunk;
-* :func:`server_t0`, :func:`traces`, :func:`pct`.
+* :func:`server_t0`, :func:`traces`, :func:`pct`;
+* authenticated sessions (:func:`bench_tokens`, :func:`session_token`): a tokens file with
+  one identity per session, as a deployment that enforces f has; the client processes
+  learn the run's secret from ``$HGO_BENCH_SECRET``, never from their command line.
 
 The client processes are this file run as a script (``--role raw-server | raw-client |
 hgo-client``); nothing here is collected by pytest.
@@ -46,6 +49,26 @@ CHUNK = DEFAULT_MAX_CHUNK_VALUES  # values per gradient chunk, as the worker sen
 RAW_METHOD = "/bench.Raw/Stream"
 OPTIONS = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+SECRET_ENV = "HGO_BENCH_SECRET"
+
+
+# ---------------------------------------------------------------------- identities
+
+
+def session_token(secret: str, i: int) -> str:
+    """The bearer token of session ``i`` (identity ``bench-i``) in a run with ``secret``."""
+    return f"bench-{i}-{secret}"
+
+
+def bench_tokens(path: Path, n: int) -> str:
+    """Write a tokens file with identities ``bench-0 .. bench-{n-1}`` to ``path``; returns the
+    run's secret (put it in ``$HGO_BENCH_SECRET`` of the client processes)."""
+    import secrets
+
+    secret = secrets.token_hex(8)  # tokens of 24+ bytes: the server's 16-byte rule holds
+    path.write_text("".join(f"bench-{i} {session_token(secret, i)}\n" for i in range(n)))
+    path.chmod(0o600)
+    return secret
 
 
 def loop_runner() -> asyncio.Runner:
@@ -317,6 +340,7 @@ async def hgo_clients(port: int, n: int, base: int, out: Path, compute: str, pro
     drawn from the profile, 0 = unthrottled) on this process's loop; writes their traces."""
     from hgo_worker.client import Worker, WorkerConfig
 
+    secret = os.environ.get(SECRET_ENV)
     if compute == "stub":
         stub_gradients()
     workers = []
@@ -325,6 +349,7 @@ async def hgo_clients(port: int, n: int, base: int, out: Path, compute: str, pro
             server=f"127.0.0.1:{port}", profile=profiles[i % len(profiles)], rate=rate, batch_size=32,
             seed=base + i, name=f"bench-{base + i}", reconnect_timeout=5.0,
             data_dir=Path(data_dir) if data_dir else None,
+            token=session_token(secret, base + i) if secret else None,
         )  # fmt: skip
         w = Worker(cfg)
         w.trace = []

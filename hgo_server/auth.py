@@ -28,32 +28,35 @@ without tokens). Only a worker's *identity* comes from here; which *session* a m
 belongs to is still checked by the servicer (``GradientChunk.session_id``), so one
 authenticated worker cannot act for another's session.
 
-A rejected call is answered ``UNAUTHENTICATED`` by a stand-in handler of the same streaming
-kind as the real one; the real handler never runs, so no session, counter or log line of
-the servicer is touched. A unary request is never deserialized: the stand-in's request
-deserializer returns None without looking at the bytes. The optional ``on_reject``
-callback (e.g. incrementing ``hgo_rejected_messages_total{reason="unauthenticated"}``) is
-the only side effect, and the log line for refused calls is rate-limited (one per 10 s,
-with the number held back).
+A rejected call is answered ``UNAUTHENTICATED`` from a gate around the real handler
+(``hgo_server.guard.around``) before that handler runs and before any request message is
+read: every method is served with request streaming (``guard.streaming_request``), so not
+even a unary request's body is buffered for an unauthenticated caller. The optional
+``on_reject`` callback (e.g. incrementing ``hgo_rejected_messages_total{reason="unauthenticated"}``)
+is the only side effect, and the log line for refused calls is rate-limited (one per 10 s,
+with the number held back). Failed guesses are rate-limited per peer host
+(:data:`FAIL_BURST`, :data:`FAIL_RATE`): beyond them a token is not even compared.
 
 Identities and the unit of robustness
 -------------------------------------
 The guarantee "at most f Byzantine workers among the sampled" counts *identities*
 (DESIGN.md §4). :func:`session_identity` decides the identity of a session: the
 tokens-file identity of its token; otherwise, under mutual TLS, the client certificate's
-identity (:func:`certificate_identity`: its subject alternative names, or its common
-name when it has none, as gRPC reports them); otherwise None — anonymous (the shared
+identity (:func:`certificate_identity`: its common name and subject alternative names,
+JSON-escaped; a certificate with neither is refused); otherwise None — anonymous (the shared
 ``--token``, or no authentication), for which f cannot be enforced.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import hmac
+import json
 import logging
 import os
 import stat
-from collections.abc import Awaitable, Callable, Collection, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,10 +64,12 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from hgo_common.errors import SpecError
-from hgo_common.net.credentials import read_pem
+from hgo_common.errors import HGOError, SpecError
+from hgo_common.net.credentials import check_token, read_pem
 
+from .guard import around, peer_host, streaming_request
 from .logsafe import RateLimitedLog, escape
+from .sessions import TokenBucket
 
 __all__ = [
     "SHARED_IDENTITY",
@@ -91,20 +96,44 @@ def current_identity() -> str | None:
     return _identity.get()
 
 
-def certificate_identity(context: Any) -> str | None:
-    """``x509:<SANs or CN>`` of the verified client certificate of the call; None without one.
+class NoUsableName(HGOError, ValueError):
+    """A verified client certificate with neither a common name nor a reported SAN."""
 
-    gRPC reports the peer's identities only when it verified the certificate (mutual TLS),
-    as the subject alternative names, or the common name when there are none.
+
+def certificate_identity(context: Any) -> str | None:
+    """The identity of the call's verified client certificate; None without one.
+
+    ``x509:`` followed by the JSON object ``{"cn": CN or null, "san": [sorted SANs]}``:
+    one identity per distinct (CN, SAN set), escaped by JSON, so the SANs ``[a, b]`` and
+    ``["a,b"]`` differ, and two certificates with one CN but different SANs differ.
+    gRPC reports a certificate's properties only when it verified it (mutual TLS).
+
+    Raises
+    ------
+    NoUsableName
+        The certificate has no common name and no SAN gRPC reports (for example only
+        ``otherName`` SANs): it cannot be told apart from others like it.
     """
     try:
-        names = context.peer_identities()
+        props = context.auth_context() or {}
     except Exception:  # not an ssl call, or a context without auth data
         return None
-    if not names:
+    if not props.get("x509_pem_cert"):
         return None
-    text = ",".join(sorted(n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in names))
-    return f"x509:{text}"
+
+    def text(v: Any) -> str:
+        return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+
+    cns = [text(v) for v in props.get("x509_common_name", ()) if text(v)]
+    sans = sorted(text(v) for v in props.get("x509_subject_alternative_name", ()) if text(v))
+    if not cns and not sans:
+        subject = escape(text((props.get("x509_subject") or [b""])[0]), 200)
+        raise NoUsableName(
+            f"client certificate {subject!r} has no common name and no DNS/IP/URI/email SAN: "
+            "it cannot be told apart from other certificates"
+        )
+    doc = {"cn": cns[0] if cns else None, "san": sans}
+    return "x509:" + json.dumps(doc, separators=(",", ":"), ensure_ascii=True)
 
 
 def session_identity(context: Any) -> str | None:
@@ -243,6 +272,10 @@ def parse_tokens_entries(path: Path | str) -> list[tuple[str, str, int | None]]:
                 f"got {len(fields)} field(s){hint}"
             )
         identity, token = fields
+        try:
+            check_token(token, f"{p}:{lineno}")
+        except ValueError as exc:
+            raise TokenFileError(str(exc)) from None
         if identity == SHARED_IDENTITY:
             raise TokenFileError(f"{p}:{lineno}: worker id {SHARED_IDENTITY!r} is reserved for --token")
         if token in seen:
@@ -266,44 +299,29 @@ def _token_from_metadata(metadata: Iterable[tuple[str, Any]] | None) -> str | No
     return None
 
 
-async def _reject(context: grpc.aio.ServicerContext[Any, Any], message: str) -> None:
-    await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-
-
-def _reject_handler(kind: grpc.RpcMethodHandler[Any, Any], message: str) -> grpc.RpcMethodHandler[Any, Any]:
-    """A handler of the same streaming kind as ``kind`` that aborts before reading a message."""
-
-    async def unary_in(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        await _reject(context, message)
-
-    async def stream_in(request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        await _reject(context, message)
-
-    if kind.request_streaming and kind.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(stream_in)
-    if kind.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(stream_in)
-    # Unary requests: grpc reads the single request (within the receive limit) before
-    # calling us; it is never parsed (the deserializer ignores the bytes) nor used.
-    if kind.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(unary_in, request_deserializer=_ignore)
-    return grpc.unary_unary_rpc_method_handler(unary_in, request_deserializer=_ignore)
-
-
-def _ignore(data: bytes) -> None:
-    return None
+FAIL_BURST = 20
+"""Failed token guesses a peer may make at once; then :data:`FAIL_RATE` per second."""
+FAIL_RATE = 1.0
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Reject calls without a valid ``authorization: Bearer <token>`` with UNAUTHENTICATED.
 
+    The check runs when the call starts, before its handler and before any request
+    message is read (a unary-request handler is turned into a request-streaming one,
+    ``hgo_server.guard.streaming_request``, so even its one request waits for the
+    check). A peer host that failed more than :data:`FAIL_BURST` guesses, refilled at
+    :data:`FAIL_RATE` per second, gets RESOURCE_EXHAUSTED without its token being
+    compared at all (guessing is rate-limited per peer, not only counted).
+
     Parameters
     ----------
     store : TokenStore
-        The accepted tokens.
+        The accepted tokens (:meth:`reload` replaces them).
     on_reject : callable, optional
-        Called with the reason (``"unauthenticated"``) for every rejected call, e.g. to
-        count it in ``hgo_rejected_messages_total``. Exceptions from it are logged, not raised.
+        Called with the reason (``"unauthenticated"``, ``"auth-rate"``) for every rejected
+        call, e.g. to count it in ``hgo_rejected_messages_total``. Exceptions from it are
+        logged, not raised.
     exempt : collection of str
         Full method names (``"/hgo.v1.HGO/Status"``) that need no token.
     """
@@ -318,32 +336,67 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self.store = store
         self.on_reject = on_reject
         self.exempt = frozenset(exempt)
+        self._failures: dict[str, TokenBucket] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        # Looking the handler up does not run it; we need its kind to reject in kind.
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or method in self.exempt:
+        if handler is None:
+            return handler
+        handler = streaming_request(handler)
+        if method in self.exempt:
             return handler
         token = _token_from_metadata(handler_call_details.invocation_metadata)
+
+        @contextlib.asynccontextmanager
+        async def gate(context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
+            await self._check(context, method, token)
+            yield
+
+        return around(handler, gate)
+
+    async def _check(
+        self, context: grpc.aio.ServicerContext[Any, Any], method: str, token: str | None
+    ) -> None:
+        """Set the call's identity, or abort the call (UNAUTHENTICATED; RESOURCE_EXHAUSTED
+        over the guess rate)."""
+        peer = peer_host(context)
+        if token is not None:
+            bucket = self._failures.get(peer)
+            if bucket is not None and bucket.take(0.0) > 0:
+                self._count("auth-rate")
+                _refusals.log(logging.WARNING, "auth-rate", "refused %s from %s: too many failed tokens",
+                              escape(method), escape(peer))  # fmt: skip
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"too many invalid tokens from this address; at most {FAIL_RATE:g} guesses/s",
+                )
         identity = self.store.identify(token) if token is not None else None
         if identity is None:
             problem = "missing bearer token" if token is None else "invalid token"
+            if token is not None:
+                if peer not in self._failures and len(self._failures) > 100_000:
+                    self._failures.clear()  # bounded whatever the number of addresses
+                self._failures.setdefault(peer, TokenBucket(FAIL_RATE, FAIL_BURST)).take(1.0)
             # never log the token itself; one line per 10 s (the counter keeps the full count)
             _refusals.log(logging.INFO, "unauthenticated", "rejected %s: %s", escape(method), problem)
-            if self.on_reject is not None:
-                try:
-                    self.on_reject("unauthenticated")
-                except Exception:  # a metrics bug must not turn a rejection into an accept
-                    log.exception("on_reject callback failed")
-            return _reject_handler(handler, f"{problem}: send metadata 'authorization: Bearer <token>'")
-        # Same Context for the interceptor chain and the handler (grpc.aio contract).
+            self._count("unauthenticated")
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED, f"{problem}: send metadata 'authorization: Bearer <token>'"
+            )
+        # The gate runs in the handler's task: the handler sees this identity.
         _identity.set(identity)
-        return handler
+
+    def _count(self, reason: str) -> None:
+        if self.on_reject is not None:
+            try:
+                self.on_reject(reason)
+            except Exception:  # a metrics bug must not turn a rejection into an accept
+                log.exception("on_reject callback failed")
 
 
 def server_credentials(

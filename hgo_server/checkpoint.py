@@ -253,7 +253,9 @@ def save(directory: Path | str, state: State, keep: int = 3) -> Path:
     return final
 
 
-def load(path: Path | str, *, model: str | None = None, dim: int | None = None) -> State:
+def load(
+    path: Path | str, *, model: str | None = None, dim: int | None = None, finite: bool = False
+) -> State:
     """Read and verify one checkpoint file.
 
     Raises
@@ -261,7 +263,8 @@ def load(path: Path | str, *, model: str | None = None, dim: int | None = None) 
     CheckpointError
         Bad magic, unknown format version, truncated file, metadata or weights checksum
         mismatch, unparsable metadata, trailing bytes, or (when given) another ``model`` /
-        ``dim`` than expected. The message names the file and the problem.
+        ``dim`` than expected; with ``finite``, weights holding inf or NaN. The message
+        names the file and the problem.
     """
     p = Path(path)
     try:
@@ -319,10 +322,19 @@ def load(path: Path | str, *, model: str | None = None, dim: int | None = None) 
     if dim is not None and m_dim != dim:
         raise CheckpointMismatch(p, f"written for dimension d={m_dim}, this server's model has d={dim}")
     weights = np.frombuffer(payload, dtype=dtype).astype(dtype.newbyteorder("="), copy=True)
+    bad = int(np.count_nonzero(~np.isfinite(weights))) if finite else 0
+    if bad:
+        # Valid checksums say the file is what was written, not that the model is usable: a
+        # run poisoned before it was saved would resume by sending inf/NaN to every worker.
+        raise CheckpointError(
+            p, f"{bad} of {weights.size} weights are not finite (inf or NaN); refusing to resume from it"
+        )
     return State(round=m_round, weights=weights, model=m_model, dim=m_dim, config=config, extra=extra)
 
 
-def load_latest(directory: Path | str, *, model: str, dim: int, fallback: bool = False) -> State | None:
+def load_latest(
+    directory: Path | str, *, model: str, dim: int, fallback: bool = False, finite: bool = False
+) -> State | None:
     """The newest checkpoint in ``directory``, verified; ``None`` when there is none.
 
     Parameters
@@ -331,6 +343,9 @@ def load_latest(directory: Path | str, *, model: str, dim: int, fallback: bool =
         A missing directory holds no checkpoints (returns None).
     model, dim : str, int
         What the running server trains; a checkpoint for anything else is refused.
+    finite : bool
+        True: a checkpoint whose weights hold inf or NaN is refused like a corrupt one
+        (the server's ``--resume``; see :func:`load`).
     fallback : bool
         False (the default): a corrupt newest checkpoint raises CheckpointError (the module
         docstring explains this choice). True: corrupt files are skipped with a logged
@@ -348,7 +363,7 @@ def load_latest(directory: Path | str, *, model: str, dim: int, fallback: bool =
     first_error: CheckpointError | None = None
     for i, path in enumerate(reversed(files)):
         try:
-            return load(path, model=model, dim=dim)
+            return load(path, model=model, dim=dim, finite=finite)
         except CheckpointError as exc:
             mismatch = isinstance(exc, CheckpointMismatch)
             older = files[: len(files) - 1 - i]

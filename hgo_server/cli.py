@@ -56,7 +56,11 @@ async def amain(cfg: ServerConfig) -> int:
     running, port = await start_server(cfg, metrics=metrics)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
+        # stop sampling, close the open round, checkpoint (--checkpoint-dir), Stop the workers
         loop.add_signal_handler(sig, running.request_stop)
+    # Reload --tokens-file (revoke removed identities); SIGHUP's default would kill the
+    # server without a checkpoint or a Stop.
+    loop.add_signal_handler(signal.SIGHUP, running.reload_tokens)
     try:
         print(f"hgo-server listening on {cfg.bind}:{port}", flush=True)
         if cfg.port_file:
@@ -70,13 +74,25 @@ async def amain(cfg: ServerConfig) -> int:
         summary = await running.run()
     finally:
         await running.stop()
-    metric = "nan" if math.isnan(summary.metric) else f"{summary.metric:.4f}"
+    if summary.rounds == 0:  # stopped before training: an untrained model's score is no result
+        result = "(no round trained)"
+    else:
+        metric = "nan" if math.isnan(summary.metric) else f"{summary.metric:.4f}"
+        result = f"{summary.metric_name}={metric}"
     print(
         f"hgo-server {'done' if summary.completed else 'stopped'}: rounds={summary.rounds} "
-        f"{summary.metric_name}={metric} wall={summary.wall_s:.1f}s",
+        f"{result} wall={summary.wall_s:.1f}s",
         flush=True,
     )
+    if running.export_error is not None:
+        print(f"hgo-server: error: {running.export_error}", file=sys.stderr, flush=True)
+        return 1
     return 0 if summary.completed else cfg.stop_exit_code
+
+
+NOFILE_WARN = 4096
+"""Below this open-file limit the server warns at start (1,100 idle connections locked honest
+workers out at 1,024: docs/reliability.md)."""
 
 
 def raise_nofile(target: int | None = None) -> tuple[int, int]:
@@ -117,6 +133,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         soft, hard = raise_nofile(cfg.nofile)
         logging.getLogger("hgo.server").info("open-file limit (RLIMIT_NOFILE): %d (hard %d)", soft, hard)
+        if 0 <= soft < NOFILE_WARN:
+            logging.getLogger("hgo.server").warning(
+                "the open-file limit is %d: about that many connections (idle ones included) fill it, "
+                "and then honest workers cannot join; raise the hard limit (ulimit -Hn, LimitNOFILE=, "
+                "docker --ulimit nofile=) to at least %d", soft, NOFILE_WARN,
+            )  # fmt: skip
         return _run(amain(cfg))
     except ConfigError as exc:
         print(f"hgo-server: error: {exc}", file=sys.stderr, flush=True)

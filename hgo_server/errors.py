@@ -2,7 +2,7 @@
 from hgo_common.errors import HGOError
 
 The servicer maps each class to one gRPC status code, in one place
-(``hgo_server.servicer.STATUS_CODES``); round logic never sees gRPC.
+(``hgo_server.service.STATUS_CODES``); round logic never sees gRPC.
 
 Exception tree::
 

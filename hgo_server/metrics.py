@@ -3,7 +3,8 @@
 One :class:`ServerMetrics` per server object, each on its own registry unless told
 otherwise, so several in-process servers (the tests) never share counters. The CLI
 registers on prometheus_client's default registry and serves it with
-``start_http_server`` on ``--metrics-bind`` (default ``--bind``) : ``--metrics-port``.
+``hgo_common.metrics_http.serve`` (bounded connections) on ``--metrics-bind`` (default
+``--bind``) : ``--metrics-port``.
 
 The round-duration buckets are cut around the deadline τ (:func:`round_buckets`): a
 round lasts about τ (a little more: the broadcast, the last chunks, the update) or less
@@ -17,7 +18,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 # Aggregation durations, and rounds when τ is infinite: from sub-millisecond rounds in
 # tests to minute-long sgd rounds with tau = inf.
@@ -149,5 +150,7 @@ class ServerMetrics:
         return cls(registry, tau_ms=cfg.tau_ms, tau_min_ms=tau_min)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
-        """Expose /metrics on ``port`` (a daemon thread of prometheus_client)."""
-        start_http_server(port, addr=addr, registry=self.registry)
+        """Expose /metrics on ``port`` (a daemon thread; connections bounded, hgo_common.metrics_http)."""
+        from hgo_common import metrics_http
+
+        metrics_http.serve(self.registry, port, addr)

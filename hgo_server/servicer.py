@@ -1,16 +1,16 @@
-"""The gRPC transport of the parameter server: protobuf in, plain calls, protobuf out.
+"""The gRPC server of the parameter server: channel options, limits and the factory.
 
-The servicer decodes each ``WorkerMessage``, calls the matching method of
-:class:`hgo_server.server.Server`, and writes the ``ServerMessage`` form of whatever the
-server put in the session's outbox. Domain errors become gRPC status codes in one
-table, :data:`STATUS_CODES`; nothing here knows what a round is.
+:func:`start_server` builds the :class:`~hgo_server.server.Server`, binds (port 0 when
+asked: tests never guess ports) and returns the running server and its port, with the
+channel options that let big models and thousands of streams through (docs/design.md §8)
+and the limits that bound what unauthenticated or idle peers can hold.
 
-Also here: :func:`start_server`, the factory that binds (port 0 when asked: tests never
-guess ports) and returns the running server and its port, with the channel options
-that let big models and thousands of streams through (docs/design.md §8).
+The layers, one module each: ``hgo_server.service`` (the ``hgo.v1.HGO`` handlers and the
+one table of status codes, :data:`STATUS_CODES`), ``hgo_server.codec`` (protobuf in and
+out), ``hgo_server.auth`` (tokens and TLS), ``hgo_server.health_service`` (grpc.health.v1).
 
 Serialize once: the ``Session`` method handler uses a response serializer that passes
-``bytes`` through, and a round's :class:`~hgo_server.server.Task` caches its
+``bytes`` through, and a round's :class:`~hgo_server.messages.Task` caches its
 serialized form, so w_k is encoded to float32 once and serialized to protobuf once
 per round, whatever q is.
 """
@@ -21,50 +21,41 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import grpc.aio
-from google.protobuf.message import DecodeError
 
-from hgo_common.net import mapping
 from hgo_common.net.proto import hgo_pb2
 from hgo_common.net.protocol import SERVICE, vector_fit_error
 
-from . import auth, errors, health_service, messages
+from . import auth, health_service, messages
+from .codec import BadMessage, deserializer, encode, serializer, status_request
 from .config import ConfigError, ServerConfig
-from .logsafe import RateLimitedLog, escape
+from .guard import CallLimits, trim_memory
 from .metrics import ServerMetrics
+from .persistence import ExportError
 from .server import Server
-from .sessions import SessionRecord, TokenBucket
+from .service import STATUS_CODES, HGOServicer, status_code
 from .setup import Setup
 
+__all__ = [
+    "STATUS_CODES", "BadMessage", "HGOServicer", "RunningServer", "channel_options", "encode",
+    "receive_limits", "start_server", "status_code",
+]  # fmt: skip
+
 log = logging.getLogger("hgo.servicer")
-_limited = RateLimitedLog(log, interval=10.0)
 
 STOP_GRACE_S = 3.0
-WRITE_GRACE_S = 2.0  # a write still pending when its session ends waits this long, then is dropped
 RECEIVE_MARGIN = 4096
 """Bytes a worker message may carry beyond its chunk values: the envelope, round, offset,
 session id, and the Join's name/profile or a Leave's reason (a few hundred bytes)."""
-STATUS_CODES: dict[type[errors.ProtocolError], grpc.StatusCode] = {
-    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
-    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
-    errors.Aborted: grpc.StatusCode.ABORTED,  # replaced by a newer session (a worker reconnects)
-}
-
-
-def status_code(exc: errors.ProtocolError) -> grpc.StatusCode:
-    """The gRPC status for a protocol error (the one mapping of the transport)."""
-    for cls in type(exc).__mro__:
-        if cls in STATUS_CODES:
-            return STATUS_CODES[cls]
-    return grpc.StatusCode.INVALID_ARGUMENT
+MAX_CALLS = 20_000
+"""Concurrent calls the server holds at once, all peers together (``guard.CallLimits``)."""
+MAX_CALLS_PER_PEER = 10_000
+"""Concurrent calls one peer address holds (many workers may share one address: NAT)."""
+TRIM_EVERY_S = 10.0
+"""How often freed memory is handed back to the kernel once many calls have ended."""
 
 
 def receive_limits(cfg: ServerConfig) -> tuple[int, int]:
@@ -108,231 +99,15 @@ def channel_options(cfg: ServerConfig) -> list[tuple[str, Any]]:
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
         # Two servers on one port must fail loudly, not share it.
         ("grpc.so_reuseport", 0),
+        # Streams one connection may carry at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
+        # Workers in one process share one connection (gRPC's global subchannel pool), so
+        # this follows the per-address session cap, not 1.
+        ("grpc.max_concurrent_streams", max(64, int(cfg.max_sessions_per_peer or 1024)) + 16),
     ]
 
 
-# ---------------------------------------------------------------------------- encoding
-
-
-def encode(msg: messages.Outgoing) -> bytes:
-    """The serialized ``ServerMessage`` for one outbox entry (a Task is serialized once)."""
-    if isinstance(msg, messages.End):
-        raise TypeError("End is not a wire message")
-    return mapping.server_bytes(msg)
-
-
-def _consume(fut: asyncio.Future[Any]) -> None:
-    """Retrieve an abandoned write's outcome (its call is over; nothing is left to report)."""
-    if not fut.cancelled():
-        fut.exception()
-
-
-def peer_host(context: Any) -> str:
-    """The host part of ``context.peer()`` (``ipv4:127.0.0.1:5000`` -> ``ipv4:127.0.0.1``)."""
-    try:
-        peer = str(context.peer() or "")
-    except Exception:
-        return ""
-    if peer.startswith(("ipv4:", "ipv6:")):
-        host, _, _port = peer.rpartition(":")
-        return host
-    return peer
-
-
-@dataclass(frozen=True)
-class BadMessage:
-    """Stands in for a worker message that could not be accepted as bytes (too big, not protobuf)."""
-
-    error: errors.ProtocolError
-
-
-# ---------------------------------------------------------------------------- servicer
-
-
-class HGOServicer:
-    """``hgo.v1.HGO``: the Session stream and the Status call."""
-
-    def __init__(self, core: Server) -> None:
-        self.core = core
-        self.join_timeout_s = core.cfg.join_timeout / 1000.0
-
-    async def Session(
-        self,
-        requests: AsyncIterator[hgo_pb2.WorkerMessage | BadMessage],
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> None:
-        core = self.core
-        try:
-            first = await asyncio.wait_for(anext(aiter(requests)), self.join_timeout_s)
-        except StopAsyncIteration:
-            return
-        except TimeoutError:
-            core.reject("join-timeout")
-            await context.abort(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                f"no Join within {self.join_timeout_s:g} s (--join-timeout)",
-            )
-        if isinstance(first, BadMessage):
-            core.reject(first.error.reason)
-            await context.abort(status_code(first.error), str(first.error))
-        if first.WhichOneof("kind") != "join":
-            core.reject("bad-first-message")
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"the first message of a session must be a Join, got {first.WhichOneof('kind')!r}",
-            )
-        try:
-            join = mapping.worker_from_proto(first)
-            assert isinstance(join, messages.JoinRequest)  # the kind was checked above
-            sess = core.join(join, auth.session_identity(context), peer_host(context))
-        except errors.ProtocolError as exc:
-            await context.abort(status_code(exc), str(exc))
-        reader = asyncio.create_task(self._read(requests, sess))
-        ended = asyncio.ensure_future(sess.ended.wait())
-        error: errors.ProtocolError | None = None
-        write: asyncio.Future[None] | None = None
-        try:
-            while True:
-                msg = await sess.outbox.get()
-                if isinstance(msg, messages.End):
-                    error = msg.error
-                    break
-                if core.outdated(msg):
-                    continue
-                # bytes: the response serializer passes them through. A write completes only
-                # when the peer reads; a session ended meanwhile (rejected, evicted, replaced)
-                # must not leave its call parked on a peer that never reads.
-                write = asyncio.ensure_future(context.write(encode(msg)))
-                await asyncio.wait((write, ended), return_when=asyncio.FIRST_COMPLETED)
-                if not write.done():
-                    # ended meanwhile: give a peer that is reading a moment, so it gets the
-                    # real status; one that is not (a stalled reader) loses its call
-                    await asyncio.wait((write,), timeout=WRITE_GRACE_S)
-                    if not write.done():
-                        write.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await write
-                    error = sess.end_error
-                    break
-                write.result()
-                if isinstance(msg, messages.Stop):
-                    break
-        except asyncio.CancelledError:
-            if core.stopping:
-                return  # the server is stopping and gRPC cancels the streams still open: not an error
-            raise
-        finally:
-            ended.cancel()
-            reader.cancel()
-            if write is not None and not write.done():  # the handler itself was cancelled
-                write.cancel()
-                write.add_done_callback(_consume)
-            core.leave(sess, "stream ended")
-        if error is not None:
-            await context.abort(status_code(error), str(error))
-
-    async def _read(
-        self, requests: AsyncIterator[hgo_pb2.WorkerMessage | BadMessage], sess: SessionRecord
-    ) -> None:
-        core = self.core
-        msgs = TokenBucket(core.session_msg_rate, core.session_msg_rate)
-        data = TokenBucket(core.session_byte_rate, core.session_byte_rate)
-        try:
-            async for msg in requests:
-                if isinstance(msg, BadMessage):
-                    core.reject(msg.error.reason)
-                    raise msg.error
-                size = msg.ByteSize()
-                sess.messages += 1
-                sess.received_bytes += size
-                # Over the session's rate: handle this message, then stop reading for as long
-                # as the buckets need to refill. The peer's flood waits in HTTP/2 flow control.
-                wait_msgs, wait_bytes = msgs.take(1.0), data.take(float(size))
-                m = mapping.worker_from_proto(msg)
-                if isinstance(m, messages.Chunk):
-                    core.on_chunk(sess, m.round, m.offset, m.values, m.session_id)
-                elif isinstance(m, messages.Beat):
-                    core.on_heartbeat(sess)
-                elif isinstance(m, messages.Leave):
-                    core.leave(sess, f"leave: {escape(m.reason, 200)}")
-                    return
-                elif isinstance(m, messages.JoinRequest):
-                    core.reject("duplicate-join")
-                    raise errors.InvalidArgument("duplicate-join", "a session sends exactly one Join, first")
-                else:
-                    core.reject("empty-message")
-                    raise errors.InvalidArgument("empty-message", "WorkerMessage with no kind set")
-                wait = max(wait_msgs, wait_bytes)
-                if wait > 0:
-                    core.metrics.rate_limited.labels(
-                        kind="messages" if wait_msgs >= wait_bytes else "bytes"
-                    ).inc()
-                    await asyncio.sleep(wait)
-            core.leave(sess, "stream closed by worker")
-        except errors.ProtocolError as exc:
-            _limited.log(
-                logging.INFO,
-                exc.reason,
-                "worker %d rejected (%s): %s",
-                sess.worker_id,
-                exc.reason,
-                escape(exc),
-            )
-            core.leave(sess, exc.reason, exc)
-        except asyncio.CancelledError:
-            raise
-        except grpc.aio.AioRpcError:
-            core.leave(sess, "stream error")
-        except Exception:  # never let one bad stream take the server down
-            log.exception("worker %d: unexpected error while reading its stream", sess.worker_id)
-            core.leave(sess, "internal error")
-
-    async def Status(
-        self, request: hgo_pb2.StatusRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> hgo_pb2.StatusReply:
-        return mapping.status_proto(self.core.status())
-
-
-def _status_request(data: bytes) -> hgo_pb2.StatusRequest:
-    # StatusRequest has no fields: its body is not parsed (nothing in it can matter).
-    return hgo_pb2.StatusRequest()
-
-
 def _handlers(servicer: HGOServicer, metrics: ServerMetrics, limit: int) -> grpc.GenericRpcHandler[Any, Any]:
-    def deserialize(data: bytes) -> hgo_pb2.WorkerMessage | BadMessage:
-        # Never raise here: gRPC would end the call with UNKNOWN and nothing counted.
-        metrics.received_bytes.inc(len(data))
-        # Size first, then syntax, then unknown fields: all fatal, all counted, before the
-        # servicer classifies the message (late, not sampled, ...).
-        if len(data) > limit:
-            return BadMessage(
-                errors.ResourceExhausted(
-                    "oversized-message",
-                    f"message larger than the receive limit ({len(data)} vs. {limit} bytes = "
-                    "4 * max_chunk_values + margin)",
-                )
-            )
-        try:
-            msg = hgo_pb2.WorkerMessage.FromString(data)
-        except DecodeError as exc:
-            return BadMessage(errors.InvalidArgument("undecodable", f"not a hgo.v1.WorkerMessage: {exc}"))
-        msg.DiscardUnknownFields()
-        if msg.ByteSize() != len(data):
-            # Unknown fields (padding) or a non-canonical encoding: no hgo.v1 client sends either.
-            return BadMessage(
-                errors.InvalidArgument(
-                    "unknown-fields",
-                    f"message carries {len(data) - msg.ByteSize()} bytes of unknown fields or non-canonical "
-                    "encoding (hgo.v1 has none)",
-                )
-            )
-        return msg
-
-    def serialize(msg: bytes | hgo_pb2.ServerMessage) -> bytes:
-        data = msg if isinstance(msg, bytes) else msg.SerializeToString()
-        metrics.sent_bytes.inc(len(data))
-        return data
-
+    deserialize, serialize = deserializer(metrics, limit), serializer(metrics)
     return grpc.method_handlers_generic_handler(
         SERVICE,
         {
@@ -341,7 +116,7 @@ def _handlers(servicer: HGOServicer, metrics: ServerMetrics, limit: int) -> grpc
             ),
             "Status": grpc.unary_unary_rpc_method_handler(
                 servicer.Status,
-                request_deserializer=_status_request,
+                request_deserializer=status_request,
                 response_serializer=hgo_pb2.StatusReply.SerializeToString,
             ),
         },
@@ -361,8 +136,22 @@ class RunningServer:
         self.grpc_server = grpc_server
         self.port = port
         self.health = health
+        self.limits: CallLimits | None = None
+        self.export_error: str | None = None  # --export failed at the end (the CLI exits 1)
+        self.auth: auth.AuthInterceptor | None = None
         health.start()
         self._beats = asyncio.create_task(core.heartbeats())
+        self._trim = asyncio.create_task(self._trim_memory())
+
+    async def _trim_memory(self) -> None:
+        """After a burst of calls ends (an attack, a crowd reconnecting), hand the freed heap
+        back to the kernel: otherwise RSS stays at its peak (the red team: 1,454 MB 30 s later)."""
+        while True:
+            await asyncio.sleep(TRIM_EVERY_S)
+            lim = self.limits
+            if lim is not None and lim.peak >= 256 and lim.active <= lim.peak // 2:
+                await asyncio.to_thread(trim_memory)  # off the loop: it walks the heap
+                lim.peak = lim.active
 
     async def run(self) -> messages.Summary:
         """Train to the end (or until :meth:`request_stop`); Stop messages are queued.
@@ -371,19 +160,58 @@ class RunningServer:
         ``completed: false`` then).
         """
         summary = await self.core.run()
-        await self.core.export_model(summary.rounds, completed=summary.completed)
+        if summary.rounds == 0:
+            log.info("no round was trained: nothing exported")
+            return summary
+        try:
+            await self.core.export_model(summary.rounds, completed=summary.completed)
+        except ExportError as exc:
+            log.error("%s", exc)
+            self.export_error = str(exc)
         return summary
 
     def request_stop(self) -> None:
         self.core.request_stop()
 
+    def reload_tokens(self) -> int | None:
+        """SIGHUP: read ``--tokens-file`` again. New tokens work at once; sessions of identities
+        the file no longer holds, or whose every token was replaced (a stolen token rotated),
+        end with PERMISSION_DENIED. A bad file is logged and the old tokens stay. Returns the
+        number of sessions ended (None when nothing was reloaded)."""
+        cfg, guard_auth = self.core.cfg, self.auth
+        if cfg.tokens_file is None or guard_auth is None:
+            log.warning("SIGHUP: no --tokens-file to reload; nothing changed")
+            return None
+        try:
+            store = auth.TokenStore.from_options(cfg.token, cfg.tokens_file)
+        except (ValueError, OSError) as exc:
+            log.error("SIGHUP: %s; the previous tokens stay in force", exc)
+            return None
+        assert store is not None
+        old = _tokens_by_identity(guard_auth.store)
+        new = _tokens_by_identity(store)
+        try:
+            self.core.set_identities(store.identities(), store.shards, enforceable=self.core.f_enforceable)
+        except ConfigError as exc:
+            log.error("SIGHUP: %s; the previous tokens stay in force", exc)
+            return None
+        guard_auth.store = store
+        gone = {ident for ident, toks in old.items() if not toks & new.get(ident, set())}
+        ended = self.core.revoke(gone, "was removed from the tokens file (or all its tokens replaced)")
+        log.info(
+            "SIGHUP: tokens file %s reloaded: %d identities, %d revoked, %d sessions ended",
+            cfg.tokens_file, len(new), len(gone), ended,
+        )  # fmt: skip
+        return ended
+
     async def stop(self, grace: float = STOP_GRACE_S) -> None:
         """Stop serving: open streams get ``grace`` seconds to flush (their Stop message)."""
         self.core.request_stop()
         await self.health.shutdown()
-        self._beats.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._beats
+        for task in (self._beats, self._trim):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await self.grpc_server.stop(grace)
         self.core.close()
 
@@ -415,6 +243,13 @@ def _identities(core: Server, cfg: ServerConfig, store: auth.TokenStore | None) 
         )  # fmt: skip
 
 
+def _tokens_by_identity(store: auth.TokenStore) -> dict[str, set[bytes]]:
+    out: dict[str, set[bytes]] = {}
+    for ident, tok in store.entries:
+        out.setdefault(ident, set()).add(tok)
+    return out
+
+
 def _address(bind: str, port: int) -> str:
     host = f"[{bind}]" if ":" in bind and not bind.startswith("[") else bind
     return f"{host}:{port}"
@@ -436,8 +271,15 @@ async def start_server(
     if metrics is None:
         metrics = ServerMetrics.for_config(cfg)  # round-duration buckets around this run's tau
     core = Server(cfg, metrics=metrics, setup=setup)
+    try:
+        core.check_export_path()
+    except ConfigError:
+        core.close()
+        raise
     core.metrics.set_run_info(cfg, model=core.spec.model)
-    interceptors: list[grpc.aio.ServerInterceptor] = []  # type: ignore[type-arg]
+    limits = CallLimits(MAX_CALLS, MAX_CALLS_PER_PEER, on_reject=core.reject)
+    interceptors: list[grpc.aio.ServerInterceptor] = [limits]  # type: ignore[type-arg]
+    guard_auth: auth.AuthInterceptor | None = None
     creds = None
     if cfg.token is not None or cfg.tokens_file is not None or cfg.tls_cert is not None:
         try:
@@ -447,9 +289,8 @@ async def start_server(
         except (ValueError, OSError) as exc:
             raise ConfigError(str(exc)) from None
         if store is not None:
-            interceptors.append(
-                auth.AuthInterceptor(store, on_reject=core.reject, exempt=health_service.METHODS)
-            )
+            guard_auth = auth.AuthInterceptor(store, on_reject=core.reject, exempt=health_service.METHODS)
+            interceptors.append(guard_auth)
     else:
         store = None
     _identities(core, cfg, store)
@@ -475,4 +316,6 @@ async def start_server(
         "serving on %s: d=%d model=%s dataset=%s tau=%s", _address(cfg.bind, port), core.d, core.spec.model,
         cfg.dataset, "inf" if math.isinf(cfg.tau_ms) else f"{cfg.tau_ms:g} ms",
     )  # fmt: skip
-    return RunningServer(core, gs, port, health), port
+    running = RunningServer(core, gs, port, health)
+    running.limits, running.auth = limits, guard_auth
+    return running, port

@@ -113,9 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port (default: off)"
     )
     p.add_argument(
-        "--metrics-bind", default="0.0.0.0", metavar="ADDR",
-        help="address of the metrics endpoint (default 0.0.0.0: scraped from other hosts; 127.0.0.1 keeps "
-        "it local)",
+        "--metrics-bind", default="127.0.0.1", metavar="ADDR",
+        help="address of the metrics endpoint (default 127.0.0.1: this host only; 0.0.0.0 lets other hosts "
+        "scrape it)",
     )
     p.add_argument("--name", default="", help="a label for the server's logs (default host-pid)")
     p.add_argument(

@@ -133,12 +133,14 @@ class FleetCollector:
 
 def serve_metrics(workers: Sequence[Worker], port: int, addr: str = "0.0.0.0") -> int:
     """Serve every session's metrics on one ``/metrics``; returns the bound port."""
-    from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+    from prometheus_client import CollectorRegistry, ProcessCollector
+
+    from hgo_common import metrics_http
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FleetCollector((w.name, w.metrics.registry) for w in workers))
     ProcessCollector(registry=registry)  # the one process hosting every session
-    server, _thread = start_http_server(port, addr=addr, registry=registry)
+    server = metrics_http.serve(registry, port, addr)  # bounded connections (issue 20)
     return int(server.server_port)
 
 

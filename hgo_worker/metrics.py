@@ -51,18 +51,25 @@ class WorkerMetrics:
         for m in self._m.values():
             m.labels(profile=profile)  # export every series from the start, at 0
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> int:
-        """Expose /metrics on ``port`` (0 picks a free one); returns the bound port."""
+    def serve(self, port: int, addr: str = "127.0.0.1") -> int:
+        """Expose /metrics on ``addr:port`` (0 picks a free port); returns the bound port.
+
+        Loopback by default (a device's metrics are for its operator, ``--metrics-bind``
+        widens it); at most ``hgo_common.metrics_http.MAX_CONNECTIONS`` connections are
+        served at once, idle ones dropped after ``TIMEOUT_S``.
+        """
         if self.registry is None:
             raise ValueError("metrics are disabled; create WorkerMetrics(enabled=True) to serve them")
-        from prometheus_client import ProcessCollector, start_http_server
+        from prometheus_client import ProcessCollector
+
+        from hgo_common import metrics_http
 
         if not self._process:
             # CPU seconds, resident memory, open fds: once per served endpoint (a fleet's
             # combined /metrics adds its own), not once per session
             ProcessCollector(registry=self.registry)
             self._process = True
-        server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+        server = metrics_http.serve(self.registry, port, addr)
         return int(server.server_port)
 
     def _inc(self, key: str, amount: float = 1.0) -> None:

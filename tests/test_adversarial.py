@@ -545,7 +545,8 @@ async def log_injection(tmp_path: Path, caplog: pytest.LogCaptureFixture, second
                 await s.status(credentials.bearer_metadata("wrong-token-xxxxxxxx"))
             calls += 1
         elapsed = time.monotonic() - t0
-        assert s.rejected("unauthenticated") == calls
+        # every refused call is counted: as a wrong token, or beyond the per-peer guess rate
+        assert s.rejected("unauthenticated") + s.rejected("auth-rate") == calls
     lines = [ln for rec in caplog.records for ln in rec.getMessage().split("\n")]
     assert not any(ln.startswith("FORGED") for ln in lines), lines
     assert any("\\nFORGED" in ln for ln in lines)
@@ -657,7 +658,12 @@ async def unauthenticated_and_oversized(procs: ProcessGroup, tmp_path: Path, mib
             while attacker.poll() is None:
                 await asyncio.sleep(0.1)
             assert attacker.returncode == 0, procs.log(attacker)
-            assert "calls ['RESOURCE_EXHAUSTED']" in procs.log(attacker), procs.log(attacker)
+            # refused before the body is read (UNAUTHENTICATED at the call's start, issue 20), or by
+            # gRPC's size limit when the body's length prefix arrives first
+            codes = re.search(r"calls \[(.*)\]", procs.log(attacker))
+            assert codes, procs.log(attacker)
+            refused_as = set(codes.group(1).replace("'", "").split(", "))
+            assert refused_as <= {"UNAUTHENTICATED", "RESOURCE_EXHAUSTED"}, refused_as
             # authenticated: a padded heartbeat, an oversized first message, a huge late chunk
             for first, then in (
                 (join_message(name="m").SerializeToString(), padded_heartbeat(mib * 2**20)),
@@ -776,11 +782,11 @@ def test_resilience_flags_are_checked(flags: list[str], needle: str) -> None:
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
-        ("a tok-aaaaaaaa shard=x\n", "expected shard=N"),
-        ("a tok-aaaaaaaa shard=-1\n", "expected shard=N"),
-        ("a tok-aaaaaaaa 3\n", "expected 'worker-id token [shard=N]'"),
-        ("shared tok-aaaaaaaa\n", "reserved for --token"),
-        ("a tok-aaaaaaaa shard=1\na tok-bbbbbbbb shard=2\n", "is given shard 1 and shard 2"),
+        ("a tok-aaaaaaaaaaaa shard=x\n", "expected shard=N"),
+        ("a tok-aaaaaaaaaaaa shard=-1\n", "expected shard=N"),
+        ("a tok-aaaaaaaaaaaa 3\n", "expected 'worker-id token [shard=N]'"),
+        ("shared tok-aaaaaaaaaaaa\n", "reserved for --token"),
+        ("a tok-aaaaaaaaaaaa shard=1\na tok-bbbbbbbbbbbb shard=2\n", "is given shard 1 and shard 2"),
     ],
 )
 def test_tokens_file_shard_field_errors_name_the_line(tmp_path: Path, text: str, problem: str) -> None:
@@ -799,7 +805,7 @@ async def test_a_shard_outside_the_run_is_refused_at_start(tmp_path: Path) -> No
     from tests.wireclient import server_config
 
     f = tmp_path / "tokens"
-    f.write_text("a tok-aaaaaaaa shard=7\n")
+    f.write_text("a tok-aaaaaaaaaaaa shard=7\n")
     f.chmod(0o600)
     with pytest.raises(ConfigError, match=r"shard=7, outside \[0, 3\)"):
         await start_server(server_config(q=3, num_shards=3, tokens_file=str(f)))

@@ -90,25 +90,30 @@ def test_token_store_options(tmp_path: Path) -> None:
 
 def test_tokens_file(tmp_path: Path) -> None:
     f = tmp_path / "tokens"
-    lines = ["# workers of the lab", "", "worker-1  tok-aaa", "   # indented comment", "worker-2\ttok-bbb"]
-    f.write_text("\n".join([*lines, "worker-1 tok-ccc", ""]))
+    lines = [
+        "# workers of the lab", "", "worker-1  tok-aaa-0123456789", "   # indented comment",
+        "worker-2\ttok-bbb-0123456789",
+    ]  # fmt: skip
+    f.write_text("\n".join([*lines, "worker-1 tok-ccc-0123456789", ""]))
     f.chmod(0o600)
-    store = TokenStore.from_options("shared-x", f)
+    store = TokenStore.from_options("shared-x-0123456789", f)
     assert store is not None and len(store) == 4
-    assert store.identify("tok-aaa") == "worker-1"
-    assert store.identify("tok-ccc") == "worker-1"  # rotation: two tokens for one worker
-    assert store.identify("tok-bbb") == "worker-2"
-    assert store.identify("shared-x") == "shared"
+    assert store.identify("tok-aaa-0123456789") == "worker-1"
+    assert store.identify("tok-ccc-0123456789") == "worker-1"  # rotation: two tokens for one worker
+    assert store.identify("tok-bbb-0123456789") == "worker-2"
+    assert store.identify("shared-x-0123456789") == "shared"
     assert store.identify("worker-1") is None
 
 
 @pytest.mark.parametrize(
     ("text", "where", "problem"),
     [
-        ("worker-1 tok\nworker-2\n", ":2:", "got 1 field"),
-        ("w1 a\n\nw2 b c\n", ":3:", "got 3 field"),
+        ("worker-1 tok-0123456789abcdef\nworker-2\n", ":2:", "got 1 field"),
+        ("w1 aaaaaaaaaaaaaaaa\n\nw2 b c\n", ":3:", "got 3 field"),
         ("w1 a  # trailing comment\n", ":1:", "comments go on their own line"),
-        ("w1 same\nw2 same\n", ":2:", "already used on line 1"),
+        ("w1 same-0123456789ab\nw2 same-0123456789ab\n", ":2:", "already used on line 1"),
+        ("w1 tok-0123456789abcdef\nw2 short\n", ":2:", "the token is 5 bytes, shorter than the 16"),
+        ("w1 tok-0123456789abcdef\nw2 change-me-before-use\n", ":2:", "placeholder"),
         ("# nothing\n\n", "", "no 'worker-id token' lines"),
     ],
 )
@@ -122,14 +127,14 @@ def test_bad_tokens_file_names_file_and_line(tmp_path: Path, text: str, where: s
 
 def test_shared_token_may_not_equal_a_file_token(tmp_path: Path) -> None:
     f = tmp_path / "tokens"
-    f.write_text("w1 tok\n")
+    f.write_text("w1 tok-0123456789abcdef\n")
     with pytest.raises(ValueError, match="already the token"):
-        TokenStore.from_options("tok", f)
+        TokenStore.from_options("tok-0123456789abcdef", f)
 
 
 def test_world_readable_tokens_file_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     f = tmp_path / "tokens"
-    f.write_text("w1 tok\n")
+    f.write_text("w1 tok-0123456789abcdef\n")
     f.chmod(0o644)
     with caplog.at_level("WARNING", logger="hgo_server.auth"):
         TokenStore.from_options(None, f)
@@ -138,8 +143,8 @@ def test_world_readable_tokens_file_warns(tmp_path: Path, caplog: pytest.LogCapt
 
 def test_identify_uses_compare_digest(monkeypatch: pytest.MonkeyPatch) -> None:
     store = TokenStore()
-    store.add("a", "tok-a")
-    store.add("b", "tok-b")
+    store.add("a", "tok-a-0123456789ab")
+    store.add("b", "tok-b-0123456789ab")
     seen: list[tuple[bytes, bytes]] = []
     real = auth.hmac.compare_digest
 
@@ -148,7 +153,7 @@ def test_identify_uses_compare_digest(monkeypatch: pytest.MonkeyPatch) -> None:
         return real(x, y)
 
     monkeypatch.setattr(auth.hmac, "compare_digest", spy)
-    assert store.identify("tok-a") == "a"
+    assert store.identify("tok-a-0123456789ab") == "a"
     assert len(seen) == 2  # no early exit on the first match
 
 
@@ -209,7 +214,7 @@ async def test_session_rejected_before_any_message_is_read() -> None:
 
 async def test_per_worker_identities_and_exempt_methods(tmp_path: Path) -> None:
     f = tmp_path / "tokens"
-    f.write_text("alice tok-a\nbob tok-b\n")
+    f.write_text("alice tok-a-0123456789ab\nbob tok-b-0123456789ab\n")
     f.chmod(0o600)
     store = TokenStore.from_options(None, f)
     assert store is not None
@@ -217,11 +222,14 @@ async def test_per_worker_identities_and_exempt_methods(tmp_path: Path) -> None:
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = hgo_pb2_grpc.HGOStub(channel)
-            assert await _session(stub, credentials.bearer_metadata("tok-a")) == "alice:w"
-            assert await _session(stub, credentials.bearer_metadata("tok-b")) == "bob:w"
+            assert await _session(stub, credentials.bearer_metadata("tok-a-0123456789ab")) == "alice:w"
+            assert await _session(stub, credentials.bearer_metadata("tok-b-0123456789ab")) == "bob:w"
             # concurrent calls keep their own identity
             names = await asyncio.gather(
-                *(_session(stub, credentials.bearer_metadata(t)) for t in ["tok-a", "tok-b"] * 5)
+                *(
+                    _session(stub, credentials.bearer_metadata(t))
+                    for t in ["tok-a-0123456789ab", "tok-b-0123456789ab"] * 5
+                )
             )
             assert names == ["alice:w", "bob:w"] * 5
             reply = await stub.Status(hgo_pb2.StatusRequest())  # exempt: no token needed
@@ -352,13 +360,13 @@ async def test_worker_cannot_act_for_another_workers_session(tmp_path: Path) -> 
     from tests.wireclient import serving, wait_for
 
     f = tmp_path / "tokens"
-    f.write_text("alice tok-alice\nbob tok-bob\n")
+    f.write_text("alice tok-alice-0123456789\nbob tok-bob-0123456789\n")
     f.chmod(0o600)
     async with serving(q=2, v=1, tau=50.0, early_close=False, tokens_file=str(f), heartbeat_ms=500) as s:
-        alice = s.client(credentials.bearer_metadata("tok-alice"))
+        alice = s.client(credentials.bearer_metadata("tok-alice-0123456789"))
         await alice.join(name="alice")
         alice.respond()
-        bob = s.client(credentials.bearer_metadata("tok-bob"))
+        bob = s.client(credentials.bearer_metadata("tok-bob-0123456789"))
         await bob.join(name="bob")
         identities = sorted(str(x.identity) for x in s.core.sessions.values())
         assert identities == ["alice", "bob"]
@@ -387,7 +395,7 @@ def test_cli_mutual_tls_and_tokens_end_to_end(procs: Any, pki: PKI, tmp_path: Pa
     from tests.procs import console
 
     tokens = tmp_path / "tokens"
-    tokens.write_text("worker-a tok-a\nworker-b tok-b\n")
+    tokens.write_text("worker-a tok-a-0123456789ab\nworker-b tok-b-0123456789ab\n")
     tokens.chmod(0o600)
     port_file = tmp_path / "port"
     server = procs.start(
@@ -421,20 +429,23 @@ def test_cli_mutual_tls_and_tokens_end_to_end(procs: Any, pki: PKI, tmp_path: Pa
         return procs.start([*argv, "--reconnect-timeout", "4", *extra], name=name)
 
     # refused: wrong token (rejected for good: exit 3), no client certificate, a rogue CA's certificate
-    wrong = worker("wrong-token", "--token", "tok-x", *tls)
-    no_cert = worker("no-cert", "--token", "tok-a", "--tls-ca", str(pki.ca_cert))
+    wrong = worker("wrong-token", "--token", "tok-x-0123456789ab", *tls)
+    no_cert = worker("no-cert", "--token", "tok-a-0123456789ab", "--tls-ca", str(pki.ca_cert))
     rogue = worker(
-        "rogue", "--token", "tok-a", "--tls-ca", str(pki.ca_cert),
+        "rogue", "--token", "tok-a-0123456789ab", "--tls-ca", str(pki.ca_cert),
         "--tls-cert", str(pki.rogue_cert), "--tls-key", str(pki.rogue_key),
     )  # fmt: skip
     assert procs.wait(wrong, 60) == 3, procs.log(wrong)
     assert procs.wait(no_cert, 60) != 0
     assert procs.wait(rogue, 60) != 0
     good_creds = credentials.channel_credentials(pki.ca_cert, pki.client_cert, pki.client_key)
-    st = _status_secure(port, good_creds, "tok-a")
+    st = _status_secure(port, good_creds, "tok-a-0123456789ab")
     assert (st.state, st.active_sessions, st.round) == ("waiting", 0, 0)
     # accepted: both workers with their own token and a good certificate train to the end
-    good = [worker("a", "--token", "tok-a", *tls), worker("b", "--token", "tok-b", *tls)]
+    good = [
+        worker("a", "--token", "tok-a-0123456789ab", *tls),
+        worker("b", "--token", "tok-b-0123456789ab", *tls),
+    ]
     assert procs.wait(server, 120) == 0, procs.log(server)[-3000:]
     for w in good:
         assert procs.wait(w, 60) == 0, procs.log(w)[-2000:]

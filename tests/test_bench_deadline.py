@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench.bench_deadline import Setting, main, run_setting, verdicts
+from hgo_common import roundlog
 
 
 def test_one_setting_measures_every_figure(tmp_path: Path) -> None:
@@ -27,6 +28,11 @@ def test_one_setting_measures_every_figure(tmp_path: Path) -> None:
     assert all(0.0 <= v <= 1.0 for v in r["prefix_frac"].values())
     assert r["server_cores"] >= 0 and r["client_cores"] >= 0
     assert verdicts([r], None, None) == []  # the issue's targets are about d = 785 / 23,860 only
+    # the sessions are authenticated, one identity each (issue 23: the limits apply as deployed)
+    recs = roundlog.read(tmp_path / "d65-tau80.jsonl")[1:]
+    assert recs and all(rec["f_enforceable"] for rec in recs)
+    idents = {w["identity"] for rec in recs for w in rec["workers"]}
+    assert idents and idents <= {f"bench-{i}" for i in range(6)}
 
 
 def test_bad_settings_are_refused_with_the_value() -> None:

@@ -226,3 +226,25 @@ def test_other_model_or_dim_refused_even_with_fallback(
 def test_keep_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="keep"):
         checkpoint.save(tmp_path, _state(), keep=0)
+
+
+def test_non_finite_weights_are_refused_on_resume_naming_the_file(tmp_path: Path) -> None:
+    """Valid checksums, poisoned weights: `--resume` refuses them (issue 20: main resumed and
+    sent inf/NaN in the first task); a plain load still round-trips odd values."""
+    from hgo_server.config import ConfigError
+    from hgo_server.server import Server
+    from tests.wireclient import server_config
+
+    cfg = server_config(q=2, model="logistic", checkpoint_dir=str(tmp_path), resume=True)
+    fresh = Server(cfg)  # nothing to resume from yet
+    dim = fresh.d
+    fresh.close()
+    st = State(round=4, weights=np.zeros(dim), model="logistic", dim=dim)
+    st.weights[7] = np.inf
+    path = checkpoint.save(tmp_path, st)
+    assert checkpoint.load_latest(tmp_path, model="logistic", dim=dim) is not None
+    with pytest.raises(CheckpointError, match=r"1 of \d+ weights are not finite"):
+        checkpoint.load_latest(tmp_path, model="logistic", dim=dim, finite=True)
+    with pytest.raises(ConfigError) as info:
+        Server(cfg)
+    assert str(path) in str(info.value) and "not finite" in str(info.value)

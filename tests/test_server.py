@@ -878,11 +878,11 @@ async def test_heartbeats_go_out_in_batches_spread_over_the_interval(monkeypatch
     """Many sessions: each heartbeat slice beats at most HEARTBEAT_BATCH sessions (so one loop
     turn never wakes every stream writer at once); every live session is still beaten every
     interval, a session that left is skipped, and a silent one is still dropped."""
-    from hgo_server import server as server_mod
+    from hgo_server import admission
     from hgo_server.messages import Beat, End, JoinRequest
     from hgo_server.server import Server
 
-    monkeypatch.setattr(server_mod, "HEARTBEAT_BATCH", 2)
+    monkeypatch.setattr(admission, "HEARTBEAT_BATCH", 2)
     cfg = make_config(q=1, tau="1s", rounds=1, min_workers=1, heartbeat_ms=60)
     core = Server(cfg, setup=setup_for(cfg))
     sessions = [core.join(JoinRequest(protocol_version=1)) for _ in range(5)]

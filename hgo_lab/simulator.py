@@ -482,6 +482,7 @@ def run(
                 rec.update(sim.evaluate())
             if k == 0:
                 rec["data"] = sim.ds.name
+                rec["secret_seed"] = int(sim.driver.settings.seed)  # = --seed: nothing travels
                 if sim.data_warning:
                     rec["data_warning"] = sim.data_warning
             log.write(rec)

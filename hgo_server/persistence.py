@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from hgo_common.driver import RoundDriver
 from hgo_common.errors import HGOError
+from hgo_common.spec import driver_settings
 
 from .config import ConfigError
 from .state import ServerState
@@ -88,6 +90,7 @@ class Persistence(ServerState):
             config=self.cfg.as_dict(),
             extra={
                 "sample_rng": self.driver.sample_rng.bit_generator.state,
+                "secret_seed": int(self.secret_seed),
                 "rounds_without_quorum": self.driver.rounds_without_quorum,
             },
         )
@@ -107,9 +110,14 @@ class Persistence(ServerState):
         if state is None:
             log.info("resume: no checkpoint in %s, starting fresh", self.cfg.checkpoint_dir)
             return
+        extra = dict(state.extra or {})
+        if "secret_seed" in extra and self.cfg.secret_seed is None:
+            # the run's own streams continue: C_k and aggregation of the rounds to come
+            self.secret_seed = int(extra["secret_seed"])
+            settings = driver_settings(self.cfg, self.setup.run, self.cfg.q_for(), self.secret_seed)
+            self.driver = RoundDriver(settings, self.setup.w0)
         self.driver.w = np.asarray(state.weights, dtype=np.float64).copy()
         self.start_round = self.round = int(state.round)
-        extra = dict(state.extra or {})
         if "sample_rng" in extra:
             self.driver.sample_rng.bit_generator.state = extra["sample_rng"]
         self.driver.rounds_without_quorum = int(extra.get("rounds_without_quorum", 0))

@@ -301,6 +301,8 @@ class RoundLoop(ServerState):
                 outcome.block, record["responded"], len(sampled), self.metric_name,
                 record.get(self.metric_name, math.nan), record["t"],
             )  # fmt: skip
+        if k == self.start_round:
+            record["secret_seed"] = int(self.secret_seed)  # reproducibility: here and in checkpoints only
         self.roundlog.write(record)
         self._observe_round(record, sampled, prefixes, t_done - t0)
 

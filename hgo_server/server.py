@@ -22,6 +22,7 @@ import asyncio
 import concurrent.futures
 import gc
 import math
+import secrets
 import time
 
 import numpy as np
@@ -66,7 +67,11 @@ class Server(Admission, RoundLoop, Persistence):
         self.setup = setup or load_setup(cfg)
         self.spec = self.setup.spec
         self.d = self.spec.dim
-        settings = driver_settings(cfg, self.setup.run, cfg.q_for())
+        # The driver's streams (who is sampled, C_k, aggregation randomness) come from a seed
+        # the workers never see (issue 20): --secret-seed, or drawn now; it is written to the
+        # round log's first record and to every checkpoint, never to the wire.
+        self.secret_seed = cfg.secret_seed if cfg.secret_seed is not None else secrets.randbits(32)
+        settings = driver_settings(cfg, self.setup.run, cfg.q_for(), self.secret_seed)
         self.driver = RoundDriver(settings, self.setup.w0)
         self.collector = collector.RoundCollector(self.d, cfg.max_chunk_values)
         self.sessions: dict[str, SessionRecord] = {}

@@ -69,6 +69,7 @@ class ServerState:
     spec: Spec
     d: int
     driver: RoundDriver
+    secret_seed: int  # the driver's streams; never on the wire
     collector: collector.RoundCollector
     roundlog: RoundLog
     sessions: dict[str, SessionRecord]

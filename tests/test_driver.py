@@ -28,8 +28,9 @@ from tests.wireclient import WireClient, channel_options, chunk_message
 CLOCK_FIELDS = {"t", "round_ms", "close_ms", "prepare_ms", "early_close"}
 # What only a deployment has: whether f is enforceable (this test's server runs without
 # auth; a simulated worker is always an identity of its own), and per worker its identity,
-# what it declared in its Join and what the server measured on its stream (issue 10).
-DEPLOYMENT_FIELDS = {"f_enforceable"}
+# what it declared in its Join and what the server measured on its stream (issue 10); and
+# the server's secret seed on its first record (issue 20: the simulator has no secret).
+DEPLOYMENT_FIELDS = {"f_enforceable", "secret_seed"}
 WORKER_DEPLOYMENT_FIELDS = {"identity", "declared", "bytes", "chunks"}
 
 
@@ -110,7 +111,7 @@ async def test_server_and_simulator_produce_the_same_rounds(tmp_path: Path) -> N
         server_config.from_mapping(
             dict(
                 port=0, dataset="breast-cancer", model="logistic", q=Q, v=V, rule="median", tau="300ms",
-                rounds=ROUNDS, eval_every=2, seed=SEED, lr=0.3, min_workers=N, num_shards=N,
+                rounds=ROUNDS, eval_every=2, seed=SEED, secret_seed=SEED, lr=0.3, min_workers=N, num_shards=N,
                 log=str(log_path), max_chunk_values=1024,
             )
         )
@@ -143,7 +144,7 @@ async def test_server_and_simulator_produce_the_same_rounds(tmp_path: Path) -> N
     assert len(net_records) == ROUNDS
     sim_logged = [read_roundtrip(r) for r in sim_records]
     for net, simr in zip(net_records, sim_logged, strict=True):
-        assert net.keys() == simr.keys()
+        assert net.keys() - {"secret_seed"} == simr.keys()
         assert [w.keys() for w in net["workers"]] == [w.keys() for w in simr["workers"]]
         assert _comparable(net) == _comparable(simr)
     blocks = {r["block"] for r in net_records}

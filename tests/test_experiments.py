@@ -460,7 +460,8 @@ def test_net_mode_builds_the_server_config_from_the_scenario(tmp_path: Path) -> 
     # the run specification itself, not a translation: every setting equal, q and v resolved
     from hgo_common.spec import Quorum, RunSpec
 
-    want = {**RunSpec.values_of(cfg), "q": cfg.q_eff, "v": Quorum.fixed(cfg.quorum)}
+    # q and v resolved; the secret seed is the simulator's (its public seed): the same samples
+    want = {**RunSpec.values_of(cfg), "q": cfg.q_eff, "v": Quorum.fixed(cfg.quorum), "secret_seed": cfg.seed}
     assert srv.run_spec() == RunSpec(**want)
     path = cluster.write_server_config(cc, tmp_path / "server.toml")
     assert server_config.resolve(server_config.ServerConfig(**server_config.load_toml(path))) == srv

@@ -55,7 +55,9 @@ def cluster_config(
 def server_config(cfg: simulator.SimConfig) -> ServerConfig:
     """The hgo-server settings that run the scenario ``cfg`` over the wire: its run
     specification itself, with every worker of the population joined before training."""
-    values = {**RunSpec.values_of(cfg), "q": cfg.q_eff}
+    # the simulator's streams (sampling, C_k): its secret seed is its public one (nothing travels)
+    secret = cfg.seed if cfg.secret_seed is None else cfg.secret_seed
+    values = {**RunSpec.values_of(cfg), "q": cfg.q_eff, "secret_seed": secret}
     return resolve(ServerConfig(**values, min_workers=cfg.n, num_shards=cfg.n))
 
 

@@ -20,6 +20,8 @@ brackets, so callers that catch the builtin keep working)::
      │    └── InvalidArgument, FailedPrecondition, PermissionDenied, ResourceExhausted,
      │        DeadlineExceeded, Aborted — one gRPC status code each (hgo_server.servicer)
      ├── CheckpointError               a checkpoint that cannot be read or resumed (hgo_server.checkpoint)
+     ├── NoUsableName [ValueError]     a client certificate without a CN or SAN (hgo_server.auth)
+     ├── ExportError [OSError]         the trained model could not be written (hgo_server.persistence)
      ├── SessionLost, Rejected, LocalDataError, Refused   a worker's session ends (hgo_worker)
      ├── ClusterError [RuntimeError]   a local cluster that could not run (hgo_lab.cluster)
      ├── ConstraintError [RuntimeError] a device limit this host cannot give (hgo_lab.constraints)

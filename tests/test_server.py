@@ -32,7 +32,8 @@ from hgo_server.setup import Setup, load_setup
 from tests.procs import ProcessGroup, console, free_port
 
 D = 31  # logistic regression on breast-cancer: 30 weights + 1 bias
-BASE = {"dataset": "breast-cancer", "model": "logistic", "eval_every": 0, "port": 0, "seed": 3}
+# secret_seed = seed: these tests check the driver's streams against rounds.* from one seed
+BASE = {"dataset": "breast-cancer", "model": "logistic", "eval_every": 0, "port": 0, "seed": 3, "secret_seed": 3}
 
 _SETUPS: dict[tuple[Any, ...], Setup] = {}
 

@@ -26,10 +26,12 @@ Computed in O(m) per coordinate, not with their O(m^2) loop: with f = 0 a candid
 its n - 1 smallest of n squared distances (n = m - 1, itself included), i.e. all of them
 but the largest, and in one dimension the largest is to the column's minimum or maximum.
 So ``score_i = n (x_i - mean)^2 + sum_j (x_j - mean)^2 - max((x_i - min)^2, (x_i - max)^2)``
-over the n candidates, in float64. Equal values get equal scores bit for bit (the same
-expression on the same inputs), so exact ties resolve to the first row as in the source;
-other scores differ from the source's sums of sorted terms only by rounding (so only
-scores that are mathematically equal yet rounded apart may pick another row than theirs).
+over the n candidates, in float64. That closed form rounds differently from the source's
+sum of sorted terms, which matters where two scores are mathematically equal: with m = 4
+(three candidates) the two closest rows always tie, and the source takes the first. So the
+columns where a second candidate comes within rounding of the lowest score are scored
+again the source's way (each candidate's squared distances sorted, the m - 2 smallest
+summed), which is exact for ties, and the first lowest is taken.
 tests/test_authors_rules.py checks it against a naive transcription of their loop.
 """
 
@@ -69,5 +71,23 @@ def krum_coord_authors(x: np.ndarray, *, f: int = 0) -> np.ndarray:
         farthest = np.maximum((c - c.min(axis=1)[:, None]) ** 2, (c - c.max(axis=1)[:, None]) ** 2)
         scores = n * dev * dev + spread - farthest
         pick = np.argmin(scores, axis=1)  # first lowest, as np.argmin in the source
+        # Near ties (within the closed form's rounding): score those columns exactly.
+        best = scores[np.arange(c.shape[0]), pick][:, None]
+        tol = 1e-9 * (n * spread + farthest.max(axis=1, keepdims=True)) + 1e-300
+        near = np.flatnonzero((scores <= best + tol).sum(axis=1) > 1)
+        if near.size:
+            pick[near] = _exact_pick(c[near], n)
         out[j : j + _TILE] = c[np.arange(c.shape[0]), pick]
+    return out
+
+
+def _exact_pick(c: np.ndarray, n: int) -> np.ndarray:
+    """The source's choice for the columns ``c`` (t, n): sorted squared distances, the n - 1
+    smallest summed, the first lowest. Equal multisets of distances give equal sums."""
+    out = np.empty(c.shape[0], dtype=np.int64)
+    for a in range(0, c.shape[0], 4096):  # (t, n, n) float64 in tiles of at most ~200 MB
+        block = c[a : a + 4096]
+        d2 = (block[:, :, None] - block[:, None, :]) ** 2
+        d2.sort(axis=2)
+        out[a : a + 4096] = np.argmin(d2[:, :, : n - 1].sum(axis=2), axis=1)
     return out

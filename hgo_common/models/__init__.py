@@ -120,8 +120,11 @@ def create(
         try:
             from .torch_adapter import cnn
         except ImportError as exc:
+            # torch_adapter's own message already says what to install
             raise plugins.PluginMissing(
-                f"model 'cnn' needs PyTorch, which is not installed here ({exc}): "
+                f"model 'cnn' needs PyTorch: {exc}"
+                if TORCH_EXTRA in str(exc)
+                else f"model 'cnn' needs PyTorch, which is not installed here ({exc}): "
                 f"pip install '{TORCH_EXTRA}'",
                 TORCH_EXTRA,
             ) from None

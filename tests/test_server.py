@@ -344,7 +344,8 @@ async def test_fatal_rejection_ends_only_that_session(
 
 
 async def test_non_finite_values_end_the_prefix(serve: Any, tmp_path: Path) -> None:
-    running, port = await serve(q=1, tau="2s", rounds=1, min_workers=1)
+    # tau 20 s: the round must end by the early close, not by a deadline a stalled loop reached
+    running, port = await serve(q=1, tau="20s", rounds=1, min_workers=1)
     (w,) = await connect(serve, port, 1)
     run = asyncio.create_task(running.run())
     await w.next("task")
@@ -352,7 +353,7 @@ async def test_non_finite_values_end_the_prefix(serve: Any, tmp_path: Path) -> N
     vals[6] = np.inf
     await w.chunk(0, 0, vals)
     await w.chunk(0, 10, np.ones(D - 10, np.float32))  # ignored: the prefix ended at 6
-    await asyncio.wait_for(run, 20)
+    await asyncio.wait_for(run, 60)
     (rec,) = read_log(tmp_path / "rounds.jsonl")
     assert rec["workers"][0]["prefix"] == 6 and rec["block"] == 6
     assert rec["early_close"]  # the truncated worker is finished: closed early, not by tau

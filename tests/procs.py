@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -88,6 +88,17 @@ class ProcessGroup:
                 raise AssertionError(f"{text!r} not in the log of {proc.args!r}:\n{self.log(proc)[-4000:]}")
             time.sleep(0.1)
 
+    def logs(self, tail: int = 2500) -> str:
+        """The end of every process's log, each under its argv (for failure messages)."""
+        parts = [f"--- {' '.join(map(str, p.args[:3]))} ...\n{self.log(p)[-tail:]}" for p in self.procs]
+        return "\n".join(parts)
+
+    def until(self, pred: Callable[[], object], timeout: float, what: str) -> None:
+        """Wait for a condition, not for time: poll ``pred`` until it holds; on timeout an
+        AssertionError naming ``what`` with every process's log. Give a generous timeout (a
+        bound on a hang, not an expectation): the machine may be loaded."""
+        until(pred, timeout, what, self)
+
     def wait(self, proc: subprocess.Popen[bytes], timeout: float) -> int:
         try:
             return proc.wait(timeout=timeout)
@@ -115,6 +126,24 @@ class ProcessGroup:
                 pass
             if proc.poll() is None:
                 proc.wait(timeout=5)
+
+
+def until(
+    pred: Callable[[], object],
+    timeout: float,
+    what: str,
+    procs: ProcessGroup | None = None,
+    interval: float = 0.1,
+) -> None:
+    """Poll ``pred`` until it holds (AssertionError naming ``what`` after ``timeout`` seconds,
+    with the logs of ``procs`` when given). The way tests wait: for a condition, never for
+    a fixed time."""
+    end = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > end:
+            logs = f"\n{procs.logs()}" if procs is not None else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}{logs}")
+        time.sleep(interval)
 
 
 @pytest.fixture

@@ -11,7 +11,9 @@
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -86,18 +88,79 @@ def test_no_import_points_upward(module: str, path: Path) -> None:
     assert not bad, f"{module} ({layer}) imports {sorted(bad)}"
 
 
-def test_importing_the_core_loads_neither_grpc_nor_protobuf() -> None:
-    """Importing every core module (a real interpreter) leaves grpc and protobuf unloaded."""
-    core = [m for m, _ in _modules("hgo_common") if _layer(m) == "core"]
+# Core modules that need an optional extra (pyproject [project.optional-dependencies]):
+# module -> (the third-party package it needs, the extra that provides it). Every other
+# core module must import on a bare install.
+OPTIONAL = {"hgo_common.models.torch_adapter": ("torch", "hgo[torch]")}
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+
+
+def _block_torch(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """An environment in which ``import torch`` fails (whether or not torch is installed)
+    and leaves a marker file, so an attempt that a caller swallows is still seen."""
+    marker = tmp_path / "torch-was-imported"
+    blocker = tmp_path / "notorch" / "torch"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\nraise ImportError('torch is blocked for this test')\n"
+    )
+    return {**os.environ, "PYTHONPATH": str(blocker.parent)}, marker
+
+
+def _python(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-c", code]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+
+
+def test_importing_the_core_loads_neither_grpc_nor_protobuf(tmp_path: Path) -> None:
+    """Importing every core module (a real interpreter, torch blocked: a bare install) leaves
+    grpc, protobuf, matplotlib and torch unloaded; the optional modules fail saying what to install."""
+    core = [m for m, _ in _modules("hgo_common") if _layer(m) == "core" and m not in OPTIONAL]
     code = (
         "import importlib, json, sys\n"
         f"for m in {core!r}: importlib.import_module(m)\n"
+        "roots = ('grpc', 'google', 'matplotlib', 'torch')\n"
+        "print(json.dumps(sorted(k for k in sys.modules if k.split('.')[0] in roots)))"
+    )
+    env, marker = _block_torch(tmp_path)
+    out = _python(code, env)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [], "core modules loaded: " + out.stdout
+    assert not marker.exists(), "a core module tried to import torch"
+    for module, (_, extra) in OPTIONAL.items():
+        out = _python(f"import {module}", env)
+        last = out.stderr.strip().splitlines()[-1]
+        assert out.returncode == 1 and last.startswith("ModuleNotFoundError"), out.stderr
+        assert f"pip install '{extra}'" in last, out.stderr
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="PyTorch is not installed (make install-torch)")
+def test_the_optional_core_modules_load_no_grpc_when_their_extra_is_installed() -> None:
+    code = (
+        "import importlib, json, sys\n"
+        f"for m in {sorted(OPTIONAL)!r}: importlib.import_module(m)\n"
         "roots = ('grpc', 'google', 'matplotlib')\n"
         "print(json.dumps(sorted(k for k in sys.modules if k.split('.')[0] in roots)))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    out = _python(code)
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == [], "core modules loaded: " + out.stdout
+    assert json.loads(out.stdout) == [], "optional core modules loaded: " + out.stdout
+
+
+def test_numpy_path_never_imports_torch(tmp_path: Path) -> None:
+    """Server set-up, worker compute and a numpy model never import torch (moved here from
+    tests/test_torch.py, which skips as a whole without torch; this needs none)."""
+    code = (
+        "import sys\n"
+        "from hgo_common import models, datasets, aggregators, attacks\n"
+        "import hgo_server.setup, hgo_worker.compute\n"
+        "m = models.create('mlp', n_features=4, n_classes=3)\n"
+        "print('torch' in sys.modules)\n"
+    )
+    env, marker = _block_torch(tmp_path)
+    out = _python(code, env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False" and not marker.exists()
 
 
 @pytest.mark.parametrize("entry", ["hgo_server.cli", "hgo_worker.cli"])

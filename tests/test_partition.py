@@ -30,7 +30,7 @@ import pytest
 
 from hgo_common import roundlog
 from hgo_common.net.proto import hgo_pb2, hgo_pb2_grpc
-from tests.procs import ProcessGroup, console, free_port
+from tests.procs import ProcessGroup, console, free_port, until
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(300)]
 
@@ -116,12 +116,7 @@ def _status(addr: str) -> hgo_pb2.StatusReply | None:
 
 
 def _until(pred: Callable[[], object], timeout: float, what: str, procs: ProcessGroup) -> None:
-    end = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > end:
-            logs = "\n".join(f"--- {p.args[-8:]}\n{procs.log(p)[-2500:]}" for p in procs.procs)
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{logs}")
-        time.sleep(0.2)
+    until(pred, timeout, what, procs, interval=0.2)
 
 
 def _worker_ids(log: str, name: str) -> list[int]:
@@ -138,7 +133,10 @@ def test_partitioned_worker_is_dropped_then_rejoins(
     server = procs.start(
         [
             *console("hgo-server"), "--bind", p.host_ip, "--port", str(port), "--dataset", "breast-cancer",
-            "--q", "3", "--v", "1", "--tau", "100ms", "--no-early-close", "--heartbeat-ms", "500",
+            # tau 1 s, rounds closing early once every sampled worker delivered d = 31: a
+            # round loses its quorum only if both live workers stall for a second (a loaded
+            # machine made 100 ms rounds without quorum), and a partitioned wp lasts 1 s
+            "--q", "3", "--v", "1", "--tau", "1s", "--heartbeat-ms", "500",
             "--rounds", "100000", "--min-workers", "3", "--eval-every", "0", "--log", str(rlog),
         ],
         name="server",

@@ -345,7 +345,8 @@ async def test_fatal_rejection_ends_only_that_session(
 
 
 async def test_non_finite_values_end_the_prefix(serve: Any, tmp_path: Path) -> None:
-    running, port = await serve(q=1, tau="2s", rounds=1, min_workers=1)
+    # tau 20 s: the round must end by the early close, not by a deadline a stalled loop reached
+    running, port = await serve(q=1, tau="20s", rounds=1, min_workers=1)
     (w,) = await connect(serve, port, 1)
     run = asyncio.create_task(running.run())
     await w.next("task")
@@ -353,14 +354,15 @@ async def test_non_finite_values_end_the_prefix(serve: Any, tmp_path: Path) -> N
     vals[6] = np.inf
     await w.chunk(0, 0, vals)
     await w.chunk(0, 10, np.ones(D - 10, np.float32))  # ignored: the prefix ended at 6
-    await asyncio.wait_for(run, 20)
+    await asyncio.wait_for(run, 60)
     (rec,) = read_log(tmp_path / "rounds.jsonl")
     assert rec["workers"][0]["prefix"] == 6 and rec["block"] == 6
-    assert rec["round_ms"] < 1900  # the truncated worker is finished: early close
+    assert rec["early_close"]  # the truncated worker is finished: closed early, not by tau
     assert np.isfinite(running.core.weights).all()
-    # The second chunk is ignored as non-finite, or as late if the early close came first.
+    # The second chunk is ignored as non-finite, or as late if the early close came first, or
+    # never read when the one-round run ended first (a loaded machine reads it late).
     non_finite = sample_value(running, "hgo_rejected_messages_total", {"reason": "non-finite"})
-    assert non_finite >= 1 and non_finite + sample_value(running, "hgo_late_chunks_total") == 2
+    assert non_finite >= 1 and non_finite + sample_value(running, "hgo_late_chunks_total") <= 2
 
 
 # ---------------------------------------------------------------------------- sgd baselines
@@ -406,7 +408,7 @@ async def test_sgd_infinite_tau_waits_for_the_slowest_worker(serve: Any, tmp_pat
     (rec,) = read_log(tmp_path / "rounds.jsonl")
     assert rec["tau_ms"] is None and rec["block"] == D and rec["responded"] == 2
     assert rec["round_ms"] >= delay * 1000
-    assert rec["round_ms"] < 15_000  # closed by the last chunk, not by the hard timeout
+    assert rec["early_close"]  # closed by the last chunk, not by the hard timeout
     np.testing.assert_allclose(running.core.weights, running.core.setup.w0 - 0.1 * 2.0, atol=1e-12)
 
 
@@ -659,7 +661,7 @@ async def test_port_in_use_is_a_config_error(serve: Any) -> None:
 # ---------------------------------------------------------------------------- review: hot path
 
 
-async def test_a_reader_that_never_drains_keeps_a_bounded_outbox() -> None:
+async def test_a_reader_that_never_drains_keeps_a_bounded_outbox(monkeypatch: pytest.MonkeyPatch) -> None:
     """A session whose stream is never written out (a slow or stalled reader that still
     sends heartbeats) must not make the server hold one RoundTask (4d bytes of w_k, plus
     its serialized copy) per round, nor one RoundClosed/heartbeat per round, forever."""
@@ -671,19 +673,20 @@ async def test_a_reader_that_never_drains_keeps_a_bounded_outbox() -> None:
     cfg = make_config(q=1, tau="1ms", rounds=150, min_workers=1, heartbeat_ms=10, evict_after=0)
     core = Server(cfg, setup=setup_for(cfg))
     sess = core.join(JoinRequest(protocol_version=1))
+    real_sweep = core.sweep
+
+    def heard_sweep(batch: Any = None) -> None:
+        # the worker side still sends heartbeats: heard before every sweep (a task beating
+        # every 5 ms lost the race to the 30 ms limit when a loaded machine stalled the loop)
+        core.on_heartbeat(sess)
+        real_sweep(batch)
+
+    monkeypatch.setattr(core, "sweep", heard_sweep)
     beats = asyncio.create_task(core.heartbeats())
-
-    async def keep_alive() -> None:  # the worker side still sends heartbeats
-        while True:
-            core.on_heartbeat(sess)
-            await asyncio.sleep(0.005)
-
-    alive = asyncio.create_task(keep_alive())
     try:
         summary = await asyncio.wait_for(core.run(), 60)
     finally:
         beats.cancel()
-        alive.cancel()
         core.close()
     assert summary.completed and summary.rounds == 150
     queued = []
@@ -719,8 +722,10 @@ async def test_round_timings_count_from_the_broadcast(
     await w.chunk(0, 0, np.ones(3, np.float32))  # a partial prefix: the round waits for tau
     await asyncio.wait_for(run, 20)
     (rec,) = read_log(tmp_path / "rounds.jsonl")
-    assert 395 <= rec["close_ms"] < 400 + 600  # the deadline counts from the broadcast
-    assert rec["close_ms"] <= rec["round_ms"] < 400 + 790  # not the set-up time
+    # the deadline counts from the broadcast (from before the set-up it would fire at once);
+    # the upper bounds only catch a hang: a loaded machine may fire the timer late
+    assert 395 <= rec["close_ms"] < 400 + 5000
+    assert rec["close_ms"] <= rec["round_ms"] < rec["close_ms"] + 790  # not the set-up time
     assert rec["prepare_ms"] >= 790
     assert rec["workers"][0]["prefix"] == 3
 
@@ -766,7 +771,7 @@ async def test_a_session_that_dies_mid_round_keeps_its_delivered_prefix(serve: A
     await asyncio.wait_for(run, 20)
     (rec,) = read_log(tmp_path / "rounds.jsonl")
     assert [x["prefix"] for x in rec["workers"]] == [D, 12] and rec["block"] == 12
-    assert rec["close_ms"] < 2500  # both slots finished (one full, one gone): early close
+    assert rec["early_close"]  # both slots finished (one full, one gone): early close
     c_k = order.make_order(seed, D, "flat")
     expected = running.core.setup.w0.copy()
     expected[c_k[:12]] -= rows[:, :12].astype(np.float64).mean(axis=0)
@@ -897,23 +902,21 @@ async def test_heartbeats_go_out_in_batches_spread_over_the_interval(monkeypatch
 
     def counting_sweep(batch: Any = None) -> None:
         sweeps.append([x.session_id for x in (batch if batch is not None else core.sessions.values())])
+        for s in live:  # they keep sending: heard before every sweep, whatever the loop's delays
+            core.on_heartbeat(s)
         real_sweep(batch)
 
     monkeypatch.setattr(core, "sweep", counting_sweep)
     beats = asyncio.create_task(core.heartbeats())
-
-    async def keep_alive() -> None:
-        while True:
-            for s in live:
-                core.on_heartbeat(s)
-            await asyncio.sleep(0.01)
-
-    alive = asyncio.create_task(keep_alive())
     try:
-        await asyncio.sleep(0.6)  # 10 intervals; the silent session times out after 3
+        # several intervals: every live session beaten 3 times, the silent one dropped after 3
+        await wait_for(
+            lambda: silent.session_id not in core.sessions
+            and all(sum(s.session_id in b for b in sweeps) >= 3 for s in live),
+            timeout=30,
+        )
     finally:
         beats.cancel()
-        alive.cancel()
         core.close()
     assert sweeps and max(len(b) for b in sweeps) <= 2
     for s in live:

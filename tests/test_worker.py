@@ -29,6 +29,7 @@ from hgo_worker import pacing
 from hgo_worker.client import Worker, WorkerConfig, parse_shard
 from hgo_worker.metrics import WorkerMetrics
 from tests.procs import ProcessGroup, console
+from tests.wireclient import wait_for
 
 P = 2000  # features: d = 2001 for logistic regression
 N_ROWS = 300
@@ -67,17 +68,24 @@ class FakeSession:
     task_sent: dict[int, float] = field(default_factory=dict)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     heartbeats: int = 0
+    # one write at a time on the stream: the heartbeat task and the test both write, and
+    # grpc.aio refuses overlapping writes (the overlap happened on a loaded machine)
+    wlock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def write(self, msg: Any) -> None:
+        async with self.wlock:
+            await self.context.write(msg)
 
     async def task(self, rnd: int, w: np.ndarray, tau_ms: float, seed: int = 7) -> None:
         self.task_sent[rnd] = time.monotonic()
         msg = hgo_pb2.RoundTask(round=rnd, order_seed=seed, weights=wire.encode(w), tau_ms=tau_ms)
-        await self.context.write(hgo_pb2.ServerMessage(task=msg))
+        await self.write(hgo_pb2.ServerMessage(task=msg))
 
     async def close_round(self, rnd: int) -> None:
-        await self.context.write(hgo_pb2.ServerMessage(closed=hgo_pb2.RoundClosed(round=rnd)))
+        await self.write(hgo_pb2.ServerMessage(closed=hgo_pb2.RoundClosed(round=rnd)))
 
     async def stop(self, reason: str) -> None:
-        await self.context.write(hgo_pb2.ServerMessage(stop=hgo_pb2.Stop(reason=reason)))
+        await self.write(hgo_pb2.ServerMessage(stop=hgo_pb2.Stop(reason=reason)))
 
     def of_round(self, rnd: int) -> list[Chunk]:
         return [c for c in self.chunks if c.round == rnd]
@@ -114,7 +122,7 @@ class FakeHGO(hgo_pb2_grpc.HGOServicer):
             while True:
                 await asyncio.sleep(self.heartbeat_ms / 1000)
                 hb = hgo_pb2.Heartbeat(unix_ns=time.time_ns())
-                await context.write(hgo_pb2.ServerMessage(heartbeat=hb))
+                await sess.write(hgo_pb2.ServerMessage(heartbeat=hb))
 
         beats = asyncio.create_task(beat())
         try:
@@ -239,7 +247,9 @@ async def _start_worker(
 
 
 async def test_pacing_contiguity_and_values(fake: Any) -> None:
-    rate, tau = 50.0, 300.0  # 5 coordinates per ms: 1500 of d = 2001 by the deadline
+    # 0.5 coordinates per ms: 1500 of d = 2001 by the deadline (3 s, so that a worker a
+    # loaded machine wakes late still releases most of its prefix before the deadline)
+    rate, tau = 5.0, 3000.0
     worker, run = await _start_worker(fake.port, rate=rate, profile="custom")
     sess = await asyncio.wait_for(fake.joined.get(), 10)
     assert sess.join.rate == rate and sess.join.batch_size == 10 and sess.join.wants_shard
@@ -251,9 +261,10 @@ async def test_pacing_contiguity_and_values(fake: Any) -> None:
     # after the server's, so lateness can only lower the released count.
     for c in chunks:
         assert c.offset + len(c.values) <= throttle.released(c.t_ms, rate, 10, P + 1), (c.t_ms, c.offset)
-    # No chunk after the local deadline (plus transport slack), and a real prefix by then.
-    assert max(c.t_ms for c in chunks) < tau + 100
-    assert 0.5 * 1500 <= prefix <= 1500
+    # Nothing released past the local deadline: the prefix stops at released(tau) = 1500,
+    # however late the chunks arrive (a worker woken after its deadline still sends what was
+    # released by it, never more: hgo_worker.client WorkerSession._release); a real prefix.
+    assert 0.5 * 1500 <= prefix <= 1500 == throttle.released(tau, rate, 10, P + 1)
     got = np.concatenate([c.values for c in chunks])
     want = expected_values(sess, worker.seed, 0, w, fake.X, fake.y)[:prefix]
     np.testing.assert_allclose(got, want.astype(np.float32), rtol=1e-4, atol=1e-6)
@@ -262,25 +273,23 @@ async def test_pacing_contiguity_and_values(fake: Any) -> None:
 
 
 async def test_stops_on_round_closed_and_ignores_served_rounds(fake: Any) -> None:
-    worker, run = await _start_worker(fake.port, rate=10.0, profile="custom")  # 1 coordinate per ms
+    # 0.2 coordinates per ms: d = 2001 would take 10 s (the deadline); a chunk every 320 ms
+    worker, run = await _start_worker(fake.port, rate=2.0, profile="custom")
     sess = await asyncio.wait_for(fake.joined.get(), 10)
     w = np.zeros(P + 1)
     await sess.task(5, w, 10_000.0)
-    for _ in range(400):  # until the worker is streaming (it may start late on a loaded machine)
-        if sess.of_round(5):
-            break
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(0.2)
+    # until the worker is streaming (it may start late on a loaded machine)
+    await wait_for(lambda: len(sess.of_round(5)) >= 2, timeout=60, what="the worker streaming round 5")
     await sess.close_round(5)
     t_closed = (time.monotonic() - sess.task_sent[5]) * 1000
-    await asyncio.sleep(1.0)
-    chunks = sess.of_round(5)
+    # The stream stops: no chunk for 1.5 s (the throttle would allow one every 320 ms),
+    # chunks in flight at the close may still land first. A worker that ignored the close
+    # would stream until its deadline, to about d.
+    chunks = await settle(sess, 5, quiet=1.5, timeout=60.0)
     assert chunks, "the worker sent nothing"
-    # Chunks already in flight may land just after the close; none is produced later.
-    late = [c for c in chunks if c.t_ms > t_closed + 300]
-    assert not late, f"chunks after RoundClosed: {[(c.t_ms, c.offset) for c in late]}"
-    # Far below what the throttle allows by now (1 coordinate per ms, a second after the close).
-    assert check_contiguous(chunks, 64) < throttle.released(t_closed + 1000, 10.0, 10, P + 1) - 500
+    # ended within seconds of the close (a loaded machine delays it), far below d
+    prefix = check_contiguous(chunks, 64)
+    assert prefix <= throttle.released(t_closed + 3000, 2.0, 10, P + 1) < (P + 1) // 2, (prefix, t_closed)
     # A duplicate task for a round this session already served is ignored.
     await sess.task(5, w, 10_000.0)
     await asyncio.sleep(0.3)
@@ -327,11 +336,8 @@ async def test_reconnects_after_server_restart() -> None:
     try:
         assert port2 == port
         second = await asyncio.wait_for(fake2.joined.get(), 15)
-        for _ in range(100):  # the worker counts the session once it has its shard
-            if worker.sessions == 2:
-                break
-            await asyncio.sleep(0.05)
-        assert worker.sessions == 2
+        # the worker counts the session once it has its shard
+        await wait_for(lambda: worker.sessions == 2, timeout=60, what="the second session counted")
         assert reconnects() == 1  # one session re-established, however many attempts it took
         await second.task(0, np.zeros(P + 1), 100.0)
         assert check_contiguous(await settle(second, 0), 64) == P + 1
@@ -395,8 +401,7 @@ def test_cli_exits_zero_on_stop_done(procs: ProcessGroup) -> None:
             sess = await asyncio.wait_for(fake.joined.get(), 30)
             ready["join"] = sess.join
             await sess.task(0, np.zeros(P + 1), 50.0)
-            await asyncio.sleep(0.3)
-            ready["prefix"] = check_contiguous(sess.of_round(0), 64)
+            ready["prefix"] = check_contiguous(await settle(sess, 0, timeout=60.0), 64)
             await sess.stop("done")
             await asyncio.wait_for(sess.ended.wait(), 10)
             while not stop_evt.is_set():
@@ -529,19 +534,12 @@ async def test_round_closed_for_a_later_round_stops_the_current_one(fake: Any) -
     sess = await asyncio.wait_for(fake.joined.get(), 10)
     w = np.zeros(P + 1)
     await sess.task(5, w, 20_000.0)
-    for _ in range(400):
-        if sess.of_round(5):
-            break
-        await asyncio.sleep(0.05)
+    await wait_for(lambda: sess.of_round(5), timeout=15, what="the worker streaming round 5")
     assert worker.rounds_served == 0  # round 5 runs until its 20 s deadline or a close
     await sess.close_round(7)  # rounds 5 and 6 are over too
-    t_closed = time.monotonic()
-    for _ in range(200):
-        if worker.rounds_served == 1:
-            break
-        await asyncio.sleep(0.02)
-    assert worker.rounds_served == 1, "round 5 still running after RoundClosed{7}"
-    assert time.monotonic() - t_closed < 4.0
+    # served by the close, well before the round's 20 s local deadline
+    await wait_for(lambda: worker.rounds_served == 1, timeout=15, what="round 5 to end on RoundClosed{7}")
+    assert time.monotonic() - sess.task_sent[5] < 19.0
     await sess.task(6, w, 20_000.0)  # a task that reached the worker after its round's close
     await asyncio.sleep(0.5)
     assert sess.of_round(6) == [] and worker.rounds_served == 1
@@ -660,10 +658,8 @@ async def test_nan_worker_gets_an_empty_prefix_on_the_real_server(tmp_path: Any)
                 byzantine=byz, name=name, reconnect_timeout=5.0,
             )  # fmt: skip
             runs.append(asyncio.create_task(Worker(cfg_w).run()))
-            for _ in range(400):  # join in a known order: worker ids 0 (honest), 1 (nan)
-                if len(running.core.sessions) == len(runs):
-                    break
-                await asyncio.sleep(0.02)
+            # join in a known order: worker ids 0 (honest), 1 (nan)
+            await wait_for(lambda: len(running.core.sessions) == len(runs), timeout=60, what="the next join")
         summary = await asyncio.wait_for(running.run(), 30)
         assert summary.completed
         assert [await asyncio.wait_for(r, 10) for r in runs] == [0, 0]
@@ -738,6 +734,7 @@ async def test_own_shard_that_cannot_load_exits_2_naming_dataset_and_dir(
 ) -> None:
     """--shard i/n and the shard cannot be loaded here: a local failure (exit 2, once, with
     the dataset, the data dir and the problem), not "rejected by the server" (exit 3)."""
+    log = logging.getLogger("hgo_worker")  # hgo_worker.client's logger
     spec = hgo_pb2.TrainingSpec(
         model="logistic", layer_sizes=[784, 1], dim=785, order="flat", dataset=dataset, n_features=784,
         n_classes=2, algorithm="hgo", max_chunk_values=64, seed=1, partition="iid", num_shards=2,
@@ -752,7 +749,9 @@ async def test_own_shard_that_cannot_load_exits_2_naming_dataset_and_dir(
         _, run = await _start_worker(port, rate=0.0, profile="custom", shard="1/2", **extra)
         assert await asyncio.wait_for(run, 30) == 2
         assert len(fake.sessions) == 1  # not retried
-        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        # the worker's own errors: grpc's poller of an earlier test's closed loop may log an
+        # asyncio error here when a loaded machine runs it late
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR and r.name == log.name]
         assert len(errors) == 1, errors
         msg = errors[0]
         assert "rejected" not in msg

@@ -204,14 +204,20 @@ async def status(stub: hgo_pb2_grpc.HGOStub, metadata: Sequence[tuple[str, str]]
 
 
 async def wait_for(
-    predicate: Callable[[], object], timeout: float = 20.0, interval: float = 0.05, what: str = "condition"
+    predicate: Callable[[], object],
+    timeout: float = 20.0,
+    interval: float = 0.05,
+    what: str = "condition",
+    detail: Callable[[], object] | None = None,
 ) -> None:
-    """Poll ``predicate`` (sync) until true; AssertionError naming ``what`` on timeout."""
+    """Poll ``predicate`` (sync) until true; AssertionError naming ``what`` (and ``detail()``,
+    the state to show) on timeout."""
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
     while not predicate():
         if loop.time() > end:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            extra = f": {detail()}" if detail is not None else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}{extra}")
         await asyncio.sleep(interval)
 
 

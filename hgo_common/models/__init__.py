@@ -30,7 +30,7 @@ import numpy as np
 
 from .. import plugins
 from .base import TASKS, LinearModel, Model, ModelProtocol
-from .export import ExportedModel, load, save
+from .export import BUILTINS, ExportedModel, load, save
 from .linear import LinearRegression
 from .logistic import LogisticRegression
 from .mlp import ACTIVATIONS, MLP
@@ -52,7 +52,7 @@ __all__ = [
     "save",
 ]
 
-_NAMES = ("linear", "logistic", "svm", "mlp", "cnn")
+_NAMES = BUILTINS  # export.load builds these without an allow-list
 TORCH_EXTRA = "hgo[torch]"
 
 
@@ -120,8 +120,11 @@ def create(
         try:
             from .torch_adapter import cnn
         except ImportError as exc:
+            # torch_adapter's own message already says what to install
             raise plugins.PluginMissing(
-                f"model 'cnn' needs PyTorch, which is not installed here ({exc}): "
+                f"model 'cnn' needs PyTorch: {exc}"
+                if TORCH_EXTRA in str(exc)
+                else f"model 'cnn' needs PyTorch, which is not installed here ({exc}): "
                 f"pip install '{TORCH_EXTRA}'",
                 TORCH_EXTRA,
             ) from None

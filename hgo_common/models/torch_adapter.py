@@ -34,8 +34,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
+
+try:
+    import torch
+    from torch import nn
+except ImportError as exc:  # the optional extra: say what to install, not only "no module"
+    raise ModuleNotFoundError(
+        f"PyTorch cannot be imported here ({exc}): pip install 'hgo[torch]' "
+        "(make install-torch in a checkout)",
+        name="torch",
+    ) from None
 
 from .base import TASKS, Model, check_l2
 

@@ -33,7 +33,9 @@ from tests.procs import ProcessGroup, console, free_port
 
 D = 31  # logistic regression on breast-cancer: 30 weights + 1 bias
 # secret_seed = seed: these tests check the driver's streams against rounds.* from one seed
-BASE = {"dataset": "breast-cancer", "model": "logistic", "eval_every": 0, "port": 0, "seed": 3, "secret_seed": 3}
+BASE = {
+    "dataset": "breast-cancer", "model": "logistic", "eval_every": 0, "port": 0, "seed": 3, "secret_seed": 3,
+}  # fmt: skip
 
 _SETUPS: dict[tuple[Any, ...], Setup] = {}
 

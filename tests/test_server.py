@@ -807,7 +807,7 @@ async def test_sampling_is_uniform_and_reproducible_from_the_seed() -> None:
     from hgo_server.server import Server
 
     def picks(seed: int) -> np.ndarray:
-        cfg = make_config(q=2, min_workers=6, seed=seed)
+        cfg = make_config(q=2, min_workers=6, seed=seed, secret_seed=seed)  # the sampling stream's seed
         core = Server(cfg, setup=setup_for(make_config(q=2, min_workers=6)))
         for _ in range(6):
             core.join(JoinRequest(protocol_version=1))

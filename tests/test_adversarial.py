@@ -714,9 +714,12 @@ async def unauthenticated_and_oversized(procs: ProcessGroup, tmp_path: Path, mib
     assert kept, "an honest worker lost its session"
     assert not no_quorum, no_quorum
     assert p99 < 2000, f"round p99 {p99:.0f} ms"
-    # stated bound: the peak grows by less than 64 MiB at CI size and 128 MiB at the issue's
-    # load (measured +17..+52 MiB; before issue 10: +2,045 MiB for the 16 calls alone)
-    bound = 64 if mib <= 16 else 128
+    # stated bound: the peak grows by less than 128 MiB, half of what the attacker sends at CI
+    # size (16 x 16 MiB) and 16 times less than before issue 10 (+2,045 MiB for the 16 calls
+    # alone). Measured +17..+52 MiB on a quiet machine and +70 MiB with the whole suite beside
+    # two busy loops (load 5-6, 2026-12-05): under load more bodies are in gRPC's buffers at
+    # once before their calls are refused, so the former 64 MiB bound failed there.
+    bound = 128
     assert grew_mib < bound, f"server peak RSS grew {grew_mib:.0f} MiB (bound {bound} MiB)"
     assert closed == idle
     assert st.active_sessions == 6

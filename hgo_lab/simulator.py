@@ -120,8 +120,8 @@ class SimConfig(RunSpec, Population):
 
     # RunSpec and Population both define these; a simulated run is both at once.
     def checked(self, *, where: str = "", n: int | None = None, late: int = 0) -> SimConfig:
-        RunSpec.checked(self, where=where, n=self.n if n is None else n)
-        Population.checked(self, where=where, late=late)
+        RunSpec.checked(self, where=where, n=self.n if n is None else n)  # every declared range
+        Population.check_rules(self, where=where, late=late)  # (not the ranges a second time)
         return self
 
     @classmethod

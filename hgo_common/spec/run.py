@@ -476,6 +476,10 @@ class Population(Compute):
         ``late``: workers that join during training (a launcher's), who need rates too.
         """
         forms.check(self, where=where)
+        return self.check_rules(where=where, late=late)
+
+    def check_rules(self, *, where: str = "", late: int = 0) -> Population:
+        """The rules between the population's settings (its declared ranges aside)."""
         if self.attackers > self.n:
             raise SpecError(f"{where}--attackers must be in [0, n={self.n}], got {self.attackers}")
         if self.attackers > 0 and not self.attack:

@@ -343,4 +343,3 @@ def local_step(
         return LocalWork(s, k, 0.0 if byzantine.full else cfg.rate, Precomputed(vec))
     idx = shard[draw_batch(len(shard), s, rng)]
     return LocalWork(s, limit, cfg.rate, RoundGradient(model, w, X[idx], y[idx], c_k, limit))
-

@@ -31,16 +31,20 @@ device. Such names go through :func:`resolve`, which loads only built-ins and th
 of an explicit allow-list (``hgo-worker --allow-plugin``) and refuses anything else with
 :class:`PluginRefused` *before* importing anything.
 
+This module knows no kind's built-ins: it loads user code. The built-ins live in each
+kind's ``Registry`` (``hgo_common.registry``), and what spans the four kinds (the listing,
+``hgo-plugins``, the worker's allow-list check against the built-ins) in
+``hgo_common.catalog``, which sits above them.
+
 This module is pure Python (importlib only): no grpc, no numpy at import.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import importlib.metadata as md
 import sys
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,15 +57,10 @@ __all__ = [
     "PluginError",
     "PluginMissing",
     "PluginRefused",
-    "check",
     "check_installed",
     "entry_points",
-    "is_builtin",
     "is_reference",
-    "listing",
     "load",
-    "main",
-    "origin",
     "resolve",
 ]
 
@@ -268,13 +267,6 @@ def load(kind: str, name: str) -> tuple[Any, Origin]:
     return obj, origin
 
 
-def origin(kind: str, name: str) -> Origin | None:
-    """The origin of ``name`` if it is a plug-in (None for built-ins); loads it."""
-    if _builtin(kind, name):
-        return None
-    return load(kind, name)[1]
-
-
 def _shown(name: str, limit: int = 120) -> str:
     """``repr`` of a name received from elsewhere, cut to ``limit`` characters (log-safe)."""
     text = repr(name)
@@ -286,6 +278,7 @@ def resolve(
     name: str,
     allowed: Collection[str],
     *,
+    builtins: Collection[str],
     distribution: str = "",
     version: str = "",
     source: str = "the server's spec",
@@ -293,7 +286,8 @@ def resolve(
 ) -> Origin | None:
     """Load ``name`` of ``kind`` only if it is built in or listed in ``allowed``.
 
-    For names a process did not choose itself (a worker's TrainingSpec): a built-in
+    For names a process did not choose itself (a worker's TrainingSpec): a name in
+    ``builtins`` (the kind's built-in names, ``hgo_common.catalog.builtin_names``)
     resolves to None; a name in ``allowed`` (compared as given: an entry-point name or a
     ``package.module:Name`` reference) is loaded, checked against ``distribution`` and
     ``version`` when they are given (:func:`check_installed`), and its origin returned.
@@ -308,13 +302,13 @@ def resolve(
         An allowed plug-in that is not installed (or another version), or is broken.
     """
     _check_kind(kind)
-    if isinstance(name, str) and name and _builtin(kind, name):
+    if isinstance(name, str) and name and not is_reference(name) and name in builtins:
         return None
     if not isinstance(name, str) or name not in allowed:
         listed = sorted(allowed)
         raise PluginRefused(
             f"{source} names {kind} {_shown(name)}, an unknown {kind}: not built in and not allowed here "
-            f"(built-in {kind}s: {_builtin_names(kind)}; allowed plug-ins: {listed or 'none'}): refusing to "
+            f"(built-in {kind}s: {list(builtins)}; allowed plug-ins: {listed or 'none'}): refusing to "
             f"import it. If you trust it, start the worker with {flag} {_shown(name)}",
             kind,
             str(name),
@@ -346,132 +340,3 @@ def check_installed(kind: str, name: str, distribution: str, version: str) -> No
             f"comes from {have}: install {need}",
             need,
         )
-
-
-# ---- listing ----------------------------------------------------------------------------
-
-
-def _builtin_names(kind: str) -> list[str]:
-    if kind == "model":
-        from . import models
-
-        return models.names()
-    if kind == "dataset":
-        from . import datasets
-
-        return datasets.names()
-    if kind == "rule":
-        from . import aggregators
-
-        return aggregators.names() + [f"{p}+RULE" for p in aggregators.pre_names()]
-    from . import attacks
-
-    return attacks.names()
-
-
-def _builtin(kind: str, name: str) -> bool:
-    return not is_reference(name) and name in _builtin_names(kind)
-
-
-def is_builtin(kind: str, name: str) -> bool:
-    """True when ``name`` is a built-in of ``kind`` (a worker loads those without ``--allow-plugin``)."""
-    _check_kind(kind)
-    return isinstance(name, str) and _builtin(kind, name)
-
-
-@dataclass(frozen=True)
-class Row:
-    """One line of :func:`listing`."""
-
-    kind: str
-    name: str
-    source: str  # "built-in", "entry point", "entry point (shadowed by built-in)"
-    target: str = ""
-    distribution: str = ""
-    version: str = ""
-
-
-def listing(kinds: Sequence[str] = KINDS) -> list[Row]:
-    """Built-ins and installed entry points of each kind (entry points are not imported)."""
-    rows: list[Row] = []
-    for kind in kinds:
-        builtins = _builtin_names(kind)
-        rows += [
-            Row(kind, n, "built-in (needs hgo[torch])" if (kind, n) == ("model", "cnn") else "built-in")
-            for n in builtins
-        ]
-        for n, ep in sorted(entry_points(kind).items()):
-            src = "entry point (shadowed by built-in)" if n in builtins else "entry point"
-            dist = ep.dist.name if ep.dist is not None else ""
-            ver = ep.dist.version if ep.dist is not None else ""
-            rows.append(Row(kind, n, src, ep.value, dist, ver))
-    return rows
-
-
-def check(kind: str, name: str) -> None:
-    """Load ``name`` of ``kind`` through its registry, so that the registry's checks run.
-
-    Rules and attacks are probed on random input, a dataset's ``Source`` is checked
-    (its data is not read), a model's factory must be callable (the model itself is
-    probed by ``models.create``, which needs the dataset's width). Built-ins pass.
-
-    Raises
-    ------
-    PluginError
-        Naming the plug-in and what is wrong (PluginMissing: not installed).
-    """
-    if kind == "rule":
-        from . import aggregators
-
-        aggregators.get(name)
-    elif kind == "attack":
-        from . import attacks
-
-        attacks.get(name)
-    elif kind == "dataset":
-        from . import datasets
-
-        datasets.source(name)
-    elif not _builtin(kind, name):
-        factory, _ = load(kind, name)
-        if not callable(factory):
-            raise PluginError(f"model {name!r}: expected a factory, got {type(factory).__name__}")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``hgo-plugins``: list models, datasets, rules and attacks, built-in and installed."""
-    p = argparse.ArgumentParser(
-        prog="hgo-plugins",
-        description="List the models, datasets, aggregation rules and attacks this installation "
-        "knows: the built-ins and the plug-ins installed through entry points (hgo.models, "
-        "hgo.datasets, hgo.rules, hgo.attacks). Any of them, or a 'package.module:Name' "
-        "reference, can be given to --model/--dataset/--rule/--attack.",
-    )
-    p.add_argument("--kind", choices=KINDS, action="append", help="only this kind (repeatable)")
-    p.add_argument(
-        "--check", metavar="NAME", help="load NAME (of the one --kind given) and report its origin"
-    )
-    args = p.parse_args(argv)
-    kinds = tuple(args.kind or KINDS)
-    if args.check:
-        if len(kinds) != 1:
-            p.error("--check NAME needs exactly one --kind")
-        try:
-            check(kinds[0], args.check)
-            o = origin(kinds[0], args.check)
-        except PluginError as exc:
-            print(f"hgo-plugins: {exc}", file=sys.stderr)
-            return 2
-        if o is None:
-            print(f"{kinds[0]} {args.check!r}: built-in")
-        else:
-            print(f"{kinds[0]} {args.check!r}: {o.target} from {o.requirement()}")
-        return 0
-    for row in listing(kinds):
-        extra = f"  {row.target}  [{row.distribution} {row.version}]" if row.target else ""
-        print(f"{row.kind:<8} {row.name:<24} {row.source}{extra}")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -461,7 +461,10 @@ def build_parser() -> argparse.ArgumentParser:
         "logs", nargs="+", type=Path, metavar="LOG", help="round log files (JSON lines, plain or .jsonl.gz)"
     )
     parser.add_argument(
-        "--out", type=Path, default=Path("plots"), metavar="DIR",
+        "--out",
+        type=Path,
+        default=Path("plots"),
+        metavar="DIR",
         help="output directory, created if missing; only metric_vs_time.png, metric_vs_round.png, "
         "block_by_round.png and prefix_by_profile.png are (over)written in it (default: plots)",
     )

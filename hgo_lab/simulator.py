@@ -446,9 +446,7 @@ class Simulation:
         dt = self.round_time_ms(done_ms, prefixes, buf.nonfinite)
         self.t_ms += dt
         self.k += 1
-        workers = [
-            WorkerEntry(int(i), self.profiles[i], bool(self.byzantine[i])) for i in plan.sampled
-        ]
+        workers = [WorkerEntry(int(i), self.profiles[i], bool(self.byzantine[i])) for i in plan.sampled]
         timing = Timing(
             t_s=self.t_ms / 1000.0, round_ms=dt, close_ms=dt,
             early_close=math.isfinite(plan.tau_ms) and dt < plan.tau_ms,

@@ -70,7 +70,6 @@ ConfigError = SpecError
 """A setting outside its allowed range (the project's SpecError): the message names the value and range."""
 
 
-
 def _port() -> Check:
     return within(0, 65535)
 

@@ -118,25 +118,32 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m hgo_server.health", description="Health check for HGO containers (exit 0 = healthy)."
     )
     parser.add_argument(
-        "--grpc", metavar="HOST:PORT",
+        "--grpc",
+        metavar="HOST:PORT",
         help=f"server address for the Status rpc (default 127.0.0.1:$HGO_PORT, else :{DEFAULT_PORT}; "
         "checked unless only --http is given)",
     )
-    parser.add_argument("--http", metavar="URL", help="metrics URL to GET (e.g. http://127.0.0.1:9101/metrics)")
+    parser.add_argument(
+        "--http", metavar="URL", help="metrics URL to GET (e.g. http://127.0.0.1:9101/metrics)"
+    )
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds per check (default 3)")
     parser.add_argument(
-        "--service", default="",
+        "--service",
+        default="",
         help=f"grpc.health.v1 service to check: '' = the server (default), {SERVICE} = accepting workers",
     )
     parser.add_argument(
-        "--status", action="store_true",
+        "--status",
+        action="store_true",
         help="call the server's Status rpc instead of grpc.health.v1 (prints state and round; needs "
         "the token)",
     )
     parser.add_argument("--token", default=None, help="bearer token (default: $HGO_TOKEN)")
     parser.add_argument("--token-file", type=Path, default=None, help="read the bearer token from this file")
     parser.add_argument(
-        "--tls-ca", type=Path, default=None,
+        "--tls-ca",
+        type=Path,
+        default=None,
         help="CA certificate (PEM); enables TLS (default: $HGO_TLS_CA, else plaintext)",
     )
     parser.add_argument("--tls-name", default="server", help="TLS server name to verify (default: server)")

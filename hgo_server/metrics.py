@@ -53,6 +53,8 @@ def round_buckets(tau_ms: float | None, tau_min_ms: float | None = None) -> tupl
     edges = {round(f * tau, 9) for f in TAU_FACTORS}
     edges |= {e for e in (0.001, 0.0025, 0.005) if e < TAU_FACTORS[0] * tau}
     return tuple(sorted(edges))
+
+
 _COORDS = (0, 1, 10, 100, 1_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000)
 
 

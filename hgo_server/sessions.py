@@ -68,7 +68,6 @@ class Outbox:
         return self._items.popleft()
 
 
-
 class TokenBucket:
     """A token bucket: ``rate`` units per second, at most ``burst`` saved up.
 

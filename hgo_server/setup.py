@@ -37,12 +37,12 @@ def load_setup(cfg: ServerConfig) -> Setup:
     Reproducible from the run spec alone, so a worker given ``--shard i/n`` can rebuild
     its shard without the server (``build_run`` documents how).
     """
-    from hgo_common import plugins
+    from hgo_common import catalog
 
     run = build_run(cfg, int(cfg.num_shards or 1))
     ds, model, name = run.dataset, run.model, run.model_name
-    ds_origin = plugins.origin("dataset", cfg.dataset)
-    model_origin = plugins.origin("model", name)
+    ds_origin = catalog.origin("dataset", cfg.dataset)
+    model_origin = catalog.origin("model", name)
     why = vector_fit_error(
         f"the weights of model {name!r} (d={model.dim})", model.dim, cfg.max_message_mb * 2**20,
         f"--max-message-mb {cfg.max_message_mb}",

@@ -6,7 +6,7 @@ without bound or run code because of what it receives (issue 20, break 1). So th
 Welcome's TrainingSpec and every ShardPart are checked here against limits the worker
 knows by itself (:data:`~hgo_common.net.protocol.MAX_MESSAGE_BYTES`, ``--max-shard-mb``)
 before the worker builds a model or allocates its shard. Names are checked elsewhere:
-the model and dataset a spec names go through ``hgo_common.plugins.resolve`` with the
+the model and dataset a spec names go through ``hgo_common.catalog.resolve`` with the
 worker's ``--allow-plugin`` list.
 
 A value out of range raises :class:`Refused`, whose message names the field, the value
@@ -80,7 +80,7 @@ def check_welcome(welcome: Welcome) -> None:
 
 
 def check_spec(spec: Spec) -> None:
-    """Sizes and counts of a TrainingSpec (names are ``plugins.resolve``'s business)."""
+    """Sizes and counts of a TrainingSpec (names are ``catalog.resolve``'s business)."""
     d = spec.dim
     _int_in("TrainingSpec.dim", d, 1, MAX_DIM, f"w_k must fit one {protocol.MAX_MESSAGE_BYTES}-byte message")
     _int_in("TrainingSpec.n_features", spec.n_features, 1, d, "at most dim")

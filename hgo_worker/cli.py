@@ -64,46 +64,66 @@ def build_parser() -> argparse.ArgumentParser:
         "default average, or custom when --rate is given",
     )
     p.add_argument(
-        "--rate", type=_rate, default=None,
+        "--rate",
+        type=_rate,
+        default=None,
         help="compute rate lambda_i in partial derivatives per ms per data point (overrides the profile's "
         "draw; 0 = unthrottled; default: drawn from --profile)",
     )
     p.add_argument(
-        "--throttle", choices=pacing.THROTTLE_MODES, default="on",
+        "--throttle",
+        choices=pacing.THROTTLE_MODES,
+        default="on",
         help="on: release no faster than the rate lambda_i (emulated device); off: release each piece as "
         "soon as it is computed (a really constrained device, e.g. under a CPU quota) (default on)",
     )
     # --batch-size, --budget-policy, --rho: declared once with the population's (hgo_common.spec.Compute)
     forms.add_arguments(p, Compute)
     p.add_argument(
-        "--attack", metavar="ATTACK", default=None,
+        "--attack",
+        metavar="ATTACK",
+        default=None,
         help=f"behave as a Byzantine worker with this attack: {', '.join(attacks.names())}, "
         "a package.module:Name reference or an installed plug-in (default: honest)",
     )
     p.add_argument(
-        "--byzantine", dest="old_byzantine", metavar="ATTACK", default=None,
+        "--byzantine",
+        dest="old_byzantine",
+        metavar="ATTACK",
+        default=None,
         help="old spelling of --attack (deprecated: 'byzantine' names a count in hgo-run)",
     )
     p.add_argument(
-        "--attack-param", action="append", default=[], metavar="KEY=VALUE",
+        "--attack-param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="attack parameter (repeatable); worker-level: full=1 (send all d at once), "
         "estimates=M, n=N, f=F",
     )
     p.add_argument(
-        "--seed", type=int, default=None,
+        "--seed",
+        type=int,
+        default=None,
         help="seed of the rate draw and mini-batches, in [0, 2**32) (default: random)",
     )
     p.add_argument(
-        "--token", default=None,
+        "--token",
+        default=None,
         help="bearer token (visible in ps; prefer --token-file or $HGO_TOKEN) (default: $HGO_TOKEN, "
         "else none)",
     )
     p.add_argument(
-        "--token-file", type=Path, default=None, metavar="FILE",
+        "--token-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
         help="read the bearer token from FILE (one line) instead of --token / $HGO_TOKEN",
     )
     p.add_argument(
-        "--shard", default="auto", metavar="auto|i/n",
+        "--shard",
+        default="auto",
+        metavar="auto|i/n",
         help="auto (the server sends the shard) or i/n (load it here) (default auto)",
     )
     p.add_argument(
@@ -113,17 +133,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port (default: off)"
     )
     p.add_argument(
-        "--metrics-bind", default="127.0.0.1", metavar="ADDR",
+        "--metrics-bind",
+        default="127.0.0.1",
+        metavar="ADDR",
         help="address of the metrics endpoint (default 127.0.0.1: this host only; 0.0.0.0 lets other hosts "
         "scrape it)",
     )
     p.add_argument("--name", default="", help="a label for the server's logs (default host-pid)")
     p.add_argument(
-        "--reconnect-timeout", type=float, default=60.0,
+        "--reconnect-timeout",
+        type=float,
+        default=60.0,
         help="give up after this many seconds without a session (default 60)",
     )
     p.add_argument(
-        "--tls-ca", type=Path, default=None, metavar="FILE",
+        "--tls-ca",
+        type=Path,
+        default=None,
+        metavar="FILE",
         help="CA certificate (PEM) to verify the server; enables TLS (default: plaintext)",
     )
     p.add_argument(
@@ -131,30 +158,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tls-key", type=Path, default=None, metavar="FILE", help="client key (mutual TLS)")
     p.add_argument(
-        "--tls-server-name", default=None, metavar="NAME",
+        "--tls-server-name",
+        default=None,
+        metavar="NAME",
         help="host name to verify in the server's certificate when --server is an address the "
         "certificate does not name (e.g. --server 127.0.0.1:50051 --tls-server-name hgo-server); "
         "also sent as the :authority (default: the host of --server)",
     )
     p.add_argument(
-        "--allow-plugin", action="append", default=[], metavar="NAME_OR_REF",
+        "--allow-plugin",
+        action="append",
+        default=[],
+        metavar="NAME_OR_REF",
         help="a plug-in model or dataset the server's spec may name (repeatable): an installed "
         "plug-in's name or a package.module:Name reference, exactly as the server names it. Built-ins "
         "are always allowed; a spec naming anything else is refused (exit 2) before it is imported "
         "(default: none)",
     )
     p.add_argument(
-        "--max-shard-mb", type=int, default=checks.DEFAULT_MAX_SHARD_MB, metavar="MIB",
+        "--max-shard-mb",
+        type=int,
+        default=checks.DEFAULT_MAX_SHARD_MB,
+        metavar="MIB",
         help="refuse a data shard from the server larger than this (features + labels as float32) "
         f"(default {checks.DEFAULT_MAX_SHARD_MB})",
     )
     p.add_argument(
-        "--sessions", type=int, default=1, metavar="K",
+        "--sessions",
+        type=int,
+        default=1,
+        metavar="K",
         help="host K independent device sessions in this process (a lab emulating a fleet): seeds "
         "seed+j, names NAME-j, each its own rate draw, shard and throttle (default 1)",
     )
     p.add_argument(
-        "--fleet", type=Path, default=None, metavar="FILE",
+        "--fleet",
+        type=Path,
+        default=None,
+        metavar="FILE",
         help='JSON {"sessions": [{...}, ...]}: one device session per entry, each overriding this '
         "command line's settings (keys: " + ", ".join(fleet.FLEET_KEYS) + ")",
     )

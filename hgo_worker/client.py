@@ -31,7 +31,7 @@ server's spec names, or has another version of it: the log line names what to in
 
 What the worker receives is checked before it is used (issue 20, break 1): a model or
 dataset the spec names is loaded only if it is built in or allowed by the operator
-(``--allow-plugin``, ``hgo_common.plugins.resolve``), and every size and count is
+(``--allow-plugin``, ``hgo_common.catalog.resolve``), and every size and count is
 checked before allocation (:mod:`hgo_worker.checks`). A refusal names what was refused
 and ends the worker with exit code 2. A worker connecting without TLS to a host that
 is not a loopback address says so once, loudly (:func:`plaintext_warning`).
@@ -57,7 +57,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from hgo_common import local, plugins, profiles, rounds, wire
+from hgo_common import catalog, local, plugins, profiles, rounds, wire
 from hgo_common.errors import HGOError
 from hgo_common.models import ModelProtocol
 from hgo_common.net import credentials, protocol
@@ -296,7 +296,10 @@ class Worker:
             if down >= self.cfg.reconnect_timeout:
                 log.error(
                     "%s: no session with %s for %.1f s (--reconnect-timeout %.1f); giving up",
-                    self.name, self.cfg.server, down, self.cfg.reconnect_timeout,
+                    self.name,
+                    self.cfg.server,
+                    down,
+                    self.cfg.reconnect_timeout,
                 )
                 return EXIT_GAVE_UP
             delay = float(self._rng.uniform(0.0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2.0**attempt)))
@@ -385,8 +388,14 @@ class Worker:
             y = self.behaviour.transform_labels(y, int(spec.n_classes), np.random.default_rng([self.seed, 7]))
         log.info(
             "%s: joined as worker %d (session %s…), %s d=%d, %d rows, rate %.4g, s=%d",
-            self.name, welcome.worker_id, welcome.session_id[:8], spec.model, spec.dim, len(y),
-            self.rate, cfg.batch_size,
+            self.name,
+            welcome.worker_id,
+            welcome.session_id[:8],
+            spec.model,
+            spec.dim,
+            len(y),
+            self.rate,
+            cfg.batch_size,
         )
         return welcome, model, X, y
 
@@ -402,7 +411,7 @@ class Worker:
         where = "no --data-dir" if self.cfg.data_dir is None else f"--data-dir {str(self.cfg.data_dir)!r}"
         try:
             # Before anything is read or imported: the dataset name came from the network.
-            plugins.resolve(
+            catalog.resolve(
                 "dataset", spec.dataset, self._allowed(),
                 distribution=spec.dataset_plugin, version=spec.dataset_plugin_version,
             )  # fmt: skip
@@ -462,8 +471,13 @@ class WorkerSession:
     """The three tasks of a welcomed session (reader, writer, heartbeat)."""
 
     def __init__(
-        self, worker: Worker, call: SessionStream, welcome: msgs.Welcome, model: ModelProtocol,
-        X: np.ndarray, y: np.ndarray,
+        self,
+        worker: Worker,
+        call: SessionStream,
+        welcome: msgs.Welcome,
+        model: ModelProtocol,
+        X: np.ndarray,
+        y: np.ndarray,
     ) -> None:
         self.w = worker
         self.call = call
@@ -645,7 +659,12 @@ class WorkerSession:
             if wake is None:
                 log.debug(
                     "round %d: sent %d of %d by %.1f ms (first chunk at %.1f ms; expected %d)",
-                    rnd, sent, sched.d, elapsed(), first_ms, sched.expected(),
+                    rnd,
+                    sent,
+                    sched.d,
+                    elapsed(),
+                    first_ms,
+                    sched.expected(),
                 )
                 return
             # Compute ahead of the release (allowed: the throttle limits release, not compute).

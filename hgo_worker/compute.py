@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from hgo_common import models, order, plugins
+from hgo_common import catalog, models, order
 from hgo_common.models import ModelProtocol
 from hgo_common.net.messages import Spec
 
@@ -22,7 +22,7 @@ def model_from_spec(spec: Spec, allowed: Collection[str] = ()) -> ModelProtocol:
     """The model a ``TrainingSpec`` describes (checks that its dimension matches ``spec.dim``).
 
     ``spec.model`` came from the network: it is built only if it is a built-in model or
-    one of ``allowed`` (the worker's ``--allow-plugin``), see ``plugins.resolve``. The
+    one of ``allowed`` (the worker's ``--allow-plugin``), see ``catalog.resolve``. The
     spec's sizes are checked before (``hgo_worker.checks.check_spec``).
 
     Raises
@@ -41,7 +41,7 @@ def model_from_spec(spec: Spec, allowed: Collection[str] = ()) -> ModelProtocol:
         kwargs["n_classes"] = spec.n_classes
     if spec.model == "mlp" and len(sizes) > 2:
         kwargs["hidden"] = sizes[1:-1]
-    plug = plugins.resolve(
+    plug = catalog.resolve(
         "model", spec.model, allowed, distribution=spec.model_plugin, version=spec.model_plugin_version
     )
     if plug is not None:

@@ -39,12 +39,16 @@ class WorkerMetrics:
             ),
             "sent": Counter("hgo_worker_coordinates_sent", "Gradient coordinates sent", lab, registry=reg),
             "rate": Gauge(
-                "hgo_worker_rate_per_second", "lambda_i: partial derivatives per second per data point", lab,
+                "hgo_worker_rate_per_second",
+                "lambda_i: partial derivatives per second per data point",
+                lab,
                 registry=reg,
             ),
             "reconnects": Counter(
-                "hgo_worker_reconnects", "Sessions re-established after a lost one (successes, not attempts)",
-                lab, registry=reg,
+                "hgo_worker_reconnects",
+                "Sessions re-established after a lost one (successes, not attempts)",
+                lab,
+                registry=reg,
             ),
             "connected": Gauge("hgo_worker_connected", "1 while a session is open", lab, registry=reg),
         }

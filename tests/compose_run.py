@@ -319,12 +319,19 @@ class ComposeTopology:
     def of(self, service: str) -> list[Instance]:
         return [i for i in self.instances if i.service == service]
 
-    def run_in(self, inst: Instance, argv: list[str], *, env: Mapping[str, str] | None = None,
-               timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    def run_in(
+        self, inst: Instance, argv: list[str], *, env: Mapping[str, str] | None = None, timeout: float = 30.0
+    ) -> subprocess.CompletedProcess[str]:
         """Run a command in an instance's network namespace (a `docker exec`), with its environment."""
         full_env = {**os.environ, **inst.env, **(env or {})}
-        return subprocess.run([*inst.exec_prefix(), *argv], capture_output=True, text=True,
-                              env=full_env, timeout=timeout, check=False)
+        return subprocess.run(
+            [*inst.exec_prefix(), *argv],
+            capture_output=True,
+            text=True,
+            env=full_env,
+            timeout=timeout,
+            check=False,
+        )
 
     def close(self) -> None:
         self.procs.close()  # processes first: a namespace with live processes lingers

@@ -40,7 +40,7 @@ def console(name: str) -> list[str]:
         "hgo-run": "hgo_lab.cluster",
         "hgo-plot": "hgo_lab.plots",
         "hgo-experiment": "hgo_lab.experiment",
-        "hgo-plugins": "hgo_common.plugins",
+        "hgo-plugins": "hgo_common.catalog",
     }[name]
     return [sys.executable, "-m", module]
 

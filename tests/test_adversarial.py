@@ -901,7 +901,7 @@ async def accuracy_run(
             await c.close()
         summary = await asyncio.wait_for(asyncio.shield(s.run), 180)
         if sybils:
-            refused = s.rejected('join-rate')
+            refused = s.rejected("join-rate")
             print(f"sybil: {len(attackers)} of {sybils} joins admitted, {refused:.0f} refused")
         for c in attackers:
             await c.close()

@@ -360,6 +360,7 @@ def test_sigterm_checkpoints_stops_workers_and_exits_zero(procs: ProcessGroup, t
     assert state is not None and state.round == last_round + 1  # the round after the last one closed
     out = procs.log(server)
     assert "checkpoint round=" in out and "stopped" in out
+
     # workers were told (Stop "shutdown") and are trying to reconnect, not dead
     def told(w: subprocess.Popen[bytes]) -> bool:
         return "stopped the session" in procs.log(w) or "session ended" in procs.log(w)

@@ -82,7 +82,10 @@ def test_replicas_follow_the_profile_variables() -> None:
 
     doc = load_compose({"HGO_WEAK": "15", "HGO_AVERAGE": "20", "HGO_POWERFUL": "15", "HGO_BYZANTINE": "2"})
     assert [doc["services"][s]["deploy"]["replicas"] for s in (*WORKER_SERVICES, "worker-byzantine")] == [
-        15, 20, 15, 2,
+        15,
+        20,
+        15,
+        2,
     ]
 
 

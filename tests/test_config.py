@@ -203,6 +203,8 @@ def test_to_toml_reads_back_to_the_same_config(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text(text)
     assert cfgmod.resolve(cfgmod.ServerConfig(**cfgmod.load_toml(path))) == cfg.replace(token=None)
+
+
 def test_token_sources_and_refusals(tmp_path: Path) -> None:
     from hgo_server.config import load_token
 

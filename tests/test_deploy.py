@@ -432,7 +432,7 @@ def test_metrics_listen_on_bind_unless_metrics_bind(procs: ProcessGroup, tmp_pat
     _, metrics = _start_server(procs, tmp_path / "a")  # default --bind 127.0.0.1
     assert _listening(metrics) == {"127.0.0.1"}
     body = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10).read().decode()
-    assert 'hgo_run_info{' in body and 'rule="average"' in body and 'tau="60ms"' in body
+    assert "hgo_run_info{" in body and 'rule="average"' in body and 'tau="60ms"' in body
     (tmp_path / "b").mkdir()
     _, metrics = _start_server(procs, tmp_path / "b", "--metrics-bind", "0.0.0.0")
     assert _listening(metrics) == {"0.0.0.0"}

@@ -40,6 +40,7 @@ def _comparable(record: dict[str, Any]) -> dict[str, Any]:
     out["workers"] = [{k: v for k, v in w.items() if k not in skip} for w in out["workers"]]
     return out
 
+
 N, Q, V, ROUNDS, SEED = 5, 4, 2, 6, 11
 
 
@@ -110,9 +111,22 @@ async def test_server_and_simulator_produce_the_same_rounds(tmp_path: Path) -> N
     cfg = server_config.resolve(
         server_config.from_mapping(
             dict(
-                port=0, dataset="breast-cancer", model="logistic", q=Q, v=V, rule="median", tau="300ms",
-                rounds=ROUNDS, eval_every=2, seed=SEED, secret_seed=SEED, lr=0.3, min_workers=N, num_shards=N,
-                log=str(log_path), max_chunk_values=1024,
+                port=0,
+                dataset="breast-cancer",
+                model="logistic",
+                q=Q,
+                v=V,
+                rule="median",
+                tau="300ms",
+                rounds=ROUNDS,
+                eval_every=2,
+                seed=SEED,
+                secret_seed=SEED,
+                lr=0.3,
+                min_workers=N,
+                num_shards=N,
+                log=str(log_path),
+                max_chunk_values=1024,
             )
         )
     )

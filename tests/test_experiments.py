@@ -379,8 +379,11 @@ _V = '[[variant]]\nlabel = "a"\n'
         ("unknown-quick.toml", f"[quick]\nrounds = 5\n{_V}".encode(), ("[quick]", "unknown key 'rounds'")),
         ("unknown-net.toml", f"[net]\nworkers = 5\n{_V}".encode(), ("[net]", "unknown key 'workers'")),
         ("unknown-setting.toml", f"learning_rate = 0.1\n{_V}".encode(), ("unknown key", "learning_rate")),
-        ("unknown-variant.toml", b'[[variant]]\nlabel = "a"\nrate = 1\n',
-         ("variant 'a'", "unknown keys ['rate']")),
+        (
+            "unknown-variant.toml",
+            b'[[variant]]\nlabel = "a"\nrate = 1\n',
+            ("variant 'a'", "unknown keys ['rate']"),
+        ),
         ("invalid.toml", b'[[variant]]\nlabel = "a"\nn = 0\n', ("variant 'a'", "(key 'n') must be >= 1")),
     ],
 )
@@ -452,9 +455,7 @@ def test_net_mode_builds_the_server_config_from_the_scenario(tmp_path: Path) -> 
     srv = cluster.server_config(cc)
     assert srv is cc.server
     got = (srv.q, srv.f, srv.rule, srv.tau_ms, srv.rounds, srv.lr, srv.lr_schedule, srv.l2, srv.max_train)
-    assert got == (
-        cfg.q_eff, cfg.f, cfg.rule, cfg.tau_ms, cfg.rounds, cfg.lr, "inv-sqrt-block", 0.01, 500
-    )
+    assert got == (cfg.q_eff, cfg.f, cfg.rule, cfg.tau_ms, cfg.rounds, cfg.lr, "inv-sqrt-block", 0.01, 500)
     assert (srv.num_shards, srv.min_workers, srv.seed) == (cfg.n, cfg.n, cfg.seed)
     assert srv.partition == cfg.partition
     # the run specification itself, not a translation: every setting equal, q and v resolved
@@ -506,6 +507,7 @@ def test_net_mode_stretches_a_deadline_too_short_for_sockets() -> None:
 def test_plots_survive_seeds_whose_times_do_not_overlap(tmp_path: Path) -> None:
     """Wall-clock seeds evaluated once each at different times have no common band: the
     time figure then draws every seed instead of failing the whole run."""
+
     def log(t_end: float) -> list[dict[str, Any]]:
         return [{"round": 0, "t": t_end / 2, "workers": [], "block": 1, "quorum": True, "sampled": 1,
                  "responded": 1},

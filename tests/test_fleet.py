@@ -151,7 +151,9 @@ def test_hgo_run_packs_sessions_into_few_processes(procs: ProcessGroup, tmp_path
     res = run_cluster(cfg, start=procs.start)
     assert res.rounds == 30 and res.worker_exit_codes == [0, 0, 0]
     assert sorted(p.name for p in (tmp_path / "run").glob("*.fleet.json")) == [
-        "workers-0-3.fleet.json", "workers-4-7.fleet.json", "workers-8-11.fleet.json"
+        "workers-0-3.fleet.json",
+        "workers-4-7.fleet.json",
+        "workers-8-11.fleet.json",
     ]
     ids = {w["id"] for r in res.records for w in r["workers"]}
     assert len(ids) == 12  # every session is its own worker

@@ -19,8 +19,16 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 T975 = {1: 12.706204736174707, 2: 4.302652729749464}
 
 
-def _write_log(path: Path, *, n_rounds: int, eval_every: int, acc0: float, slope: float,
-               dt: float, with_accuracy: bool = True) -> list[dict]:
+def _write_log(
+    path: Path,
+    *,
+    n_rounds: int,
+    eval_every: int,
+    acc0: float,
+    slope: float,
+    dt: float,
+    with_accuracy: bool = True,
+) -> list[dict]:
     """A synthetic round log: 3 profiles, one Byzantine worker, known prefixes per round."""
     records = []
     with RoundLog(path) as log:
@@ -35,9 +43,17 @@ def _write_log(path: Path, *, n_rounds: int, eval_every: int, acc0: float, slope
             if k % 3 == 2:  # the powerful worker is not sampled every third round
                 workers = workers[:3] + workers[4:]
             rec = {
-                "round": k, "t": dt * (k + 1), "tau_ms": 100.0, "algorithm": "hgo",
-                "sampled": len(workers), "responded": len(workers), "block": 20 + k,
-                "quorum": True, "step_size": 0.1, "round_ms": dt * 1000, "workers": workers,
+                "round": k,
+                "t": dt * (k + 1),
+                "tau_ms": 100.0,
+                "algorithm": "hgo",
+                "sampled": len(workers),
+                "responded": len(workers),
+                "block": 20 + k,
+                "quorum": True,
+                "step_size": 0.1,
+                "round_ms": dt * 1000,
+                "workers": workers,
             }
             if k % eval_every == 0:
                 if with_accuracy:
@@ -126,17 +142,29 @@ def test_hgo_plot_cli(tmp_path: Path) -> None:
     out = tmp_path / "figs"
     done = subprocess.run(
         [*console("hgo-plot"), str(log), "--out", str(out), "--label", "demo"],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     written = {Path(line).name for line in done.stdout.split()}
-    assert written == {"metric_vs_time.png", "metric_vs_round.png", "block_by_round.png",
-                       "prefix_by_profile.png"}
+    assert written == {
+        "metric_vs_time.png",
+        "metric_vs_round.png",
+        "block_by_round.png",
+        "prefix_by_profile.png",
+    }
     for name in written:
         _assert_png(out / name)
 
-    bad = subprocess.run([*console("hgo-plot"), str(tmp_path / "missing.jsonl"), "--out", str(out)],
-                         capture_output=True, text=True, timeout=120, check=False)
+    bad = subprocess.run(
+        [*console("hgo-plot"), str(tmp_path / "missing.jsonl"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert bad.returncode == 2
     assert "missing.jsonl" in bad.stderr
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hgo_common import aggregators, attacks, datasets, models, plugins
+from hgo_common import aggregators, attacks, catalog, datasets, models, plugins
 from tests.procs import ProcessGroup, console, free_port
 
 GOOD = '''
@@ -241,29 +241,29 @@ def test_entry_points_are_found_listed_and_never_shadow_builtins(onpath: Path) -
     # "mlp" is also an entry point of fakeplug: the built-in wins, the listing says so
     assert models.create("mlp", n_features=5, n_classes=3).layer_sizes == (5, 30, 3)
     rows = {
-        (r.kind, r.name): r for r in plugins.listing() if r.source != "entry point (shadowed by built-in)"
+        (r.kind, r.name): r for r in catalog.listing() if r.source != "entry point (shadowed by built-in)"
     }
     assert rows[("model", "fake-tiny")].source == "entry point"
     assert rows[("model", "fake-tiny")].distribution == "fakeplug"
     assert rows[("model", "fake-tiny")].version == "1.2.3"
     assert rows[("model", "mlp")].source == "built-in"
-    assert any(r.name == "mlp" and "shadowed" in r.source for r in plugins.listing(["model"]))
+    assert any(r.name == "mlp" and "shadowed" in r.source for r in catalog.listing(["model"]))
     assert rows[("rule", "median")].source == "built-in"
 
 
 def test_origin_names_the_distribution_and_version(onpath: Path) -> None:
-    o = plugins.origin("model", "fake-tiny")
+    o = catalog.origin("model", "fake-tiny")
     assert o is not None and (o.distribution, o.version, o.target) == (
         "fakeplug",
         "1.2.3",
         "fakeplug_mod:Tiny",
     )
     assert o.requirement() == "fakeplug==1.2.3"
-    ref = plugins.origin("model", "fakeplug_mod:Tiny")  # a reference into an installed package
+    ref = catalog.origin("model", "fakeplug_mod:Tiny")  # a reference into an installed package
     assert ref is not None and (ref.distribution, ref.version) == ("fakeplug", "1.2.3")
-    loose = plugins.origin("model", "goodplug:Tiny")  # a module on sys.path, no distribution
+    loose = catalog.origin("model", "goodplug:Tiny")  # a module on sys.path, no distribution
     assert loose is not None and loose.distribution == "" and "goodplug" in loose.requirement()
-    assert plugins.origin("model", "mlp") is None and plugins.origin("rule", "median") is None
+    assert catalog.origin("model", "mlp") is None and catalog.origin("rule", "median") is None
     plugins.check_installed("model", "fake-tiny", "fakeplug", "1.2.3")
     with pytest.raises(
         plugins.PluginMissing, match=r"from plug-in fakeplug 9\.9.*install fakeplug==9\.9"

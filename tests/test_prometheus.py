@@ -166,7 +166,8 @@ def test_dashboard_is_provisioned_and_covers_every_metric() -> None:
             # server series follow the run selector (worker series carry no server label)
             for name in names - WORKER_METRICS:
                 assert re.search(rf"\b{name}(_bucket|_sum|_count)?\{{instance=~\"\$run\"", target["expr"]), (
-                    panel["title"], target["expr"],
+                    panel["title"],
+                    target["expr"],
                 )
             # rates in base units: per second, never "per interval"
             assert "increase(" not in target["expr"], target["expr"]
@@ -175,9 +176,18 @@ def test_dashboard_is_provisioned_and_covers_every_metric() -> None:
     missing = (SERVER_METRICS | WORKER_METRICS) - used
     assert not missing, f"no panel shows {missing}"
     titles = {p["title"] for p in dash["panels"]}
-    for wanted in ("Test accuracy", "Test loss", "Round duration vs tau", "Block size b_v",
-                   "Prefix length by profile", "Rejected messages by reason", "Bytes in / out",
-                   "Worker CPU", "Worker memory", "Run settings"):
+    for wanted in (
+        "Test accuracy",
+        "Test loss",
+        "Round duration vs tau",
+        "Block size b_v",
+        "Prefix length by profile",
+        "Rejected messages by reason",
+        "Bytes in / out",
+        "Worker CPU",
+        "Worker memory",
+        "Run settings",
+    ):
         assert wanted in titles  # fmt: skip
 
 

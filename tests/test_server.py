@@ -913,8 +913,10 @@ async def test_heartbeats_go_out_in_batches_spread_over_the_interval(monkeypatch
     try:
         # several intervals: every live session beaten 3 times, the silent one dropped after 3
         await wait_for(
-            lambda: silent.session_id not in core.sessions
-            and all(sum(s.session_id in b for b in sweeps) >= 3 for s in live),
+            lambda: (
+                silent.session_id not in core.sessions
+                and all(sum(s.session_id in b for b in sweeps) >= 3 for s in live)
+            ),
             timeout=30,
         )
     finally:

@@ -223,4 +223,3 @@ def test_certificate_identities_are_distinct_and_unambiguous() -> None:
             return {"transport_security_type": [b"insecure"]}
 
     assert certificate_identity(Plain()) is None
-

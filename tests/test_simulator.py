@@ -281,4 +281,3 @@ def test_hybrid_budget_uses_the_scenario_rho() -> None:
             "hybrid", rate=20.0, tau_ms=10.0, d=31, batch_size=32, rho=rho, max_batch=sim.shards[0].size
         )
     assert plans[0.0].batch_size < plans[1.0].batch_size
-

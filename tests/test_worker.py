@@ -44,9 +44,18 @@ def make_data(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def make_spec(max_chunk: int = 64) -> Any:
     return hgo_pb2.TrainingSpec(
-        model="logistic", layer_sizes=[P, 1], dim=P + 1, order="flat", dataset="synthetic",
-        n_features=P, n_classes=2, algorithm="hgo", max_chunk_values=max_chunk, seed=1,
-        partition="iid", num_shards=1,
+        model="logistic",
+        layer_sizes=[P, 1],
+        dim=P + 1,
+        order="flat",
+        dataset="synthetic",
+        n_features=P,
+        n_classes=2,
+        algorithm="hgo",
+        max_chunk_values=max_chunk,
+        seed=1,
+        partition="iid",
+        num_shards=1,
     )
 
 
@@ -103,7 +112,9 @@ class FakeHGO(hgo_pb2_grpc.HGOServicer):
         sess = FakeSession(context, first.join, len(self.sessions), f"{len(self.sessions):032x}")
         self.sessions.append(sess)
         welcome = hgo_pb2.Welcome(
-            session_id=sess.session_id, worker_id=sess.worker_id, spec=self.spec,
+            session_id=sess.session_id,
+            worker_id=sess.worker_id,
+            spec=self.spec,
             heartbeat_ms=self.heartbeat_ms,
         )
         await context.write(hgo_pb2.ServerMessage(welcome=welcome))
@@ -112,8 +123,13 @@ class FakeHGO(hgo_pb2_grpc.HGOServicer):
             for lo in range(0, len(self.y), step):
                 hi = min(len(self.y), lo + step)
                 part = hgo_pb2.ShardPart(
-                    row_offset=lo, rows=hi - lo, cols=self.X.shape[1], features=wire.encode(self.X[lo:hi]),
-                    labels=wire.encode(self.y[lo:hi]), last=hi == len(self.y), total_rows=len(self.y),
+                    row_offset=lo,
+                    rows=hi - lo,
+                    cols=self.X.shape[1],
+                    features=wire.encode(self.X[lo:hi]),
+                    labels=wire.encode(self.y[lo:hi]),
+                    last=hi == len(self.y),
+                    total_rows=len(self.y),
                 )
                 await context.write(hgo_pb2.ServerMessage(shard=part))
         self.joined.put_nowait(sess)
@@ -151,8 +167,9 @@ async def start_fake(fake: FakeHGO, port: int = 0) -> tuple[grpc.aio.Server, int
     return server, bound
 
 
-def expected_values(sess: FakeSession, seed: int, rnd: int, w: np.ndarray, X: np.ndarray, y: np.ndarray,
-                    order_seed: int = 7) -> np.ndarray:
+def expected_values(
+    sess: FakeSession, seed: int, rnd: int, w: np.ndarray, X: np.ndarray, y: np.ndarray, order_seed: int = 7
+) -> np.ndarray:
     """The gradient the worker must send in C_k order (same batch draw as the worker)."""
     model = models.create("logistic", n_features=P)
     idx = draw_batch(len(y), 10, round_rng(seed, rnd, salt=sess.worker_id))
@@ -418,8 +435,19 @@ def test_cli_exits_zero_on_stop_done(procs: ProcessGroup) -> None:
                 break
             time.sleep(0.05)
         proc = procs.start(
-            [*console("hgo-worker"), "--server", f"127.0.0.1:{ready['port']}", "--profile", "weak",
-             "--batch-size", "10", "--seed", "4", "--name", "cli-worker"],
+            [
+                *console("hgo-worker"),
+                "--server",
+                f"127.0.0.1:{ready['port']}",
+                "--profile",
+                "weak",
+                "--batch-size",
+                "10",
+                "--seed",
+                "4",
+                "--name",
+                "cli-worker",
+            ],
             name="worker",
         )
         assert procs.wait(proc, 60) == 0, procs.log(proc)
@@ -435,12 +463,16 @@ def test_cli_exits_zero_on_stop_done(procs: ProcessGroup) -> None:
 def test_cli_rejects_bad_flags_with_named_values() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "hgo_worker.cli", "--server", "127.0.0.1:1", "--shard", "7/2"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 2 and "'7/2'" in out.stderr
     out = subprocess.run(
         [sys.executable, "-m", "hgo_worker.cli", "--server", "127.0.0.1:1", "--rate", "fast"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 2 and "'fast'" in out.stderr
 

@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import register
 from ._common import median_of_sorted, select_lowest, sorted_columns, weighted_rows
+from .base import register
 
 MODES = ("mid", "n-f")
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import register
+from .base import register
 
 
 def _median_rows(s: np.ndarray) -> np.ndarray:

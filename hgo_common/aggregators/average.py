@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import register
+from .base import register
 
 
 @register("average", coordinatewise=True, condition="m >= 1")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import register_pre
+from .base import register_pre
 
 DEFAULT_S = 2
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import register
 from ._common import (
     closest_mean_of_sorted,
     median_of_sorted,
@@ -25,6 +24,7 @@ from ._common import (
     select_lowest,
     sorted_columns,
 )
+from .base import register
 
 
 def bulyan_select(d: np.ndarray, f: int, theta: int, x: np.ndarray | None = None) -> np.ndarray:

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import register
 from ._common import gram, median_1d, median_of_sorted, sorted_columns, weighted_rows
+from .base import register
 
 
 @register("centered-clipping", coordinatewise=False, min_rows=lambda f: 2 * f + 1, condition="m >= 2f+1")

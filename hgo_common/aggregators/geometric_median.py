@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import register
 from ._common import gram, median_1d, select_lowest, weighted_rows
+from .base import register
 
 
 @register("geometric-median", coordinatewise=False, min_rows=lambda f: 2 * f + 1, condition="m >= 2f+1")

@@ -23,8 +23,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from . import register
 from ._common import gram, krum_scores, select_lowest, sq_distances_from_gram
+from .base import register
 
 
 def krum_min_rows(f: int) -> int:

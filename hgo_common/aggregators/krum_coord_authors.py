@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import register
+from .base import register
 
 # Columns per float64 tile (80 rows: 42 MB).
 _TILE = 65536

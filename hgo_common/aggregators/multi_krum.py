@@ -17,8 +17,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from . import register
 from ._common import gram, krum_scores, select_lowest, sq_distances_from_gram, weighted_rows
+from .base import register
 from .krum import krum_min_rows
 
 

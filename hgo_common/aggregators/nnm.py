@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import register_pre
 from ._common import pairwise_sq_distances
+from .base import register_pre
 
 
 @register_pre("nnm")

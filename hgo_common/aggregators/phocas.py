@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import register
 from ._common import closest_mean_of_sorted, sorted_columns, trimmed_mean_of_sorted
+from .base import register
 
 
 @register("phocas", coordinatewise=True, min_rows=lambda f: 2 * f + 1, condition="m >= 2f+1")

@@ -78,7 +78,7 @@ from typing import Any
 
 import numpy as np
 
-from . import Attack, Param, real, register
+from .base import Attack, Param, real, register
 
 __all__ = ["AUTHORS_Z", "alie", "alie_authors", "alie_authors_nan", "alie_hgo_paper", "alie_z", "alie_z_hgo"]
 

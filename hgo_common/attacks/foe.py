@@ -33,7 +33,7 @@ import warnings
 
 import numpy as np
 
-from . import Attack, Param, real, register
+from .base import Attack, Param, real, register
 
 __all__ = ["DEFAULT_EPS", "foe", "foe_authors"]
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import Attack, register
+from .base import Attack, register
 
 __all__ = ["flip_labels"]
 

@@ -8,6 +8,6 @@ Calling it as a gradient attack raises :class:`~hgo_common.attacks.AttackKindErr
 
 from __future__ import annotations
 
-from . import Attack, register
+from .base import Attack, register
 
 register(Attack(name="silent", kind="silent", summary="send nothing (crash / silence)"))

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from . import Attack, Param, real, register
+from .base import Attack, Param, real, register
 
 __all__ = ["DEFAULT_LARGE_VALUE", "DEFAULT_SIGMA", "gaussian", "large_value", "nan_values", "sign_flip"]
 

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import plugins
+from ..registry import Registry
 from ._files import DataFileError
 from .partition import SCHEMES, PartitionScheme, parse_partition, partition
 
@@ -196,27 +197,57 @@ def _cifar10(d: Path | None) -> _Raw:
     return load_cifar10(d)
 
 
-_SPECS: dict[str, _Spec] = {
-    "digits": _Spec("classification", 10, "mlp", _digits, False, True),
-    "digits-binary": _Spec("classification", 2, "logistic", _digits_binary, False, True),
-    "breast-cancer": _Spec("classification", 2, "logistic", _breast_cancer, False, True),
-    "diabetes": _Spec("regression", 0, "linear", _diabetes, False, True),
-    "mnist": _Spec("classification", 10, "mlp", _mnist, True, False),
-    "mnist-binary": _Spec("classification", 2, "logistic", _mnist_binary, True, False),
-    "phishing": _Spec("classification", 2, "svm", _phishing, True, True),
-    "boston": _Spec("regression", 0, "linear", _boston, True, True),
-    "cifar10": _Spec("classification", 10, "mlp", _cifar10, True, False),
-}
+def _adapt(name: str, obj: object) -> Source:
+    """A loaded plug-in as a checked ``Source`` (a no-argument callable is called once)."""
+    if not isinstance(obj, Source) and callable(obj):
+        try:
+            obj = obj()
+        except Exception as exc:
+            raise plugins.PluginError(
+                f"dataset {name!r}: calling it raised {type(exc).__name__}: {exc}"
+            ) from None
+    if not isinstance(obj, Source):
+        raise plugins.PluginError(
+            f"dataset {name!r}: expected a hgo_common.datasets.Source (or a callable returning one), "
+            f"got {type(obj).__name__}"
+        )
+    if obj.task not in ("classification", "regression"):
+        raise plugins.PluginError(
+            f"dataset {name!r}: task must be classification or regression, got {obj.task!r}"
+        )
+    if obj.task == "classification" and (not isinstance(obj.n_classes, int) or obj.n_classes < 2):
+        raise plugins.PluginError(
+            f"dataset {name!r}: a classification dataset needs n_classes >= 2, got {obj.n_classes!r}"
+        )
+    if not callable(obj.reader):
+        raise plugins.PluginError(f"dataset {name!r}: reader must be callable, got {obj.reader!r}")
+    return obj
+
+
+#: Built-in datasets, and the plug-in datasets loaded so far (``hgo_common.registry``).
+REGISTRY: Registry[Source] = Registry("dataset", adapt=_adapt)
+for _name, _src in (
+    ("digits", _Spec("classification", 10, "mlp", _digits, False, True)),
+    ("digits-binary", _Spec("classification", 2, "logistic", _digits_binary, False, True)),
+    ("breast-cancer", _Spec("classification", 2, "logistic", _breast_cancer, False, True)),
+    ("diabetes", _Spec("regression", 0, "linear", _diabetes, False, True)),
+    ("mnist", _Spec("classification", 10, "mlp", _mnist, True, False)),
+    ("mnist-binary", _Spec("classification", 2, "logistic", _mnist_binary, True, False)),
+    ("phishing", _Spec("classification", 2, "svm", _phishing, True, True)),
+    ("boston", _Spec("regression", 0, "linear", _boston, True, True)),
+    ("cifar10", _Spec("classification", 10, "mlp", _cifar10, True, False)),
+):
+    REGISTRY.add(_name, _src)
 
 
 def names() -> list[str]:
     """All dataset names: the bundled ones first, then those read from ``data_dir``."""
-    return list(_SPECS)
+    return REGISTRY.names()
 
 
 def bundled_names() -> list[str]:
     """Datasets that need no files (they ship inside scikit-learn)."""
-    return [n for n, s in _SPECS.items() if not s.needs_files]
+    return [n for n, s in REGISTRY.items() if not s.needs_files]
 
 
 def _split(
@@ -273,8 +304,8 @@ def load(
         Unknown name, bad argument, or a file dataset without ``data_dir`` (the message
         lists the bundled names); ``DataFileError`` (a ValueError) for bad files.
     """
-    plugin = name not in _SPECS
-    spec = _source(name) if plugin else _SPECS[name]
+    plugin = name not in REGISTRY
+    spec = source(name)
     if not 0.0 < float(test_fraction) < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     if max_train is not None and int(max_train) < 1:
@@ -352,43 +383,13 @@ def source(name: str) -> Source:
     PluginError, PluginMissing
         For a plug-in that cannot be loaded or is not a ``Source``; an unknown name.
     """
-    return _SPECS[name] if isinstance(name, str) and name in _SPECS else _source(name)
-
-
-def _source(name: str) -> Source:
-    """The ``Source`` of a plug-in dataset (PluginError / PluginMissing otherwise)."""
     if not isinstance(name, str):
         raise ValueError(f"dataset name must be a string, got {name!r}")
-    if not plugins.is_reference(name) and name not in plugins.entry_points("dataset"):
-        raise plugins.PluginMissing(
-            f"unknown dataset {name!r}; expected one of {names()}, a 'package.module:Name' "
-            "reference or an installed plug-in (hgo-plugins lists them)",
-            name,
-        )
-    obj, _ = plugins.load("dataset", name)
-    if not isinstance(obj, Source) and callable(obj):
-        try:
-            obj = obj()
-        except Exception as exc:
-            raise plugins.PluginError(
-                f"dataset {name!r}: calling it raised {type(exc).__name__}: {exc}"
-            ) from None
-    if not isinstance(obj, Source):
-        raise plugins.PluginError(
-            f"dataset {name!r}: expected a hgo_common.datasets.Source (or a callable returning one), "
-            f"got {type(obj).__name__}"
-        )
-    if obj.task not in ("classification", "regression"):
-        raise plugins.PluginError(
-            f"dataset {name!r}: task must be classification or regression, got {obj.task!r}"
-        )
-    if obj.task == "classification" and (not isinstance(obj.n_classes, int) or obj.n_classes < 2):
-        raise plugins.PluginError(
-            f"dataset {name!r}: a classification dataset needs n_classes >= 2, got {obj.n_classes!r}"
-        )
-    if not callable(obj.reader):
-        raise plugins.PluginError(f"dataset {name!r}: reader must be callable, got {obj.reader!r}")
-    return obj
+    return REGISTRY.get(
+        name,
+        unknown=f"unknown dataset {name!r}; expected one of {names()}, a 'package.module:Name' "
+        "reference or an installed plug-in (hgo-plugins lists them)",
+    )
 
 
 def _check_raw(name: str, src: Source, raw: object) -> _Raw:

@@ -62,12 +62,10 @@ from typing import Any
 import numpy as np
 
 from .base import TASKS, ModelProtocol
+from .factory import BUILTINS, create
 
 FORMAT = "hgo-model"
 VERSION = 1
-# Built-in model names (models.names()); kept here so that load() decides what it may build
-# before importing anything else.
-BUILTINS = ("linear", "logistic", "svm", "mlp", "cnn")
 MAX_BYTES = 2**31  # default bound on any one array of a model file (2 GiB)
 
 __all__ = ["FORMAT", "VERSION", "ExportedModel", "load", "save"]
@@ -372,8 +370,10 @@ def _check_sizes(meta: Mapping[str, Any], dim: int) -> dict[str, Any]:
         kwargs["n_classes"] = _int(meta, "n_classes", 2, max(2, dim))
     if name == "mlp":
         hidden = meta.get("hidden")
-        if not isinstance(hidden, list) or len(hidden) > dim or not all(
-            isinstance(h, int) and not isinstance(h, bool) and 1 <= h <= dim for h in hidden
+        if (
+            not isinstance(hidden, list)
+            or len(hidden) > dim
+            or not all(isinstance(h, int) and not isinstance(h, bool) and 1 <= h <= dim for h in hidden)
         ):
             raise ValueError(f"meta 'hidden' must be a list of layer widths in [1, {dim}], got {hidden!r}")
         sizes = [kwargs["n_features"], *hidden, kwargs.get("n_classes", 0)]
@@ -443,8 +443,6 @@ def load(path: Path | str, *, allow_plugins: Iterable[str] = (), max_bytes: int 
         kwargs = _check_sizes(meta, dim)
     except ValueError as exc:
         raise ValueError(f"{str(p)!r}: {exc}") from None
-    from . import create
-
     model = create(name, **kwargs)
     if weights.shape != (model.dim,):
         raise ValueError(f"{str(p)!r}: weights of shape {weights.shape} do not fit {model!r} (d={model.dim})")

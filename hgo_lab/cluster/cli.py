@@ -53,8 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     own.add_argument("--export", nargs="?", const="", default=None, metavar="FILE",
                      help="write the trained model (.npz; hgo_common.models.load reads it) to FILE, "
                      "or to OUT/model.npz when FILE is omitted (default: not written)")  # fmt: skip
-    own.add_argument("--server-arg", action="append", default=[], metavar="ARG",
-                     help="pass ARG to hgo-server (repeatable, e.g. --server-arg=--heartbeat-ms=500)")
+    own.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="pass ARG to hgo-server (repeatable, e.g. --server-arg=--heartbeat-ms=500)",
+    )
     own.add_argument("--extra-server-args", default="", metavar="ARGS",
                      help="space-separated arguments for hgo-server (default none)")  # fmt: skip
     own.add_argument(

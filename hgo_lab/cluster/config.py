@@ -173,7 +173,6 @@ class ClusterConfig:
         return [int(i) for i in np.flatnonzero(self.devices().byzantine)]
 
 
-
 def _module_argv(console_name: str, module: str) -> list[str]:
     exe = Path(sys.executable).parent / console_name
     return [str(exe)] if exe.exists() else [sys.executable, "-m", module]
@@ -234,12 +233,12 @@ def worker_session(cfg: ClusterConfig, i: int, profile: str) -> dict[str, Any]:
 def worker_plugins(cfg: ClusterConfig) -> list[str]:
     """The plug-in model and dataset the run's spec names, which its workers must be allowed
     (``hgo-worker --allow-plugin``: a worker refuses a spec naming anything else)."""
-    from hgo_common import datasets, plugins
+    from hgo_common import catalog, datasets
 
     sc = server_config(cfg)
     model = sc.model or datasets.source(sc.dataset).default_model
     named = (("model", model), ("dataset", sc.dataset))
-    return [name for kind, name in named if not plugins.is_builtin(kind, name)]
+    return [name for kind, name in named if not catalog.is_builtin(kind, name)]
 
 
 def _common_worker_argv(cfg: ClusterConfig, port: int) -> list[str]:

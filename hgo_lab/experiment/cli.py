@@ -16,11 +16,11 @@ from hgo_lab.experiment.scenario import SCENARIOS, load_scenario
 from hgo_lab.experiment.stats import read_summary
 
 
-def _description() -> str:
-    from hgo_lab import experiment
+DESCRIPTION = "hgo-experiment: reproduce the paper's figures 3–8 (Boubouh et al., SRDS 2022, §6)."
 
-    # the first paragraph of the package docstring, without its reST markup
-    return (experiment.__doc__ or "").split("\n\n")[0].replace("``", "")
+
+def _description() -> str:
+    return DESCRIPTION
 
 
 def main(argv: Sequence[str] | None = None) -> int:

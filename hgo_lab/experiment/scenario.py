@@ -197,14 +197,14 @@ def load_scenario(
 def _check_plugins(cfg: simulator.SimConfig) -> None:
     """Load the variant's model, dataset, rule and attack now (plug-ins included), so that a
     bad or missing one stops the run before the first seed, naming the file and variant."""
-    from hgo_common import plugins
+    from hgo_common import catalog
 
-    plugins.check("dataset", cfg.dataset)
+    catalog.check("dataset", cfg.dataset)
     if cfg.model is not None:
-        plugins.check("model", cfg.model)
-    plugins.check("rule", cfg.rule)
+        catalog.check("model", cfg.model)
+    catalog.check("rule", cfg.rule)
     if cfg.attack:
-        plugins.check("attack", cfg.attack)
+        catalog.check("attack", cfg.attack)
 
 
 def _build_scenario(

@@ -209,9 +209,14 @@ def write_server_config(cfg: ClusterConfig, path: Path) -> Path:
     return path
 
 
-def worker_session(cfg: ClusterConfig, i: int, profile: str) -> dict[str, Any]:
-    """Worker i's own settings (an ``hgo-worker --fleet`` entry): name, profile, seed, rate, attack."""
-    pop, fleet = cfg.population, cfg.devices()
+def worker_session(
+    cfg: ClusterConfig, i: int, profile: str, fleet: Devices | None = None
+) -> dict[str, Any]:
+    """Worker i's own settings (an ``hgo-worker --fleet`` entry): name, profile, seed, rate, attack.
+
+    ``fleet``: ``cfg.devices()``, drawn once by a caller that builds many sessions."""
+    pop = cfg.population
+    fleet = cfg.devices() if fleet is None else fleet
     initial = i < pop.n  # late workers: their own seed and draw
     seed = fleet.seeds[i] if initial else cfg.spec.seed * 1000 + i
     sess: dict[str, Any] = {"name": f"w{i}-{profile}", "profile": profile, "seed": seed}
@@ -251,9 +256,11 @@ def _common_worker_argv(cfg: ClusterConfig, port: int) -> list[str]:
     ]  # fmt: skip
 
 
-def worker_argv(cfg: ClusterConfig, i: int, port: int, profile: str) -> list[str]:
+def worker_argv(
+    cfg: ClusterConfig, i: int, port: int, profile: str, fleet: Devices | None = None
+) -> list[str]:
     """One worker process for worker i (the default: one device per process)."""
-    sess = worker_session(cfg, i, profile)
+    sess = worker_session(cfg, i, profile, fleet)
     argv = [*_common_worker_argv(cfg, port), "--profile", sess["profile"], "--seed", str(sess["seed"]),
             "--name", sess["name"]]  # fmt: skip
     if "rate" in sess:

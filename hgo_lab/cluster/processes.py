@@ -145,11 +145,12 @@ def launch_workers(
     link) with the emulated throttle off: it releases what its CPU and link really deliver.
     """
     started = []
+    devices = cfg.devices()  # who is who: drawn once for every session below
     for group in worker_groups(cfg, ids):
         if cfg.per_process <= 1:
             i = group[0]
             name = f"worker-{i}"
-            argv = worker_argv(cfg, i, port, profs[i])
+            argv = worker_argv(cfg, i, port, profs[i], devices)
             limits = cfg.limits.limits(profs[i]) if cfg.limits is not None else None
             if lab is not None and limits is not None and limits.any:
                 from hgo_lab import constraints
@@ -161,7 +162,7 @@ def launch_workers(
         from hgo_worker.fleet import write_fleet
 
         name = f"workers-{group[0]}-{group[-1]}"
-        fleet = write_fleet(out / f"{name}.fleet.json", [worker_session(cfg, i, profs[i]) for i in group])
+        fleet = write_fleet(out / f"{name}.fleet.json", [worker_session(cfg, i, profs[i], devices) for i in group])
         argv = [*_common_worker_argv(cfg, port), "--fleet", str(fleet), *cfg.worker_args]
         started.append((name, launch_one(argv, name)))
     return started

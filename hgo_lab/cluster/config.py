@@ -209,9 +209,7 @@ def write_server_config(cfg: ClusterConfig, path: Path) -> Path:
     return path
 
 
-def worker_session(
-    cfg: ClusterConfig, i: int, profile: str, fleet: Devices | None = None
-) -> dict[str, Any]:
+def worker_session(cfg: ClusterConfig, i: int, profile: str, fleet: Devices | None = None) -> dict[str, Any]:
     """Worker i's own settings (an ``hgo-worker --fleet`` entry): name, profile, seed, rate, attack.
 
     ``fleet``: ``cfg.devices()``, drawn once by a caller that builds many sessions."""

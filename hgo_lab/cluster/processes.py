@@ -162,7 +162,8 @@ def launch_workers(
         from hgo_worker.fleet import write_fleet
 
         name = f"workers-{group[0]}-{group[-1]}"
-        fleet = write_fleet(out / f"{name}.fleet.json", [worker_session(cfg, i, profs[i], devices) for i in group])
+        sessions = [worker_session(cfg, i, profs[i], devices) for i in group]
+        fleet = write_fleet(out / f"{name}.fleet.json", sessions)
         argv = [*_common_worker_argv(cfg, port), "--fleet", str(fleet), *cfg.worker_args]
         started.append((name, launch_one(argv, name)))
     return started

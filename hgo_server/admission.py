@@ -20,12 +20,14 @@ import time
 import numpy as np
 
 from hgo_common import profiles
+from hgo_common.datasets import local
 from hgo_common.net.protocol import PROTOCOL_VERSION
 
 from .config import ConfigError
 from .errors import (
     Aborted,
     DeadlineExceeded,
+    FailedPrecondition,
     InvalidArgument,
     PermissionDenied,
     ProtocolError,
@@ -197,6 +199,7 @@ class Admission(ServerState):
         if req.batch_size < 1:
             self.reject("bad-join")
             raise InvalidArgument("bad-join", f"batch_size must be >= 1, got {req.batch_size}")
+        self._check_local_data(req)
         self._admit(identity, peer)
         if identity is not None:
             old = self.by_identity.get(identity)
@@ -248,11 +251,40 @@ class Admission(ServerState):
                 self._declared_byzantine()
         log.info(
             # %r escapes control characters in the peer's name (repr quotes non-printables)
-            "join worker=%d name=%r profile=%s rate=%g batch=%d shard=%d declared-byzantine=%s identity=%s",
-            worker_id, sess.name, sess.profile, sess.rate, sess.batch_size, shard, sess.byzantine,
+            "join worker=%d name=%r profile=%s rate=%g batch=%d shard=%s declared-byzantine=%s identity=%s",
+            worker_id, sess.name, sess.profile, sess.rate, sess.batch_size,
+            shard if req.local_data is None else f"own({req.local_data.examples} rows)", sess.byzantine,
             escape(identity),
         )  # fmt: skip
         return sess
+
+    def _check_local_data(self, req: JoinRequest) -> None:
+        """A worker's own data (``Join.local_data``, hgo-worker --data) against the run's model.
+
+        FailedPrecondition (FAILED_PRECONDITION, details starting ``datasets.local.REFUSED``,
+        so the worker exits 2: the fix is on the device) naming the worker's value and the
+        server's; the same for a worker without data joining a server that has none to send.
+        """
+        data = req.local_data
+        if data is None:
+            if not self.setup.training_data:
+                self.reject("local-data")
+                raise FailedPrecondition(
+                    "local-data",
+                    f"{local.REFUSED}this server has no training data (--dataset none) and the worker "
+                    "brought none: start it with --data PATH (its own files)",
+                )
+            return
+        if req.wants_shard:
+            self.reject("bad-join")
+            raise InvalidArgument(
+                "bad-join", "a Join with local_data (the worker's own data) must not ask for a shard"
+            )
+        why = local.fit_error(data, self.spec.n_features, self.spec.n_classes, str(self.setup.model.task))
+        if why is not None:
+            self.reject("local-data")
+            _limited.log(logging.WARNING, "local-data", "join refused (name=%r): %s", req.name[:128], why)
+            raise FailedPrecondition("local-data", f"{local.REFUSED}{why}")
 
     def _declared_byzantine(self) -> None:
         """Warn when more active sessions declare themselves Byzantine (the lab's attackers,

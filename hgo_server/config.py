@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hgo_common.datasets.local import NO_DATASET
 from hgo_common.errors import SpecError
 from hgo_common.net.protocol import DEFAULT_MAX_CHUNK_VALUES, max_vector_values
 from hgo_common.spec import forms
@@ -216,6 +217,27 @@ class ServerOptions:
         check=at_least(64),
         default_text="the hard limit",
     )
+    # -- a server without training data (--dataset none; hgo_common.datasets.local)
+    features: int | None = setting(
+        None, INT, "--dataset none: input features of the model (every worker's --data must have them)",
+        check=at_least(1), default_text="the dataset's",
+    )  # fmt: skip
+    classes: int | None = setting(
+        None, INT, "--dataset none: classes of a classification model (workers' labels in 0..K-1)",
+        check=at_least(2), default_text="the dataset's",
+    )  # fmt: skip
+    test_data: str | None = setting(
+        None, STR, "--dataset none: a test file the server evaluates w_k on (formats of hgo-worker --data)",
+        metavar="PATH", default_text="no server evaluation",
+    )  # fmt: skip
+    test_data_format: str = setting("auto", STR, "format of --test-data: auto, csv, libsvm, idx, cifar")
+    test_label_column: str | None = setting(
+        None, STR, "--test-data csv: the label column (header name or 0-based index)",
+        default_text="label/target/class/y, else the last",
+    )  # fmt: skip
+    test_scaling: str = setting(
+        "auto", STR, "--test-data: auto (standardize tabular data on its own rows), standardize or none"
+    )
 
 
 @dataclass(frozen=True)
@@ -334,7 +356,34 @@ def resolve(cfg: ServerConfig) -> ServerConfig:
         raise ConfigError("--token must not be empty")
     if cfg.token is not None and cfg.token_file is not None:
         raise ConfigError("--token and --token-file are two sources of one token; give one of them")
+    _check_dataless(cfg)
+    if cfg.dataset == NO_DATASET:
+        num_shards = 1  # nothing to split: every worker brings its own data
     return cfg.replace(v=Quorum.fixed(v), min_workers=min_workers, num_shards=num_shards)
+
+
+def _check_dataless(cfg: ServerConfig) -> None:
+    """``--dataset none`` needs the model's shape; the shape flags need ``--dataset none``."""
+    if cfg.dataset != NO_DATASET:
+        given = [f"--{n.replace('_', '-')}" for n in ("features", "classes", "test_data") if getattr(cfg, n)]
+        if given:
+            raise ConfigError(
+                f"{', '.join(given)}: only for a server without training data (--dataset none), "
+                f"got --dataset {cfg.dataset!r}"
+            )
+        return
+    if cfg.features is None or cfg.model is None:
+        raise ConfigError(
+            "--dataset none (workers train on their own data) needs the model's shape: --model NAME and "
+            f"--features N (and --classes K for a classification model), got --model {cfg.model!r} "
+            f"--features {cfg.features!r}"
+        )
+    if cfg.test_data_format not in ("auto", "csv", "libsvm", "idx", "cifar"):
+        raise ConfigError(
+            f"--test-data-format must be one of auto, csv, libsvm, idx, cifar, got {cfg.test_data_format!r}"
+        )
+    if cfg.test_scaling not in ("auto", "standardize", "none"):
+        raise ConfigError(f"--test-scaling must be one of auto, standardize, none, got {cfg.test_scaling!r}")
 
 
 def _readable_file(flag: str, path: str | None) -> None:
@@ -379,6 +428,8 @@ def check_paths(cfg: ServerConfig) -> None:
         ("--tls-ca", cfg.tls_ca),
     ):
         _readable_file(flag, value)
+    if cfg.test_data is not None and not Path(cfg.test_data).exists():
+        raise ConfigError(f"--test-data: {cfg.test_data!r} does not exist")
     if cfg.log is not None:
         log = Path(cfg.log)
         if log.exists():

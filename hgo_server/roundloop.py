@@ -239,6 +239,8 @@ class RoundLoop(ServerState):
 
     async def _evaluate(self) -> dict[str, float]:
         """Evaluate w_k on the test split (in the aggregation thread); update the gauges."""
+        if not self.setup.evaluates:  # --dataset none without --test-data (said at start)
+            return {}
         ds, model = self.setup.dataset, self.setup.model
         res: dict[str, float] = await self._in_thread(
             driver.evaluate, model, self.driver.w.copy(), ds.X_test, ds.y_test

@@ -6,8 +6,10 @@ Example::
     hgo-worker --server 127.0.0.1:50051 --rate 0 --attack foe --attack-param eps=10
 
 Exit codes: 0 the server said training is done; 1 gave up reconnecting after
-``--reconnect-timeout`` seconds; 2 bad command line, or ``--shard i/n`` and the worker
-cannot load its own shard (files missing from ``--data-dir``, a dataset error), or the
+``--reconnect-timeout`` seconds; 2 bad command line, or ``--data PATH`` that cannot be
+read or that the server refused at join (it does not fit the run's model: the message
+names both values), or ``--shard i/n`` and the worker cannot load its own shard (files
+missing from ``--data-dir``, a dataset error), or the
 worker refuses what the server sent (a model or dataset that is neither built in nor
 ``--allow-plugin``, a size over its limits); 3 rejected by the server (bad token,
 protocol violation).
@@ -32,6 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hgo_common import attacks
+from hgo_common.datasets import local
 from hgo_common.net import credentials
 from hgo_common.spec import forms
 from hgo_common.spec.run import Compute
@@ -130,6 +133,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir", type=Path, default=None, metavar="DIR", help="dataset directory for --shard i/n"
     )
     p.add_argument(
+        "--data", type=Path, default=None, metavar="PATH",
+        help="train on this device's own files (a file or a directory): the server sends no shard, only "
+        "w_k and C_k, and checks at join that the data fits its model (default: the server's shard)",
+    )
+    p.add_argument(
+        "--data-format", default="auto", metavar="FORMAT",
+        help=f"format of --data: {', '.join(local.FORMATS)} (detected from the path), or a dataset plug-in "
+        "(package.module:Name or an installed plug-in's name) whose reader reads PATH (default auto)",
+    )
+    p.add_argument(
+        "--label-column", default=None, metavar="NAME|INDEX",
+        help="--data csv: the label column, a header name or a 0-based index (negative from the end) "
+        f"(default: the column named {'/'.join(local.LABEL_NAMES)}, else the last)",
+    )
+    p.add_argument(
+        "--scaling", choices=local.SCALINGS, default="auto",
+        help="--data features: auto (standardize tabular data on this device's rows; images stay in [0, 1]), "
+        "standardize, or none (files already scaled alike on every device) (default auto)",
+    )
+    p.add_argument(
         "--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port (default: off)"
     )
     p.add_argument(
@@ -222,6 +245,8 @@ def _check_files(args: argparse.Namespace) -> None:
             raise ValueError(f"{flag}: cannot read {str(path)!r} ({exc.strerror or exc})") from None
     if args.data_dir is not None and not args.data_dir.is_dir():
         raise ValueError(f"--data-dir: {str(args.data_dir)!r} is not a directory")
+    if args.data is not None and not args.data.exists():
+        raise ValueError(f"--data: {str(args.data)!r} does not exist")
 
 
 def config_from_args(args: argparse.Namespace) -> WorkerConfig:
@@ -262,6 +287,10 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         tls_server_name=args.tls_server_name,
         allow_plugins=tuple(args.allow_plugin),
         max_shard_mb=args.max_shard_mb,
+        data=args.data,
+        data_format=args.data_format,
+        label_column=args.label_column,
+        scaling=args.scaling,
     )
 
 

@@ -65,7 +65,7 @@ from hgo_common.net import messages as msgs
 from hgo_common.net.mapping import SessionStream
 from hgo_common.spec.run import Compute
 
-from . import checks
+from . import checks, localdata
 from .byzantine import parse_behaviour
 from .compute import cached_order, model_from_spec
 from .metrics import WorkerMetrics
@@ -142,6 +142,11 @@ class WorkerConfig:
     # names or package.module:Name references. Built-ins are always allowed.
     allow_plugins: tuple[str, ...] = ()
     max_shard_mb: int = checks.DEFAULT_MAX_SHARD_MB
+    # --data: the device's own files (hgo_worker.localdata); the server sends no shard
+    data: Path | None = None
+    data_format: str = "auto"
+    label_column: str | None = None
+    scaling: str = "auto"
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad value."""
@@ -177,6 +182,8 @@ class WorkerConfig:
             raise ValueError(f"--max-shard-mb must be in [1, {1 << 20}] MiB, got {self.max_shard_mb}")
         if self.byzantine is not None:
             parse_behaviour(self.byzantine, self.attack_params)
+        if self.data is not None and self.shard != "auto":
+            raise ValueError(f"--data (the device's own files) and --shard {self.shard} exclude each other")
 
 
 def parse_shard(text: str) -> tuple[int, int] | None:
@@ -258,6 +265,7 @@ class Worker:
         self.sessions = 0  # sessions welcomed so far (reconnects = sessions - 1)
         self.rounds_served = 0
         self._own_data: tuple[str, np.ndarray, np.ndarray] | None = None
+        self.local_table = localdata.from_config(cfg)  # --data, read once: None without it
         # Optional instrumentation (bench/bench_network.py): when a list, the session
         # appends ("task", round, wall time) on each task and ("chunk", round, wall time)
         # when the round's first chunk is queued.
@@ -347,6 +355,8 @@ class Worker:
             self.metrics.connected(True)
             await WorkerSession(self, call, *state).run()
         except grpc.aio.AioRpcError as exc:
+            if (why := localdata.refusal(exc)) is not None:
+                raise LocalDataError(why) from exc
             if exc.code() in FATAL_CODES:
                 raise Rejected(_describe(exc)) from exc
             raise SessionLost(_describe(exc)) from exc
@@ -366,8 +376,9 @@ class Worker:
             profile=cfg.profile,
             rate=self.rate,
             batch_size=cfg.batch_size,
-            wants_shard=own_shard is None,
+            wants_shard=own_shard is None and self.local_table is None,
             byzantine=self.behaviour is not None,
+            local_data=None if self.local_table is None else self.local_table.summary(),
         )
         await call.write(join)
         welcome = await _read(call)
@@ -378,7 +389,9 @@ class Worker:
         checks.check_welcome(welcome)  # sizes before anything is built from them
         spec = welcome.spec
         model = model_from_spec(spec, self._allowed())
-        if own_shard is None:
+        if self.local_table is not None:
+            X, y = self._own_files(spec, model)
+        elif own_shard is None:
             X, y = await _receive_shard(call, spec, cfg.max_shard_mb)
         else:
             X, y = self._load_own_shard(spec, *own_shard)
@@ -398,6 +411,14 @@ class Worker:
             cfg.batch_size,
         )
         return welcome, model, X, y
+
+    def _own_files(self, spec: msgs.Spec, model: ModelProtocol) -> tuple[np.ndarray, np.ndarray]:
+        """``--data``: the device's table fitted to the welcomed run, checked first (exit 2 if not)."""
+        assert self.local_table is not None
+        why = localdata.mismatch(self.local_table, spec, model)
+        if why is not None:
+            raise LocalDataError(why)
+        return self.local_table.fitted(int(spec.n_features), str(model.task))
 
     def _allowed(self) -> frozenset[str]:
         """Plug-in names a spec may name here: ``--allow-plugin`` (built-ins need no listing)."""

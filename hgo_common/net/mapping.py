@@ -176,6 +176,8 @@ def worker_proto(msg: m.WorkerMessage) -> hgo_pb2.WorkerMessage:
         j = out.join
         j.protocol_version, j.name, j.profile, j.rate = msg.protocol_version, msg.name, msg.profile, msg.rate
         j.batch_size, j.wants_shard, j.byzantine = msg.batch_size, msg.wants_shard, msg.byzantine
+        if msg.local_data is not None:
+            _local_data_proto(msg.local_data, j.local_data)
     else:
         raise TypeError(f"not a worker message: {type(msg).__name__}")
     return out
@@ -196,8 +198,23 @@ def worker_from_proto(pb: hgo_pb2.WorkerMessage) -> m.WorkerMessage | m.Unknown:
         return m.JoinRequest(
             protocol_version=int(j.protocol_version), name=j.name, profile=j.profile, rate=float(j.rate),
             batch_size=int(j.batch_size), wants_shard=bool(j.wants_shard), byzantine=bool(j.byzantine),
+            local_data=_local_data(j.local_data) if j.HasField("local_data") else None,
         )  # fmt: skip
     return m.Unknown(kind or "")
+
+
+def _local_data_proto(ld: m.LocalData, pb: hgo_pb2.LocalData) -> None:
+    pb.examples, pb.n_features, pb.task = ld.examples, ld.n_features, ld.task
+    pb.label_min, pb.label_max, pb.distinct_labels = ld.label_min, ld.label_max, ld.distinct_labels
+    pb.sparse = ld.sparse
+
+
+def _local_data(pb: hgo_pb2.LocalData) -> m.LocalData:
+    return m.LocalData(
+        examples=int(pb.examples), n_features=int(pb.n_features), task=pb.task[:32],
+        label_min=float(pb.label_min), label_max=float(pb.label_max), distinct_labels=int(pb.distinct_labels),
+        sparse=bool(pb.sparse),
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- status

@@ -28,6 +28,7 @@ __all__ = [
     "Closed",
     "JoinRequest",
     "Leave",
+    "LocalData",
     "ServerMessage",
     "ShardSlice",
     "Spec",
@@ -126,6 +127,19 @@ class Stop:
 
 
 @dataclass(frozen=True)
+class LocalData:
+    """A worker's own data, summarized for the join check (``hgo_common.datasets.local``)."""
+
+    examples: int
+    n_features: int
+    task: str  # "classification" (integer labels) | "regression"
+    label_min: float
+    label_max: float
+    distinct_labels: int
+    sparse: bool = False  # LIBSVM: n_features is the highest index present
+
+
+@dataclass(frozen=True)
 class JoinRequest:
     """The fields of a Join message."""
 
@@ -136,6 +150,7 @@ class JoinRequest:
     batch_size: int = 1
     wants_shard: bool = False
     byzantine: bool = False
+    local_data: LocalData | None = None  # hgo-worker --data: trains on its own files
 
 
 @dataclass(frozen=True)

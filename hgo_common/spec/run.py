@@ -101,7 +101,12 @@ class RunSpec:
     """
 
     # -- data and model
-    dataset: str = setting("digits", STR, "dataset name, package.module:Name or an installed plug-in")
+    dataset: str = setting(
+        "digits",
+        STR,
+        "dataset name, package.module:Name or an installed plug-in; none (hgo-server): no training data, "
+        "workers train on their own (hgo-worker --data; --features, --classes give the model's shape)",
+    )
     data_dir: str | None = setting(
         None,
         STR,
@@ -382,10 +387,10 @@ def _check_names(spec: RunSpec, where: str) -> None:
             f"{where}--model must be one of {models.names()}, a 'package.module:Name' reference or an "
             f"installed plug-in (hgo-plugins lists them), got {spec.model!r}"
         )
-    if not known("dataset", spec.dataset, datasets.names()):
+    if spec.dataset != "none" and not known("dataset", spec.dataset, datasets.names()):
         raise SpecError(
-            f"{where}--dataset must be one of {datasets.names()}, a 'package.module:Name' reference or an "
-            f"installed plug-in (hgo-plugins lists them), got {spec.dataset!r}"
+            f"{where}--dataset must be one of {datasets.names()}, none (hgo-server), a 'package.module:Name' "
+            f"reference or an installed plug-in (hgo-plugins lists them), got {spec.dataset!r}"
         )
 
 

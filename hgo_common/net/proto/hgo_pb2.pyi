@@ -18,7 +18,7 @@ class WorkerMessage(_message.Message):
     def __init__(self, join: _Optional[_Union[Join, _Mapping]] = ..., chunk: _Optional[_Union[GradientChunk, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., leave: _Optional[_Union[Leave, _Mapping]] = ...) -> None: ...
 
 class Join(_message.Message):
-    __slots__ = ("protocol_version", "name", "profile", "rate", "batch_size", "wants_shard", "byzantine")
+    __slots__ = ("protocol_version", "name", "profile", "rate", "batch_size", "wants_shard", "byzantine", "local_data")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,7 @@ class Join(_message.Message):
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     WANTS_SHARD_FIELD_NUMBER: _ClassVar[int]
     BYZANTINE_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_DATA_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     name: str
     profile: str
@@ -33,7 +34,26 @@ class Join(_message.Message):
     batch_size: int
     wants_shard: bool
     byzantine: bool
-    def __init__(self, protocol_version: _Optional[int] = ..., name: _Optional[str] = ..., profile: _Optional[str] = ..., rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., wants_shard: bool = ..., byzantine: bool = ...) -> None: ...
+    local_data: LocalData
+    def __init__(self, protocol_version: _Optional[int] = ..., name: _Optional[str] = ..., profile: _Optional[str] = ..., rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., wants_shard: bool = ..., byzantine: bool = ..., local_data: _Optional[_Union[LocalData, _Mapping]] = ...) -> None: ...
+
+class LocalData(_message.Message):
+    __slots__ = ("examples", "n_features", "task", "label_min", "label_max", "distinct_labels", "sparse")
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    N_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    LABEL_MIN_FIELD_NUMBER: _ClassVar[int]
+    LABEL_MAX_FIELD_NUMBER: _ClassVar[int]
+    DISTINCT_LABELS_FIELD_NUMBER: _ClassVar[int]
+    SPARSE_FIELD_NUMBER: _ClassVar[int]
+    examples: int
+    n_features: int
+    task: str
+    label_min: float
+    label_max: float
+    distinct_labels: int
+    sparse: bool
+    def __init__(self, examples: _Optional[int] = ..., n_features: _Optional[int] = ..., task: _Optional[str] = ..., label_min: _Optional[float] = ..., label_max: _Optional[float] = ..., distinct_labels: _Optional[int] = ..., sparse: bool = ...) -> None: ...
 
 class GradientChunk(_message.Message):
     __slots__ = ("round", "offset", "values", "session_id")

@@ -269,6 +269,10 @@ class Admission(ServerState):
         if data is None:
             if not self.setup.training_data:
                 self.reject("local-data")
+                _limited.log(
+                    logging.WARNING, "local-data:none",
+                    "join refused (name=%r): no --data, and this server has no training data", req.name[:128],
+                )  # fmt: skip
                 raise FailedPrecondition(
                     "local-data",
                     f"{local.REFUSED}this server has no training data (--dataset none) and the worker "
@@ -283,7 +287,11 @@ class Admission(ServerState):
         why = local.fit_error(data, self.spec.n_features, self.spec.n_classes, str(self.setup.model.task))
         if why is not None:
             self.reject("local-data")
-            _limited.log(logging.WARNING, "local-data", "join refused (name=%r): %s", req.name[:128], why)
+            # one line per kind of mismatch per 10 s: a flood of bad joins cannot flood the log
+            kind = next((k for k in ("feature", "real-valued", "labels", "non-finite") if k in why), "other")
+            _limited.log(
+                logging.WARNING, f"local-data:{kind}", "join refused (name=%r): %s", req.name[:128], why
+            )  # fmt: skip
             raise FailedPrecondition("local-data", f"{local.REFUSED}{why}")
 
     def _declared_byzantine(self) -> None:

@@ -37,7 +37,7 @@ from .metrics import WorkerMetrics
 
 FLEET_KEYS = (
     "profile", "rate", "seed", "name", "attack", "byzantine", "attack_params", "batch_size", "token", "shard",
-    "budget_policy", "rho", "allow_plugins",
+    "budget_policy", "rho", "allow_plugins", "data", "data_format", "label_column", "scaling",
 )  # fmt: skip
 MAX_SESSIONS = 10_000
 _SEVERITY = {EXIT_DONE: 0, EXIT_GAVE_UP: 1, EXIT_LOCAL_DATA: 2, EXIT_REJECTED: 3}
@@ -88,6 +88,8 @@ def load_fleet(path: Path, base: WorkerConfig) -> list[WorkerConfig]:
             raise FleetError(f"{where}: allow_plugins must be a list of plug-in names, got {allow!r}")
         if "attack" in entry:  # the attack's name ("byzantine" is its old spelling)
             entry = {**{k: v for k, v in entry.items() if k != "attack"}, "byzantine": entry["attack"]}
+        if isinstance(entry.get("data"), str):  # the device's own files (hgo-worker --data)
+            entry = {**entry, "data": Path(entry["data"])}
         if "allow_plugins" in entry:  # the session's own list, added to the command line's --allow-plugin
             entry = {**entry, "allow_plugins": (*base.allow_plugins, *allow)}
         try:

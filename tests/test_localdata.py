@@ -271,3 +271,23 @@ def test_the_join_check_names_the_workers_value_and_the_servers() -> None:
     assert "non-finite" in str(local.fit_error(nan, 64, 10, "classification"))
     with pytest.raises(ValueError, match="--data-format must be one of"):
         local.read(Path(__file__), "parquet")
+
+
+def test_a_fleet_file_gives_each_session_its_own_data(tmp_path: Path) -> None:
+    from hgo_worker import fleet
+    from hgo_worker.client import WorkerConfig
+
+    X_tr, y_tr, _, _ = _digits_split()
+    a = _write_csv(tmp_path / "a.csv", X_tr[:30], y_tr[:30])
+    b = _write_csv(tmp_path / "b.csv", X_tr[30:80], y_tr[30:80], label_first=True)
+    spec = {"sessions": [{"data": str(a)}, {"data": str(b), "scaling": "none"}, {}]}
+    path = tmp_path / "fleet.json"
+    path.write_text(json.dumps(spec))
+    workers = fleet.build(fleet.load_fleet(path, WorkerConfig(server="127.0.0.1:9")), metrics=False)
+    tables = [w.local_table for w in workers]
+    assert tables[0] is not None and tables[0].summary().examples == 30 and tables[0].feature_mean is not None
+    assert tables[1] is not None and np.array_equal(tables[1].X, X_tr[30:80].astype(np.float32))
+    assert tables[2] is None  # no --data: the server's shard, as before
+    path.write_text(json.dumps({"sessions": [{"data": str(tmp_path / "missing.csv")}]}))
+    with pytest.raises(ValueError, match=r"missing\.csv.* does not exist"):
+        fleet.build(fleet.load_fleet(path, WorkerConfig(server="127.0.0.1:9")), metrics=False)

@@ -291,3 +291,44 @@ def test_a_fleet_file_gives_each_session_its_own_data(tmp_path: Path) -> None:
     path.write_text(json.dumps({"sessions": [{"data": str(tmp_path / "missing.csv")}]}))
     with pytest.raises(ValueError, match=r"missing\.csv.* does not exist"):
         fleet.build(fleet.load_fleet(path, WorkerConfig(server="127.0.0.1:9")), metrics=False)
+
+
+def _drain(sess: object) -> list[object]:
+    out = []
+    box = sess.outbox  # type: ignore[attr-defined]
+    while not box.empty():
+        out.append(box.get_nowait())
+    return out
+
+
+async def test_a_server_with_data_admits_a_worker_with_its_own_and_sends_it_no_shard() -> None:
+    from hgo_server.errors import FailedPrecondition, InvalidArgument
+    from hgo_server.messages import JoinRequest, ShardSlice, Welcome
+    from hgo_server.server import Server
+
+    core = Server(server_config.from_mapping({"dataset": "digits", "model": "mlp", "q": 1}))
+    try:
+        own = msgs.LocalData(700, 64, "classification", 0, 9, 10)
+        sent = _drain(core.join(JoinRequest(protocol_version=1, local_data=own)))
+        assert isinstance(sent[0], Welcome) and not any(isinstance(m, ShardSlice) for m in sent)
+        shard = _drain(core.join(JoinRequest(protocol_version=1, wants_shard=True)))
+        assert any(isinstance(m, ShardSlice) for m in shard)  # the server's shard, as before
+        with pytest.raises(InvalidArgument, match="must not ask for a shard"):
+            core.join(JoinRequest(protocol_version=1, wants_shard=True, local_data=own))
+        narrow = msgs.LocalData(700, 8, "classification", 0, 9, 10)
+        with pytest.raises(FailedPrecondition, match="has 8 features, but the server's model takes 64"):
+            core.join(JoinRequest(protocol_version=1, local_data=narrow))
+    finally:
+        core.close()
+
+
+def test_a_regression_run_takes_real_valued_targets_and_refuses_no_classification() -> None:
+    targets = msgs.LocalData(300, 10, "regression", -1.5, 346.0, 0)
+    assert local.fit_error(targets, 10, 0, "regression") is None
+    assert local.fit_error(targets, 10, 3, "classification") == (
+        "the worker's data has real-valued labels (regression targets in [-1.5, 346]), but the server "
+        "trains classification with 3 classes"
+    )
+    cfg = server_config.from_mapping({"dataset": "none", "model": "linear", "features": 10})
+    setup = load_setup(cfg)
+    assert setup.model.task == "regression" and setup.spec.n_classes == 0

@@ -76,6 +76,8 @@ async def amain(cfg: ServerConfig) -> int:
         await running.stop()
     if summary.rounds == 0:  # stopped before training: an untrained model's score is no result
         result = "(no round trained)"
+    elif not running.core.setup.evaluates:
+        result = "(no server evaluation: --dataset none without --test-data)"
     else:
         metric = "nan" if math.isnan(summary.metric) else f"{summary.metric:.4f}"
         result = f"{summary.metric_name}={metric}"

@@ -136,7 +136,8 @@ class Server(Admission, RoundLoop, Persistence):
             rule=self.cfg.rule,
             algorithm=self.cfg.algorithm,
             last_metric=self.last_eval.get(self.metric_name, math.nan),
-            metric_name=self.metric_name,
+            # "none": no test split to evaluate on (--dataset none without --test-data)
+            metric_name=self.metric_name if self.setup.evaluates else "none",
             last_block=self.last_block,
             rounds_without_quorum=self.rounds_without_quorum,
         )

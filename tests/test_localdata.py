@@ -90,6 +90,7 @@ def test_workers_on_their_own_csv_files_train_a_server_that_has_no_training_data
     server_log = procs.log(server)
     assert "no training data on this server (--dataset none)" in server_log
     assert "server evaluation OFF (no --test-data)" in server_log
+    assert "rounds=80 (no server evaluation: --dataset none without --test-data)" in server_log
     # each device joined with its own rows, announced in its Join; no shard was cut or sent
     assert server_log.count("shard=own(700 rows)") == 2, server_log[-3000:]
     records = [json.loads(line) for line in log_file.read_text().splitlines()]
@@ -332,3 +333,21 @@ def test_a_regression_run_takes_real_valued_targets_and_refuses_no_classificatio
     cfg = server_config.from_mapping({"dataset": "none", "model": "linear", "features": 10})
     setup = load_setup(cfg)
     assert setup.model.task == "regression" and setup.spec.n_classes == 0
+
+
+async def test_a_server_without_data_says_so_in_its_status_and_refuses_workers_without_data() -> None:
+    from hgo_server.errors import FailedPrecondition
+    from hgo_server.messages import JoinRequest
+    from hgo_server.server import Server
+
+    cfg = server_config.from_mapping({"dataset": "none", "model": "mlp", "features": 64, "classes": 10})
+    core = Server(cfg)
+    try:
+        status = core.status()
+        assert status.metric_name == "none" and np.isnan(status.last_metric)
+        for join in (JoinRequest(protocol_version=1, wants_shard=True), JoinRequest(protocol_version=1)):
+            with pytest.raises(FailedPrecondition, match=r"^local data refused: this server has no training"):
+                core.join(join)
+        assert not core.sessions
+    finally:
+        core.close()

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hgo_common.datasets import DataFileError, local
+from hgo_common.datasets import DataFileError, Source, local
 from hgo_common.errors import SpecError
 from hgo_common.net import messages as msgs
 from hgo_server import config as server_config
@@ -351,3 +351,26 @@ async def test_a_server_without_data_says_so_in_its_status_and_refuses_workers_w
         assert not core.sessions
     finally:
         core.close()
+
+
+def _npz_reader(path: Path | None) -> tuple[np.ndarray, np.ndarray]:
+    assert path is not None
+    with np.load(path) as z:
+        return z["X"], z["y"]
+
+
+NPZ_SOURCE = Source("classification", 3, "mlp", _npz_reader, needs_files=True, standardize=False)
+"""A dataset plug-in for the test below: its reader reads the device's ``--data`` path."""
+
+
+def test_a_dataset_plugin_reads_the_devices_files(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(20, 5)), rng.integers(0, 3, size=20)
+    np.savez(tmp_path / "mine.npz", X=X, y=y)
+    t = local.read(tmp_path / "mine.npz", "tests.test_localdata:NPZ_SOURCE")
+    assert t.fmt == "tests.test_localdata:NPZ_SOURCE" and t.feature_mean is None  # its Source says no scaling
+    np.testing.assert_allclose(t.X, X.astype(np.float32))
+    assert t.summary().task == "classification" and t.summary().label_max == float(y.max())
+    np.savez(tmp_path / "bad.npz", X=X, y=y + 5)  # labels past the plug-in's 3 classes
+    with pytest.raises(ValueError, match=r"class ids in 0\.\.2"):
+        local.read(tmp_path / "bad.npz", "tests.test_localdata:NPZ_SOURCE")

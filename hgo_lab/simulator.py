@@ -181,7 +181,9 @@ def load_dataset(
         also passed to ``warn`` (default: ``warnings.warn``).
     """
     from hgo_common import datasets
+    from hgo_common.spec.build import require_dataset
 
+    require_dataset(name)
     key = (name, str(data_dir) if data_dir else None, seed, max_train, test_fraction)
     if key in _DATA_CACHE:
         return _DATA_CACHE[key]  # type: ignore[no-any-return]

@@ -374,3 +374,12 @@ def test_a_dataset_plugin_reads_the_devices_files(tmp_path: Path) -> None:
     np.savez(tmp_path / "bad.npz", X=X, y=y + 5)  # labels past the plug-in's 3 classes
     with pytest.raises(ValueError, match=r"class ids in 0\.\.2"):
         local.read(tmp_path / "bad.npz", "tests.test_localdata:NPZ_SOURCE")
+
+
+def test_a_run_that_builds_its_own_shards_refuses_dataset_none() -> None:
+    """The simulator (and so hgo-experiment) needs a training set: 'none' is refused by name."""
+    from hgo_common.errors import SpecError
+    from hgo_lab.simulator import SimConfig, Simulation
+
+    with pytest.raises(SpecError, match=r"dataset 'none' means the devices hold the data.*'digits'"):
+        Simulation(SimConfig(dataset="none", model="mlp"))

@@ -82,6 +82,18 @@ def build_model(spec: RunSpec, ds: Any) -> tuple[Any, str]:
     return model, name
 
 
+def require_dataset(name: str) -> None:
+    """Refuse ``--dataset none`` where a run must build its own shards (SpecError)."""
+    if name == "none":
+        from hgo_common import datasets
+
+        raise SpecError(
+            "dataset 'none' means the devices hold the data (hgo-server --dataset none, workers with "
+            "--data PATH): a run that builds its own shards (the simulator, hgo-run, hgo-experiment) "
+            f"needs a dataset; expected one of {datasets.names()}"
+        )
+
+
 def build_run(spec: RunSpec, num_shards: int, *, dataset: Any = None, data_warning: str | None = None) -> Run:
     """Dataset, model, shards and w_0 of ``spec`` split into ``num_shards`` shards.
 
@@ -94,6 +106,7 @@ def build_run(spec: RunSpec, num_shards: int, *, dataset: Any = None, data_warni
     from hgo_common import datasets, rounds
 
     if dataset is None:
+        require_dataset(spec.dataset)
         try:
             dataset = datasets.load(
                 spec.dataset,

@@ -230,10 +230,12 @@ class Admission(ServerState):
             peer=peer,
             first_round=self.round,
         )
-        sess.send(Welcome(sess.session_id, worker_id, self.spec, shard, int(self.cfg.heartbeat_ms)))
+        sess.send(Welcome(sess.session_id, worker_id, self.spec, shard, int(self.cfg.heartbeat_ms),
+                          eval_fraction=self.eval_share))  # fmt: skip
         if req.wants_shard:
             for part in self._shard_parts(shard):
                 sess.send(part)
+            sess.shard_rows = self._shard_parts(shard)[0].total_rows
         if self.phase is Phase.DONE:
             sess.send(Stop("done"))
         elif self.stopping:

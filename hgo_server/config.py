@@ -34,6 +34,7 @@ from typing import Any
 
 from hgo_common.datasets.local import NO_DATASET
 from hgo_common.errors import SpecError
+from hgo_common.federated import MAX_EVAL_FRACTION
 from hgo_common.net.protocol import DEFAULT_MAX_CHUNK_VALUES, max_vector_values
 from hgo_common.spec import forms
 from hgo_common.spec.declare import (
@@ -43,6 +44,7 @@ from hgo_common.spec.declare import (
     INT,
     STR,
     Check,
+    Choice,
     above,
     at_least,
     finite_at_least,
@@ -66,6 +68,9 @@ __all__ = [
     "resolve",
     "to_toml",
 ]
+
+EVALUATION_MODES = ("server", "federated", "both")
+"""``--evaluation``: who scores the model on evaluation rounds (hgo_server.fedeval)."""
 
 ConfigError = SpecError
 """A setting outside its allowed range (the project's SpecError): the message names the value and range."""
@@ -237,6 +242,20 @@ class ServerOptions:
     )  # fmt: skip
     test_scaling: str = setting(
         "auto", STR, "--test-data: auto (standardize tabular data on its own rows), standardize or none"
+    )
+    # -- federated evaluation (docs/operations.md "Federated evaluation"; hgo_server.fedeval)
+    evaluation: str = setting(
+        "server",
+        Choice(EVALUATION_MODES),
+        "where the model is evaluated on evaluation rounds: server (its own test split), federated "
+        "(sampled workers report metrics on their validation splits; logged, never acted on), or both",
+    )
+    eval_fraction: float = setting(
+        0.2,
+        FLOAT,
+        "--evaluation federated|both: share of each worker's data held out as its validation split "
+        "(seeded, never trained on)",
+        check=Check(lambda x: 0 < x <= MAX_EVAL_FRACTION, f"be in (0, {MAX_EVAL_FRACTION}]"),
     )
 
 

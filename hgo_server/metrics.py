@@ -56,6 +56,7 @@ def round_buckets(tau_ms: float | None, tau_min_ms: float | None = None) -> tupl
 
 
 _COORDS = (0, 1, 10, 100, 1_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000)
+_RATES = (0.1, 1.0, 10.0, 100.0, 1_000.0, 10_000.0, 100_000.0, 1_000_000.0)  # coordinates per ms
 
 
 RUN_LABELS = ("rule", "f", "q", "tau", "dataset", "algorithm", "model", "seed", "rounds")
@@ -134,6 +135,26 @@ class ServerMetrics:
             ["kind"],
             registry=r,
         )
+        # Issue 21: federated evaluation (claims of the workers, never acted on) and measured rates.
+        self.federated = Gauge(
+            "hgo_federated_metric",
+            "Federated evaluation of the last evaluation round: workers' self-reported metric, by statistic "
+            "(mean: example-weighted, weights bounded; median: of the per-device values, the robust one)",
+            ["metric", "stat"], registry=r,
+        )  # fmt: skip
+        self.federated_reports = Gauge(
+            "hgo_federated_reports", "Evaluation reports accepted in the last evaluation round", registry=r
+        )
+        self.observed_rate = Histogram(
+            "hgo_observed_rate_coords_per_ms",
+            "Rate the server observed per sampled worker: prefix / ms from the task sent to its last chunk",
+            ["profile"], buckets=_RATES, registry=r,
+        )  # fmt: skip
+        self.reported_rate = Histogram(
+            "hgo_self_reported_rate_coords_per_ms",
+            "Release rate a worker reported for a round (self-reported: a claim)",
+            ["profile"], buckets=_RATES, registry=r,
+        )  # fmt: skip
 
     def set_run_info(self, cfg: Any, *, model: str) -> None:
         """Export ``hgo_run_info{rule, f, q, tau, dataset, algorithm, model, ...} 1`` for ``cfg``."""

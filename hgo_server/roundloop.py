@@ -196,7 +196,7 @@ class RoundLoop(ServerState):
         completed = k >= cfg.rounds
         # The last round was not evaluated: do it now, unless no round was ever trained (a
         # stop before training): an untrained model's score is not a result.
-        if k > 0 and (self._evaluated_round != k - 1 or not self.last_eval):
+        if k > 0 and self._server_evaluates and (self._evaluated_round != k - 1 or not self.last_eval):
             await self._evaluate()
         if self._checkpoint is not None and self._checkpointed != k and k > self.start_round:
             await self._save_checkpoint(k)
@@ -236,6 +236,11 @@ class RoundLoop(ServerState):
         event loop keeps answering heartbeats while a round aggregates.
         """
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    @property
+    def _server_evaluates(self) -> bool:
+        """Whether the server scores w on its own test split (``--evaluation server|both``)."""
+        return self.cfg.evaluation != "federated"
 
     async def _evaluate(self) -> dict[str, float]:
         """Evaluate w_k on the test split (in the aggregation thread); update the gauges."""
@@ -295,7 +300,11 @@ class RoundLoop(ServerState):
             plan, outcome, prefixes, workers, timing, nonfinite=self.collector.truncated(),
             f_enforceable=self.f_enforceable,
         )  # fmt: skip
-        if self.driver.evaluates(k):
+        self.rates_record(k, sampled, prefixes, delivered, record)
+        fed = self.federated_record(k)
+        if fed is not None:
+            record["federated"] = fed
+        if self.driver.evaluates(k) and self._server_evaluates:
             record.update(await self._evaluate())
             self._evaluated_round = k
             log.info(  # k is 0-based as in the round log; "n/R done" counts rounds
@@ -321,7 +330,8 @@ class RoundLoop(ServerState):
         self._last_chunk = np.zeros(len(sampled))
         for sess in self.sessions.values():
             sess.slot = None
-        task = Task(k, plan.order_seed, wire.encode(self.driver.w), plan.tau_ms)
+        evaluate = self.federated_round(k)
+        task = Task(k, plan.order_seed, wire.encode(self.driver.w), plan.tau_ms, evaluate=evaluate)
         self._wake.clear()
         self.collection = Collection.OPEN
         for slot, sess in enumerate(sampled):
@@ -329,6 +339,8 @@ class RoundLoop(ServerState):
             sess.round_bytes = sess.round_chunks = 0
             sess.sampled_rounds.append(k)
             sess.send(task)
+        if evaluate:
+            self.ask_evaluation(k, sampled)
         return plan, sampled
 
     async def _collect(self, tau_ms: float) -> None:

@@ -35,6 +35,7 @@ from hgo_common.spec import driver_settings
 from . import checkpoint
 from .admission import HEARTBEAT_BATCH, JOIN_BURST, KNOWN_PROFILES, Admission
 from .config import ConfigError, ServerConfig
+from .fedeval import Reports
 from .messages import Outgoing, ShardSlice, StatusInfo, Task
 from .metrics import ServerMetrics
 from .persistence import Persistence
@@ -46,7 +47,7 @@ from .state import Collection, Phase
 __all__ = ["HEARTBEAT_BATCH", "JOIN_BURST", "KNOWN_PROFILES", "Collection", "Phase", "Server"]
 
 
-class Server(Admission, RoundLoop, Persistence):
+class Server(Admission, RoundLoop, Persistence, Reports):
     """Sessions, the round loop and the model; one instance per training run.
 
     Parameters
@@ -86,6 +87,7 @@ class Server(Admission, RoundLoop, Persistence):
         # Active sessions per shard, kept up to date on join/leave (O(1) per join).
         self._shard_holders = np.zeros(self.spec.num_shards, dtype=np.int64)
         self._init_identities()
+        self._init_reports()
         self._changed = asyncio.Event()
         self._wake = asyncio.Event()
         self._t_start = time.monotonic()

@@ -170,6 +170,10 @@ class HGOServicer:
                     core.on_chunk(sess, m.round, m.offset, m.values, m.session_id)
                 elif isinstance(m, messages.Beat):
                     core.on_heartbeat(sess)
+                elif isinstance(m, messages.EvalReport):
+                    core.on_eval_report(sess, m)
+                elif isinstance(m, messages.RoundReport):
+                    core.on_round_report(sess, m)
                 elif isinstance(m, messages.Leave):
                     core.leave(sess, f"leave: {escape(m.reason, 200)}")
                     return

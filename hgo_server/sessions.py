@@ -134,6 +134,7 @@ class SessionRecord:
     round_bytes: int = 0  # measured: chunk value bytes received since the last round it was sampled into
     round_chunks: int = 0
     messages: int = 0  # measured: messages received on this stream
+    shard_rows: int | None = None  # rows of the shard the server sent (None: the worker holds its own data)
 
     def was_sampled(self, round_index: int) -> bool:
         """Whether the session may have been sampled into ``round_index`` (a past round).

@@ -129,6 +129,25 @@ class ServerState:
     def account_round(self, sampled: list[SessionRecord], prefixes: np.ndarray) -> None:
         raise NotImplementedError
 
+    @property
+    def eval_share(self) -> float:  # hgo_server.fedeval.Reports
+        raise NotImplementedError
+
+    def federated_round(self, k: int) -> bool:
+        raise NotImplementedError
+
+    def ask_evaluation(self, k: int, sampled: list[SessionRecord]) -> None:
+        raise NotImplementedError
+
+    def federated_record(self, k: int) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    def rates_record(
+        self, k: int, sampled: list[SessionRecord], prefixes: np.ndarray, delivered_ms: np.ndarray,
+        record: dict[str, Any],
+    ) -> None:
+        raise NotImplementedError
+
     async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         raise NotImplementedError
 

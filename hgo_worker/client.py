@@ -65,11 +65,11 @@ from hgo_common.net import messages as msgs
 from hgo_common.net.mapping import SessionStream
 from hgo_common.spec.run import Compute
 
-from . import checks, localdata
+from . import checks, evaluate, localdata
 from .byzantine import parse_behaviour
 from .compute import cached_order, model_from_spec
 from .metrics import WorkerMetrics
-from .pacing import Schedule
+from .pacing import RoundMeter, Schedule
 
 log = logging.getLogger("hgo_worker")
 
@@ -505,8 +505,8 @@ class WorkerSession:
         self.welcome = welcome
         self.spec = welcome.spec
         self.model = model
-        self.X = X
-        self.y = y
+        # Federated evaluation: the validation share is held out here, before any round.
+        self.X, self.y, self.val = evaluate.split_validation(X, y, welcome.eval_fraction, worker.seed)
         self.heartbeat_s = welcome.heartbeat_ms / 1000.0
         self.loop = asyncio.get_running_loop()
         self.last_recv = self.loop.time()
@@ -623,24 +623,42 @@ class WorkerSession:
     async def _serve_round(self, task: msgs.Task, t0: float) -> None:
         """Round ``task.round``: the core's local step, released no faster than the throttle."""
         spec, w = self.spec, self.w
+        meter: RoundMeter | None = None
         try:
             tau = task.tau_ms if task.tau_ms > 0 else math.inf
             d = spec.dim
             c_k = cached_order(task.order_seed, d, spec.order or "flat", spec.groups)
             weights = wire.decode(task.weights, d).astype(np.float64)
+            if task.evaluate:
+                await self._evaluate(task.round, weights)
             rng = local.round_rng(w.seed, task.round, salt=self.welcome.worker_id)
+            t_step = time.perf_counter()
             work = local.local_step(
                 self.model, weights, self.X, self.y, c_k, tau, w.local_cfg, rng, byzantine=w.behaviour
             )
+            meter = RoundMeter(work.batch_size)
+            meter.on_compute(work.source.computed, evaluate.timed_ms(t_step))
             chunk = spec.max_chunk_values or protocol.DEFAULT_MAX_CHUNK_VALUES
             sched = Schedule(work.rate, work.batch_size, d, tau, chunk, work.limit)
-            await self._release(task.round, sched, work.source, t0)
+            await self._release(task.round, sched, work.source, t0, meter)
         finally:
             w.rounds_served += 1
             w.metrics.round_served()
+            if meter is not None:  # also when RoundClosed cancelled the round: what it did so far
+                with contextlib.suppress(asyncio.QueueFull):
+                    self.out.put_nowait(evaluate.round_report(meter, task.round, self.welcome.session_id))
+
+    async def _evaluate(self, rnd: int, weights: np.ndarray) -> None:
+        """Federated evaluation of the task's weights on the validation split (Byzantine: a lie)."""
+        report = evaluate.eval_report(
+            self.model, weights, self.val, rnd, self.welcome.session_id, lying=self.w.behaviour is not None
+        )
+        if report is not None:
+            await self.out.put(report)
 
     async def _release(
-        self, rnd: int, sched: Schedule, source: local.RoundGradient | local.Precomputed, t0: float
+        self, rnd: int, sched: Schedule, source: local.RoundGradient | local.Precomputed, t0: float,
+        meter: RoundMeter | None = None,
     ) -> None:
         """Compute in pieces and emit no more than the schedule allows, until done or cancelled."""
         metrics = self.w.metrics
@@ -650,9 +668,11 @@ class WorkerSession:
             return (self.loop.time() - t0) * 1000.0
 
         def compute_to(n: int) -> None:
-            before = source.computed
+            before, t_piece = source.computed, time.perf_counter()
             source.ensure(n)
             metrics.computed(source.computed - before)
+            if meter is not None:
+                meter.on_compute(source.computed - before, evaluate.timed_ms(t_piece))
 
         sent = 0
         first_ms = -1.0
@@ -672,6 +692,8 @@ class WorkerSession:
                     if self.w.trace is not None:
                         self.w.trace.append(("chunk", rnd, time.time()))
                 metrics.sent(upto - sent)
+                if meter is not None:
+                    meter.on_release(upto, elapsed())
                 sent = upto
                 if source.computed < allowed:
                     await asyncio.sleep(0)

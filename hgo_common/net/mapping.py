@@ -96,8 +96,9 @@ def server_proto(msg: m.ServerMessage) -> hgo_pb2.ServerMessage:
     """The ``ServerMessage`` of one domain message."""
     if isinstance(msg, m.Task):
         task = hgo_pb2.RoundTask(
-            round=msg.round, order_seed=msg.order_seed, weights=msg.weights, tau_ms=msg.tau_ms
-        )
+            round=msg.round, order_seed=msg.order_seed, weights=msg.weights, tau_ms=msg.tau_ms,
+            evaluate=msg.evaluate,
+        )  # fmt: skip
         return hgo_pb2.ServerMessage(task=task)
     if isinstance(msg, m.Beat):
         return hgo_pb2.ServerMessage(heartbeat=hgo_pb2.Heartbeat(unix_ns=msg.unix_ns))
@@ -112,7 +113,7 @@ def server_proto(msg: m.ServerMessage) -> hgo_pb2.ServerMessage:
     if isinstance(msg, m.Welcome):
         welcome = hgo_pb2.Welcome(
             session_id=msg.session_id, worker_id=msg.worker_id, spec=spec_proto(msg.spec),
-            shard_index=msg.shard_index, heartbeat_ms=msg.heartbeat_ms,
+            shard_index=msg.shard_index, heartbeat_ms=msg.heartbeat_ms, eval_fraction=msg.eval_fraction,
         )  # fmt: skip
         return hgo_pb2.ServerMessage(welcome=welcome)
     if isinstance(msg, m.Stop):
@@ -135,8 +136,9 @@ def server_from_proto(pb: hgo_pb2.ServerMessage) -> m.ServerMessage | m.Unknown:
     if kind == "task":
         t = pb.task
         return m.Task(
-            round=int(t.round), order_seed=int(t.order_seed), weights=t.weights, tau_ms=float(t.tau_ms)
-        )
+            round=int(t.round), order_seed=int(t.order_seed), weights=t.weights, tau_ms=float(t.tau_ms),
+            evaluate=bool(t.evaluate),
+        )  # fmt: skip
     if kind == "heartbeat":
         return m.Beat(unix_ns=int(pb.heartbeat.unix_ns))
     if kind == "closed":
@@ -152,6 +154,7 @@ def server_from_proto(pb: hgo_pb2.ServerMessage) -> m.ServerMessage | m.Unknown:
         return m.Welcome(
             session_id=w.session_id, worker_id=int(w.worker_id), spec=spec_from_proto(w.spec),
             shard_index=int(w.shard_index), heartbeat_ms=int(w.heartbeat_ms),
+            eval_fraction=float(w.eval_fraction),
         )  # fmt: skip
     if kind == "stop":
         return m.Stop(reason=pb.stop.reason)
@@ -178,6 +181,15 @@ def worker_proto(msg: m.WorkerMessage) -> hgo_pb2.WorkerMessage:
         j.batch_size, j.wants_shard, j.byzantine = msg.batch_size, msg.wants_shard, msg.byzantine
         if msg.local_data is not None:
             _local_data_proto(msg.local_data, j.local_data)
+    elif isinstance(msg, m.EvalReport):
+        e = out.eval_report
+        e.round, e.session_id, e.examples, e.loss = msg.round, msg.session_id, msg.examples, msg.loss
+        if msg.accuracy is not None:
+            e.accuracy = msg.accuracy
+    elif isinstance(msg, m.RoundReport):
+        r = out.round_report
+        r.round, r.session_id, r.computed, r.released = msg.round, msg.session_id, msg.computed, msg.released
+        r.compute_ms, r.release_ms, r.batch_size = msg.compute_ms, msg.release_ms, msg.batch_size
     else:
         raise TypeError(f"not a worker message: {type(msg).__name__}")
     return out
@@ -199,6 +211,18 @@ def worker_from_proto(pb: hgo_pb2.WorkerMessage) -> m.WorkerMessage | m.Unknown:
             protocol_version=int(j.protocol_version), name=j.name, profile=j.profile, rate=float(j.rate),
             batch_size=int(j.batch_size), wants_shard=bool(j.wants_shard), byzantine=bool(j.byzantine),
             local_data=_local_data(j.local_data) if j.HasField("local_data") else None,
+        )  # fmt: skip
+    if kind == "eval_report":
+        e = pb.eval_report
+        return m.EvalReport(
+            round=int(e.round), session_id=e.session_id, examples=int(e.examples), loss=float(e.loss),
+            accuracy=float(e.accuracy) if e.HasField("accuracy") else None,
+        )  # fmt: skip
+    if kind == "round_report":
+        r = pb.round_report
+        return m.RoundReport(
+            round=int(r.round), session_id=r.session_id, computed=int(r.computed), released=int(r.released),
+            compute_ms=float(r.compute_ms), release_ms=float(r.release_ms), batch_size=int(r.batch_size),
         )  # fmt: skip
     return m.Unknown(kind or "")
 

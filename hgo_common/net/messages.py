@@ -11,7 +11,8 @@ Server → worker (:data:`ServerMessage`): :class:`Welcome` (with the run's :cla
 Algorithm 1 step 2), :class:`Closed` (RoundClosed), :class:`Beat`, :class:`Stop`.
 Worker → server (:data:`WorkerMessage`): :class:`JoinRequest`, :class:`Chunk`
 (GradientChunk: a piece of the prefix V_i, Algorithm 1 step 3), :class:`Beat`,
-:class:`Leave`. The ``Status`` call answers :class:`StatusInfo`.
+:class:`Leave`, :class:`EvalReport` (federated evaluation) and :class:`RoundReport` (a
+round's self-measured rates). The ``Status`` call answers :class:`StatusInfo`.
 
 A message of a kind this version does not know (an unset ``oneof``) maps to
 :class:`Unknown`: a reader ignores or refuses it, it never guesses.
@@ -26,9 +27,11 @@ __all__ = [
     "Beat",
     "Chunk",
     "Closed",
+    "EvalReport",
     "JoinRequest",
     "Leave",
     "LocalData",
+    "RoundReport",
     "ServerMessage",
     "ShardSlice",
     "Spec",
@@ -77,6 +80,7 @@ class Welcome:
     spec: Spec
     shard_index: int
     heartbeat_ms: int
+    eval_fraction: float = 0.0  # federated evaluation: the validation share held out (0: none)
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,7 @@ class Task:
     weights: bytes
     tau_ms: float
     encoded: Any = None
+    evaluate: bool = False  # federated evaluation: also report metrics of these weights
 
 
 @dataclass(frozen=True)
@@ -169,6 +174,31 @@ class Leave:
 
 
 @dataclass(frozen=True)
+class EvalReport:
+    """EvalReport: a worker's metrics of round ``round``'s weights on its validation split
+    (``accuracy`` None for regression). Claims, checked by the server (hgo_server.fedeval)."""
+
+    round: int
+    session_id: str
+    examples: int
+    loss: float
+    accuracy: float | None = None
+
+
+@dataclass(frozen=True)
+class RoundReport:
+    """RoundReport: what the worker measured of round ``round`` (``hgo_worker.pacing.RoundMeter``)."""
+
+    round: int
+    session_id: str
+    computed: int
+    released: int
+    compute_ms: float
+    release_ms: float
+    batch_size: int
+
+
+@dataclass(frozen=True)
 class Unknown:
     """A message whose ``kind`` is unset or unknown to this version (``kind`` is '' then)."""
 
@@ -194,5 +224,5 @@ class StatusInfo:
 ServerMessage = Welcome | ShardSlice | Task | Closed | Beat | Stop
 """What the server sends on a Session stream."""
 
-WorkerMessage = JoinRequest | Chunk | Beat | Leave
+WorkerMessage = JoinRequest | Chunk | Beat | Leave | EvalReport | RoundReport
 """What a worker sends on a Session stream."""

@@ -6,16 +6,20 @@ from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Map
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class WorkerMessage(_message.Message):
-    __slots__ = ("join", "chunk", "heartbeat", "leave")
+    __slots__ = ("join", "chunk", "heartbeat", "leave", "eval_report", "round_report")
     JOIN_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     LEAVE_FIELD_NUMBER: _ClassVar[int]
+    EVAL_REPORT_FIELD_NUMBER: _ClassVar[int]
+    ROUND_REPORT_FIELD_NUMBER: _ClassVar[int]
     join: Join
     chunk: GradientChunk
     heartbeat: Heartbeat
     leave: Leave
-    def __init__(self, join: _Optional[_Union[Join, _Mapping]] = ..., chunk: _Optional[_Union[GradientChunk, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., leave: _Optional[_Union[Leave, _Mapping]] = ...) -> None: ...
+    eval_report: EvalReport
+    round_report: RoundReport
+    def __init__(self, join: _Optional[_Union[Join, _Mapping]] = ..., chunk: _Optional[_Union[GradientChunk, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., leave: _Optional[_Union[Leave, _Mapping]] = ..., eval_report: _Optional[_Union[EvalReport, _Mapping]] = ..., round_report: _Optional[_Union[RoundReport, _Mapping]] = ...) -> None: ...
 
 class Join(_message.Message):
     __slots__ = ("protocol_version", "name", "profile", "rate", "batch_size", "wants_shard", "byzantine", "local_data")
@@ -72,6 +76,38 @@ class Heartbeat(_message.Message):
     UNIX_NS_FIELD_NUMBER: _ClassVar[int]
     unix_ns: int
     def __init__(self, unix_ns: _Optional[int] = ...) -> None: ...
+
+class EvalReport(_message.Message):
+    __slots__ = ("round", "session_id", "examples", "loss", "accuracy")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    session_id: str
+    examples: int
+    loss: float
+    accuracy: float
+    def __init__(self, round: _Optional[int] = ..., session_id: _Optional[str] = ..., examples: _Optional[int] = ..., loss: _Optional[float] = ..., accuracy: _Optional[float] = ...) -> None: ...
+
+class RoundReport(_message.Message):
+    __slots__ = ("round", "session_id", "computed", "released", "compute_ms", "release_ms", "batch_size")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    COMPUTED_FIELD_NUMBER: _ClassVar[int]
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_MS_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_MS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    session_id: str
+    computed: int
+    released: int
+    compute_ms: float
+    release_ms: float
+    batch_size: int
+    def __init__(self, round: _Optional[int] = ..., session_id: _Optional[str] = ..., computed: _Optional[int] = ..., released: _Optional[int] = ..., compute_ms: _Optional[float] = ..., release_ms: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class Leave(_message.Message):
     __slots__ = ("reason",)
@@ -136,18 +172,20 @@ class TrainingSpec(_message.Message):
     def __init__(self, model: _Optional[str] = ..., layer_sizes: _Optional[_Iterable[int]] = ..., dim: _Optional[int] = ..., order: _Optional[str] = ..., groups: _Optional[_Iterable[int]] = ..., dataset: _Optional[str] = ..., n_features: _Optional[int] = ..., n_classes: _Optional[int] = ..., algorithm: _Optional[str] = ..., max_chunk_values: _Optional[int] = ..., seed: _Optional[int] = ..., partition: _Optional[str] = ..., num_shards: _Optional[int] = ..., l2: _Optional[float] = ..., model_plugin: _Optional[str] = ..., model_plugin_version: _Optional[str] = ..., dataset_plugin: _Optional[str] = ..., dataset_plugin_version: _Optional[str] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("session_id", "worker_id", "spec", "shard_index", "heartbeat_ms")
+    __slots__ = ("session_id", "worker_id", "spec", "shard_index", "heartbeat_ms", "eval_fraction")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     SHARD_INDEX_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_MS_FIELD_NUMBER: _ClassVar[int]
+    EVAL_FRACTION_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     worker_id: int
     spec: TrainingSpec
     shard_index: int
     heartbeat_ms: int
-    def __init__(self, session_id: _Optional[str] = ..., worker_id: _Optional[int] = ..., spec: _Optional[_Union[TrainingSpec, _Mapping]] = ..., shard_index: _Optional[int] = ..., heartbeat_ms: _Optional[int] = ...) -> None: ...
+    eval_fraction: float
+    def __init__(self, session_id: _Optional[str] = ..., worker_id: _Optional[int] = ..., spec: _Optional[_Union[TrainingSpec, _Mapping]] = ..., shard_index: _Optional[int] = ..., heartbeat_ms: _Optional[int] = ..., eval_fraction: _Optional[float] = ...) -> None: ...
 
 class ShardPart(_message.Message):
     __slots__ = ("row_offset", "rows", "cols", "features", "labels", "last", "total_rows")
@@ -168,16 +206,18 @@ class ShardPart(_message.Message):
     def __init__(self, row_offset: _Optional[int] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ..., features: _Optional[bytes] = ..., labels: _Optional[bytes] = ..., last: bool = ..., total_rows: _Optional[int] = ...) -> None: ...
 
 class RoundTask(_message.Message):
-    __slots__ = ("round", "order_seed", "weights", "tau_ms")
+    __slots__ = ("round", "order_seed", "weights", "tau_ms", "evaluate")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     ORDER_SEED_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     TAU_MS_FIELD_NUMBER: _ClassVar[int]
+    EVALUATE_FIELD_NUMBER: _ClassVar[int]
     round: int
     order_seed: int
     weights: bytes
     tau_ms: float
-    def __init__(self, round: _Optional[int] = ..., order_seed: _Optional[int] = ..., weights: _Optional[bytes] = ..., tau_ms: _Optional[float] = ...) -> None: ...
+    evaluate: bool
+    def __init__(self, round: _Optional[int] = ..., order_seed: _Optional[int] = ..., weights: _Optional[bytes] = ..., tau_ms: _Optional[float] = ..., evaluate: bool = ...) -> None: ...
 
 class RoundClosed(_message.Message):
     __slots__ = ("round",)

@@ -21,6 +21,11 @@ workers        one ``{"id", "profile", "prefix", "byzantine"}`` per sampled work
 =============  ==========================================================================
 
 On evaluation rounds, ``accuracy`` (classification) and/or ``loss`` on the test split.
+The wire server adds ``rates`` (coordinates per ms: ``observed`` per profile, measured by
+the server; ``self_reported``, the workers' RoundReports of the previous round) and, per
+``workers`` entry, ``observed_rate`` and ``delivered_ms``; on federated evaluation rounds
+(``--evaluation federated|both``) ``federated`` (``hgo_server.fedeval``; the keys are in
+docs/operations.md "Federated evaluation").
 Extra keys may be added; readers ignore what they do not know.
 
 Two forms on disk, the same lines: plain JSON lines (the server's ``--log``, appended and

@@ -21,8 +21,6 @@ from hgo_common.roundlog import read as read_log
 from hgo_worker.evaluate import LIE_EXAMPLES
 from tests.procs import ProcessGroup, console, until
 
-pytestmark = pytest.mark.slow  # real worker processes, tens of rounds
-
 RATES = {"slow": 4.0, "fast": 800.0}  # λ per data point; s = 8: 0.5 vs 100 coordinates per ms
 
 
@@ -64,6 +62,7 @@ def _federated(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in records if "federated" in r]
 
 
+@pytest.mark.slow  # real worker processes, 30 rounds (~35 s on 2 cores)
 async def test_honest_federated_accuracy_matches_the_server_and_rates_follow_the_throttle(
     tmp_path: Path, procs: ProcessGroup
 ) -> None:
@@ -127,6 +126,7 @@ async def test_honest_federated_accuracy_matches_the_server_and_rates_follow_the
     ) >= 4 * seen
 
 
+@pytest.mark.slow  # real worker processes, 21 rounds
 async def test_a_lying_device_moves_the_mean_not_the_median(tmp_path: Path, procs: ProcessGroup) -> None:
     workers = [(f"honest-{i}", 0.0, None) for i in range(4)] + [("liar", 0.0, "sign-flip")]
     records, _ = await _run(
@@ -223,3 +223,23 @@ async def test_reports_are_checked_on_the_wire(tmp_path: Path) -> None:
         rep = hgo_pb2.RoundReport(round=0, session_id=c.session_id, computed=1, released=1, batch_size=1)
         await c.send(hgo_pb2.WorkerMessage(round_report=rep))
         assert await c.finish() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_the_validation_split_is_seeded_held_out_and_checked() -> None:
+    from hgo_worker.checks import Refused
+    from hgo_worker.evaluate import split_validation
+
+    X = np.arange(200, dtype=np.float32).reshape(100, 2)
+    y = np.arange(100)
+    Xt, yt, val = split_validation(X, y, 0.2, seed=7)
+    assert val is not None and len(val) == 20 and len(yt) == 80
+    assert set(yt.tolist()).isdisjoint(val.y.tolist()) and sorted([*yt, *val.y]) == list(range(100))
+    np.testing.assert_array_equal(Xt[:, 0] / 2, yt)  # rows stay with their labels
+    again = split_validation(X, y, 0.2, seed=7)[2]
+    assert again is not None and again.y.tolist() == val.y.tolist()  # the same split after a reconnect
+    other = split_validation(X, y, 0.2, seed=8)[2]
+    assert other is not None and other.y.tolist() != val.y.tolist()
+    Xs, ys, none = split_validation(X, y, 0.0, seed=7)
+    assert none is None and Xs is X and ys is y  # --evaluation server: training data unchanged
+    with pytest.raises(Refused, match=r"Welcome.eval_fraction = 0.9: expected 0..0.5"):
+        split_validation(X, y, 0.9, seed=7)

@@ -243,3 +243,23 @@ def test_the_validation_split_is_seeded_held_out_and_checked() -> None:
     assert none is None and Xs is X and ys is y  # --evaluation server: training data unchanged
     with pytest.raises(Refused, match=r"Welcome.eval_fraction = 0.9: expected 0..0.5"):
         split_validation(X, y, 0.9, seed=7)
+
+
+async def test_federated_only_switches_the_servers_own_evaluation_off(tmp_path: Path) -> None:
+    """--evaluation federated: the records carry ``federated`` and no test-split metric; a worker
+    that is asked but does not answer is counted as asked, not as a report."""
+    from tests.wireclient import serving, wait_for
+
+    log = tmp_path / "r.jsonl"
+    async with serving(q=1, min_workers=1, v=1, tau="200ms", eval_every=1, evaluation="federated",
+                       log=str(log)) as srv:  # fmt: skip
+        c = srv.client()
+        welcome = await c.join(wants_shard=True)
+        assert welcome.eval_fraction == pytest.approx(0.2)  # the default share
+        c.respond()  # gradients only: it never sends an EvalReport
+        await wait_for(lambda: log.exists() and len(read_log(log)) >= 4, what="four records")
+        records = read_log(log)[:4]
+        assert not any("accuracy" in r or "loss" in r for r in records)
+        assert ["federated" in r for r in records] == [False, True, True, True]
+        assert all(r["federated"]["asked"] == 1 and r["federated"]["reports"] == 0 for r in records[1:])
+        assert math.isnan((await srv.status()).last_metric)

@@ -82,21 +82,24 @@ class _Eval:
     accuracy: float | None
     refused: str | None = None
 
-    def as_record(self) -> dict[str, Any]:
+    def as_record(self, weight: int | None = None) -> dict[str, Any]:
+        """The device's entry; ``weight`` is its bounded count (``federated.bounded_weights``)."""
         sess = self.sess
         out: dict[str, Any] = {"id": sess.worker_id, "name": sess.name, "profile": sess.profile}
         if self.refused is not None:
             out["refused"] = self.refused
             return out
-        out.update(examples=self.used, loss=self.loss)
+        used = self.used if weight is None else weight
+        out.update(examples=used, loss=self.loss)
         if self.accuracy is not None:
             out["accuracy"] = self.accuracy
-        if self.used != self.claimed:
-            out["examples_claimed"] = self.claimed  # more than the server knows it holds: clipped
+        if used != self.claimed:
+            out["examples_claimed"] = self.claimed  # more than it may weigh: clipped
         return out
 
     @property
     def used(self) -> int:
+        """The claim, clipped to what the server knows the device holds (when it knows)."""
         return self.claimed if self.known is None else min(self.claimed, self.known)
 
 
@@ -247,7 +250,8 @@ class Reports(ServerState):
         }
         if self.metric_name == "accuracy":
             out["accuracy"] = federated.aggregate([e.accuracy or 0.0 for e in good], weights)
-        out["devices"] = [e.as_record() for e in entries]
+        bounded = {id(e): int(w) for e, w in zip(good, weights, strict=True)}
+        out["devices"] = [e.as_record(bounded.get(id(e))) for e in entries]
         stat = out.get(self.metric_name, out["loss"])
         log.info(
             "round %d: federated evaluation of the model after round %d: %d/%d reports (%d refused), "

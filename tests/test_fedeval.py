@@ -265,3 +265,59 @@ async def test_federated_only_switches_the_servers_own_evaluation_off(tmp_path: 
         assert ["federated" in r for r in records] == [False, True, True, True]
         assert all(r["federated"]["asked"] == 1 and r["federated"]["reports"] == 0 for r in records[1:])
         assert math.isnan((await srv.status()).last_metric)
+
+
+@pytest.mark.slow  # real processes: a server with no data, four devices on their own files
+def test_devices_on_their_own_data_evaluate_and_a_liar_weighs_no_more_than_the_median(
+    procs: ProcessGroup, tmp_path: Path
+) -> None:
+    """``--dataset none --evaluation federated``: the server has neither training nor test data,
+    so the devices' reports are its only evaluation; it cannot know their counts, so each
+    weighs at most the round's median count, the liar's 2**32-1 included."""
+    import json
+
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    perm = np.random.default_rng(0).permutation(y.size)
+    X, y = X[perm][:1400], y[perm][:1400]
+    files = []
+    for i in range(4):
+        path = tmp_path / f"dev{i}.csv"
+        table = np.column_stack([X[i::4], y[i::4]])
+        header = ",".join([*(f"px{j}" for j in range(64)), "label"])
+        np.savetxt(path, table, delimiter=",", header=header, comments="", fmt="%.10g")
+        files.append(path)
+    port_file, log = tmp_path / "port", tmp_path / "rounds.jsonl"
+    server = procs.start(
+        [*console("hgo-server"), "--port", "0", "--port-file", str(port_file), "--dataset", "none",
+         "--model", "mlp", "--features", "64", "--classes", "10", "--q", "4", "--min-workers", "4",
+         "--rule", "median", "--f", "1", "--v", "3", "--rounds", "21", "--eval-every", "10",
+         "--tau", "inf", "--lr", "0.5", "--evaluation", "federated", "--log", str(log)],
+        name="server",
+    )  # fmt: skip
+    procs.until(lambda: port_file.exists() and port_file.read_text().strip(), 60, "the server's port file")
+    port = int(port_file.read_text())
+    for i, path in enumerate(files):
+        attack = ["--attack", "sign-flip"] if i == 3 else []
+        procs.start(
+            [*console("hgo-worker"), "--server", f"127.0.0.1:{port}", "--rate", "0", "--name", f"dev{i}",
+             "--seed", str(i), "--data", str(path), *attack],
+            name=f"dev{i}",
+        )  # fmt: skip
+    assert procs.wait(server, 240) == 0, procs.logs()
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    fed = [r for r in records if "federated" in r]
+    assert [r["round"] for r in fed] == [10, 20] and not any("accuracy" in r for r in records)
+    for rec in fed:
+        f = rec["federated"]
+        assert f["asked"] == 4 and f["reports"] == 4, f
+        devices = {d["name"]: d for d in f["devices"]}
+        liar = devices.pop("dev3")
+        counts = [d["examples"] for d in devices.values()]
+        assert counts == [70, 70, 70]  # 350 rows each, 0.2 held out, as claimed (nothing to clip)
+        assert liar["examples_claimed"] == LIE_EXAMPLES and liar["examples"] == 70  # the median count
+        honest = [d["accuracy"] for d in devices.values()]
+        assert min(honest) <= f["accuracy"]["median"] <= 1.0
+        assert f["accuracy"]["mean"] == pytest.approx((sum(honest) + 1.0) / 4)  # equal weights of 70
+    assert min(d["accuracy"] for d in fed[-1]["federated"]["devices"]) > 0.3  # trained: chance is 0.1

@@ -18,6 +18,9 @@ Kinds (``hgo_common.attacks``):
 ``silent``
     The worker keeps its session (heartbeats) but sends no gradient at all.
 
+Federated evaluation (``hgo_worker.evaluate``): every Byzantine worker except a silent one
+also lies in its evaluation reports (accuracy 1, loss 0, 2**32-1 examples).
+
 Prefix length. By default a Byzantine worker sends **as much as its own throttle allows**
 (its profile or ``--rate``), released on the same schedule as an honest worker, so it is
 indistinguishable by timing. With ``--attack-param full=1`` it sends all d values at the

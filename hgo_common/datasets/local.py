@@ -32,7 +32,7 @@ mean the same on every device, preprocess every device's files with one shared t
 and pass ``--scaling none`` everywhere (and on the server's ``--test-data``).
 
 Labels: a table whose labels are all integers is ``classification`` data, else
-``regression``. The :class:`~hgo_common.net.messages.LocalData` summary travels in the
+``regression``. The :class:`LocalData` summary travels in the
 worker's Join; :func:`fit_error` is the one check, run by the server at join and by the
 worker once it has the spec: feature count, label range ``0..K-1``, task.
 """
@@ -44,9 +44,21 @@ from pathlib import Path
 
 import numpy as np
 
-from hgo_common.net.messages import LocalData
-
 from ._files import DataFileError
+
+
+@dataclass(frozen=True)
+class LocalData:
+    """A worker's own data, summarized for the join check (it travels in ``Join.local_data``)."""
+
+    examples: int
+    n_features: int
+    task: str  # "classification" (integer labels) | "regression"
+    label_min: float
+    label_max: float
+    distinct_labels: int
+    sparse: bool = False  # LIBSVM: n_features is the highest index present
+
 
 NO_DATASET = "none"
 """``--dataset none``: the server holds no training data; every worker brings its own."""

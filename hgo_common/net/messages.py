@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from hgo_common.datasets.local import LocalData
+
 __all__ = [
     "Beat",
     "Chunk",
@@ -129,19 +131,6 @@ class Beat:
 @dataclass(frozen=True)
 class Stop:
     reason: str
-
-
-@dataclass(frozen=True)
-class LocalData:
-    """A worker's own data, summarized for the join check (``hgo_common.datasets.local``)."""
-
-    examples: int
-    n_features: int
-    task: str  # "classification" (integer labels) | "regression"
-    label_min: float
-    label_max: float
-    distinct_labels: int
-    sparse: bool = False  # LIBSVM: n_features is the highest index present
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ from hgo_lab.experiment.runner import run_scenario
 from hgo_lab.experiment.scenario import SCENARIOS, load_scenario
 from hgo_lab.experiment.stats import read_summary
 
-
 DESCRIPTION = "hgo-experiment: reproduce the paper's figures 3–8 (Boubouh et al., SRDS 2022, §6)."
 
 

@@ -133,22 +133,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir", type=Path, default=None, metavar="DIR", help="dataset directory for --shard i/n"
     )
     p.add_argument(
-        "--data", type=Path, default=None, metavar="PATH",
+        "--data",
+        type=Path,
+        default=None,
+        metavar="PATH",
         help="train on this device's own files (a file or a directory): the server sends no shard, only "
         "w_k and C_k, and checks at join that the data fits its model (default: the server's shard)",
     )
     p.add_argument(
-        "--data-format", default="auto", metavar="FORMAT",
+        "--data-format",
+        default="auto",
+        metavar="FORMAT",
         help=f"format of --data: {', '.join(local.FORMATS)} (detected from the path), or a dataset plug-in "
         "(package.module:Name or an installed plug-in's name) whose reader reads PATH (default auto)",
     )
     p.add_argument(
-        "--label-column", default=None, metavar="NAME|INDEX",
+        "--label-column",
+        default=None,
+        metavar="NAME|INDEX",
         help="--data csv: the label column, a header name or a 0-based index (negative from the end) "
         f"(default: the column named {'/'.join(local.LABEL_NAMES)}, else the last)",
     )
     p.add_argument(
-        "--scaling", choices=local.SCALINGS, default="auto",
+        "--scaling",
+        choices=local.SCALINGS,
+        default="auto",
         help="--data features: auto (standardize tabular data on this device's rows; images stay in [0, 1]), "
         "standardize, or none (files already scaled alike on every device) (default auto)",
     )

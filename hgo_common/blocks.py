@@ -23,7 +23,9 @@ Q_j allows. tests/test_blocks.py checks both readings against brute-force refere
 
 Cost at large d (bench/bench_blocks.py, docs/benchmarks.md): no segment's rows are
 copied whole. A coordinate-wise rule runs over column chunks of ``_CHUNK`` coordinates
-(each chunk's rows gathered while cache-resident), on a few threads when the block is
+(each chunk's rows gathered while cache-resident; a rule declared with
+``aggregators._common.sorted_form`` — median, trimmed mean, MeaMed, Phocas — gets its
+columns sorted from tiles read straight from the buffer, ``_common.sorted_block``), on a few threads when the block is
 large (numpy's sort and copies release the GIL; every chunk writes its own output slice,
 so the result does not depend on the threads; a coordinate-wise rule, plug-ins included,
 is therefore called from several threads at once and must be pure, as the registry's
@@ -237,10 +239,15 @@ def _columnwise(
 ) -> None:
     """A coordinate-wise rule over column chunks of every segment (identical per column)."""
     pieces = [(a, min(a + _CHUNK, hi), rows) for lo, hi, rows in segs for a in range(lo, hi, _CHUNK)]
+    form = _common.sorted_form_of(fn)
 
     def run(piece: tuple[int, int, np.ndarray | None]) -> None:
         a, b, rows = piece
-        out[a:b] = fn(values[:, a:b] if rows is None else values[rows, a:b], f=f)
+        if form is not None:
+            # a rule of the sorted columns: sort tiles gathered from the buffer
+            out[a:b] = form(_common.sorted_block(values, rows, a, b), f)
+        else:
+            out[a:b] = fn(values[:, a:b] if rows is None else values[rows, a:b], f=f)
 
     work = sum((b - a) * (values.shape[0] if r is None else r.size) for a, b, r in pieces)
     n = threads()

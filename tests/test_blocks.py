@@ -491,3 +491,87 @@ def _aggregate_median(values: np.ndarray, prefixes: np.ndarray) -> np.ndarray:
     blocks._CHUNK = 97  # the fork copied the patched values; set them again for clarity
     blocks._PARALLEL_MIN = 1
     return blocks.aggregate(values, prefixes, v=5, rule="median")[1]
+
+
+# The sorted-tile path (aggregators._common.sorted_block): coordinate-wise rules that are a
+# function of each column's sorted values read the round buffer in tiles. Buffers whose rows
+# start a multiple of 4 KiB apart (d = 2048 float32 here) take the gathered branch, others
+# (d = 2000) are read in place; one-column tiles and 16-column tiles leave partial tiles at
+# every segment's end.
+SORTED_FORM_RULES = ["median", "trimmed-mean", "meamed", "phocas"]
+
+
+def _brute_sorted_rule(name: str, col: list[float], f: int) -> float:
+    """One column's value from its values sorted by Python: the rules' definitions."""
+    s = sorted(col)
+    m = len(s)
+    if name == "median":
+        return s[m // 2] if m % 2 else 0.5 * (s[m // 2 - 1] + s[m // 2])
+    if name == "trimmed-mean":
+        return math.fsum(s[f : m - f]) / (m - 2 * f)
+    center = (
+        (s[m // 2] if m % 2 else 0.5 * (s[m // 2 - 1] + s[m // 2]))
+        if name == "meamed"
+        else math.fsum(s[f : m - f]) / (m - 2 * f)
+    )
+    keep = m - f
+    start = sum(1 for t in range(m - keep) if center - s[t] > s[t + keep] - center)
+    return math.fsum(s[start : start + keep]) / keep
+
+
+@pytest.mark.parametrize("d", [2048, 2000])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("tile_lines", [1, 63])
+def test_sorted_block_equals_sorting_each_gathered_column(
+    d: int, dtype: type, tile_lines: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hgo_common.aggregators import _common
+
+    monkeypatch.setattr(_common, "_TILE_LINES", tile_lines)
+    rng = np.random.default_rng(d)
+    values = rng.standard_normal((24, d)).astype(dtype)
+    values[:, ::5] = 0.0
+    values[::3, ::5] = -0.0  # signed zeros: tied values whose bits differ
+    for rows in (None, np.array([0, 3, 4, 9, 10, 11, 17, 23]), np.arange(1, 24, 2)):
+        for lo, hi in ((0, d), (7, 7 + 16 * tile_lines + 3), (d - 5, d), (100, 100)):
+            got = _common.sorted_block(values, rows, lo, hi)
+            block = values[:, lo:hi] if rows is None else values[rows, lo:hi]
+            want = np.sort(np.ascontiguousarray(block.T), axis=1)
+            assert got.shape == want.shape and got.dtype == values.dtype
+            # values equal, and the same bits (the sort sees each column in the same order)
+            np.testing.assert_array_equal(got, want)
+            np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
+
+
+@pytest.mark.parametrize("name", SORTED_FORM_RULES)
+@pytest.mark.parametrize("d", [2048, 2000])
+def test_sorted_form_rules_match_brute_force_per_coordinate(
+    name: str, d: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Odd and even |Q_j| across 8 segments, tiles of 16 columns, chunks of 97 over 2
+    # threads, against (a) the rule called once per whole segment, bit for bit, and (b) a
+    # per-coordinate reference from Python's sorted() and math.fsum.
+    from hgo_common.aggregators import _common
+
+    monkeypatch.setattr(_common, "_TILE_LINES", 1)
+    monkeypatch.setattr(blocks, "_CHUNK", 97)
+    monkeypatch.setattr(blocks, "_PARALLEL_MIN", 1)
+    monkeypatch.setenv("HGO_AGG_THREADS", "2")
+    q, v, f = 15, 7, 3
+    rng = np.random.default_rng(7)
+    values = rng.standard_normal((q, d)).astype(np.float32)
+    values[2, : d // 2] = 3e38  # a Byzantine row of huge finite values
+    prefixes = np.array([d, d, d, 1900, 1700, 1500, 1500, 1300, 1111, 900, 700, 500, 300, 0, 0])
+    rng.shuffle(prefixes)
+    rule = aggregators.get(name)
+    assert _common.sorted_form_of(rule.fn) is not None
+    b, got = blocks.aggregate(values, prefixes, v=v, rule=name, f=f)
+    segs = blocks.segments(prefixes, v)
+    assert {rows.size % 2 for _, _, rows in segs} == {0, 1}
+    want = np.zeros(b)
+    for lo, hi, rows in segs:
+        want[lo:hi] = rule(values[np.sort(rows), lo:hi], f=f)
+    np.testing.assert_array_equal(got, want)
+    for j in range(0, b, 7):
+        col = [float(values[i, j]) for i in range(q) if prefixes[i] > j]
+        assert got[j] == pytest.approx(_brute_sorted_rule(name, col, f), rel=1e-12, abs=1e-300)

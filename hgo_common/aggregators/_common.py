@@ -5,16 +5,35 @@ of an (m x k) row-major array is dominated by strided gathers, so
 ``sorted_columns`` transposes cache-sized column tiles into a (k x m) buffer and
 sorts its contiguous rows. Pairwise squared distances come from ONE Gram product
 ``x @ x.T`` in the input dtype (float32 on the server: no upcast copy of the matrix).
+
+The tiles are gathered into a buffer whose rows are an odd number of 64-byte cache lines
+apart before they are transposed. Reading one value from each of m rows whose starts are
+a multiple of 4 KiB apart (an 8,192-column float32 chunk, or the server's buffer at
+d = 2^20) maps all m cache lines to one set of the 8-way L1 cache: the transpose then
+missed the cache on nearly every value and cost 2.9 ns a value instead of 0.35
+(docs/benchmarks.md, "Aggregation at large d").
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 
-# Columns per tile in sorted_columns: 256 x m float32 fits in L2 with room to spare.
-_TILE = 256
+# A tile's row is _TILE_LINES cache lines of 64 bytes: an odd count, so the m rows of a
+# gathered tile start in m different L1 sets (1,008 float32 columns, 80 rows: 315 KB,
+# which stays in a 1 MB L2 cache with its transposed copy).
+_TILE_LINES = 63
+
+RuleFn = TypeVar("RuleFn", bound=Callable[..., np.ndarray])
+SortedForm = Callable[[np.ndarray, int], np.ndarray]
+_SORTED_FORMS: dict[Callable[..., np.ndarray], SortedForm] = {}
+
+
+def tile_columns(itemsize: int) -> int:
+    """Columns per tile of ``sorted_columns`` for values of ``itemsize`` bytes."""
+    return max(1, _TILE_LINES * 64 // itemsize)
 
 
 def sorted_columns(x: np.ndarray) -> np.ndarray:
@@ -29,15 +48,78 @@ def sorted_columns(x: np.ndarray) -> np.ndarray:
     s : ndarray of shape (k, m), dtype of ``x``
         ``s[j]`` is column j of ``x`` in increasing order.
     """
-    m, k = x.shape
-    out = np.empty((k, m), dtype=x.dtype)
-    # A loop over tiles of _TILE coordinates (not over coordinates): each tile is
-    # transposed while it is cache-resident, then sorted along contiguous rows.
-    for j in range(0, k, _TILE):
-        tile = out[j : j + _TILE]
-        tile[...] = x[:, j : j + _TILE].T
+    return sorted_block(x, None, 0, x.shape[1])
+
+
+def sorted_block(values: np.ndarray, rows: np.ndarray | None, lo: int, hi: int) -> np.ndarray:
+    """Columns ``lo:hi`` of the rows ``rows`` of ``values`` (every row when None), sorted.
+
+    The same as ``sorted_columns(values[rows, lo:hi])`` value for value, without the copy
+    of the (m x (hi - lo)) block: each tile of columns is gathered from ``values`` straight
+    into a small buffer (rows in the order given), transposed while cache-resident and
+    sorted along its contiguous rows. hgo_common.blocks calls it on the round buffer.
+
+    Parameters
+    ----------
+    values : ndarray of shape (q, d)
+    rows : ndarray of int, or None
+    lo, hi : int, 0 <= lo <= hi <= d
+
+    Returns
+    -------
+    s : ndarray of shape (hi - lo, m), dtype of ``values``; m = q or len(rows)
+    """
+    q = values.shape[0]
+    # Every row, read in place, unless the rows' starts alias in the L1 cache: then they
+    # are gathered like a subset of rows (a copy whose rows are a tile apart).
+    idx = None if rows is None and not _rows_alias(values.strides[0], q) else rows
+    if rows is None and idx is None:
+        m = q
+    else:
+        idx = np.arange(q) if idx is None else idx
+        m = idx.size
+    k = hi - lo
+    out = np.empty((k, m), dtype=values.dtype)
+    t = tile_columns(values.itemsize)
+    # A loop over tiles (not over coordinates); a full tile's gathered rows are
+    # _TILE_LINES cache lines apart.
+    for a in range(0, k, t):
+        b = min(a + t, k)
+        src = values[:, lo + a : lo + b] if idx is None else values[idx, lo + a : lo + b]
+        tile = out[a:b]
+        tile[...] = src.T
         tile.sort(axis=1)
     return out
+
+
+def _rows_alias(stride: int, m: int) -> bool:
+    """Whether m rows ``stride`` bytes apart share too few sets of an 8-way L1 cache
+    (64 sets of 64-byte lines) to hold one line of each while a tile is transposed."""
+    span = 4096
+    g = np.gcd(abs(stride) % span, span)  # gcd(0, span) = span: every row in one set
+    sets = span // max(int(g), 64)
+    return sets * 8 < m
+
+
+def sorted_form(form: SortedForm) -> Callable[[RuleFn], RuleFn]:
+    """Declare a coordinate-wise rule to be ``form(s, f)`` of its sorted columns.
+
+    ``s`` is the (k x m) array ``sorted_columns`` returns; ``form`` must give, row for
+    row, exactly what the rule gives for the column. hgo_common.blocks then sorts the
+    round buffer's columns in tiles (``sorted_block``) and calls ``form`` instead of
+    copying each segment's rows for the rule.
+    """
+
+    def mark(fn: RuleFn) -> RuleFn:
+        _SORTED_FORMS[fn] = form
+        return fn
+
+    return mark
+
+
+def sorted_form_of(fn: Callable[..., np.ndarray]) -> SortedForm | None:
+    """The form ``sorted_form`` declared for a rule's raw function, or None."""
+    return _SORTED_FORMS.get(fn)
 
 
 def median_of_sorted(s: np.ndarray) -> np.ndarray:

@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import closest_mean_of_sorted, median_of_sorted, sorted_columns
+from ._common import closest_mean_of_sorted, median_of_sorted, sorted_columns, sorted_form
 from .base import register
 
 
+def _of_sorted(s: np.ndarray, f: int) -> np.ndarray:
+    return closest_mean_of_sorted(s, median_of_sorted(s), s.shape[1] - f)
+
+
 @register("meamed", coordinatewise=True, min_rows=lambda f: 2 * f + 1, condition="m >= 2f+1")
+@sorted_form(_of_sorted)
 def meamed(x: np.ndarray, *, f: int = 0) -> np.ndarray:
     """Per column, the mean of the m - f values nearest to the column median.
 
@@ -29,5 +34,4 @@ def meamed(x: np.ndarray, *, f: int = 0) -> np.ndarray:
     -------
     ndarray of shape (k,), float64
     """
-    s = sorted_columns(x)
-    return closest_mean_of_sorted(s, median_of_sorted(s), s.shape[1] - f)
+    return _of_sorted(sorted_columns(x), f)

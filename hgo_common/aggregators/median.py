@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import median_of_sorted, sorted_columns
+from ._common import median_of_sorted, sorted_columns, sorted_form
 from .base import register
 
 
+def _of_sorted(s: np.ndarray, f: int) -> np.ndarray:
+    return median_of_sorted(s)
+
+
 @register("median", coordinatewise=True, min_rows=lambda f: 2 * f + 1, condition="m >= 2f+1")
+@sorted_form(_of_sorted)
 def median(x: np.ndarray, *, f: int = 0) -> np.ndarray:
     """Column median of an (m x k) array.
 
@@ -30,4 +35,4 @@ def median(x: np.ndarray, *, f: int = 0) -> np.ndarray:
     """
     # Sorting cache-sized transposed tiles beats np.median's partition on the
     # (workers x coordinates) layout by 2-4x (docs/design.md §8, docs/benchmarks.md).
-    return median_of_sorted(sorted_columns(x))
+    return _of_sorted(sorted_columns(x), f)

@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import closest_mean_of_sorted, sorted_columns, trimmed_mean_of_sorted
+from ._common import closest_mean_of_sorted, sorted_columns, sorted_form, trimmed_mean_of_sorted
 from .base import register
 
 
+def _of_sorted(s: np.ndarray, f: int) -> np.ndarray:
+    return closest_mean_of_sorted(s, trimmed_mean_of_sorted(s, f), s.shape[1] - f)
+
+
 @register("phocas", coordinatewise=True, min_rows=lambda f: 2 * f + 1, condition="m >= 2f+1")
+@sorted_form(_of_sorted)
 def phocas(x: np.ndarray, *, f: int = 0) -> np.ndarray:
     """Per column, the mean of the m - f values nearest to the column's trimmed mean.
 
@@ -28,5 +33,4 @@ def phocas(x: np.ndarray, *, f: int = 0) -> np.ndarray:
     -------
     ndarray of shape (k,), float64
     """
-    s = sorted_columns(x)
-    return closest_mean_of_sorted(s, trimmed_mean_of_sorted(s, f), s.shape[1] - f)
+    return _of_sorted(sorted_columns(x), f)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import sorted_columns, trimmed_mean_of_sorted
+from ._common import sorted_columns, sorted_form, trimmed_mean_of_sorted
 from .base import register
 
 
 @register("trimmed-mean", coordinatewise=True, min_rows=lambda f: 2 * f + 1, condition="m >= 2f+1")
+@sorted_form(trimmed_mean_of_sorted)
 def trimmed_mean(x: np.ndarray, *, f: int = 0) -> np.ndarray:
     """Per column, the mean of the values left after removing the f largest and f smallest.
 

@@ -27,6 +27,9 @@ one round at q = 80, v = 40, f = 10 with the mixed prefixes, best of ``--reps`` 
 memory (tracemalloc, which numpy reports its buffers to) as a multiple of the (q x d)
 buffer: "peak / buffer" = (buffer + extra) / buffer. ``--threads N`` sets
 HGO_AGG_THREADS for the coordinate-wise rules (hgo_common.blocks).
+
+``--kernels`` times the numpy kernels the coordinate-wise order statistics are made of
+(the tiled transpose with and without 4 KiB-aliased rows; sort vs partition per column).
 """
 
 from __future__ import annotations
@@ -162,6 +165,69 @@ def large_one(d: int, rules: list[str], reps: int, seed: int) -> None:
         )
 
 
+def _best(fn: Callable[[], object], reps: int) -> float:
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return min(ts)
+
+
+def _transpose_ns(row: int, tile: int, reps: int, m: int = 80) -> float:
+    """ns per value of the tiled transpose of an (m x k) float32 block whose rows are ``row`` values apart."""
+    src = np.random.default_rng(0).standard_normal((m, row), dtype=np.float32)
+    k = row - row % 16
+    x = src[:, :k]
+    dst = np.empty((k, m), dtype=np.float32)
+
+    def tr() -> None:
+        for j in range(0, k, tile):
+            dst[j : j + tile] = x[:, j : j + tile].T
+
+    return _best(tr, reps) / (m * k) * 1e9
+
+
+def _per_column_ns(m: int, op: str, reps: int, k: int = 8000) -> float:
+    """ns per column of ``op`` on the rows of a (k x m) float32 array, the refill excluded."""
+    a0 = np.random.default_rng(m).standard_normal((k, m), dtype=np.float32)
+    buf = np.empty_like(a0)
+
+    def refill() -> None:
+        np.copyto(buf, a0)
+
+    def run() -> None:
+        np.copyto(buf, a0)
+        if op == "sort":
+            buf.sort(axis=1)
+        elif op == "partition kth":
+            buf.partition(m // 2, axis=1)
+        else:
+            buf.partition([m // 2 - 1, m // 2], axis=1)
+
+    return (_best(run, reps) - _best(refill, reps)) / k * 1e9
+
+
+def kernels(reps: int) -> None:
+    """The numpy kernels a coordinate-wise order statistic is built from, per value/column.
+
+    Prints (best of ``reps``): the cache-blocked transpose of an (80 x k) float32 block into
+    (k x 80) when its rows are a multiple of 4 KiB apart and when they are not, with
+    tiles of 256 and 1,008 columns; and, per column of m values (rows of a (k x m) array),
+    ``sort``, ``partition`` with one kth and with the two middle kth of an even median.
+    """
+    print(f"# kernels; numpy {np.__version__}; load {os.getloadavg()[0]:.2f}; best of {reps}")
+    print("# transpose (80 x k) -> (k x 80) by tiles, ns per value")
+    for row in (8192, 8208, 8000, 4096):
+        cells = [f"tile {tile:>5}: {_transpose_ns(row, tile, reps):5.2f}" for tile in (256, 1008)]
+        print(f"  rows {row * 4:>6} bytes apart ({row * 4 % 4096:>4} mod 4096)  " + "  ".join(cells))
+    print("# per column of m float32 values, rows of a (8000 x m) array, ns per column (refill excluded)")
+    for m in (40, 41, 60, 64, 65, 80):
+        ops = ("sort", "partition kth", "partition 2 kth")
+        cells = [f"{op}: {_per_column_ns(m, op, reps):7.1f}" for op in ops]
+        print(f"  m={m:>3}  " + "  ".join(cells))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reps", type=int, default=None, help="timed repetitions (default 15; --large: 2)")
@@ -173,7 +239,11 @@ def main() -> None:
         help="time q=80, v=40, f=10 rounds at these d (default 1000000 4000000) instead",
     )  # fmt: skip
     ap.add_argument("--threads", type=int, default=None, help="HGO_AGG_THREADS for this run")
+    ap.add_argument("--kernels", action="store_true", help="time the transpose and sort kernels instead")
     args = ap.parse_args()
+    if args.kernels:
+        kernels(args.reps or 10)
+        return
     if args.threads is not None:
         os.environ["HGO_AGG_THREADS"] = str(args.threads)
     if args.large is not None:

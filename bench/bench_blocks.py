@@ -28,6 +28,9 @@ memory (tracemalloc, which numpy reports its buffers to) as a multiple of the (q
 buffer: "peak / buffer" = (buffer + extra) / buffer. ``--threads N`` sets
 HGO_AGG_THREADS for the coordinate-wise rules (hgo_common.blocks).
 
+``--against CHECKOUT`` times median and trimmed-mean of another checkout (e.g. main) and
+this one round-robin at the first ``--large`` d, and checks their results are equal.
+
 ``--kernels`` times the numpy kernels the coordinate-wise order statistics are made of
 (the tiled transpose with and without 4 KiB-aliased rows; sort vs partition per column).
 """
@@ -228,6 +231,57 @@ def kernels(reps: int) -> None:
         print(f"  m={m:>3}  " + "  ".join(cells))
 
 
+def _load_other(checkout: str) -> object:
+    """``hgo_common.blocks`` of another checkout, imported beside this one (as ``hgo_other``)."""
+    import importlib
+    import shutil
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    tmp = Path(tempfile.mkdtemp(prefix="hgo-other-"))
+    shutil.copytree(Path(checkout) / "hgo_common", tmp / "hgo_other")
+    for f in (tmp / "hgo_other").rglob("*.py"):
+        f.write_text(f.read_text().replace("hgo_common", "hgo_other"))
+    sys.path.insert(0, str(tmp))
+    return importlib.import_module("hgo_other.blocks")
+
+
+def head_to_head(d: int, reps: int, checkout: str) -> None:
+    """Median and trimmed mean at q = 80, v = 40, f = 10 (mixed prefixes): another checkout's
+    ``blocks.aggregate`` and this one's, round-robin with the floor, results compared bit for bit."""
+    other = _load_other(checkout)
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal((LARGE_Q, d), dtype=np.float32)
+    prefixes = draw_prefixes(rng, LARGE_Q, d)
+    fns: dict[str, Callable[[], object]] = {"floor": lambda: values.sum(axis=0)}
+    for rule in ("median", "trimmed-mean"):
+        for label, mod in (("other", other), ("this", blocks)):
+
+            def agg(mod: object = mod, rule: str = rule) -> object:
+                return mod.aggregate(values, prefixes, v=LARGE_V, rule=rule, f=LARGE_F)  # type: ignore[attr-defined]
+
+            fns[f"{label} {rule}"] = agg
+        a, b = fns[f"other {rule}"](), fns[f"this {rule}"]()
+        assert np.array_equal(a[1], b[1]), f"{rule}: the two checkouts differ"  # type: ignore[index]
+    ts: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            ts[k].append(time.perf_counter() - t0)
+    fb, fm = min(ts["floor"]), statistics.median(ts["floor"])
+    print(
+        f"# d={d:,} q={LARGE_Q} v={LARGE_V} f={LARGE_F} mixed; other = {checkout}; HGO_AGG_THREADS -> "
+        f"{blocks.threads()}; round-robin x{reps}; load {os.getloadavg()[0]:.2f}; results equal bit for bit"
+    )
+    for k, v in ts.items():
+        print(
+            f"  {k:<20} best {min(v) * 1e3:7.0f} ms  median {statistics.median(v) * 1e3:7.0f} ms  "
+            f"x floor best/best {min(v) / fb:5.2f}  median/median {statistics.median(v) / fm:5.2f}"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reps", type=int, default=None, help="timed repetitions (default 15; --large: 2)")
@@ -240,7 +294,17 @@ def main() -> None:
     )  # fmt: skip
     ap.add_argument("--threads", type=int, default=None, help="HGO_AGG_THREADS for this run")
     ap.add_argument("--kernels", action="store_true", help="time the transpose and sort kernels instead")
+    ap.add_argument(
+        "--against", metavar="CHECKOUT", default=None,
+        help="time median and trimmed-mean of another checkout's hgo_common round-robin with this one's "
+        "(at the first --large D, default 4000000)",
+    )  # fmt: skip
     args = ap.parse_args()
+    if args.against:
+        if args.threads is not None:
+            os.environ["HGO_AGG_THREADS"] = str(args.threads)
+        head_to_head((args.large or [4_000_000])[0], args.reps or 7, args.against)
+        return
     if args.kernels:
         kernels(args.reps or 10)
         return

@@ -25,15 +25,16 @@ Cost at large d (bench/bench_blocks.py, docs/benchmarks.md): no segment's rows a
 copied whole. A coordinate-wise rule runs over column chunks of ``_CHUNK`` coordinates
 (each chunk's rows gathered while cache-resident; a rule declared with
 ``aggregators._common.sorted_form`` — median, trimmed mean, MeaMed, Phocas — gets its
-columns sorted from tiles read straight from the buffer, ``_common.sorted_block``), on a few threads when the block is
-large (numpy's sort and copies release the GIL; every chunk writes its own output slice,
-so the result does not depend on the threads; a coordinate-wise rule, plug-ins included,
-is therefore called from several threads at once and must be pure, as the registry's
-contract says; ``HGO_AGG_THREADS=1`` turns the threads off). A rule with ``gram_weights`` (Krum,
-multi-Krum) gets each segment's Gram from one product over the segment's columns of the
-buffer, read in place; the per-segment Grams partition the Gram of B_k, so all segments
-together cost one Gram product. Other vector rules receive the segment's rows (a copy
-unless every row covers it).
+columns sorted from tiles read straight from the buffer, ``_common.sorted_block``), on a
+few threads when the block is large (numpy's sort and copies release the GIL; every
+chunk writes its own output slice, so the result does not depend on the threads; a
+coordinate-wise rule, plug-ins included, is therefore called from several threads at
+once and must be pure, as the registry's contract says; ``HGO_AGG_THREADS=1`` turns the
+threads off). A rule with ``gram_weights`` (Krum, multi-Krum) gets each segment's Gram
+from one product over the segment's columns of the buffer, read in place; the
+per-segment Grams partition the Gram of B_k, so all segments together cost one Gram
+product. Other vector rules receive the segment's rows (a copy unless every row covers
+it).
 
 Row order: each segment's rows are handed to the rule in increasing row index (the
 workers' order), so a rule that depends on row order (``krum-coord-authors``) sees the

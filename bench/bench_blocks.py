@@ -233,6 +233,7 @@ def kernels(reps: int) -> None:
 
 def _load_other(checkout: str) -> object:
     """``hgo_common.blocks`` of another checkout, imported beside this one (as ``hgo_other``)."""
+    import atexit
     import importlib
     import shutil
     import sys
@@ -240,6 +241,7 @@ def _load_other(checkout: str) -> object:
     from pathlib import Path
 
     tmp = Path(tempfile.mkdtemp(prefix="hgo-other-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     shutil.copytree(Path(checkout) / "hgo_common", tmp / "hgo_other")
     for f in (tmp / "hgo_other").rglob("*.py"):
         f.write_text(f.read_text().replace("hgo_common", "hgo_other"))

@@ -284,7 +284,8 @@ class RoundLoop(ServerState):
         outcome = await self._in_thread(
             self.driver.close, plan, self.collector.values, prefixes, c_k, delivered
         )
-        self.metrics.aggregation.observe(time.perf_counter() - t_agg)
+        aggregate_s = time.perf_counter() - t_agg
+        self.metrics.aggregation.observe(aggregate_s)
         self._guarded(k, outcome)
         self.account_round(sampled, prefixes)
         if not outcome.quorum:

@@ -294,6 +294,7 @@ class RoundLoop(ServerState):
         timing = Timing(
             t_s=t_close - self._t_start, round_ms=(t_done - t_sent) * 1000.0,
             close_ms=(t_close - t_sent) * 1000.0, prepare_ms=(t_sent - t0) * 1000.0,
+            aggregate_ms=aggregate_s * 1000.0,
             early_close=self.collection is not Collection.DEADLINE and not self.stopping,
         )  # fmt: skip
         workers = [self._entry(s) for s in sampled]

@@ -54,21 +54,65 @@ def _slug(label: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
 
 
-def _one_run(scenario: str, label: str, seed_index: int, quick: bool, out: str) -> None:
-    """One variant x seed as a real cluster (a child process: its own launcher and ports)."""
-    from hgo_lab.experiment.netmode import run_net_result
+def _stretched(cfg: Any, u: float) -> Any:
+    """τ · u and every λ_i / u (``netmode.scale_time_for_net``'s stretch): each worker's
+    planned prefix b = λτ/s is unchanged, and the machine's own delays (broadcast,
+    back-propagation on shared cores) weigh u times less against τ."""
+    from hgo_lab import simulator
+
+    rates = tuple(r / u for r in simulator.worker_rates(cfg))
+    return simulator.with_overrides(cfg, rates=rates, tau=cfg.tau_ms * u)
+
+
+def _one_run(
+    scenario: str,
+    label: str,
+    seed_index: int,
+    quick: bool,
+    out: str,
+    timeout_s: float,
+    stretch: float,
+    rounds: int | None,
+) -> None:
+    """One variant x seed as a real cluster (a child process: its own launcher and ports),
+    as ``hgo-experiment run --mode net`` runs it, with a wall-clock limit of ``timeout_s``:
+    a run cut by the limit keeps the rounds it logged (time to accuracy is read from them)."""
+    import dataclasses
+
+    from hgo_lab import cluster
+    from hgo_lab.experiment.netmode import cluster_config
     from hgo_lab.experiment.scenario import load_scenario, seed_config
 
-    sc = load_scenario(scenario, quick=quick)
+    sc = load_scenario(scenario, quick=quick, rounds=rounds)
     var = next(v for v in sc.variants if v.label == label)
     cfg = seed_config(var, seed_index)
+    if stretch != 1.0:
+        cfg = _stretched(cfg, stretch)
     path = Path(out) / f"{_slug(label)}-s{seed_index}.jsonl"
+    cc, notes = cluster_config(cfg, path.with_suffix(""), int(sc.net.get("processes", 4)))
+    cc = dataclasses.replace(cc, timeout_s=timeout_s)
+    for note in notes:
+        print(f"[{label} s{seed_index}] {note}", flush=True)
     t0 = time.monotonic()
-    run_net_result(cfg, path, echo=lambda m: print(f"[{label} s{seed_index}] {m}", flush=True))
-    print(f"[{label} s{seed_index}] done in {time.monotonic() - t0:.0f} s -> {path}", flush=True)
+    try:
+        cluster.run_cluster(cc)
+    except cluster.ClusterError as exc:
+        print(f"[{label} s{seed_index}] cut: {str(exc).splitlines()[0]}", flush=True)
+    took = time.monotonic() - t0
+    print(f"[{label} s{seed_index}] done in {took:.0f} s -> {path.with_suffix('')}", flush=True)
 
 
-def run_all(scenario: str, out: Path, seeds: int, quick: bool, parallel_inf: bool, only: list[str]) -> None:
+def run_all(
+    scenario: str,
+    out: Path,
+    seeds: int,
+    quick: bool,
+    parallel_inf: bool,
+    only: list[str],
+    timeout_s: float,
+    stretch: float = 1.0,
+    rounds: int | None = None,
+) -> None:
     from hgo_lab.experiment.scenario import load_scenario
 
     sc = load_scenario(scenario, quick=quick)
@@ -79,7 +123,8 @@ def run_all(scenario: str, out: Path, seeds: int, quick: bool, parallel_inf: boo
         var = next(v for v in sc.variants if v.label == label)
         procs = []
         for s in range(seeds):
-            p = ctx.Process(target=_one_run, args=(scenario, label, s, quick, str(out)))
+            run_args = (scenario, label, s, quick, str(out), timeout_s, stretch, rounds)
+            p = ctx.Process(target=_one_run, args=run_args)
             p.start()
             procs.append(p)
             if not (parallel_inf and math.isinf(var.config.tau_ms)):
@@ -114,8 +159,8 @@ def _fmt(x: float | None, spec: str = ".1f") -> str:
 
 def report(out: Path, thresholds: list[float]) -> None:
     runs: dict[str, list[tuple[int, list[dict[str, Any]]]]] = {}
-    for p in sorted(out.glob("*-s[0-9]*.jsonl")):
-        label, seed_text = p.stem.rsplit("-s", 1)
+    for p in sorted(out.glob("*-s[0-9]*/round_log.jsonl")):  # each run's own server log
+        label, seed_text = p.parent.name.rsplit("-s", 1)
         runs.setdefault(label, []).append((int(seed_text), list(roundlog.read(p))))
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"# bench_wallclock: {out}  (uptime: {load})")
@@ -156,6 +201,13 @@ def report(out: Path, thresholds: list[float]) -> None:
         if agg.size and rms.size:
             share, block_pct = agg.sum() / rms.sum(), 100 * blk.mean() / d
             print(f"    aggregate / round: {share:.1%};  block % of d: {block_pct:.1f}")
+        noq = sum(1 for r in allr if not r.get("quorum"))
+        prof: dict[str, list[float]] = {}
+        for r in allr:
+            for w in r.get("workers", []):
+                prof.setdefault(str(w.get("profile")), []).append(100.0 * int(w["prefix"]) / d)
+        mix = ", ".join(f"{k} {np.mean(v):.1f}" for k, v in sorted(prof.items()))
+        print(f"  rounds without quorum: {noq} of {len(allr)};  mean prefix % of d by profile: {mix}")
         per_s = [len(recs) / recs[-1]["t"] for _, recs in seeds if recs[-1]["t"] > 0]
         print(f"  rounds per second: {np.mean(per_s):.2f}")
     summary = {
@@ -176,11 +228,19 @@ def main() -> int:
                     help="run SGD(tau=inf) seeds one at a time too")  # fmt: skip
     ap.add_argument("--report-only", action="store_true", help="only print the figures of the logs in --out")
     ap.add_argument("--thresholds", type=float, nargs="+", default=[0.85, 0.9])
+    ap.add_argument("--timeout", type=float, default=3600.0, help="wall-clock limit of one run, s")
+    ap.add_argument("--stretch", type=float, default=1.0, help="tau*U, every rate/U (same prefixes)")
+    ap.add_argument("--rounds", type=int, default=None, help="override every variant's rounds")
     args = ap.parse_args()
     if args.seeds < 1:
         ap.error(f"--seeds must be >= 1, got {args.seeds}")
+    if not args.stretch >= 1.0:
+        ap.error(f"--stretch must be >= 1 (a slower clock than the scenario's), got {args.stretch}")
     if not args.report_only:
-        run_all(args.scenario, args.out, args.seeds, args.quick, args.parallel_inf, args.variant)
+        run_all(
+            args.scenario, args.out, args.seeds, args.quick, args.parallel_inf, args.variant, args.timeout,
+            args.stretch, args.rounds,
+        )  # fmt: skip
     report(args.out, args.thresholds)
     return 0
 

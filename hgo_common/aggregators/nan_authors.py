@@ -42,8 +42,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .base import register
 from .aksel_coord_authors import aksel_coord_authors
+from .base import register
 from .krum_coord_authors import krum_coord_authors
 
 __all__ = ["NAN_AWARE", "aksel_authors", "average_authors", "krum_authors", "median_authors", "skips_nan"]

@@ -199,6 +199,10 @@ class Timing:
         Start of the round to the broadcast (sampling, encoding w_k).
     early_close : bool
         The round closed before its deadline because every sampled worker was done.
+    aggregate_ms : float
+        The close itself (b_v, the block's segments through the rule, the update), measured
+        on the server (issue 22.5: the block-construction cost, not assumed); 0 in the
+        simulator, whose virtual clock charges the server nothing.
     """
 
     t_s: float
@@ -206,6 +210,7 @@ class Timing:
     close_ms: float
     prepare_ms: float = 0.0
     early_close: bool = False
+    aggregate_ms: float = 0.0
 
 
 class RoundDriver:
@@ -359,6 +364,7 @@ class RoundDriver:
             "round_ms": timing.round_ms,
             "close_ms": timing.close_ms,
             "prepare_ms": timing.prepare_ms,
+            "aggregate_ms": timing.aggregate_ms,
             "early_close": timing.early_close,
             "workers": [w.as_record(int(p)) for w, p in zip(workers, prefixes, strict=True)],
             "used": [workers[r].id for r in outcome.used],

@@ -16,6 +16,8 @@ block          b_v, the block size (0 when the round had no quorum)
 quorum         whether the round updated the model
 step_size      gamma_k used for the update (0 without quorum)
 round_ms       wall (or virtual) duration of the round in ms
+aggregate_ms   the server's close (b_v, the rule over the block, the update) in wall ms;
+               0 in the simulator (its virtual clock charges the server nothing)
 workers        one ``{"id", "profile", "prefix", "byzantine"}`` per sampled worker;
                ``prefix`` is the number of C_k positions received before the deadline
 =============  ==========================================================================

@@ -249,6 +249,20 @@ class RoundBuffer:
         res = self.collector.add(row, self.round_index, 0, v32)
         return int(res.prefix)
 
+    def put_nan_padded(self, row: int, values: np.ndarray) -> int:
+        """Deliver ``values`` as row ``row``'s prefix with its NaN kept (the HGO authors'
+        NaN-padded rows, for NaN-aware rules only): the row counts at its full length.
+
+        The collector refuses non-finite values (the wire's policy), so the NaN go in as
+        zeros and are written back into the round buffer after it.
+        """
+        with np.errstate(over="ignore", invalid="ignore"):
+            v32 = np.asarray(values, dtype=np.float32).ravel()
+        nan = np.isnan(v32)
+        kept = self.put(row, np.where(nan, np.float32(0.0), v32))
+        self.collector.values[row, :kept][nan[:kept]] = np.nan
+        return kept
+
     @property
     def nonfinite(self) -> np.ndarray:
         """(q,) bool: rows whose prefix the non-finite policy cut."""
@@ -391,11 +405,26 @@ class Simulation:
         self.close_ms = self._target_close_ms(works, tau)
         buf = RoundBuffer(sampled.size, self.d, self.k)
         self.delivered_ms = np.zeros(sampled.size)
+        longest = self._nan_padded_length(works, honest_rows) if pad else None
         for r, work in enumerate(works):
             p = self._released_by(work, self.close_ms)
-            buf.put(r, work.source.ensure_all(p))
+            if longest is not None and self.byzantine[int(sampled[r])]:
+                buf.put_nan_padded(r, work.source.ensure_all(min(p, longest)))
+            else:
+                buf.put(r, work.source.ensure_all(p))
             self.delivered_ms[r] = self._release_ms(work, p) if p else self.close_ms
         return buf, [self._full_time(int(i), w) for i, w in zip(sampled, works, strict=True)]
+
+    def _nan_padded_length(self, works: list[Any], honest_rows: list[int]) -> int | None:
+        """With a NaN-aware rule (``hgo_common.aggregators.nan_authors``) and an attack on
+        NaN-padded honest rows, the length the HGO authors' server gives a Byzantine row:
+        the longest honest prefix (``fill_array``'s width), NaN kept where the attack is
+        NaN; None otherwise (the wire's non-finite policy applies)."""
+        from hgo_common.aggregators import nan_authors
+
+        if not nan_authors.skips_nan(self.cfg.rule) or not honest_rows:
+            return None
+        return max(int(works[r].limit) for r in honest_rows)
 
     def _honest_view(self) -> str:
         from hgo_common import attacks

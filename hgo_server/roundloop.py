@@ -284,7 +284,8 @@ class RoundLoop(ServerState):
         outcome = await self._in_thread(
             self.driver.close, plan, self.collector.values, prefixes, c_k, delivered
         )
-        self.metrics.aggregation.observe(time.perf_counter() - t_agg)
+        aggregate_s = time.perf_counter() - t_agg
+        self.metrics.aggregation.observe(aggregate_s)
         self._guarded(k, outcome)
         self.account_round(sampled, prefixes)
         if not outcome.quorum:
@@ -293,6 +294,7 @@ class RoundLoop(ServerState):
         timing = Timing(
             t_s=t_close - self._t_start, round_ms=(t_done - t_sent) * 1000.0,
             close_ms=(t_close - t_sent) * 1000.0, prepare_ms=(t_sent - t0) * 1000.0,
+            aggregate_ms=aggregate_s * 1000.0,
             early_close=self.collection is not Collection.DEADLINE and not self.stopping,
         )  # fmt: skip
         workers = [self._entry(s) for s in sampled]

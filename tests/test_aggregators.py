@@ -19,9 +19,13 @@ from hgo_common.aggregators.nnm import nnm
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-# The authors' per-coordinate emulations (tests/test_authors_rules.py) make no robustness
-# claim (their Krum runs with f = 0) and their Krum depends on row order by design.
-AUTHORS = ["aksel-coord-authors", "krum-coord-authors"]
+# The authors' per-coordinate emulations (tests/test_authors_rules.py, and their NaN-aware
+# forms in tests/test_authors_nan.py) make no robustness claim (their Krum runs with f = 0)
+# and their Krum depends on row order by design.
+AUTHORS = [
+    "aksel-coord-authors", "krum-coord-authors",
+    "aksel-authors", "average-authors", "krum-authors", "median-authors",
+]  # fmt: skip
 ROBUST = [n for n in aggregators.names() if n != "average" and n not in AUTHORS]
 COORDINATEWISE = ["average", "median", "trimmed-mean", "meamed", "phocas", *AUTHORS]
 COMPOSED = ["nnm+krum", "nnm+median", "bucketing+median", "bucketing+krum"]
@@ -303,7 +307,7 @@ def test_integer_and_float32_inputs() -> None:
 # Properties
 
 ALL = [*aggregators.names(), *COMPOSED]
-ORDER_FREE = [n for n in ALL if n != "krum-coord-authors"]
+ORDER_FREE = [n for n in ALL if n not in ("krum-coord-authors", "krum-authors")]  # row order by design
 
 
 @st.composite

@@ -25,7 +25,7 @@ from hgo_server import config as server_config
 from hgo_server.servicer import start_server
 from tests.wireclient import WireClient, channel_options, chunk_message
 
-CLOCK_FIELDS = {"t", "round_ms", "close_ms", "prepare_ms", "early_close"}
+CLOCK_FIELDS = {"t", "round_ms", "close_ms", "prepare_ms", "early_close", "aggregate_ms"}
 # What only a deployment has: whether f is enforceable (this test's server runs without
 # auth; a simulated worker is always an identity of its own), and per worker its identity,
 # what it declared in its Join and what the server measured on its stream (issue 10); and

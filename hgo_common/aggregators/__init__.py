@@ -67,6 +67,7 @@ from . import (  # noqa: F401  (every rule module registers itself)
     meamed,
     median,
     multi_krum,
+    nan_authors,
     nnm,
     phocas,
     trimmed_mean,

@@ -60,7 +60,10 @@ statistics are taken over:
     simulator pads it for attacks whose ``honest_view`` is ``"prefix"``. The server's
     non-finite policy then ends the Byzantine prefix before its first NaN, which skips
     the rest as their rules do; deviation: their server still counts the Byzantine row
-    at the longest honest length when it picks b_v, ours at the shortest. With full
+    at the longest honest length when it picks b_v, ours at the shortest — except with
+    the NaN-aware rules ``average-authors``, ``median-authors``, ``krum-authors`` and
+    ``aksel-authors`` (hgo_common/aggregators/nan_authors.py), with which the simulator
+    keeps the row, NaN and all, at the longest honest length, as their server. With full
     honest rows (on the wire, or an omniscient attacker without padding) it equals
     ``alie-authors``.
 

@@ -103,7 +103,8 @@ def _shifted(bank: np.ndarray, cls: np.ndarray, rng: np.random.Generator) -> np.
     """T[cls[i]] rolled by a uniform (dy, dx) in [-SHIFT, SHIFT]^2 each: (n, 3072)."""
     s = 2 * SHIFT + 1
     iy, ix = rng.integers(0, s, size=(2, cls.shape[0]))
-    return bank[(cls * s + iy) * s + ix]
+    out: np.ndarray = bank[(cls * s + iy) * s + ix]
+    return out
 
 
 def generate(n: int, T: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -116,8 +117,8 @@ def generate(n: int, T: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarra
     for lo in range(0, int(n), _BLOCK):
         c = y[lo : lo + _BLOCK]
         m = c.shape[0]
-        contrast = rng.uniform(0.6, 1.0, size=m).astype(np.float32)[:, None]
-        other = rng.integers(0, N_CLASSES, size=m)
+        contrast = np.asarray(rng.uniform(0.6, 1.0, size=m), dtype=np.float32)[:, None]
+        other = np.asarray(rng.integers(0, N_CLASSES, size=m))
         img = _shifted(bank, c, rng)
         img += np.float32(DISTRACTOR) * _shifted(bank, other, rng)
         img *= np.float32(AMPLITUDE) * contrast

@@ -318,7 +318,9 @@ class CifarCNN(nn.Module):
     with 10 classes: 1,702,794 parameters (92% of them in the first dense layer), so w_k
     is 6.8 MB as float32 on the wire. The paper's "about 10^6" is the 24 x 24 variant.
     Convolutions pad to keep the side (``padding=2``), as the tutorial's "SAME" padding.
-    Weights are drawn He-normal (He et al., ICCV 2015), biases 0, by ``init(rng)``.
+    Each image is standardized first (the tutorial's ``per_image_standardization``).
+    Weights are drawn He-normal (He et al., ICCV 2015), biases 0, by ``init(rng)``, except
+    the output layer's (torch's default, small: He-scaled logits start at a loss of ~12).
     """
 
     def __init__(self, channels: int, side: int, n_classes: int) -> None:
@@ -336,10 +338,17 @@ class CifarCNN(nn.Module):
             nn.ReLU(),
             _HeLinear(384, 192),
             nn.ReLU(),
-            nn.Linear(192, n_classes),  # torch default (small): He-scaled logits start at loss ~12
+            nn.Linear(192, n_classes),
         )
 
     def forward(self, x: torch.Tensor) -> Any:
+        # The tutorial's per_image_standardization: each image to mean 0, std 1 (std
+        # floored at 1/sqrt(#values) as tf.image does), so [0, 1] pixels do not start the
+        # He-scaled layers far from 0. No parameters; the same at training and test time.
+        flat = torch.flatten(x, 1)
+        mean = flat.mean(dim=1, keepdim=True)
+        std = flat.std(dim=1, correction=0, keepdim=True).clamp_min(flat.shape[1] ** -0.5)
+        x = ((flat - mean) / std).reshape(x.shape)
         return self.head(torch.flatten(self.features(x), 1))
 
 

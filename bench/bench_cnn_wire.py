@@ -39,6 +39,7 @@ close is ``values.sum(axis=0)`` over a (q x d) float32 buffer, timed here.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -140,21 +141,25 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         rounds_ms.append(r["round_ms"])
         closes.append(r["close_ms"])
     evals = [(r["round"], r["t"], r["accuracy"]) for r in recs if "accuracy" in r]
-    # Bytes: the counters at the first scrape after training started (shards and joins
-    # already sent) and at the last one, divided by the rounds closed in between.
-    t_train = t0
-    during = [(t, s) for t, s in scrapes if t >= t_train and "hgo_rounds_total" in s]
+    # Bytes per round: the slope of the counters against the rounds closed, over the
+    # scrapes from round 3 on (the shards, ~4 KB a training image, are still streaming
+    # during the first rounds; a difference of two scrapes would be off by up to a round,
+    # as the counters move before the round counter does).
+    late = [s for _, s in scrapes if s.get("hgo_rounds_total", 0) >= 3]
     per_round: dict[str, float] = {}
-    if len(during) >= 2:
-        sa, sb = during[0][1], during[-1][1]
-        n = sb["hgo_rounds_total"] - sa["hgo_rounds_total"]
-        if n > 0:
-            per_round = {
-                "sent_MB": (sb["hgo_sent_bytes_total"] - sa["hgo_sent_bytes_total"]) / n / 1e6,
-                "received_MB": (sb["hgo_received_bytes_total"] - sa["hgo_received_bytes_total"]) / n / 1e6,
-                "rounds_counted": n,
-            }
-    before = [s for t, s in scrapes if t < t_train and "hgo_sent_bytes_total" in s]
+    if len({s["hgo_rounds_total"] for s in late}) >= 3:
+        x = np.array([s["hgo_rounds_total"] for s in late])
+        per_round = {
+            "sent_MB": float(np.polyfit(x, [s["hgo_sent_bytes_total"] for s in late], 1)[0]) / 1e6,
+            "received_MB": float(np.polyfit(x, [s["hgo_received_bytes_total"] for s in late], 1)[0]) / 1e6,
+            "rounds_counted": float(x.max() - x.min()),
+        }
+    first = [s for _, s in scrapes if s.get("hgo_rounds_total", 0) >= 3]
+    # evaluation: an evaluated round's close -> the next round's start (the others' gap apart)
+    pairs = itertools.pairwise(recs)
+    gaps = {r0["round"]: 1000 * (r1["t"] - r1["close_ms"] / 1000.0 - r0["t"]) for r0, r1 in pairs}
+    eval_ms = [g for k, g in gaps.items() if "accuracy" in recs[k]]
+    plain_ms = [g for k, g in gaps.items() if "accuracy" not in recs[k]]
     cpu = sampler.window(t0, t0 + recs[-1]["t"])
     prefixes = [w["prefix"] for r in recs for w in r["workers"]]
     med = statistics.median
@@ -175,7 +180,9 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         "prepare_ms": med(prepare),
         "mean_prefix": float(np.mean(prefixes)),
         "bytes": per_round,
-        "join_sent_MB": before[-1]["hgo_sent_bytes_total"] / 1e6 if before else float("nan"),
+        "total_sent_MB": first[-1]["hgo_sent_bytes_total"] / 1e6 if first else float("nan"),
+        "eval_ms": med(eval_ms) if eval_ms else float("nan"),
+        "gap_ms": med(plain_ms) if plain_ms else float("nan"),
         "cpu": cpu,
     }
 
@@ -231,8 +238,10 @@ def main() -> int:
     if b:
         print(f"bytes on the wire per round (server counters, {b['rounds_counted']:.0f} rounds): sent "
               f"{b['sent_MB']:.2f} MB (w_k x {a.workers} = {a.workers * 4 * D / 1e6:.2f} MB of values), "
-              f"received {b['received_MB']:.2f} MB; before training (shards, welcomes): "
-              f"{r['join_sent_MB']:.1f} MB")  # fmt: skip
+              f"received {b['received_MB']:.2f} MB (d values x {a.workers}); "
+              f"whole run sent {r['total_sent_MB']:.0f} MB (shards included)")  # fmt: skip
+    print(f"evaluation on the server (close -> next round, evaluated rounds): {r['eval_ms'] / 1000:.1f} s; "
+          f"other rounds' gap {r['gap_ms']:.0f} ms")  # fmt: skip
     cpu = r["cpu"]
     print(f"CPU over training: server {cpu.get('server', float('nan')):.2f} cores, workers "
           f"{cpu.get('workers', float('nan')):.2f} cores")  # fmt: skip

@@ -41,6 +41,9 @@ REGISTRIES: dict[str, Registry[Any]] = {
 }
 
 
+_TORCH_BUILTINS = {("model", "cnn"), ("model", "cnn-cifar")}
+
+
 def _registry(kind: str) -> Registry[Any]:
     if kind not in REGISTRIES:
         raise ValueError(f"unknown plug-in kind {kind!r}; expected one of {list(KINDS)}")
@@ -106,7 +109,7 @@ def listing(kinds: Sequence[str] = KINDS) -> list[Row]:
     for kind in kinds:
         builtins = builtin_names(kind)
         rows += [
-            Row(kind, n, "built-in (needs hgo[torch])" if (kind, n) == ("model", "cnn") else "built-in")
+            Row(kind, n, "built-in (needs hgo[torch])" if (kind, n) in _TORCH_BUILTINS else "built-in")
             for n in builtins
         ]
         for n, ep in sorted(plugins.entry_points(kind).items()):

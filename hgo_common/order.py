@@ -110,6 +110,17 @@ def _group_pattern(sizes: tuple[int, ...]) -> np.ndarray:
     return pattern
 
 
+@functools.lru_cache(maxsize=16)
+def _group_slots(sizes: tuple[int, ...]) -> np.ndarray:
+    """Positions of group 0, then group 1, ... each in increasing order: the j-th drawn
+    coordinate of group g goes to g's j-th position. Cached with the pattern: the stable
+    argsort costs about 0.1 s a round at d = 1.7 M (the cnn-cifar model), on the server and
+    on every worker."""
+    slots = np.argsort(_group_pattern(sizes), kind="stable")
+    slots.setflags(write=False)
+    return slots
+
+
 def stratified_order(seed: int, group_sizes: Sequence[int]) -> np.ndarray:
     """Permutation of ``range(sum(group_sizes))`` balanced across parameter groups.
 
@@ -127,9 +138,7 @@ def stratified_order(seed: int, group_sizes: Sequence[int]) -> np.ndarray:
     rs = np.random.RandomState(_check_seed(seed))
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     coords = np.concatenate([off + rs.permutation(n) for off, n in zip(offsets, sizes, strict=True)])
-    # Positions of group 0, then group 1, ... each in increasing order: the j-th
-    # drawn coordinate of group g goes to g's j-th position.
-    slots = np.argsort(_group_pattern(tuple(sizes)), kind="stable")
+    slots = _group_slots(tuple(sizes))
     order = np.empty_like(coords)
     order[slots] = coords
     return order.astype(np.int64)

@@ -47,9 +47,11 @@ reconnect); :mod:`hgo_worker.session` one welcomed session and the rounds it ser
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
+import time
 
 import grpc
 import numpy as np
@@ -274,15 +276,25 @@ class Worker:
             raise SessionLost(f"expected a Welcome, got {_kind(welcome)!r}")
         checks.check_welcome(welcome)  # sizes before anything is built from them
         spec = welcome.spec
-        model = model_from_spec(spec, self._allowed())
-        if self.local_table is not None:
-            X, y = self._own_files(spec, model)
-        elif own_shard is None:
-            X, y = await _receive_shard(call, spec, cfg.max_shard_mb)
-        else:
-            X, y = self._load_own_shard(spec, *own_shard)
-        # Warm up (first BLAS call, allocator) now rather than in the first round's budget.
-        model.gradient(np.zeros(model.dim), X[: cfg.batch_size], y[: cfg.batch_size])
+        # Building a torch model (importing torch) and its first backward pass take seconds
+        # on a loaded machine, more than the server's 3 silent heartbeat intervals: beat
+        # while they run (on the welcomed stream, as the session will), and run them off
+        # the loop so that the beats go out.
+        keeper = _KeepAlive(call, welcome.heartbeat_ms / 1000.0)
+        try:
+            model = await asyncio.to_thread(model_from_spec, spec, self._allowed())
+            if self.local_table is not None:
+                X, y = self._own_files(spec, model)
+            elif own_shard is None:
+                X, y = await _receive_shard(call, spec, cfg.max_shard_mb)
+            else:
+                X, y = await asyncio.to_thread(self._load_own_shard, spec, *own_shard)
+            # Warm up (first BLAS call, allocator) now rather than in the first round's budget.
+            await asyncio.to_thread(
+                model.gradient, np.zeros(model.dim), X[: cfg.batch_size], y[: cfg.batch_size]
+            )
+        finally:
+            await keeper.stop()
         if self.behaviour is not None and spec.n_classes:
             y = self.behaviour.transform_labels(y, int(spec.n_classes), np.random.default_rng([self.seed, 7]))
         log.info(
@@ -335,6 +347,32 @@ class Worker:
         y = np.asarray(ds.y_train[parts[i]])
         self._own_data = (spec.dataset, X, y)
         return X, y
+
+
+class _KeepAlive:
+    """Heartbeats on ``call`` every ``interval_s`` until :meth:`stop` (none when 0): the
+    handshake's slow steps must not look like a dead worker to the server."""
+
+    def __init__(self, call: SessionStream, interval_s: float) -> None:
+        self._call = call
+        self._interval = interval_s
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name="handshake-beats") if interval_s > 0 else None
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self._interval)
+                return
+            await self._call.write(msgs.Beat(unix_ns=time.time_ns()))
+
+    async def stop(self) -> None:
+        """End the beats after the one in flight, if any (never cancels a write midway)."""
+        if self._task is None:
+            return
+        self._stop.set()
+        with contextlib.suppress(Exception):  # a failed write shows again on the session's own
+            await self._task
 
 
 def _describe(exc: BaseException) -> str:

@@ -8,11 +8,14 @@ The round's values come from ``hgo_common.local``; when they may go out, from
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import logging
 import math
 import time
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 import grpc
 import numpy as np
@@ -34,6 +37,14 @@ log = logging.getLogger("hgo_worker")
 
 SILENT_INTERVALS = 3
 READER_GRACE_S = 1.0
+OFFLOAD_DIM = 1 << 18
+"""From this d on, a round's CPU work (C_k's expansion, w_k's decoding, the gradient) runs
+in the session's own worker thread, so that its event loop keeps reading and heartbeating.
+At d = 1,702,794 (the cnn-cifar model) the first stratified expansion costs ~4 s of CPU and
+a backward pass 0.1 s; on a machine at load 25 that silenced the loop past the server's 3
+heartbeat intervals and all three workers were dropped in round 0. Below it (every numpy
+model of the paper) the work stays on the loop as before: milliseconds, no thread hop."""
+_T = TypeVar("_T")
 
 
 class SessionLost(HGOError):
@@ -93,8 +104,16 @@ async def _receive_shard(call: SessionStream, spec: msgs.Spec, max_mb: int) -> t
     return X, y
 
 
+def _round_inputs(task: msgs.Task, spec: msgs.Spec) -> tuple[np.ndarray, np.ndarray]:
+    """C_k and w_k (float64) of a task: a pass over d each."""
+    c_k = cached_order(task.order_seed, spec.dim, spec.order or "flat", spec.groups)
+    return c_k, wire.decode(task.weights, spec.dim).astype(np.float64)
+
+
 class WorkerSession:
     """The three tasks of a welcomed session (reader, writer, heartbeat)."""
+
+    cpu: concurrent.futures.ThreadPoolExecutor | None = None  # see __init__
 
     def __init__(
         self,
@@ -121,6 +140,18 @@ class WorkerSession:
         self.last_served = -1
         self.last_closed = -1
         self.current: tuple[int, asyncio.Task[None]] | None = None
+        # One thread, so a cancelled round's gradient finishes before the next one starts
+        # (a torch model's parameters are shared state); None below OFFLOAD_DIM.
+        if self.spec.dim >= OFFLOAD_DIM:
+            self.cpu = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"{worker.name}-cpu")
+            # Warm C_k's per-model pattern (seconds at d = 1.7 M) before the first task needs it.
+            self.cpu.submit(cached_order, 0, self.spec.dim, self.spec.order or "flat", self.spec.groups)
+
+    async def _on_cpu(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """``fn(*args, **kwargs)`` in the session's CPU thread when it has one, else right here."""
+        if self.cpu is None:
+            return fn(*args, **kwargs)
+        return await self.loop.run_in_executor(self.cpu, functools.partial(fn, *args, **kwargs))
 
     async def run(self) -> None:
         tasks = [
@@ -156,6 +187,8 @@ class WorkerSession:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if self.cpu is not None:
+                self.cpu.shutdown(wait=False, cancel_futures=True)
 
     async def _reader(self) -> None:
         while True:
@@ -232,15 +265,15 @@ class WorkerSession:
         try:
             tau = task.tau_ms if task.tau_ms > 0 else math.inf
             d = spec.dim
-            c_k = cached_order(task.order_seed, d, spec.order or "flat", spec.groups)
-            weights = wire.decode(task.weights, d).astype(np.float64)
+            c_k, weights = await self._on_cpu(_round_inputs, task, spec)
             if task.evaluate:
                 await self._evaluate(task.round, weights)
             rng = local.round_rng(w.seed, task.round, salt=self.welcome.worker_id)
             t_step = time.perf_counter()
-            work = local.local_step(
-                self.model, weights, self.X, self.y, c_k, tau, w.local_cfg, rng, byzantine=w.behaviour
-            )
+            work = await self._on_cpu(
+                local.local_step,
+                self.model, weights, self.X, self.y, c_k, tau, w.local_cfg, rng, byzantine=w.behaviour,
+            )  # fmt: skip
             meter = RoundMeter(work.batch_size)
             meter.on_compute(work.source.computed, evaluate.timed_ms(t_step))
             chunk = spec.max_chunk_values or protocol.DEFAULT_MAX_CHUNK_VALUES
@@ -276,9 +309,9 @@ class WorkerSession:
         def elapsed() -> float:
             return (self.loop.time() - t0) * 1000.0
 
-        def compute_to(n: int) -> None:
+        async def compute_to(n: int) -> None:
             before, t_piece = source.computed, time.perf_counter()
-            source.ensure(n)
+            await self._on_cpu(source.ensure, n)
             metrics.computed(source.computed - before)
             if meter is not None:
                 meter.on_compute(source.computed - before, evaluate.timed_ms(t_piece))
@@ -292,7 +325,7 @@ class WorkerSession:
             allowed = sched.allowed(min(now, sched.tau_ms))
             if allowed > sent:
                 if source.computed < allowed:
-                    compute_to(allowed)  # one piece: send it before computing more
+                    await compute_to(allowed)  # one piece: send it before computing more
                 upto = min(allowed, source.computed)
                 for a, b in sched.chunks(sent, upto):
                     await self.out.put(msgs.Chunk(rnd, a, wire.encode(source.values[a:b]), sid))
@@ -322,7 +355,7 @@ class WorkerSession:
             # Compute ahead of the release (allowed: the throttle limits release, not compute).
             ahead = sched.allowed(wake)
             while source.computed < ahead and elapsed() < wake:
-                compute_to(ahead)
+                await compute_to(ahead)
                 await asyncio.sleep(0)
             delay = wake - elapsed()
             if delay > 0:

@@ -40,8 +40,11 @@ def test_names_and_default_models() -> None:
         "phishing",
         "boston",
         "cifar10",
+        "cifar10-synthetic",
     ]
-    assert datasets.bundled_names() == ["digits", "digits-binary", "breast-cancer", "diabetes"]
+    assert datasets.bundled_names() == [
+        "digits", "digits-binary", "breast-cancer", "diabetes", "cifar10-synthetic"
+    ]  # fmt: skip
     expect = {"digits": "mlp", "digits-binary": "logistic", "breast-cancer": "logistic", "diabetes": "linear"}
     for name, model in expect.items():
         assert datasets.load(name).default_model == model

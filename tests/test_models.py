@@ -82,7 +82,7 @@ def test_linear_models_column_gather_and_full_paths_agree(name: str) -> None:
         np.testing.assert_allclose(m.gradient(w, X, y, coords), full[coords], rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("name", [n for n in models.names() if n != "cnn"])  # numpy models; cnn is torch
+@pytest.mark.parametrize("name", [n for n in models.names() if n not in models.TORCH_MODELS])  # numpy models
 def test_float32_inputs_are_computed_in_float64(name: str) -> None:
     m, X, y = _problem(name, {"n_classes": 3} if name == "mlp" else {}, 3)
     X32 = X.astype(np.float32)

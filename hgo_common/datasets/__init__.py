@@ -197,6 +197,12 @@ def _cifar10(d: Path | None) -> _Raw:
     return load_cifar10(d)
 
 
+def _cifar10_synthetic(_: Path | None) -> _Raw:
+    from .cifar10_synthetic import load_cifar10_synthetic
+
+    return load_cifar10_synthetic()
+
+
 def _adapt(name: str, obj: object) -> Source:
     """A loaded plug-in as a checked ``Source`` (a no-argument callable is called once)."""
     if not isinstance(obj, Source) and callable(obj):
@@ -236,6 +242,8 @@ for _name, _src in (
     ("phishing", _Spec("classification", 2, "svm", _phishing, True, True)),
     ("boston", _Spec("regression", 0, "linear", _boston, True, True)),
     ("cifar10", _Spec("classification", 10, "mlp", _cifar10, True, False)),
+    # generated with CIFAR-10's shapes, NOT CIFAR-10 (cifar10_synthetic.py says how)
+    ("cifar10-synthetic", _Spec("classification", 10, "cnn-cifar", _cifar10_synthetic, False, False)),
 ):
     REGISTRY.add(_name, _src)
 
@@ -246,7 +254,7 @@ def names() -> list[str]:
 
 
 def bundled_names() -> list[str]:
-    """Datasets that need no files (they ship inside scikit-learn)."""
+    """Datasets that need no files (they ship inside scikit-learn, or are generated)."""
     return [n for n, s in REGISTRY.items() if not s.needs_files]
 
 

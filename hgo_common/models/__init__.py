@@ -2,11 +2,12 @@
 
 Each model is a pure object (shape only, no weights) that satisfies
 ``ModelProtocol`` (``base.py``): the built-in numpy models with analytic gradients
-(``base.Model``), the PyTorch CNN ``"cnn"`` (``torch_adapter``, optional extra
-``hgo[torch]``), and plug-ins. See ``docs/models-and-data.md`` for the losses, parameter
-layouts and defaults, and ``docs/plugins.md`` for writing your own. Paper §6: linear
-regression (Boston), logistic regression (MNIST binary), regularized SVM (phishing),
-784-30-10 network (MNIST); a small CNN for MNIST and CIFAR-10. A trained model is
+(``base.Model``), the PyTorch CNNs ``"cnn"`` and ``"cnn-cifar"`` (1.7 M parameters;
+``torch_adapter``, optional extra ``hgo[torch]``), and plug-ins. See
+``docs/models-and-data.md`` for the losses, parameter layouts and defaults, and
+``docs/plugins.md`` for writing your own. Paper §6: linear regression (Boston), logistic
+regression (MNIST binary), regularized SVM (phishing), 784-30-10 network (MNIST); a small
+CNN for MNIST and CIFAR-10, and McMahan et al.'s (AISTATS 2017) for CIFAR-10. A trained model is
 written by ``save`` and read back by ``load(path)`` (an :class:`ExportedModel` with
 ``predict``/``evaluate``; format in ``export.py``).
 
@@ -24,7 +25,17 @@ from __future__ import annotations
 
 from .base import TASKS, LinearModel, Model, ModelProtocol
 from .export import ExportedModel, load, save
-from .factory import BUILTINS, REGISTRY, TORCH_EXTRA, check_model, create, default_l2, names, probe
+from .factory import (
+    BUILTINS,
+    REGISTRY,
+    TORCH_EXTRA,
+    TORCH_MODELS,
+    check_model,
+    create,
+    default_l2,
+    names,
+    probe,
+)
 from .mlp import ACTIVATIONS, MLP
 
 __all__ = [
@@ -34,6 +45,7 @@ __all__ = [
     "REGISTRY",
     "TASKS",
     "TORCH_EXTRA",
+    "TORCH_MODELS",
     "ExportedModel",
     "LinearModel",
     "Model",

@@ -23,6 +23,7 @@ from .svm import DEFAULT_L2 as SVM_DEFAULT_L2
 from .svm import LinearSVM
 
 TORCH_EXTRA = "hgo[torch]"
+TORCH_MODELS = ("cnn", "cnn-cifar")  # built in, but need the torch extra
 
 #: A built-in factory: ``factory(n_features, n_classes, hidden, l2, activation)``.
 BuiltinFactory = Callable[[int, int, Sequence[int], float, str], ModelProtocol]
@@ -54,19 +55,30 @@ def _mlp(p: int, k: int, hidden: Sequence[int], l2: float, act: str) -> ModelPro
     return MLP(p, k, hidden, l2, act)
 
 
-def _cnn(p: int, k: int, hidden: Sequence[int], l2: float, act: str) -> ModelProtocol:
+def _torch(name: str) -> Any:
+    """The torch adapter module (optional extra), or PluginMissing saying what to install."""
     try:
-        from .torch_adapter import cnn  # optional extra: imported only when asked for
+        from . import torch_adapter  # optional extra: imported only when asked for
     except ImportError as exc:
         # torch_adapter's own message already says what to install
         raise plugins.PluginMissing(
-            f"model 'cnn' needs PyTorch: {exc}"
+            f"model {name!r} needs PyTorch: {exc}"
             if TORCH_EXTRA in str(exc)
-            else f"model 'cnn' needs PyTorch, which is not installed here ({exc}): "
+            else f"model {name!r} needs PyTorch, which is not installed here ({exc}): "
             f"pip install '{TORCH_EXTRA}'",
             TORCH_EXTRA,
         ) from None
-    return cnn(int(p), int(k), l2=l2)
+    return torch_adapter
+
+
+def _cnn(p: int, k: int, hidden: Sequence[int], l2: float, act: str) -> ModelProtocol:
+    model: ModelProtocol = _torch("cnn").cnn(int(p), int(k), l2=l2)
+    return model
+
+
+def _cnn_cifar(p: int, k: int, hidden: Sequence[int], l2: float, act: str) -> ModelProtocol:
+    model: ModelProtocol = _torch("cnn-cifar").cnn_cifar(int(p), int(k), l2=l2)
+    return model
 
 
 def _adapt(name: str, factory: Any) -> Any:
@@ -85,6 +97,7 @@ REGISTRY.add("logistic", _logistic)
 REGISTRY.add("svm", _svm)
 REGISTRY.add("mlp", _mlp)
 REGISTRY.add("cnn", _cnn)
+REGISTRY.add("cnn-cifar", _cnn_cifar)  # 1.7 M parameters (torch_adapter.CifarCNN)
 #: Built-in model names: ``export.load`` builds these without an allow-list.
 BUILTINS: tuple[str, ...] = tuple(REGISTRY.names())
 

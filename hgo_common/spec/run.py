@@ -127,7 +127,8 @@ class RunSpec:
     model: str | None = setting(
         None,
         STR,
-        "linear | logistic | svm | mlp | cnn (torch extra) | package.module:Name | an installed plug-in",
+        "linear | logistic | svm | mlp | cnn, cnn-cifar (torch extra) | package.module:Name | "
+        "an installed plug-in",
         default_text="the dataset's default model",
     )
     hidden: tuple[int, ...] = setting((30,), INTS, "mlp hidden layer widths, comma-separated", check=_WIDTHS)

@@ -17,8 +17,10 @@ markdown:
   (``round_ms``, the slowest sampled device's) replaces τ, a lower bound for every device
   but the slowest. These are derived from the round log's prefixes, not measured on the
   device (the per-round measured rates are not in the round log yet);
-* the block |B_k| (mean, % of d) and the share of rounds in which a weak device's row was
-  aggregated (``used``).
+* the block |B_k| (mean, % of d), the share of a profile's sampled rounds in which its row
+  was aggregated (``used``), and the bytes the server received from it during a round
+  (the round log's ``bytes``: chunks of earlier rounds arriving late included) per
+  ``round_ms``, in Mbit/s: a link kept busy with stale values shows here.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ def profile_stats(records: list[dict[str, Any]], d: int) -> dict[str, dict[str, 
     acc: dict[str, list[float]] = {p: [] for p in PROFILES}
     rates: dict[str, list[float]] = {p: [] for p in PROFILES}
     used: dict[str, list[float]] = {p: [] for p in PROFILES}
+    mbit: dict[str, list[float]] = {p: [] for p in PROFILES}
     for rec in records:
         tau = rec.get("tau_ms")
         per = delivered_rates(rec) if tau else {}
@@ -73,6 +76,8 @@ def profile_stats(records: list[dict[str, Any]], d: int) -> dict[str, dict[str, 
             prefix = float(w["prefix"])
             acc[prof].append(prefix)
             used[prof].append(1.0 if int(w["id"]) in used_ids else 0.0)
+            if length > 0:  # every chunk received from it during the round, late ones included
+                mbit[prof].append(8.0 * float(w.get("bytes", 0)) / length / 1000.0)
             if per:
                 rates[prof].append(per[int(w["id"])])
             elif length > 0:
@@ -87,6 +92,7 @@ def profile_stats(records: list[dict[str, Any]], d: int) -> dict[str, dict[str, 
             "nonempty": 100.0 * sum(1 for x in xs if x > 0) / len(xs),
             "rate": sum(rates[prof]) / len(rates[prof]) if rates[prof] else math.nan,
             "used": 100.0 * sum(used[prof]) / len(used[prof]),
+            "mbit": _mean(mbit[prof]),
         }
     return out
 
@@ -133,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         print("| " + " | ".join(cells) + " |")
     print("\nPer profile: mean prefix (% of d), share of sampled rounds with a non-empty prefix, "
           "delivered rate prefix/tau in coordinates per ms (tau = inf: prefix / round_ms), "
-          "share of sampled rounds whose row was aggregated:\n")  # fmt: skip
+          "share of sampled rounds whose row was aggregated, bytes received from it per round "
+          "(late chunks of earlier rounds included) over the round's length:\n")  # fmt: skip
     print("| variant | " + " | ".join(PROFILES) + " |")
     print("|---|" + "---|" * len(PROFILES))
     for label, recs in logs.items():
@@ -144,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(
                 "—" if s is None else
                 f"{s['prefix']:,.0f} ({s['pct']:.1f} %), non-empty {s['nonempty']:.0f} %, "
-                f"λ̂ {s['rate']:.1f}/ms, used {s['used']:.0f} %"
+                f"λ̂ {s['rate']:.1f}/ms, used {s['used']:.0f} %, received {s['mbit']:.2f} Mbit/s"
             )  # fmt: skip
         print(f"| {label} | " + " | ".join(cells) + " |")
     return 0

@@ -15,8 +15,10 @@ markdown:
   coordinates per ms (``hgo_lab.constraints.delivered_rates``: compute and link together, a
   lower bound for a device that sent all d before τ). For τ = ∞ the round's own length
   (``round_ms``, the slowest sampled device's) replaces τ, a lower bound for every device
-  but the slowest. These are derived from the round log's prefixes, not measured on the
-  device (the per-round measured rates are not in the round log yet);
+  but the slowest. Beside it, the median of the rates the server *measured*
+  (``observed_rate`` per worker entry: prefix over the time it took to deliver, from
+  ``hgo_server.fedeval``) and of the workers' own reports (``rates.self_reported``: released
+  coordinates over release time, from the worker's ``RoundMeter``), where the round log has them;
 * the block |B_k| (mean, % of d), the share of a profile's sampled rounds in which its row
   was aggregated (``used``), and the bytes the server received from it during a round
   (the round log's ``bytes``: chunks of earlier rounds arriving late included) per
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -64,6 +67,8 @@ def profile_stats(records: list[dict[str, Any]], d: int) -> dict[str, dict[str, 
     rates: dict[str, list[float]] = {p: [] for p in PROFILES}
     used: dict[str, list[float]] = {p: [] for p in PROFILES}
     mbit: dict[str, list[float]] = {p: [] for p in PROFILES}
+    observed: dict[str, list[float]] = {p: [] for p in PROFILES}
+    reported: dict[str, list[float]] = {p: [] for p in PROFILES}
     for rec in records:
         tau = rec.get("tau_ms")
         per = delivered_rates(rec) if tau else {}
@@ -76,12 +81,17 @@ def profile_stats(records: list[dict[str, Any]], d: int) -> dict[str, dict[str, 
             prefix = float(w["prefix"])
             acc[prof].append(prefix)
             used[prof].append(1.0 if int(w["id"]) in used_ids else 0.0)
+            if w.get("observed_rate") is not None:  # the server's measurement (hgo_server.fedeval)
+                observed[prof].append(float(w["observed_rate"]))
             if length > 0:  # every chunk received from it during the round, late ones included
                 mbit[prof].append(8.0 * float(w.get("bytes", 0)) / length / 1000.0)
             if per:
                 rates[prof].append(per[int(w["id"])])
             elif length > 0:
                 rates[prof].append(prefix / length)
+        for dev in (rec.get("rates") or {}).get("self_reported", {}).get("devices", []):
+            if str(dev.get("profile")) in reported and dev.get("rate") is not None:
+                reported[str(dev["profile"])].append(float(dev["rate"]))
     for prof in PROFILES:
         xs = acc[prof]
         if not xs:
@@ -93,12 +103,18 @@ def profile_stats(records: list[dict[str, Any]], d: int) -> dict[str, dict[str, 
             "rate": sum(rates[prof]) / len(rates[prof]) if rates[prof] else math.nan,
             "used": 100.0 * sum(used[prof]) / len(used[prof]),
             "mbit": _mean(mbit[prof]),
+            "observed": _median(observed[prof]),
+            "reported": _median(reported[prof]),
         }
     return out
 
 
 def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else math.nan
+
+
+def _median(xs: list[float]) -> float:
+    return float(statistics.median(xs)) if xs else math.nan
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(
                 "—" if s is None else
                 f"{s['prefix']:,.0f} ({s['pct']:.1f} %), non-empty {s['nonempty']:.0f} %, "
-                f"λ̂ {s['rate']:.1f}/ms, used {s['used']:.0f} %, received {s['mbit']:.2f} Mbit/s"
+                f"λ̂ {s['rate']:.1f}/ms, observed {s['observed']:.1f}/ms, "
+                f"self-reported {s['reported']:.1f}/ms, "
+                f"used {s['used']:.0f} %, received {s['mbit']:.2f} Mbit/s"
             )  # fmt: skip
         print(f"| {label} | " + " | ".join(cells) + " |")
     return 0

@@ -70,6 +70,19 @@ class ClusterConfig:
     # Real device constraints per profile (hgo_lab.constraints: CPU share, uplink, downlink,
     # latency); None or empty: every worker runs unconstrained on loopback.
     limits: Any = None
+    # hgo-worker --throttle for every worker: "off" drops the emulated rate λ_i (no --rate),
+    # each device releases what it really computes and sends (issue 21). Constrained devices
+    # run with "off" whatever this says.
+    throttle: str = "on"
+    # s_i per profile, over the population's batch size (e.g. {"weak": 1}: the batch the
+    # coordinates-first rule gives a device that cannot deliver d by tau, chosen here because
+    # --throttle off has no assumed λ to plan it from).
+    batch_by_profile: dict[str, int] | None = None
+    # Give worker i data shard i whatever the order of joins (a tokens file with one identity
+    # per worker and ``shard=i``). None: on for a ``hardware:`` partition, whose shards belong
+    # to profiles (worker i has profile i); an anonymous worker gets the least-held shard at
+    # its join, so a device slowed by real constraints would get a fast device's shard.
+    pin_shards: bool | None = None
 
     @classmethod
     def make(cls, **kw: Any) -> ClusterConfig:
@@ -133,6 +146,11 @@ class ClusterConfig:
             except ValueError as exc:
                 raise ValueError(f"--attack {pop.attack!r}: {exc}") from None
             attacks.parse_params(self.attack_params)  # KEY=VALUE shape; the worker checks the keys
+        if self.per_process > 1 and pins_shards(self):
+            raise ValueError(
+                f"--sessions-per-process {self.per_process} with shards pinned to workers (partition "
+                f"{self.spec.partition!r}: worker i holds shard i): use --sessions-per-process 1"
+            )
         if self.per_process < 1:
             raise ValueError(f"--sessions-per-process must be >= 1, got {self.per_process}")
         if self.limits is not None and self.limits.any() and self.per_process > 1:
@@ -140,6 +158,20 @@ class ClusterConfig:
                 f"--sessions-per-process {self.per_process} with device limits: a constrained device is one "
                 "process (its own cgroup and network namespace); use --sessions-per-process 1"
             )
+        if self.throttle not in ("on", "off"):
+            raise ValueError(f"throttle must be 'on' or 'off', got {self.throttle!r}")
+        if self.throttle == "off" and pop.budget_policy != "fixed":
+            raise ValueError(
+                f"throttle 'off' needs budget policy 'fixed', got {pop.budget_policy!r}: the other policies "
+                "plan s_i and b_i from an assumed rate (give a per-profile batch size instead)"
+            )
+        for prof, s in (self.batch_by_profile or {}).items():
+            if prof not in profiles.PROFILES:
+                raise ValueError(
+                    f"batch size for unknown profile {prof!r}; expected one of {sorted(profiles.PROFILES)}"
+                )
+            if isinstance(s, bool) or not isinstance(s, int) or s < 1:
+                raise ValueError(f"batch size of profile {prof!r} must be an integer >= 1, got {s!r}")
         if self.late < 0 or self.late_round < 0:
             raise ValueError(f"--late and --late-round must be >= 0, got {self.late}, {self.late_round}")
         if self.profiles is not None and len(self.profiles) != pop.n + self.late:
@@ -218,7 +250,11 @@ def worker_session(cfg: ClusterConfig, i: int, profile: str, fleet: Devices | No
     initial = i < pop.n  # late workers: their own seed and draw
     seed = fleet.seeds[i] if initial else cfg.spec.seed * 1000 + i
     sess: dict[str, Any] = {"name": f"w{i}-{profile}", "profile": profile, "seed": seed}
-    if pop.rates is not None:
+    if cfg.batch_by_profile and profile in cfg.batch_by_profile:
+        sess["batch_size"] = int(cfg.batch_by_profile[profile])
+    if cfg.throttle == "off":
+        pass  # no emulated rate: the device releases what it really computes
+    elif pop.rates is not None:
         sess["rate"] = float(pop.rates[i])
     elif initial:
         sess["rate"] = fleet.rates[i]
@@ -231,6 +267,35 @@ def worker_session(cfg: ClusterConfig, i: int, profile: str, fleet: Devices | No
         sess["attack"] = pop.attack
         sess["attack_params"] = attacks.parse_params(items)
     return sess
+
+
+def pins_shards(cfg: ClusterConfig) -> bool:
+    """Whether worker i gets shard i by identity (:attr:`ClusterConfig.pin_shards`)."""
+    if cfg.pin_shards is not None:
+        return cfg.pin_shards
+    return str(cfg.spec.partition).startswith("hardware")
+
+
+def write_shard_tokens(cfg: ClusterConfig, out: Path) -> tuple[Path, list[Path]]:
+    """The server's ``--tokens-file`` pinning worker i (identity ``w<i>``) to shard i, and
+    each worker's ``--token-file``. Fresh random tokens per run, files readable by the owner only."""
+    import secrets
+
+    total = cfg.population.n + cfg.late
+    tokens = [secrets.token_hex(16) for _ in range(total)]
+    tdir = out / "tokens"
+    tdir.mkdir(exist_ok=True)
+    tdir.chmod(0o700)
+    server_file = tdir / "server.tokens"
+    server_file.write_text("".join(f"w{i} {tok} shard={i}\n" for i, tok in enumerate(tokens)))
+    files = []
+    for i, tok in enumerate(tokens):
+        f = tdir / f"w{i}.token"
+        f.write_text(tok + "\n")
+        files.append(f)
+    for f in (server_file, *files):
+        f.chmod(0o600)
+    return server_file, files
 
 
 def worker_plugins(cfg: ClusterConfig) -> list[str]:
@@ -249,18 +314,27 @@ def _common_worker_argv(cfg: ClusterConfig, port: int) -> list[str]:
         *_module_argv("hgo-worker", "hgo_worker.cli"),
         "--server", f"127.0.0.1:{port}", "--batch-size", str(cfg.population.batch_size),
         "--budget-policy", cfg.population.budget_policy, "--rho", str(cfg.population.rho),
-        "--reconnect-timeout", "30",
+        "--reconnect-timeout", "30", *(["--throttle", "off"] if cfg.throttle == "off" else []),
         *[arg for name in worker_plugins(cfg) for arg in ("--allow-plugin", name)],
     ]  # fmt: skip
 
 
 def worker_argv(
-    cfg: ClusterConfig, i: int, port: int, profile: str, fleet: Devices | None = None
+    cfg: ClusterConfig,
+    i: int,
+    port: int,
+    profile: str,
+    fleet: Devices | None = None,
+    token_file: Path | None = None,
 ) -> list[str]:
     """One worker process for worker i (the default: one device per process)."""
     sess = worker_session(cfg, i, profile, fleet)
     argv = [*_common_worker_argv(cfg, port), "--profile", sess["profile"], "--seed", str(sess["seed"]),
             "--name", sess["name"]]  # fmt: skip
+    if token_file is not None:
+        argv += ["--token-file", str(token_file)]
+    if "batch_size" in sess:
+        argv += ["--batch-size", str(sess["batch_size"])]  # over the common one (argparse: the last wins)
     if "rate" in sess:
         argv += ["--rate", str(sess["rate"])]
     if "attack" in sess:

@@ -137,12 +137,14 @@ def _check_workers(
 def launch_workers(
     cfg: ClusterConfig, ids: Sequence[int], port: int, profs: Sequence[str], out: Path,
     launch_one: Callable[[list[str], str], subprocess.Popen[bytes]], lab: Any = None,
+    token_files: Sequence[Path] | None = None,
 ) -> list[tuple[str, subprocess.Popen[bytes]]]:  # fmt: skip
     """Start workers ``ids``: one process each, or ``--fleet`` processes of ``per_process``.
 
     With device limits (``cfg.limits``) and a ``hgo_lab.constraints.Lab``, each worker runs
     as a real constrained device (cgroup CPU quota, its own network namespace and shaped
     link) with the emulated throttle off: it releases what its CPU and link really deliver.
+    ``token_files[i]``: worker i's ``--token-file`` (its identity pins its data shard).
     """
     started = []
     devices = cfg.devices()  # who is who: drawn once for every session below
@@ -150,7 +152,8 @@ def launch_workers(
         if cfg.per_process <= 1:
             i = group[0]
             name = f"worker-{i}"
-            argv = worker_argv(cfg, i, port, profs[i], devices)
+            token = token_files[i] if token_files else None
+            argv = worker_argv(cfg, i, port, profs[i], devices, token)
             limits = cfg.limits.limits(profs[i]) if cfg.limits is not None else None
             if lab is not None and limits is not None and limits.any:
                 from hgo_lab import constraints

@@ -16,7 +16,14 @@ from typing import IO, Any
 
 from hgo_common import roundlog
 
-from .config import ClusterConfig, ClusterError, server_argv, write_server_config
+from .config import (
+    ClusterConfig,
+    ClusterError,
+    pins_shards,
+    server_argv,
+    write_server_config,
+    write_shard_tokens,
+)
 from .processes import (
     _check_workers,
     _kill_all,
@@ -169,13 +176,18 @@ def run_cluster(
         from hgo_lab import constraints
 
         lab = constraints.Lab()  # removed in the finally: cgroups, namespaces, qdiscs, relays
+    token_files: list[Path] | None = None
+    s_argv = server_argv(cfg, config_file, port_file, log_file)
+    if pins_shards(cfg):
+        tokens_file, token_files = write_shard_tokens(cfg, out)
+        s_argv += ["--tokens-file", str(tokens_file)]
     t0 = time.monotonic()
     try:
-        server = launch_one(server_argv(cfg, config_file, port_file, log_file), "server")
+        server = launch_one(s_argv, "server")
         server_log = out / "server.log"
         port = _wait_port(port_file, server, server_log, 120.0)
-        dim = server_dim(port)
-        workers += launch_workers(cfg, range(cfg.workers), port, profs, out, launch_one, lab)
+        dim = server_dim(port)  # None when the server requires a token (pinned shards)
+        workers += launch_workers(cfg, range(cfg.workers), port, profs, out, launch_one, lab, token_files)
         records: list[dict[str, Any]] = []
         late_started = cfg.late == 0
         while True:
@@ -186,7 +198,7 @@ def run_cluster(
                 records = new
             if not late_started and records and int(records[-1]["round"]) + 1 >= cfg.late_round:
                 late_ids = range(cfg.workers, cfg.workers + cfg.late)
-                workers += launch_workers(cfg, late_ids, port, profs, out, launch_one, lab)
+                workers += launch_workers(cfg, late_ids, port, profs, out, launch_one, lab, token_files)
                 late_started = True
             if server.poll() is not None:
                 break

@@ -17,12 +17,18 @@ DEFAULT_NET_PROCESSES = 4  # worker processes hosting a net-mode run's n session
 
 
 def cluster_config(
-    cfg: simulator.SimConfig, out: Path, processes: int = DEFAULT_NET_PROCESSES
+    cfg: simulator.SimConfig,
+    out: Path,
+    processes: int = DEFAULT_NET_PROCESSES,
+    net: dict[str, Any] | None = None,
 ) -> tuple[Any, list[str]]:
     """The ``hgo_lab.cluster.ClusterConfig`` that runs ``cfg`` on real processes.
 
-    Returns the config and the notes on what the wire cannot reproduce exactly
-    (omniscient attackers, the choice of Byzantine workers).
+    ``net``: the scenario's (and variant's) ``[net]`` settings that reach the launcher:
+    ``limits`` (real device constraints per profile, ``hgo_lab.constraints``: one process
+    per device, root needed), ``throttle``, ``batch_by_profile``, ``server_args``,
+    ``per_class`` (export the model). Returns the config and the notes on what the wire
+    cannot reproduce exactly (omniscient attackers, the choice of Byzantine workers).
     """
     from hgo_lab import cluster
 
@@ -40,6 +46,8 @@ def cluster_config(
                 "NOTE: --mode net: Byzantine workers estimate honest gradients from their own shards "
                 "(not omniscient as in the simulator)"
             )
+    net = net or {}
+    limits = device_limits(net.get("limits"))
     cc = cluster.ClusterConfig(
         spec=RunSpec(**RunSpec.values_of(cfg)),
         population=Population(**{**Population.values_of(cfg), "attack": cfg.attack or "foe"}),
@@ -47,9 +55,37 @@ def cluster_config(
         out=out,
         progress=False,
         server=server_config(cfg),
-        per_process=max(1, math.ceil(cfg.n / max(1, processes))),
+        # a constrained device is one process (its own cgroup and network namespace)
+        per_process=1 if limits is not None else max(1, math.ceil(cfg.n / max(1, processes))),
+        limits=limits,
+        throttle=str(net.get("throttle", "on")),
+        batch_by_profile={str(k): v for k, v in net.get("batch_by_profile", {}).items()} or None,
+        server_args=[str(a) for a in net.get("server_args", [])],
+        export=out / "model.npz" if net.get("per_class") else None,
     )
     return cc, notes
+
+
+def device_limits(table: Any) -> Any:
+    """``[net] limits = {weak = {cpu_share = 0.1, uplink = "1mbit"}, ...}`` as an
+    ``hgo_lab.constraints.LimitTable`` (None without limits). Checks every value, and that
+    this host can apply them (root, cgroup cpu controller, netns/tbf): the message names
+    what is missing, nothing falls back to emulation."""
+    if not table:
+        return None
+    from hgo_common import profiles
+    from hgo_lab import constraints
+
+    if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+        raise ValueError(f"[net] limits must be a table of profile tables, got {table!r}")
+    flags: dict[str, list[str]] = {}
+    for prof, items in table.items():
+        for key, value in items.items():
+            flags.setdefault(str(key), []).append(f"{prof}={value}")
+    lt = constraints.LimitTable.from_flags(flags, known_profiles=tuple(profiles.PROFILES))
+    for prof in lt.by_profile:
+        constraints.check_support(lt.limits(prof))
+    return lt
 
 
 def server_config(cfg: simulator.SimConfig) -> ServerConfig:
@@ -84,6 +120,7 @@ def run_net_result(
     echo: Callable[[str], None] = print,
     start: Callable[..., Any] | None = None,
     processes: int = DEFAULT_NET_PROCESSES,
+    net: dict[str, Any] | None = None,
 ) -> Any:
     """:func:`run_net`, returning the whole ``hgo_lab.cluster.ClusterResult`` (d from the
     server's Status reply, wall time, exit codes)."""
@@ -94,7 +131,7 @@ def run_net_result(
         echo(f"WARNING: dataset {cfg.dataset!r} not found at {cfg.data_dir}; using the bundled {alt!r}")
         cfg = simulator.with_overrides(cfg, dataset=alt, data_dir=None)
     work = log_path.with_suffix("")
-    cc, notes = cluster_config(cfg, work, processes)
+    cc, notes = cluster_config(cfg, work, processes, net)
     for note in notes:
         echo(note)
     result = cluster.run_cluster(cc, start=start)

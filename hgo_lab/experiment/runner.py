@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from hgo_common import roundlog
 from hgo_common.plugins import PluginError
 from hgo_lab.experiment.details import seed_details
@@ -51,6 +53,11 @@ def run_scenario(
     """
     if mode not in ("sim", "net"):
         raise ValueError(f"mode must be 'sim' or 'net', got {mode!r}")
+    if mode == "sim" and sc.net.get("only"):
+        raise ValueError(
+            f"scenario {sc.name!r} runs only over the wire ([net] only = true: real device constraints "
+            "or --throttle off have no simulated meaning): use --mode net"
+        )
     out.mkdir(parents=True, exist_ok=True)
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
@@ -110,6 +117,7 @@ def run_scenario(
                     data_warnings.append(res.data_warning)
                 finish(task, task.cfg, res.records, res.d, res.per_class)
     else:
+        variant_net = {v.label: {**sc.net, **v.net} for v in sc.variants}
         max_workers = int(sc.net.get("max_workers", 0))
         processes = int(sc.net.get("processes", DEFAULT_NET_PROCESSES))
         for task in tasks:
@@ -132,9 +140,12 @@ def run_scenario(
 
                 # the cluster's log is copied plain, then compressed like the simulator's
                 path = _plain(log_path(logs, task.label, task.seed_index))
-                net = run_net_result(cfg, path, echo=net_echo, processes=processes)
+                net = run_net_result(
+                    cfg, path, echo=net_echo, processes=processes, net=variant_net[task.label]
+                )
                 roundlog.compress_file(path)
                 recs = list(net.records)
+                per_class = net_class_accuracy(cfg, net.model) if sc.net.get("per_class") else {}
             except PluginError:
                 raise
             except Exception:
@@ -142,7 +153,7 @@ def run_scenario(
                 continue
             # d from the server's Status reply (no worker need have delivered all of it)
             longest = max((int(w["prefix"]) for r in recs for w in r.get("workers", [])), default=1)
-            finish(task, cfg, recs, int(net.dim or longest), {})
+            finish(task, cfg, recs, int(net.dim or longest), per_class)
     runs: dict[str, list[list[dict[str, Any]]]] = {}
     details: dict[str, list[dict[str, Any]]] = {}
     for var in sc.variants:
@@ -196,6 +207,16 @@ def run_scenario(
     echo(f"[{sc.name}] wrote {out / 'summary.csv'} and {', '.join(p.name for p in plots)}")
     echo(report(rows, sc.metric, details=doc))
     return {"rows": rows, "plots": plots, "notes": notes, "runs": runs, "details": doc, "failed": failed}
+
+
+def net_class_accuracy(cfg: Any, model_file: Path | None) -> dict[str, float]:
+    """Test accuracy per class of a net run's exported model (empty when none was written)."""
+    if model_file is None:
+        return {}
+    from hgo_common import models
+    from hgo_lab.experiment.details import class_accuracy
+
+    return class_accuracy(cfg, np.asarray(models.load(model_file).weights, dtype=np.float64))
 
 
 def _nan_to_none(x: Any) -> Any:

@@ -32,6 +32,9 @@ class Variant:
 
     label: str
     config: simulator.SimConfig
+    # --mode net only: this variant's own [net] settings, over the scenario's (e.g. a batch size
+    # per profile: ``net = { batch_by_profile = { weak = 1 } }``)
+    net: dict[str, Any] = field(default_factory=dict)
 
     @property
     def rate_model(self) -> str:
@@ -69,8 +72,15 @@ _TOP_KEYS: dict[str, type | tuple[type, ...]] = {
     "format": int,
 }  # fmt: skip
 _QUICK_KEYS: dict[str, type | tuple[type, ...]] = {"base": dict, "seeds": int}
-_NET_KEYS: dict[str, type | tuple[type, ...]] = {"max_workers": int, "processes": int}
-_TOML_TYPE = {str: "a string", int: "an integer", list: "an array", dict: "a table"}
+_NET_KEYS: dict[str, type | tuple[type, ...]] = {
+    "max_workers": int, "processes": int, "min_tau_ms": (int, float),
+    # real device constraints (hgo_lab.constraints, issue 21): {profile = {cpu_share = .., uplink = ..}}
+    "limits": dict, "throttle": str, "batch_by_profile": dict, "server_args": list,
+    "per_class": bool,  # export each run's model and report the test accuracy per class
+    "only": bool,  # the scenario means something only over the wire: --mode sim refuses it
+}  # fmt: skip
+_VARIANT_NET_KEYS = ("throttle", "batch_by_profile", "server_args", "limits")
+_TOML_TYPE = {str: "a string", int: "an integer", list: "an array", dict: "a table", bool: "a boolean"}
 FORMATS = (1, 2)
 """Scenario formats. 2: the keys are the run specification's (``hgo_common.spec``: ``f`` is
 the tolerated f, ``attackers`` the Byzantine workers present, ``tau`` the deadline).
@@ -88,7 +98,7 @@ def _check_table(table: dict[str, Any], keys: dict[str, type | tuple[type, ...]]
         if key not in keys:
             raise ValueError(f"{where}: unknown key {key!r}; expected one of {sorted(keys)}")
         want = keys[key]
-        if not isinstance(value, want) or isinstance(value, bool):
+        if not isinstance(value, want) or (isinstance(value, bool) and want is not bool):
             what = _TOML_TYPE.get(want, str(want)) if isinstance(want, type) else str(want)
             raise ValueError(f"{where}: {key!r} must be {what}, got {value!r}")
 
@@ -241,6 +251,10 @@ def _build_scenario(
         label = vt.pop("label", f"variant{j}")
         if not isinstance(label, str):
             raise ValueError(f"variant {j}: 'label' must be a string, got {label!r}")
+        net_v = vt.pop("net", {})
+        if not isinstance(net_v, dict):
+            raise ValueError(f"variant {label!r}: 'net' must be a table, got {net_v!r}")
+        _check_table(net_v, {k: _NET_KEYS[k] for k in _VARIANT_NET_KEYS}, f"variant {label!r} net")
         quick_v = _check_layer(vt.pop("quick", {}), f"variant {label!r} quick", fmt)
         vt = _check_layer(vt, f"variant {label!r}", fmt)
         merged = {**base, **vt, **quick_over, **(quick_v if quick else {})}
@@ -254,7 +268,7 @@ def _build_scenario(
             _check_plugins(config)
         except (ValueError, TypeError) as exc:
             raise ValueError(f"variant {label!r}: {exc}") from None
-        variants.append(Variant(label, config))
+        variants.append(Variant(label, config, dict(net_v)))
     title = str(doc.get("title", path.stem))
     if quick:
         c0 = variants[0].config

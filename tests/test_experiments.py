@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -205,9 +206,12 @@ def test_cli_runs_only_the_variants_named(tmp_path: Path, capsys: pytest.Capture
     scen = tmp_path / "tiny.toml"
     scen.write_text(TINY)
     out = tmp_path / "out"
-    argv = ["run", str(scen), "--out", str(out), "--rounds", "10", "--seeds", "1", "--variant", "median"]
+    argv = ["run", str(scen), "--out", str(out), "--rounds", "10", "--seeds", "2", "--variant", "median"]
     assert experiment.main(argv) == 0
-    assert [p.name for p in sorted((out / "logs").glob("*.jsonl.gz"))] == ["median_seed0.jsonl.gz"]
+    assert [p.name for p in sorted((out / "logs").glob("*.jsonl.gz"))] == [
+        "median_seed0.jsonl.gz",
+        "median_seed1.jsonl.gz",
+    ]
     with (out / "summary.csv").open() as fh:
         assert {r["variant"] for r in csv.DictReader(fh)} == {"median"}
     # The same curve as in a run of the whole file (seed 0): the cut changes nothing else.
@@ -216,7 +220,23 @@ def test_cli_runs_only_the_variants_named(tmp_path: Path, capsys: pytest.Capture
     assert (out / "logs" / "median_seed0.jsonl.gz").read_bytes() == (
         whole / "logs" / "median_seed0.jsonl.gz"
     ).read_bytes()
+    # One report from the two halves of a figure, with the spread over seeds and the early means.
+    avg = tmp_path / "avg"
+    argv = ["run", str(scen), "--out", str(avg), "--rounds", "10", "--seeds", "2", "--variant", "average"]
+    assert experiment.main(argv + ["--no-reference"]) == 0
+    assert json.loads((avg / "details.json").read_text())["reference"] == {}
     capsys.readouterr()
+    assert experiment.main(["report", str(avg), str(out)]) == 0
+    text = capsys.readouterr().out
+    det = json.loads((out / "details.json").read_text())["variants"]["median"]["seeds"]
+    finals = [x["final"] for x in det]
+    sd = statistics.stdev(finals)
+    spread = f"{statistics.mean(finals):.3f} ± {sd:.3f} ({min(finals):.3f}–{max(finals):.3f})"
+    assert f"| {finals[0]:.3f} / {finals[1]:.3f} | {spread} |" in text
+    assert "| average |" in text and "| median |" in text
+    with (out / "summary.csv").open() as fh:
+        at9 = next(r for r in csv.DictReader(fh) if r["metric"] == "accuracy" and r["round"] == "9")
+    assert "| variant | @9 |" in text and f"| median | {float(at9['mean']):.3f} |" in text
     assert experiment.main(["run", str(scen), "--out", str(out), "--variant", "mean"]) == 2
     err = capsys.readouterr().err
     assert "no variant labelled 'mean'" in err and "'average', 'median'" in err

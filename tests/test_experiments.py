@@ -223,7 +223,7 @@ def test_cli_runs_only_the_variants_named(tmp_path: Path, capsys: pytest.Capture
     # One report from the two halves of a figure, with the spread over seeds and the early means.
     avg = tmp_path / "avg"
     argv = ["run", str(scen), "--out", str(avg), "--rounds", "10", "--seeds", "2", "--variant", "average"]
-    assert experiment.main(argv + ["--no-reference"]) == 0
+    assert experiment.main([*argv, "--no-reference"]) == 0
     assert json.loads((avg / "details.json").read_text())["reference"] == {}
     capsys.readouterr()
     assert experiment.main(["report", str(avg), str(out)]) == 0

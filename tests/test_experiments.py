@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -61,23 +62,32 @@ def test_scenarios_encode_the_paper_settings() -> None:
         ("median", 25, "foe", 51),
         ("krum", 25, "foe", 53),
         ("aksel", 25, "foe", 51),
+        ("krum-coord-authors", 25, "foe", 51),
+        ("aksel-coord-authors", 25, "foe", 51),
         ("average", 0, "", 1),
     ]
     assert {v.config.attack_params.get("eps") for v in f5.variants[:4]} == {10.0}
     f6 = experiment.load_scenario("fig6")
-    assert [v.config.attack for v in f6.variants] == ["alie-authors"] * 4 + ["alie"] * 4 + [""]
-    assert {v.config.f for v in f6.variants[:8]} == {25}
+    assert [v.config.attack for v in f6.variants] == ["alie-authors"] * 6 + ["alie"] * 6 + [""]
+    assert [v.config.rule for v in f6.variants[:6]] == [
+        "average", "median", "krum", "aksel", "krum-coord-authors", "aksel-coord-authors",
+    ]  # fmt: skip
+    assert {v.config.f for v in f6.variants[:12]} == {25}
     f7 = experiment.load_scenario("fig7")
     assert {v.config.attack for v in f7.variants} == {"foe"}
     assert [(v.config.rule, v.config.f, v.config.quorum) for v in f7.variants] == [
         ("median", 0, 1), ("median", 10, 21), ("median", 25, 51), ("median", 39, 79),
         ("median", 0, 79), ("median", 10, 79), ("median", 25, 79), ("median", 39, 79),
+        ("krum-coord-authors", 0, 1), ("krum-coord-authors", 10, 21),
+        ("krum-coord-authors", 25, 51), ("krum-coord-authors", 39, 79),
+        ("aksel-coord-authors", 0, 1), ("aksel-coord-authors", 10, 21),
+        ("aksel-coord-authors", 25, 51), ("aksel-coord-authors", 39, 79),
         ("average", 0, 1),
     ]  # fmt: skip
     f8 = experiment.load_scenario("fig8")
     assert [(v.config.mix, v.config.quorum) for v in f8.variants] == [
         ("C_weak", 1), ("C_min", 1), ("C_1", 1), ("C_2", 1), ("C_3", 1), ("C_powerful", 1),
-        ("C_weak", 40), ("C_min", 40), ("C_powerful", 40),
+        ("C_weak", 40), ("C_min", 40), ("C_1", 40), ("C_2", 40), ("C_3", 40), ("C_powerful", 40),
     ]  # fmt: skip
     assert {(v.config.f, v.config.attack) for v in f8.variants} == {(0, None)}
 
@@ -189,6 +199,47 @@ def test_cli_run_writes_logs_summary_and_plots(tmp_path: Path) -> None:
     assert (out2 / "logs" / "median_seed0.jsonl.gz").read_bytes() == (
         out / "logs" / "median_seed0.jsonl.gz"
     ).read_bytes()
+
+
+def test_cli_runs_only_the_variants_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--variant LABEL (repeatable) runs those curves only, with the seeds the whole file gets."""
+    scen = tmp_path / "tiny.toml"
+    scen.write_text(TINY)
+    out = tmp_path / "out"
+    argv = ["run", str(scen), "--out", str(out), "--rounds", "10", "--seeds", "2", "--variant", "median"]
+    assert experiment.main(argv) == 0
+    assert [p.name for p in sorted((out / "logs").glob("*.jsonl.gz"))] == [
+        "median_seed0.jsonl.gz",
+        "median_seed1.jsonl.gz",
+    ]
+    with (out / "summary.csv").open() as fh:
+        assert {r["variant"] for r in csv.DictReader(fh)} == {"median"}
+    # The same curve as in a run of the whole file (seed 0): the cut changes nothing else.
+    whole = tmp_path / "whole"
+    assert experiment.main(["run", str(scen), "--out", str(whole), "--rounds", "10", "--seeds", "1"]) == 0
+    assert (out / "logs" / "median_seed0.jsonl.gz").read_bytes() == (
+        whole / "logs" / "median_seed0.jsonl.gz"
+    ).read_bytes()
+    # One report from the two halves of a figure, with the spread over seeds and the early means.
+    avg = tmp_path / "avg"
+    argv = ["run", str(scen), "--out", str(avg), "--rounds", "10", "--seeds", "2", "--variant", "average"]
+    assert experiment.main([*argv, "--no-reference"]) == 0
+    assert json.loads((avg / "details.json").read_text())["reference"] == {}
+    capsys.readouterr()
+    assert experiment.main(["report", str(avg), str(out)]) == 0
+    text = capsys.readouterr().out
+    det = json.loads((out / "details.json").read_text())["variants"]["median"]["seeds"]
+    finals = [x["final"] for x in det]
+    sd = statistics.stdev(finals)
+    spread = f"{statistics.mean(finals):.3f} ± {sd:.3f} ({min(finals):.3f}–{max(finals):.3f})"
+    assert f"| {finals[0]:.3f} / {finals[1]:.3f} | {spread} |" in text
+    assert "| average |" in text and "| median |" in text
+    with (out / "summary.csv").open() as fh:
+        at9 = next(r for r in csv.DictReader(fh) if r["metric"] == "accuracy" and r["round"] == "9")
+    assert "| variant | @9 |" in text and f"| median | {float(at9['mean']):.3f} |" in text
+    assert experiment.main(["run", str(scen), "--out", str(out), "--variant", "mean"]) == 2
+    err = capsys.readouterr().err
+    assert "no variant labelled 'mean'" in err and "'average', 'median'" in err
 
 
 def test_cli_rejects_unknown_scenario(capsys: pytest.CaptureFixture[str]) -> None:

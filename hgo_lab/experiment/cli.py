@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from hgo_lab.experiment.executor import default_jobs, make_executor
 from hgo_lab.experiment.report import report
 from hgo_lab.experiment.runner import run_scenario
-from hgo_lab.experiment.scenario import SCENARIOS, load_scenario
+from hgo_lab.experiment.scenario import SCENARIOS, Scenario, load_scenario
 from hgo_lab.experiment.stats import read_summary
 
 DESCRIPTION = "hgo-experiment: reproduce the paper's figures 3–8 (Boubouh et al., SRDS 2022, §6)."
@@ -45,6 +47,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--rounds", type=int, default=None, help="override the number of rounds")
     r.add_argument("--quick", action="store_true", help="use the scenario's reduced [quick] setting")
     r.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="skip the centralized scikit-learn reference (details.json 'reference': {}); it is the "
+        "same for every variant, so a figure run one variant at a time needs it once",
+    )
+    r.add_argument(
+        "--variant",
+        action="append",
+        default=None,
+        metavar="LABEL",
+        help="run only the variant with this label (repeat for several; default: all of them)",
+    )
+    r.add_argument(
         "--jobs",
         type=_positive_int,
         default=None,
@@ -64,7 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     sub.add_parser("list", help="list the packaged scenarios")
     rep = sub.add_parser("report", help="markdown table of the final values in a run's summary.csv")
-    rep.add_argument("out", type=Path, help="an output directory of 'run'")
+    rep.add_argument(
+        "out", type=Path, nargs="+", help="output directories of 'run' (several: all their variants in one)"
+    )
     rep.add_argument("--metric", default="accuracy")
     args = ap.parse_args(argv)
     if args.cmd == "list":
@@ -73,16 +90,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{p.stem:8s} {doc.get('title', '')}")
         return 0
     if args.cmd == "report":
-        try:
-            det_path = args.out / "details.json"
-            det = json.loads(det_path.read_text(encoding="utf-8")) if det_path.is_file() else None
-            print(report(read_summary(args.out / "summary.csv"), args.metric, details=det))
-        except (OSError, ValueError, KeyError) as exc:
-            print(f"hgo-experiment: cannot read the summary of {args.out}: {exc}", file=sys.stderr)
-            return 2
+        rows: list[dict[str, Any]] = []
+        det: dict[str, Any] | None = None
+        for d in args.out:
+            try:
+                rows += read_summary(d / "summary.csv")
+                det_path = d / "details.json"
+                if det_path.is_file():
+                    one = json.loads(det_path.read_text(encoding="utf-8"))
+                    if det is None:
+                        det = one
+                    else:  # the variants of a figure run one at a time (run --variant)
+                        det["variants"].update(one["variants"])
+            except (OSError, ValueError, KeyError) as exc:
+                print(f"hgo-experiment: cannot read the summary of {d}: {exc}", file=sys.stderr)
+                return 2
+        print(report(rows, args.metric, details=det))
         return 0
     try:
         sc = load_scenario(args.scenario, quick=args.quick, rounds=args.rounds, seeds=args.seeds)
+        if args.variant:
+            sc = select_variants(sc, args.variant)
+        if args.no_reference:
+            sc = dataclasses.replace(sc, reference=False)
     except (ValueError, FileNotFoundError) as exc:  # ScenarioError is a ValueError
         print(f"hgo-experiment: {exc}", file=sys.stderr)
         return 2
@@ -101,6 +131,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hgo-experiment: {sc.path}: {exc}", file=sys.stderr)
         return 2
     return 1 if res["failed"] else 0
+
+
+def select_variants(sc: Scenario, labels: Sequence[str]) -> Scenario:
+    """The scenario cut to the variants named by ``labels``, in the file's order.
+
+    A CPU budget may not cover every curve of a figure at the paper's seed count; this runs
+    the chosen curves with the same settings and seeds as the whole file would.
+
+    Raises
+    ------
+    ValueError
+        A label that no variant of the scenario has (the message lists the labels it has).
+    """
+    known = [v.label for v in sc.variants]
+    unknown = [lab for lab in labels if lab not in known]
+    if unknown:
+        raise ValueError(
+            f"{sc.path}: no variant labelled {', '.join(repr(u) for u in unknown)}; "
+            f"the variants are {', '.join(repr(k) for k in known)}"
+        )
+    wanted = set(labels)
+    return dataclasses.replace(sc, variants=[v for v in sc.variants if v.label in wanted])
 
 
 def _positive_int(text: str) -> int:

@@ -15,6 +15,39 @@ def _fmt_t(x: Any) -> str:
     return "—" if x is None else f"{float(x):.3g}"
 
 
+def _spread(values: list[float]) -> str:
+    """``mean ± sd (min–max)`` with the sample standard deviation (ddof = 1); one value alone."""
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    a = np.asarray(values, dtype=float)
+    return f"{a.mean():.3f} ± {a.std(ddof=1):.3f} ({a.min():.3f}–{a.max():.3f})"
+
+
+EARLY_ROUNDS = (9, 19, 49, 99, 199, 499)
+"""Rounds (0-based) at which :func:`report` shows the mean curve: the convergence rate."""
+
+
+def early_report(rows: list[dict[str, Any]], metric: str = "accuracy") -> str:
+    """Markdown table: per variant, the mean over seeds at :data:`EARLY_ROUNDS` (those evaluated)."""
+    mine = [r for r in rows if r["metric"] == metric]
+    have = sorted({int(r["round"]) for r in mine if int(r["round"]) in EARLY_ROUNDS})
+    if not have:
+        return ""
+    out = [
+        "",
+        f"Mean {metric} over seeds at rounds " + ", ".join(str(k) for k in have) + ":",
+        "",
+        "| variant | " + " | ".join(f"@{k}" for k in have) + " |",
+        "|---|" + "---|" * len(have),
+    ]
+    for label in dict.fromkeys(r["variant"] for r in mine):
+        at = {int(r["round"]): float(r["mean"]) for r in mine if r["variant"] == label}
+        out.append(f"| {label} | " + " | ".join("—" if k not in at else f"{at[k]:.3f}" for k in have) + " |")
+    return "\n".join(out)
+
+
 def details_report(details: dict[str, Any]) -> str:
     """Markdown tables from ``details.json``: time to accuracy per seed, heterogeneity, per-class accuracy."""
     metric = details.get("metric", "accuracy")
@@ -25,17 +58,19 @@ def details_report(details: dict[str, Any]) -> str:
         + (f" and to the fixed levels {', '.join(thr)}" if thr else "")
         + ":",
         "",
-        "| variant | final per seed | t95 per seed | "
+        "| variant | final per seed | final: mean ± sd (min–max) | t95 per seed | "
         + " | ".join(f"t({x})" for x in thr)
         + (" |" if thr else "|"),
-        "|---|---|---|" + "---|" * len(thr),
+        "|---|---|---|---|" + "---|" * len(thr),
     ]
     for label, vd in details["variants"].items():
         seeds = vd["seeds"]
         finals = " / ".join("—" if x["final"] is None else f"{x['final']:.3f}" for x in seeds)
         t95 = " / ".join(f"{_fmt_t(x['t95'])} [{x['round95']}]" for x in seeds)
         cells = [" / ".join(_fmt_t(x["thresholds"].get(k)) for x in seeds) for k in thr]
-        out.append(f"| {label} | {finals} | {t95} | " + " | ".join(cells) + (" |" if cells else ""))
+        spread = _spread([x["final"] for x in seeds if x["final"] is not None])
+        row = f"| {label} | {finals} | {spread} | {t95} | "
+        out.append(row + " | ".join(cells) + (" |" if cells else ""))
     profs = sorted({p for vd in details["variants"].values() for x in vd["seeds"] for p in x["prefix_pct"]})
     out += [
         "",
@@ -105,6 +140,9 @@ def report(
         lines.append(
             f"| {label} | {r['mean']:.3f}{ci} | {best:.3f} | {r['round']} | {r['t_mean']:.1f} | {r['n']} |"
         )
+    early = early_report(rows, metric)
+    if early:
+        lines.append(early)
     if details and details.get("variants"):
         lines.append(details_report(details))
     return "\n".join(lines)

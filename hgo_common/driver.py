@@ -180,6 +180,10 @@ class WorkerEntry:
             "prefix": int(prefix),
             "bytes": self.bytes,
             "chunks": self.chunks,
+            # the server's observed rate (prefix / ms from broadcast to the last chunk) and
+            # that time; None where nothing is measured (the simulator), as for bytes
+            "observed_rate": None,
+            "delivered_ms": None,
         }
 
 
@@ -372,6 +376,7 @@ class RoundDriver:
             "bounded_rows": int(outcome.bounded),
             "refused": outcome.refused,
             "f_enforceable": bool(f_enforceable),
+            "rates": None,  # measured rates per profile: a deployment's (hgo_server.fedeval)
         }
         if plan.choice is not None and self.settings.auto_tau is not None:
             record["tau_auto"] = plan.choice.as_record(self.settings.auto_tau.target)

@@ -30,8 +30,8 @@ CLOCK_FIELDS = {"t", "round_ms", "close_ms", "prepare_ms", "early_close", "aggre
 # auth; a simulated worker is always an identity of its own), and per worker its identity,
 # what it declared in its Join and what the server measured on its stream (issue 10); and
 # the server's secret seed on its first record (issue 20: the simulator has no secret).
-DEPLOYMENT_FIELDS = {"f_enforceable", "secret_seed"}
-WORKER_DEPLOYMENT_FIELDS = {"identity", "declared", "bytes", "chunks"}
+DEPLOYMENT_FIELDS = {"f_enforceable", "secret_seed", "rates"}
+WORKER_DEPLOYMENT_FIELDS = {"identity", "declared", "bytes", "chunks", "observed_rate", "delivered_ms"}
 
 
 def _comparable(record: dict[str, Any]) -> dict[str, Any]:

@@ -39,7 +39,7 @@ demo: $(STAMP)  ## a local cluster training on a bundled dataset (about 1-2 minu
 	$(BIN)/hgo-run --out runs/demo
 	$(BIN)/hgo-plot runs/demo/round_log.jsonl --label demo --out runs/demo/plots
 
-test: $(STAMP)  ## the whole test suite, the long runs marked slow included (what CI runs; ~11 min on 2 cores, docker tests included)
+test: $(STAMP)  ## the whole test suite, the long runs marked slow included (what CI runs; ~16 min on 2 cores, docker tests included)
 	$(BIN)/pytest -q
 
 test-fast: $(STAMP)  ## the suite without the long runs marked slow (~4-5 min)

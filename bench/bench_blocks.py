@@ -78,13 +78,18 @@ def timeit(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, tuple[f
     """
     for fn in fns.values():
         fn()
+    return {k: (statistics.median(v), min(v)) for k, v in round_robin(fns, reps).items()}
+
+
+def round_robin(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, list[float]]:
+    """{name: [seconds per call]}: ``reps`` rounds of one call each, in turn (no warm-up)."""
     ts: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(reps):
         for k, fn in fns.items():
             t0 = time.perf_counter()
             fn()
             ts[k].append(time.perf_counter() - t0)
-    return {k: (statistics.median(v), min(v)) for k, v in ts.items()}
+    return ts
 
 
 def python_reference_time(values: np.ndarray, prefixes: np.ndarray, v: int, name: str, sample: int) -> float:
@@ -266,12 +271,7 @@ def head_to_head(d: int, reps: int, checkout: str) -> None:
             fns[f"{label} {rule}"] = agg
         a, b = fns[f"other {rule}"](), fns[f"this {rule}"]()
         assert np.array_equal(a[1], b[1]), f"{rule}: the two checkouts differ"  # type: ignore[index]
-    ts: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            ts[k].append(time.perf_counter() - t0)
+    ts = round_robin(fns, reps)
     fb, fm = min(ts["floor"]), statistics.median(ts["floor"])
     print(
         f"# d={d:,} q={LARGE_Q} v={LARGE_V} f={LARGE_F} mixed; other = {checkout}; HGO_AGG_THREADS -> "

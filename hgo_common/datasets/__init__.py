@@ -331,18 +331,7 @@ def load(
         if not path.is_dir():
             raise ValueError(f"dataset {name!r}: data_dir {str(path)!r} is not a directory")
 
-    if plugin:
-        try:
-            raw = spec.reader(path)
-        except DataFileError:
-            raise
-        except Exception as exc:
-            raise plugins.PluginError(
-                f"dataset {name!r}: its reader raised {type(exc).__name__}: {exc}"
-            ) from None
-        raw = _check_raw(name, spec, raw)
-    else:
-        raw = spec.reader(path)
+    raw = read_plugin(name, spec, path) if plugin else spec.reader(path)
     rng_split = np.random.default_rng([int(seed), 0])
     if len(raw) == 4:
         X_tr, y_tr, X_te, y_te = raw
@@ -398,6 +387,21 @@ def source(name: str) -> Source:
         unknown=f"unknown dataset {name!r}; expected one of {names()}, a 'package.module:Name' "
         "reference or an installed plug-in (hgo-plugins lists them)",
     )
+
+
+def read_plugin(name: str, src: Source, path: Path | None) -> _Raw:
+    """A plug-in dataset's table as its reader returns it from ``path``, checked against the
+    plug-in contract (:func:`_check_raw`); an exception inside the reader is a PluginError
+    naming the dataset (a DataFileError passes through)."""
+    try:
+        raw = src.reader(path)
+    except DataFileError:
+        raise
+    except Exception as exc:
+        raise plugins.PluginError(
+            f"dataset {name!r}: its reader raised {type(exc).__name__}: {exc}"
+        ) from None
+    return _check_raw(name, src, raw)
 
 
 def _check_raw(name: str, src: Source, raw: object) -> _Raw:

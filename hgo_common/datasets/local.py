@@ -347,18 +347,10 @@ def _read_cifar(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _read_plugin(path: Path, name: str) -> tuple[np.ndarray, np.ndarray, bool]:
     """A dataset plug-in's table from ``path`` (its reader's data_dir), checked as ``load`` does."""
-    from hgo_common import datasets, plugins
+    from hgo_common import datasets
 
     src = datasets.source(name)
-    try:
-        raw = src.reader(path)
-    except DataFileError:
-        raise
-    except Exception as exc:
-        raise plugins.PluginError(
-            f"dataset {name!r}: its reader raised {type(exc).__name__}: {exc}"
-        ) from None
-    raw = datasets._check_raw(name, src, raw)  # the plug-in contract, in one place
+    raw = datasets.read_plugin(name, src, path)  # the plug-in contract, in one place
     if len(raw) == 4:  # an official split: a device trains on all its rows
         return np.concatenate([raw[0], raw[2]]), np.concatenate([raw[1], raw[3]]), src.standardize
     return raw[0], raw[1], src.standardize

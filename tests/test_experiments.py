@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 import statistics
 from pathlib import Path
 from typing import Any
@@ -240,6 +241,42 @@ def test_cli_runs_only_the_variants_named(tmp_path: Path, capsys: pytest.Capture
     assert experiment.main(["run", str(scen), "--out", str(out), "--variant", "mean"]) == 2
     err = capsys.readouterr().err
     assert "no variant labelled 'mean'" in err and "'average', 'median'" in err
+
+
+def test_report_names_the_clock_and_keeps_clocks_apart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A simulator run's times are virtual and say so; a run over the wire says wall clock; one
+    report of both is refused (issue 22.5: virtual time labelled virtual everywhere)."""
+    scen = tmp_path / "tiny.toml"
+    scen.write_text(TINY)
+    sim = tmp_path / "sim"
+    argv = ["run", str(scen), "--out", str(sim), "--rounds", "10", "--seeds", "1", "--variant", "median"]
+    assert experiment.main([*argv, "--no-reference"]) == 0
+    assert json.loads((sim / "details.json").read_text())["clock"] == "virtual"
+    capsys.readouterr()
+    assert experiment.main(["report", str(sim)]) == 0
+    text = capsys.readouterr().out
+    assert "| time (virtual s) |" in text and "(virtual s, per seed" in text and "wall" not in text
+    # The same files as a run over the wire would have written them: wall clock in both tables.
+    net = tmp_path / "net"
+    shutil.copytree(sim, net)
+    det = json.loads((net / "details.json").read_text())
+    det["clock"] = "wall"
+    (net / "details.json").write_text(json.dumps(det))
+    assert experiment.main(["report", str(net)]) == 0
+    text = capsys.readouterr().out
+    assert "| time (wall-clock s) |" in text and "(wall-clock s, per seed" in text and "virtual" not in text
+    # A directory from before the clock was recorded: run.json's mode says which it is.
+    del det["clock"]
+    (net / "details.json").write_text(json.dumps(det))
+    meta = json.loads((net / "run.json").read_text())
+    (net / "run.json").write_text(json.dumps({**meta, "mode": "net"}))
+    assert experiment.main(["report", str(net)]) == 0
+    assert "| time (wall-clock s) |" in capsys.readouterr().out
+    assert experiment.main(["report", str(sim), str(net)]) == 2
+    err = capsys.readouterr().err
+    assert f"{sim} (virtual clock) and {net} (wall clock)" in err and "not comparable" in err
 
 
 def test_cli_rejects_unknown_scenario(capsys: pytest.CaptureFixture[str]) -> None:

@@ -92,14 +92,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cmd == "report":
         rows: list[dict[str, Any]] = []
         det: dict[str, Any] | None = None
+        first: Path | None = None
         for d in args.out:
             try:
                 rows += read_summary(d / "summary.csv")
                 det_path = d / "details.json"
                 if det_path.is_file():
                     one = json.loads(det_path.read_text(encoding="utf-8"))
+                    one.setdefault("clock", _clock_of(d))
                     if det is None:
-                        det = one
+                        det, first = one, d
+                    elif one["clock"] != det["clock"]:
+                        print(
+                            f"hgo-experiment: cannot report {first} ({det['clock']} clock) and {d} "
+                            f"({one['clock']} clock) in one table: their times are not comparable; "
+                            "report simulator runs and runs over the wire separately",
+                            file=sys.stderr,
+                        )
+                        return 2
                     else:  # the variants of a figure run one at a time (run --variant)
                         det["variants"].update(one["variants"])
             except (OSError, ValueError, KeyError) as exc:
@@ -131,6 +141,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hgo-experiment: {sc.path}: {exc}", file=sys.stderr)
         return 2
     return 1 if res["failed"] else 0
+
+
+def _clock_of(out: Path) -> str:
+    """The clock of a run directory written before ``details.json`` recorded it: ``run.json``'s mode."""
+    try:
+        mode = json.loads((out / "run.json").read_text(encoding="utf-8")).get("mode", "sim")
+    except (OSError, ValueError):
+        mode = "sim"
+    return "wall" if mode == "net" else "virtual"
 
 
 def select_variants(sc: Scenario, labels: Sequence[str]) -> Scenario:

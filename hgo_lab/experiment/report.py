@@ -48,13 +48,20 @@ def early_report(rows: list[dict[str, Any]], metric: str = "accuracy") -> str:
     return "\n".join(out)
 
 
+def clock_unit(details: dict[str, Any] | None) -> str:
+    """How a report names its time unit: ``virtual s`` for the simulator, ``wall-clock s`` for a run
+    over the wire (``details.json``'s ``clock``, which ``hgo-experiment report`` takes from ``run.json``'s
+    ``mode`` for files written before the clock was recorded)."""
+    return "wall-clock s" if (details or {}).get("clock") == "wall" else "virtual s"
+
+
 def details_report(details: dict[str, Any]) -> str:
     """Markdown tables from ``details.json``: time to accuracy per seed, heterogeneity, per-class accuracy."""
     metric = details.get("metric", "accuracy")
     thr = [f"{x:g}" for x in details.get("thresholds", [])]
     out = [
         "",
-        f"Time to 95 % of the final {metric} (virtual s, per seed; round in brackets)"
+        f"Time to 95 % of the final {metric} ({clock_unit(details)}, per seed; round in brackets)"
         + (f" and to the fixed levels {', '.join(thr)}" if thr else "")
         + ":",
         "",
@@ -127,8 +134,9 @@ def report(
 ) -> str:
     """Markdown table: per variant, the final mean ± 95 % CI, the best mean, and the time;
     with ``details`` (``details.json``) also :func:`details_report`."""
+    unit = clock_unit(details)
     lines = [
-        f"| variant | final {metric} (mean ± 95% CI) | best mean | round | time (s) | seeds |",
+        f"| variant | final {metric} (mean ± 95% CI) | best mean | round | time ({unit}) | seeds |",
         "|---|---|---|---|---|---|",
     ]
     for label, r in final_values(rows, metric).items():

@@ -221,6 +221,22 @@ def test_cli_runs_only_the_variants_named(tmp_path: Path, capsys: pytest.Capture
     assert (out / "logs" / "median_seed0.jsonl.gz").read_bytes() == (
         whole / "logs" / "median_seed0.jsonl.gz"
     ).read_bytes()
+    # New seeds without editing the file: --first-seed 1 --seeds 1 is seed 1 of the default run.
+    later = tmp_path / "later"
+    argv = ["run", str(scen), "--out", str(later), "--rounds", "10", "--seeds", "1", "--first-seed", "1"]
+    assert experiment.main([*argv, "--variant", "median", "--no-reference"]) == 0
+    assert [p.name for p in (later / "logs").glob("*.jsonl.gz")] == ["median_seed1.jsonl.gz"]
+    assert (later / "logs" / "median_seed1.jsonl.gz").read_bytes() == (
+        out / "logs" / "median_seed1.jsonl.gz"
+    ).read_bytes()
+    assert json.loads((later / "run.json").read_text())["first_seed"] == 1
+    seeds = [
+        x["seed"] for x in json.loads((later / "details.json").read_text())["variants"]["median"]["seeds"]
+    ]
+    assert seeds == [json.loads((out / "details.json").read_text())["variants"]["median"]["seeds"][1]["seed"]]
+    with pytest.raises(SystemExit):
+        experiment.main(["run", str(scen), "--first-seed", "-1"])
+    assert "expected a whole number >= 0, got -1" in capsys.readouterr().err
     # One report from the two halves of a figure, with the spread over seeds and the early means.
     avg = tmp_path / "avg"
     argv = ["run", str(scen), "--out", str(avg), "--rounds", "10", "--seeds", "2", "--variant", "average"]

@@ -44,6 +44,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="output directory (default: results/NAME-MODE, or results/NAME-quick-MODE with --quick, "
         "e.g. results/fig5-sim)",
     )
+    r.add_argument(
+        "--first-seed",
+        type=_non_negative_int,
+        default=0,
+        metavar="K",
+        help="seed index of the first run (default 0): --seeds 10 --first-seed 10 runs seeds 10-19, "
+        "ten seeds none of the scenario's default runs used",
+    )
     r.add_argument("--rounds", type=int, default=None, help="override the number of rounds")
     r.add_argument("--quick", action="store_true", help="use the scenario's reduced [quick] setting")
     r.add_argument(
@@ -123,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             sc = select_variants(sc, args.variant)
         if args.no_reference:
             sc = dataclasses.replace(sc, reference=False)
+        if args.first_seed:
+            sc = dataclasses.replace(sc, first_seed=args.first_seed)
     except (ValueError, FileNotFoundError) as exc:  # ScenarioError is a ValueError
         print(f"hgo-experiment: {exc}", file=sys.stderr)
         return 2
@@ -172,6 +182,16 @@ def select_variants(sc: Scenario, labels: Sequence[str]) -> Scenario:
         )
     wanted = set(labels)
     return dataclasses.replace(sc, variants=[v for v in sc.variants if v.label in wanted])
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {n}")
+    return n
 
 
 def _positive_int(text: str) -> int:

@@ -69,7 +69,7 @@ def run_scenario(
     )
     done: dict[tuple[str, int], tuple[list[dict[str, Any]], dict[str, Any]]] = {}
     failed: list[dict[str, Any]] = []
-    tasks = [SimTask(v.label, s, seed_config(v, s)) for v in sc.variants for s in range(sc.seeds)]
+    tasks = [SimTask(v.label, s, seed_config(v, s)) for v in sc.variants for s in sc.seed_indices]
     for t in tasks:
         log_path(logs, t.label, t.seed_index).unlink(missing_ok=True)
         _plain(log_path(logs, t.label, t.seed_index)).unlink(missing_ok=True)
@@ -157,7 +157,7 @@ def run_scenario(
     runs: dict[str, list[list[dict[str, Any]]]] = {}
     details: dict[str, list[dict[str, Any]]] = {}
     for var in sc.variants:
-        got = [done[(var.label, s)] for s in range(sc.seeds) if (var.label, s) in done]
+        got = [done[(var.label, s)] for s in sc.seed_indices if (var.label, s) in done]
         runs[var.label] = [recs for recs, _ in got]
         details[var.label] = [det for _, det in got]
     order = {(t.label, t.seed_index): i for i, t in enumerate(tasks)}
@@ -195,6 +195,7 @@ def run_scenario(
         "name": sc.name,
         "mode": mode,
         "seeds": sc.seeds,
+        "first_seed": sc.first_seed,
         "claim": sc.claim,
         "notes": notes,
         # the data-set fallback (also in the first round-log record of each run, as data_warning)

@@ -59,6 +59,14 @@ class Scenario:
     net: dict[str, Any] = field(default_factory=dict)
     thresholds: list[float] = field(default_factory=list)
     reference: bool = True
+    first_seed: int = 0
+    """Seed index of the first run (``--first-seed``): seeds ``first_seed .. first_seed + seeds - 1``,
+    so a re-run with new seeds (10-19 after the files' 0-9) needs no edit of the file."""
+
+    @property
+    def seed_indices(self) -> range:
+        """The seed indices this scenario runs (each variant's seed + index: :func:`seed_config`)."""
+        return range(self.first_seed, self.first_seed + self.seeds)
 
 
 class ScenarioError(SpecError):

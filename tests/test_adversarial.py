@@ -718,8 +718,12 @@ async def unauthenticated_and_oversized(procs: ProcessGroup, tmp_path: Path, mib
     # size (16 x 16 MiB) and 16 times less than before issue 10 (+2,045 MiB for the 16 calls
     # alone). Measured +17..+52 MiB on a quiet machine and +70 MiB with the whole suite beside
     # two busy loops (load 5-6, 2026-12-05): under load more bodies are in gRPC's buffers at
-    # once before their calls are refused, so the former 64 MiB bound failed there.
-    bound = 128
+    # once before their calls are refused, so the former 64 MiB bound failed there. With
+    # 100 MiB bodies (1,600 MiB sent, the slow variant) the suite at nice 10 beside two busy
+    # experiment processes measured +161 MiB (2026-12-05): what sits in the flow-control
+    # windows grows with the bodies, so past 16 MiB bodies the bound is an eighth of what is sent
+    # (pre-issue-10 the server grew by more than all of it).
+    bound = max(128, 16 * mib // 8)
     assert grew_mib < bound, f"server peak RSS grew {grew_mib:.0f} MiB (bound {bound} MiB)"
     assert closed == idle
     assert st.active_sessions == 6

@@ -254,6 +254,13 @@ def test_cli_runs_only_the_variants_named(tmp_path: Path, capsys: pytest.Capture
     with (out / "summary.csv").open() as fh:
         at9 = next(r for r in csv.DictReader(fh) if r["metric"] == "accuracy" and r["round"] == "9")
     assert "| variant | @9 |" in text and f"| median | {float(at9['mean']):.3f} |" in text
+    # ... and one figure from them: a curve per variant, from each directory's round logs
+    pytest.importorskip("matplotlib")
+    assert experiment.main(["report", str(avg), str(out), "--plot", str(tmp_path / "fig" / "both")]) == 0
+    assert f"wrote {tmp_path / 'fig' / 'both_accuracy_vs_round.png'}" in capsys.readouterr().out
+    for png in ("both_accuracy_vs_round.png", "both_accuracy_vs_time.png"):
+        data = (tmp_path / "fig" / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
     assert experiment.main(["run", str(scen), "--out", str(out), "--variant", "mean"]) == 2
     err = capsys.readouterr().err
     assert "no variant labelled 'mean'" in err and "'average', 'median'" in err

@@ -90,6 +90,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     rep.add_argument(
         "out", type=Path, nargs="+", help="output directories of 'run' (several: all their variants in one)"
     )
+    rep.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        metavar="PREFIX",
+        help="also draw the figure from the directories' round logs, a curve per variant (mean over "
+        "seeds, 95 %% band): PREFIX_METRIC_vs_round.png and PREFIX_METRIC_vs_time.png",
+    )
     rep.add_argument("--metric", default="accuracy")
     args = ap.parse_args(argv)
     if args.cmd == "list":
@@ -101,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows: list[dict[str, Any]] = []
         det: dict[str, Any] | None = None
         first: Path | None = None
+        labels: dict[str, Path] = {}  # each variant and the directory that holds its logs
         for d in args.out:
             try:
                 rows += read_summary(d / "summary.csv")
@@ -108,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if det_path.is_file():
                     one = json.loads(det_path.read_text(encoding="utf-8"))
                     one.setdefault("clock", _clock_of(d))
+                    labels.update(dict.fromkeys(one["variants"], d))
                     if det is None:
                         det, first = one, d
                     elif one["clock"] != det["clock"]:
@@ -124,6 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"hgo-experiment: cannot read the summary of {d}: {exc}", file=sys.stderr)
                 return 2
         print(report(rows, args.metric, details=det))
+        if args.plot is not None:
+            return _plot(labels, args.metric, det or {}, args.plot, args.out[0])
         return 0
     try:
         sc = load_scenario(args.scenario, quick=args.quick, rounds=args.rounds, seeds=args.seeds)
@@ -151,6 +163,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hgo-experiment: {sc.path}: {exc}", file=sys.stderr)
         return 2
     return 1 if res["failed"] else 0
+
+
+def _plot(labels: dict[str, Path], metric: str, det: dict[str, Any], prefix: Path, first: Path) -> int:
+    """``report --plot``: the figure of the variants in ``labels`` from their round logs."""
+    from hgo_common import roundlog
+    from hgo_lab import plots
+    from hgo_lab.experiment.plots import plot_runs
+    from hgo_lab.experiment.runner import log_path
+
+    if not plots.available():
+        print("hgo-experiment: --plot needs matplotlib (pip install 'hgo[lab]')", file=sys.stderr)
+        return 2
+    runs: dict[str, list[list[dict[str, Any]]]] = {}
+    for label, d in labels.items():
+        stem = log_path(d / "logs", label, 0).name.removesuffix("0.jsonl.gz")
+        files = [p for p in (d / "logs").glob(stem + "*.jsonl.gz") if p.name[len(stem) : -9].isdigit()]
+        runs[label] = [roundlog.read(p) for p in sorted(files, key=lambda p: int(p.name[len(stem) : -9]))]
+    try:
+        name = json.loads((first / "run.json").read_text(encoding="utf-8")).get("name", first.name)
+    except (OSError, ValueError):
+        name = first.name
+    seeds = sorted({len(v) for v in runs.values()})
+    title = f"{name}, {'/'.join(map(str, seeds))} seeds"
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    for png in plot_runs(runs, metric, title, prefix, clock=det.get("clock", "virtual")):
+        print(f"wrote {png}")
+    return 0
 
 
 def _clock_of(out: Path) -> str:

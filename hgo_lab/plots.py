@@ -439,12 +439,14 @@ def plot_bands(
         bounds = (0.0, 1.0)
     fig, ax = _figure(title or f"{ylabel} (mean, {confidence:.0%} CI)", xlabel, ylabel)
     bands: dict[str, Band] = {}
-    for label, group in curves.items():
+    for i, (label, group) in enumerate(curves.items()):
         band = mean_ci(group, confidence=confidence, points=points)
         if bounds is not None:
             lo, hi = bounds
             band = Band(band.x, band.mean, np.clip(band.lower, lo, hi), np.clip(band.upper, lo, hi), band.n)
-        (line,) = ax.plot(band.x, band.mean, label=f"{label} (n={band.n})")
+        # the colour cycle has 10 colours: curves 11-20 are dashed, 21-30 dotted, so none look alike
+        style = ("-", "--", ":", "-.")[(i // 10) % 4]
+        (line,) = ax.plot(band.x, band.mean, linestyle=style, label=f"{label} (n={band.n})")
         ax.fill_between(band.x, band.lower, band.upper, color=line.get_color(), alpha=0.25, linewidth=0)
         bands[label] = band
     _save(fig, ax, Path(out))

@@ -7,12 +7,12 @@ import dataclasses
 import json
 import sys
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from hgo_lab.experiment.executor import default_jobs, make_executor
-from hgo_lab.experiment.report import report
+from hgo_lab.experiment.report import clock_of_mode, report
 from hgo_lab.experiment.runner import run_scenario
 from hgo_lab.experiment.scenario import SCENARIOS, Scenario, load_scenario
 from hgo_lab.experiment.stats import read_summary
@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     r.add_argument(
         "--first-seed",
-        type=_non_negative_int,
+        type=_whole_number(0),
         default=0,
         metavar="K",
         help="seed index of the first run (default 0): --seeds 10 --first-seed 10 runs seeds 10-19, "
@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     r.add_argument(
         "--jobs",
-        type=_positive_int,
+        type=_whole_number(1),
         default=None,
         metavar="N",
         help=f"simulated runs (variant x seed) at once in N processes on this machine (default: the "
@@ -110,13 +110,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         det: dict[str, Any] | None = None
         first: Path | None = None
         labels: dict[str, Path] = {}  # each variant and the directory that holds its logs
+        metas = {d: _run_meta(d) for d in args.out}
         for d in args.out:
             try:
                 rows += read_summary(d / "summary.csv")
                 det_path = d / "details.json"
                 if det_path.is_file():
                     one = json.loads(det_path.read_text(encoding="utf-8"))
-                    one.setdefault("clock", _clock_of(d))
+                    # written before details.json recorded its clock: run.json's mode says which
+                    one.setdefault("clock", clock_of_mode(metas[d].get("mode", "sim")))
                     labels.update(dict.fromkeys(one["variants"], d))
                     if det is None:
                         det, first = one, d
@@ -135,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 2
         print(report(rows, args.metric, details=det))
         if args.plot is not None:
-            return _plot(labels, args.metric, det or {}, args.plot, args.out[0])
+            return _plot(labels, metas, args.metric, det or {}, args.plot, args.out[0])
         return 0
     try:
         sc = load_scenario(args.scenario, quick=args.quick, rounds=args.rounds, seeds=args.seeds)
@@ -165,8 +167,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if res["failed"] else 0
 
 
-def _plot(labels: dict[str, Path], metric: str, det: dict[str, Any], prefix: Path, first: Path) -> int:
-    """``report --plot``: the figure of the variants in ``labels`` from their round logs."""
+def _plot(
+    labels: dict[str, Path],
+    metas: dict[Path, dict[str, Any]],
+    metric: str,
+    det: dict[str, Any],
+    prefix: Path,
+    first: Path,
+) -> int:
+    """``report --plot``: the figure of the variants in ``labels`` from their round logs (the seed
+    indices each directory ran, from its ``run.json``; a seed that failed has no log)."""
     from hgo_common import roundlog
     from hgo_lab import plots
     from hgo_lab.experiment.plots import plot_runs
@@ -177,13 +187,10 @@ def _plot(labels: dict[str, Path], metric: str, det: dict[str, Any], prefix: Pat
         return 2
     runs: dict[str, list[list[dict[str, Any]]]] = {}
     for label, d in labels.items():
-        stem = log_path(d / "logs", label, 0).name.removesuffix("0.jsonl.gz")
-        files = [p for p in (d / "logs").glob(stem + "*.jsonl.gz") if p.name[len(stem) : -9].isdigit()]
-        runs[label] = [roundlog.read(p) for p in sorted(files, key=lambda p: int(p.name[len(stem) : -9]))]
-    try:
-        name = json.loads((first / "run.json").read_text(encoding="utf-8")).get("name", first.name)
-    except (OSError, ValueError):
-        name = first.name
+        lo = int(metas[d].get("first_seed", 0))
+        paths = [log_path(d / "logs", label, k) for k in range(lo, lo + int(metas[d].get("seeds", 0)))]
+        runs[label] = [roundlog.read(p) for p in paths if p.is_file()]
+    name = metas[first].get("name", first.name)
     seeds = sorted({len(v) for v in runs.values()})
     title = f"{name}, {'/'.join(map(str, seeds))} seeds"
     prefix.parent.mkdir(parents=True, exist_ok=True)
@@ -192,13 +199,13 @@ def _plot(labels: dict[str, Path], metric: str, det: dict[str, Any], prefix: Pat
     return 0
 
 
-def _clock_of(out: Path) -> str:
-    """The clock of a run directory written before ``details.json`` recorded it: ``run.json``'s mode."""
+def _run_meta(out: Path) -> dict[str, Any]:
+    """A run directory's ``run.json`` (mode, name, seeds, first seed); empty when it has none."""
     try:
-        mode = json.loads((out / "run.json").read_text(encoding="utf-8")).get("mode", "sim")
+        meta = json.loads((out / "run.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        mode = "sim"
-    return "wall" if mode == "net" else "virtual"
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def select_variants(sc: Scenario, labels: Sequence[str]) -> Scenario:
@@ -223,21 +230,16 @@ def select_variants(sc: Scenario, labels: Sequence[str]) -> Scenario:
     return dataclasses.replace(sc, variants=[v for v in sc.variants if v.label in wanted])
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {n}")
-    return n
+def _whole_number(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number >= ``minimum``, or an error naming the value given."""
 
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}") from None
+        if n < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {n}")
+        return n
 
-def _positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {n}")
-    return n
+    return parse

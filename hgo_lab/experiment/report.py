@@ -48,6 +48,11 @@ def early_report(rows: list[dict[str, Any]], metric: str = "accuracy") -> str:
     return "\n".join(out)
 
 
+def clock_of_mode(mode: str) -> str:
+    """The clock of a run's times by its mode: ``wall`` over the wire (``net``), else ``virtual``."""
+    return "wall" if mode == "net" else "virtual"
+
+
 def clock_unit(details: dict[str, Any] | None) -> str:
     """How a report names its time unit: ``virtual s`` for the simulator, ``wall-clock s`` for a run
     over the wire (``details.json``'s ``clock``, which ``hgo-experiment report`` takes from ``run.json``'s

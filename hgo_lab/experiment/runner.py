@@ -27,7 +27,7 @@ from hgo_lab.experiment.netmode import (
 from hgo_lab.experiment.plots import plot_runs
 from hgo_lab.experiment.progress import Progress
 from hgo_lab.experiment.reference import centralized_reference
-from hgo_lab.experiment.report import report
+from hgo_lab.experiment.report import clock_of_mode, report
 from hgo_lab.experiment.scenario import Scenario, seed_config
 from hgo_lab.experiment.stats import summarize, write_summary
 
@@ -173,11 +173,12 @@ def run_scenario(
             ref = centralized_reference(seed_config(sc.variants[0], 0))
         except (ImportError, ValueError) as exc:  # pragma: no cover - sklearn is a dependency
             _note(notes, f"no centralized reference: {exc}", echo)
+    clock = clock_of_mode(mode)
     doc = {
         "metric": sc.metric,
         # what "time" means in this run's logs and tables: the simulator's virtual clock or the
         # wall clock of a run over the wire (issue 22.5: virtual time is labelled virtual)
-        "clock": "wall" if mode == "net" else "virtual",
+        "clock": clock,
         "thresholds": sc.thresholds,
         "reference": ref,
         "variants": {
@@ -189,7 +190,7 @@ def run_scenario(
     (out / "details.json").write_text(json.dumps(_nan_to_none(doc), indent=2), encoding="utf-8")
     title = sc.title + (f" [data: {', '.join(sorted(used_data))}]" if used_data else "")
     title += f" ({mode})" if mode == "net" else ""
-    plots = plot_runs(runs, sc.metric, title, out / sc.name, clock="wall" if mode == "net" else "virtual")
+    plots = plot_runs(runs, sc.metric, title, out / sc.name, clock=clock)
     meta = {
         "scenario": str(sc.path),
         "name": sc.name,
